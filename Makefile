@@ -1,0 +1,61 @@
+# nvipcfix: make (library), make test (CPU tier), make demo (the main job).
+
+CUDA_HOME ?= /usr/local/cuda
+CUDA_INC  ?= $(CUDA_HOME)/include
+CC        ?= cc
+BUILD     ?= build
+
+WARN      := -Wall -Wextra -Werror
+CFLAGS    ?= -O2 -g
+CFLAGS    += -std=c11 -D_GNU_SOURCE $(WARN) -fPIC -pthread -I$(CUDA_INC)
+LIB_CFLAGS := $(CFLAGS) -fvisibility=hidden
+
+SHIM_SRC    := $(wildcard shim/*.c)
+PRELOAD_SRC := $(wildcard preload/*.c)
+PRELOAD_ASM := preload/dlsym_entry_$(shell uname -m).S
+LIB         := $(BUILD)/libnvipcfix.so
+SIM         := $(BUILD)/sim/libcuda.so.1
+
+UNIT_SRC  := $(wildcard tests/unit/test_*.c)
+UNIT_BIN  := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
+INTEG_BIN := $(BUILD)/tests/legacy_ipc
+
+.PHONY: all deps test demo clean
+all: $(LIB)
+
+deps:
+	@sh scripts/ensure-deps.sh
+
+$(PRELOAD_ASM):
+	@echo "nvipcfix: no dlsym entry for $(shell uname -m); only x86_64 is supported" >&2; exit 1
+
+$(LIB): $(SHIM_SRC) $(PRELOAD_SRC) $(PRELOAD_ASM) $(wildcard shim/*.h preload/*.h) | deps
+	@mkdir -p $(@D)
+	$(CC) $(LIB_CFLAGS) -shared -Wl,-soname,libnvipcfix.so -Wl,-z,now -Wl,-z,defs \
+	    -o $@ $(SHIM_SRC) $(PRELOAD_SRC) $(PRELOAD_ASM) -ldl
+
+# The simulated driver: a test instrument, never installed.
+$(SIM): tests/simdrv/simdrv.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -shared -Wl,-soname,libcuda.so.1 -o $@ $< -ldl
+
+$(BUILD)/tests/test_%: tests/unit/test_%.c $(SHIM_SRC) $(wildcard shim/*.h tests/unit/*.h) | deps
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -o $@ $< $(SHIM_SRC) -lcmocka
+
+$(BUILD)/tests/test_simdrv: tests/unit/test_simdrv.c $(SIM) | deps
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -o $@ $< -L$(BUILD)/sim -l:libcuda.so.1 -lcmocka
+
+$(BUILD)/tests/legacy_ipc: tests/integration/legacy_ipc.c $(SIM)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -o $@ $< -L$(BUILD)/sim -l:libcuda.so.1 -ldl
+
+test: $(LIB) $(SIM) $(UNIT_BIN) $(INTEG_BIN)
+	@sh tests/run-all.sh $(BUILD)
+
+demo: $(LIB) $(SIM) $(INTEG_BIN)
+	@sh scripts/demo.sh $(BUILD)
+
+clean:
+	rm -rf $(BUILD)

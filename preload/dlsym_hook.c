@@ -1,0 +1,68 @@
+/* The dlsym hook. The exported dlsym (dlsym_entry_x86_64.S) asks
+ * nvipcfix_dlsym_route where to go, then jumps there with the caller's own
+ * arguments and return address, so that for every name the library does not
+ * wrap glibc's dlsym runs exactly as if called directly: RTLD_NEXT and
+ * RTLD_DEFAULT resolve relative to the real caller, and dependencies are
+ * recorded for it. Only the wrapped names take the C path below. */
+#include <dlfcn.h>
+#include <stdatomic.h>
+#include <stddef.h>
+
+#include "hooks.h"
+#include "real_driver.h"
+#include "../shim/log.h"
+
+typedef void *(*dlsym_fn)(void *handle, const char *name);
+
+static _Atomic(dlsym_fn) real_dlsym_fn;
+
+static void *no_dlsym(void *handle, const char *name)
+{
+    (void)handle;
+    (void)name;
+    return NULL;
+}
+
+static dlsym_fn find_real_dlsym(void)
+{
+    /* glibc >= 2.34 defines dlsym in libc under GLIBC_2.34; older ones in
+     * libdl under the architecture's first version. */
+    static const char *const versions[] = {"GLIBC_2.34", "GLIBC_2.2.5", "GLIBC_2.17"};
+    for (size_t i = 0; i < sizeof versions / sizeof versions[0]; i++) {
+        void *p = dlvsym(RTLD_NEXT, "dlsym", versions[i]);
+        if (p != NULL)
+            return (dlsym_fn)p;
+    }
+    nvipcfix_log(NVIPCFIX_LOG_ERROR, "cannot find glibc's dlsym; every dlsym returns NULL");
+    return no_dlsym;
+}
+
+static dlsym_fn get_real_dlsym(void)
+{
+    dlsym_fn f = atomic_load_explicit(&real_dlsym_fn, memory_order_acquire);
+    if (f == NULL) {
+        f = find_real_dlsym(); /* racing threads find the same answer */
+        atomic_store_explicit(&real_dlsym_fn, f, memory_order_release);
+    }
+    return f;
+}
+
+void *nvipcfix_real_dlsym(void *handle, const char *name)
+{
+    return get_real_dlsym()(handle, name);
+}
+
+/* A look-up of a wrapped name: the real answer first; a wrapper only in
+ * place of a function that was found. */
+__attribute__((used)) void *nvipcfix_dlsym_wrapped(void *handle, const char *name)
+{
+    void *found = get_real_dlsym()(handle, name);
+    return found == NULL ? NULL : nvipcfix_wrapper_for(name, found, -1);
+}
+
+__attribute__((used)) void *nvipcfix_dlsym_route(const char *name)
+{
+    if (name != NULL && nvipcfix_is_wrapped_name(name))
+        return (void *)nvipcfix_dlsym_wrapped;
+    return (void *)get_real_dlsym();
+}

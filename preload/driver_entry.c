@@ -1,0 +1,139 @@
+/* The driver entry points the library exports, and the cuGetProcAddress
+ * hooks that hand them out in place of the driver's own. */
+#include <string.h>
+
+#include "export.h"
+#include "hooks.h"
+#include "library.h"
+#include "../shim/log.h"
+
+/* cuda.h maps these names to their newest versions; here each is defined
+ * under its exact symbol name. */
+#undef cuIpcOpenMemHandle
+#undef cuGetProcAddress
+
+static CUresult no_driver(void)
+{
+    NVIPCFIX_WARN_ONCE("the CUDA driver lacks an entry point nvipcfix needs; "
+                       "returning CUDA_ERROR_NOT_INITIALIZED");
+    return CUDA_ERROR_NOT_INITIALIZED;
+}
+
+NVIPCFIX_EXPORT CUresult cuIpcGetMemHandle(CUipcMemHandle *pHandle, CUdeviceptr dptr)
+{
+    struct nvipcfix_fix *fix = nvipcfix_library();
+    if (fix->driver->ipc_get_mem_handle == NULL)
+        return no_driver();
+    return nvipcfix_export(fix, pHandle, dptr);
+}
+
+NVIPCFIX_EXPORT CUresult cuIpcOpenMemHandle(CUdeviceptr *pdptr, CUipcMemHandle handle,
+                                            unsigned int Flags)
+{
+    struct nvipcfix_fix *fix = nvipcfix_library();
+    nvipcfix_open_fn real = nvipcfix_real_driver()->ipc_open_legacy;
+    if (real == NULL || fix->driver->ipc_close_mem_handle == NULL)
+        return no_driver();
+    return nvipcfix_open(fix, real, pdptr, handle, Flags);
+}
+
+NVIPCFIX_EXPORT CUresult cuIpcOpenMemHandle_v2(CUdeviceptr *pdptr, CUipcMemHandle handle,
+                                               unsigned int Flags)
+{
+    struct nvipcfix_fix *fix = nvipcfix_library();
+    nvipcfix_open_fn real = nvipcfix_real_driver()->ipc_open_v2;
+    if (real == NULL || fix->driver->ipc_close_mem_handle == NULL)
+        return no_driver();
+    return nvipcfix_open(fix, real, pdptr, handle, Flags);
+}
+
+NVIPCFIX_EXPORT CUresult cuIpcCloseMemHandle(CUdeviceptr dptr)
+{
+    struct nvipcfix_fix *fix = nvipcfix_library();
+    if (fix->driver->ipc_close_mem_handle == NULL)
+        return no_driver();
+    return nvipcfix_close(fix, dptr);
+}
+
+NVIPCFIX_EXPORT CUresult cuGetProcAddress(const char *symbol, void **pfn, int cudaVersion,
+                                          cuuint64_t flags)
+{
+    nvipcfix_gpa_v1_fn real = nvipcfix_real_driver()->get_proc_address_v1;
+    if (real == NULL)
+        return no_driver();
+    CUresult r = real(symbol, pfn, cudaVersion, flags);
+    if (r == CUDA_SUCCESS && pfn != NULL && *pfn != NULL && symbol != NULL)
+        *pfn = nvipcfix_wrapper_for(symbol, *pfn, cudaVersion);
+    return r;
+}
+
+NVIPCFIX_EXPORT CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int cudaVersion,
+                                             cuuint64_t flags,
+                                             CUdriverProcAddressQueryResult *symbolStatus)
+{
+    nvipcfix_gpa_v2_fn real = nvipcfix_real_driver()->get_proc_address_v2;
+    if (real == NULL)
+        return no_driver();
+    CUresult r = real(symbol, pfn, cudaVersion, flags, symbolStatus);
+    if (r == CUDA_SUCCESS && pfn != NULL && *pfn != NULL && symbol != NULL &&
+        (symbolStatus == NULL || *symbolStatus == CU_GET_PROC_ADDRESS_SUCCESS))
+        *pfn = nvipcfix_wrapper_for(symbol, *pfn, cudaVersion);
+    return r;
+}
+
+/* The wrappers by name. For names with two versions, a dlsym look-up
+ * (version -1) gets the one the exported symbol names; a cuGetProcAddress
+ * look-up gets the one matching what the driver returned, or else the one
+ * the requested version selects. */
+struct wrapped {
+    const char *name;
+    void *wrapper;       /* for dlsym, and versions below `since` */
+    void *newer;         /* for cuGetProcAddress at version >= since, or NULL */
+    int since;
+};
+
+static const struct wrapped wrapped[] = {
+    {"cuIpcGetMemHandle", (void *)cuIpcGetMemHandle, NULL, 0},
+    {"cuIpcOpenMemHandle", (void *)cuIpcOpenMemHandle, (void *)cuIpcOpenMemHandle_v2, 11000},
+    {"cuIpcOpenMemHandle_v2", (void *)cuIpcOpenMemHandle_v2, NULL, 0},
+    {"cuIpcCloseMemHandle", (void *)cuIpcCloseMemHandle, NULL, 0},
+    {"cuGetProcAddress", (void *)cuGetProcAddress, (void *)cuGetProcAddress_v2, 12000},
+    {"cuGetProcAddress_v2", (void *)cuGetProcAddress_v2, NULL, 0},
+};
+
+static const struct wrapped *find_wrapped(const char *name)
+{
+    if (name[0] != 'c' || name[1] != 'u')
+        return NULL;
+    for (size_t i = 0; i < sizeof wrapped / sizeof wrapped[0]; i++)
+        if (strcmp(name, wrapped[i].name) == 0)
+            return &wrapped[i];
+    return NULL;
+}
+
+int nvipcfix_is_wrapped_name(const char *name)
+{
+    return find_wrapped(name) != NULL;
+}
+
+void *nvipcfix_wrapper_for(const char *name, void *found, int version)
+{
+    const struct wrapped *w = find_wrapped(name);
+    if (w == NULL || found == w->wrapper || found == w->newer)
+        return found;
+    if (version < 0 || w->newer == NULL)
+        return w->wrapper;
+
+    const struct nvipcfix_real_driver *real = nvipcfix_real_driver();
+    void *real_older = w->newer == (void *)cuIpcOpenMemHandle_v2
+                           ? (void *)real->ipc_open_legacy
+                           : (void *)real->get_proc_address_v1;
+    void *real_newer = w->newer == (void *)cuIpcOpenMemHandle_v2
+                           ? (void *)real->ipc_open_v2
+                           : (void *)real->get_proc_address_v2;
+    if (found == real_older)
+        return w->wrapper;
+    if (found == real_newer)
+        return w->newer;
+    return version >= w->since ? w->newer : w->wrapper;
+}

@@ -1,0 +1,38 @@
+#include "real_driver.h"
+
+#include <dlfcn.h>
+#include <pthread.h>
+
+#include "../shim/log.h"
+
+static struct nvipcfix_real_driver real;
+static pthread_once_t real_once = PTHREAD_ONCE_INIT;
+
+#define LOOKUP(field, name) (*(void **)&(field) = nvipcfix_real_dlsym(real.library, name))
+
+static void load(void)
+{
+    real.library = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    if (real.library == NULL) {
+        const char *err = dlerror();
+        NVIPCFIX_WARN_ONCE("cannot load the CUDA driver libcuda.so.1 (%s); CUDA IPC calls "
+                           "fail with CUDA_ERROR_NOT_INITIALIZED",
+                           err != NULL ? err : "unknown error");
+        return;
+    }
+    LOOKUP(real.ipc_open_legacy, "cuIpcOpenMemHandle");
+    LOOKUP(real.ipc_open_v2, "cuIpcOpenMemHandle_v2");
+    LOOKUP(real.get_proc_address_v1, "cuGetProcAddress");
+    LOOKUP(real.get_proc_address_v2, "cuGetProcAddress_v2");
+    LOOKUP(real.ops.pointer_get_attributes, "cuPointerGetAttributes");
+    LOOKUP(real.ops.mem_get_address_range, "cuMemGetAddressRange_v2");
+    LOOKUP(real.ops.ctx_get_current, "cuCtxGetCurrent");
+    LOOKUP(real.ops.ipc_get_mem_handle, "cuIpcGetMemHandle");
+    LOOKUP(real.ops.ipc_close_mem_handle, "cuIpcCloseMemHandle");
+}
+
+const struct nvipcfix_real_driver *nvipcfix_real_driver(void)
+{
+    pthread_once(&real_once, load);
+    return &real;
+}

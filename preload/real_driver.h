@@ -1,0 +1,31 @@
+/* The table of real driver functions, looked up lazily and once from
+ * libcuda.so.1. Nothing here runs before the first wrapped call. */
+#ifndef NVIPCFIX_REAL_DRIVER_H
+#define NVIPCFIX_REAL_DRIVER_H
+
+#define __CUDA_API_VERSION_INTERNAL 1 /* declares the legacy entry points too */
+#include <cuda.h>
+
+#include "../shim/ipc_fix.h"
+
+typedef CUresult (*nvipcfix_gpa_v1_fn)(const char *symbol, void **pfn, int version,
+                                       cuuint64_t flags);
+typedef CUresult (*nvipcfix_gpa_v2_fn)(const char *symbol, void **pfn, int version,
+                                       cuuint64_t flags, CUdriverProcAddressQueryResult *status);
+
+struct nvipcfix_real_driver {
+    void *library; /* NULL: no libcuda.so.1 could be loaded */
+    nvipcfix_open_fn ipc_open_legacy; /* cuIpcOpenMemHandle */
+    nvipcfix_open_fn ipc_open_v2;     /* cuIpcOpenMemHandle_v2 */
+    nvipcfix_gpa_v1_fn get_proc_address_v1;
+    nvipcfix_gpa_v2_fn get_proc_address_v2;
+    struct nvipcfix_driver ops; /* what the fix calls */
+};
+
+const struct nvipcfix_real_driver *nvipcfix_real_driver(void);
+
+/* The dlsym of glibc (or of the next interposer), for the library's own
+ * look-ups. Defined with the dlsym hook. */
+void *nvipcfix_real_dlsym(void *handle, const char *name);
+
+#endif

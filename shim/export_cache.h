@@ -1,0 +1,62 @@
+/* Export cache: the driver's handle of each block this process exported,
+ * keyed by the block's base address and checked against the driver's
+ * buffer id, which is unique per allocation and never reused in a process.
+ * A block freed and re-allocated at the same address has a new buffer id,
+ * so it can never be given the old block's handle.
+ *
+ * A second index by handle bytes lets an open of our own export (in the
+ * exporting process) find the block it names. */
+#ifndef NVIPCFIX_EXPORT_CACHE_H
+#define NVIPCFIX_EXPORT_CACHE_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "handle_tag.h"
+
+/* Past this many blocks the cache is emptied and starts again. */
+#define NVIPCFIX_EXPORT_CACHE_MAX 65536
+
+struct nvipcfix_export_entry;
+
+struct nvipcfix_export_cache {
+    pthread_rwlock_t lock;
+    struct nvipcfix_export_entry *by_base;
+    struct nvipcfix_export_entry *by_handle;
+    size_t count;
+};
+
+struct nvipcfix_export_block {
+    uint64_t base;
+    uint64_t size;
+    uint64_t buffer_id;
+    unsigned char handle[NVIPCFIX_HANDLE_BYTES];
+};
+
+void nvipcfix_export_cache_init(struct nvipcfix_export_cache *c);
+void nvipcfix_export_cache_destroy(struct nvipcfix_export_cache *c);
+
+/* Copies the cached handle of the block (base, buffer_id) into handle and
+ * returns 1; returns 0 if there is none (or only one of an older block at
+ * that address). */
+int nvipcfix_export_cache_get(struct nvipcfix_export_cache *c, uint64_t base,
+                              uint64_t buffer_id, unsigned char handle[NVIPCFIX_HANDLE_BYTES]);
+
+/* Records the driver's handle of a block, replacing whatever was recorded
+ * at that base or for that handle. Returns 0, or -1 if out of memory. */
+int nvipcfix_export_cache_put(struct nvipcfix_export_cache *c,
+                              const struct nvipcfix_export_block *block);
+
+/* Finds the block whose handle is these bytes; returns 1 and fills *out, or 0. */
+int nvipcfix_export_cache_find_handle(struct nvipcfix_export_cache *c,
+                                      const unsigned char handle[NVIPCFIX_HANDLE_BYTES],
+                                      struct nvipcfix_export_block *out);
+
+size_t nvipcfix_export_cache_count(struct nvipcfix_export_cache *c);
+
+/* For fork: hold the cache's lock across fork(), release it on both sides. */
+void nvipcfix_export_cache_lock(struct nvipcfix_export_cache *c);
+void nvipcfix_export_cache_unlock(struct nvipcfix_export_cache *c);
+
+#endif

@@ -1,0 +1,78 @@
+#include "handle_tag.h"
+
+#include <string.h>
+
+static uint64_t load64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+static void store64(unsigned char *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++, v >>= 8)
+        p[i] = (unsigned char)v;
+}
+
+static uint64_t mix(uint64_t h, uint64_t v)
+{
+    h ^= v;
+    h *= UINT64_C(0x9E3779B97F4A7C15);
+    return h ^ (h >> 31);
+}
+
+uint16_t nvipcfix_tag_check(const unsigned char head[NVIPCFIX_TAIL_AT], uint64_t offset)
+{
+    /* Domain constant: "nvipcfx1". */
+    uint64_t h = UINT64_C(0x6e76697063667831);
+    for (int i = 0; i < NVIPCFIX_TAIL_AT; i += 8)
+        h = mix(h, load64(head + i));
+    h = mix(h, offset);
+    /* Final avalanche (splitmix64's), then fold to 16 bits. */
+    h ^= h >> 30;
+    h *= UINT64_C(0xBF58476D1CE4E5B9);
+    h ^= h >> 27;
+    h *= UINT64_C(0x94D049BB133111EB);
+    h ^= h >> 31;
+    return (uint16_t)(h ^ (h >> 16) ^ (h >> 32) ^ (h >> 48));
+}
+
+int nvipcfix_tail_is_zero(const unsigned char handle[NVIPCFIX_HANDLE_BYTES])
+{
+    return load64(handle + NVIPCFIX_TAIL_AT) == 0;
+}
+
+int nvipcfix_tag_encode(unsigned char handle[NVIPCFIX_HANDLE_BYTES], uint64_t offset)
+{
+    if (offset == 0 || offset > NVIPCFIX_MAX_OFFSET || !nvipcfix_tail_is_zero(handle))
+        return -1;
+    uint64_t tail = offset | ((uint64_t)nvipcfix_tag_check(handle, offset) << 48);
+    store64(handle + NVIPCFIX_TAIL_AT, tail);
+    return 0;
+}
+
+enum nvipcfix_tag_kind nvipcfix_tag_decode(const unsigned char handle[NVIPCFIX_HANDLE_BYTES],
+                                           uint64_t *offset,
+                                           unsigned char native[NVIPCFIX_HANDLE_BYTES])
+{
+    uint64_t tail = load64(handle + NVIPCFIX_TAIL_AT);
+    uint64_t off = tail & NVIPCFIX_MAX_OFFSET;
+    enum nvipcfix_tag_kind kind;
+
+    if (tail == 0)
+        kind = NVIPCFIX_TAG_NONE;
+    else if (off != 0 && (uint16_t)(tail >> 48) == nvipcfix_tag_check(handle, off))
+        kind = NVIPCFIX_TAG_OURS;
+    else
+        kind = NVIPCFIX_TAG_FOREIGN;
+
+    *offset = kind == NVIPCFIX_TAG_OURS ? off : 0;
+    if (native != NULL) {
+        memcpy(native, handle, NVIPCFIX_HANDLE_BYTES);
+        if (kind == NVIPCFIX_TAG_OURS)
+            memset(native + NVIPCFIX_TAIL_AT, 0, NVIPCFIX_HANDLE_BYTES - NVIPCFIX_TAIL_AT);
+    }
+    return kind;
+}

@@ -1,0 +1,322 @@
+#include "ipc_fix.h"
+
+#include <string.h>
+
+#include "handle_tag.h"
+#include "log.h"
+
+typedef unsigned long long ull;
+
+void nvipcfix_fix_init(struct nvipcfix_fix *fix, const struct nvipcfix_config *config,
+                       const struct nvipcfix_driver *driver)
+{
+    memset(fix, 0, sizeof *fix);
+    fix->config = *config;
+    fix->driver = driver;
+    nvipcfix_export_cache_init(&fix->exports);
+    nvipcfix_import_table_init(&fix->imports);
+    pthread_mutex_init(&fix->slow, NULL);
+}
+
+void nvipcfix_fix_destroy(struct nvipcfix_fix *fix)
+{
+    nvipcfix_export_cache_destroy(&fix->exports);
+    nvipcfix_import_table_destroy(&fix->imports);
+    pthread_mutex_destroy(&fix->slow);
+}
+
+static CUresult counted(struct nvipcfix_fix *fix, CUresult r)
+{
+    if (r != CUDA_SUCCESS)
+        NVIPCFIX_STAT_ADD(&fix->stats, errors);
+    return r;
+}
+
+/* Finds the allocation that contains ptr. buffer_id is 0 when the driver
+ * cannot tell it, and such a block must not be cached. */
+static int find_block(const struct nvipcfix_driver *d, CUdeviceptr ptr,
+                      struct nvipcfix_export_block *blk)
+{
+    memset(blk, 0, sizeof *blk);
+    if (d->pointer_get_attributes != NULL) {
+        CUdeviceptr start = 0;
+        size_t size = 0;
+        ull id = 0;
+        CUpointer_attribute attrs[3] = {CU_POINTER_ATTRIBUTE_RANGE_START_ADDR,
+                                        CU_POINTER_ATTRIBUTE_RANGE_SIZE,
+                                        CU_POINTER_ATTRIBUTE_BUFFER_ID};
+        void *data[3] = {&start, &size, &id};
+        /* Unknown pointers succeed with zeroed values: check the range. */
+        if (d->pointer_get_attributes(3, attrs, data, ptr) == CUDA_SUCCESS && start != 0 &&
+            ptr >= start && ptr - start < size) {
+            blk->base = start;
+            blk->size = size;
+            blk->buffer_id = id;
+            return 0;
+        }
+        return -1;
+    }
+    if (d->mem_get_address_range != NULL) {
+        CUdeviceptr base = 0;
+        size_t size = 0;
+        if (d->mem_get_address_range(&base, &size, ptr) == CUDA_SUCCESS && base != 0 &&
+            ptr >= base && ptr - base < size) {
+            blk->base = base;
+            blk->size = size;
+            return 0;
+        }
+    }
+    return -1;
+}
+
+static CUresult native_export(struct nvipcfix_fix *fix, CUipcMemHandle *handle,
+                              CUdeviceptr ptr)
+{
+    return counted(fix, fix->driver->ipc_get_mem_handle(handle, ptr));
+}
+
+CUresult nvipcfix_export(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CUdeviceptr ptr)
+{
+    const struct nvipcfix_driver *d = fix->driver;
+    NVIPCFIX_STAT_ADD(&fix->stats, exports);
+    if (fix->config.mode == NVIPCFIX_MODE_OFF || handle == NULL)
+        return native_export(fix, handle, ptr);
+
+    struct nvipcfix_export_block blk;
+    if (find_block(d, ptr, &blk) != 0) {
+        NVIPCFIX_DEBUG("export of 0x%llx: no allocation found; native call", (ull)ptr);
+        return native_export(fix, handle, ptr);
+    }
+    uint64_t offset = ptr - blk.base;
+
+    if (fix->config.mode == NVIPCFIX_MODE_AUDIT) {
+        CUresult r = native_export(fix, handle, ptr);
+        if (offset != 0)
+            nvipcfix_log(NVIPCFIX_LOG_INFO,
+                         "audit: export of 0x%llx is %llu bytes into block 0x%llx "
+                         "(size %llu): a receiver will get the block base, not this pointer",
+                         (ull)ptr, (ull)offset, (ull)blk.base, (ull)blk.size);
+        else
+            NVIPCFIX_DEBUG("audit: export of block base 0x%llx (size %llu)", (ull)ptr,
+                           (ull)blk.size);
+        return r;
+    }
+
+    if (blk.buffer_id == 0 ||
+        !nvipcfix_export_cache_get(&fix->exports, blk.base, blk.buffer_id, blk.handle)) {
+        CUipcMemHandle h;
+        CUresult r = d->ipc_get_mem_handle(&h, blk.base);
+        if (r != CUDA_SUCCESS)
+            return counted(fix, r);
+        memcpy(blk.handle, h.reserved, sizeof blk.handle);
+        if (blk.buffer_id != 0 && nvipcfix_export_cache_put(&fix->exports, &blk) != 0)
+            NVIPCFIX_WARN_ONCE("out of memory for the export cache; handles are fetched "
+                               "from the driver each time");
+    }
+
+    if (offset == 0) {
+        memcpy(handle->reserved, blk.handle, sizeof blk.handle);
+        NVIPCFIX_DEBUG("export of block base 0x%llx: native handle", (ull)ptr);
+        return CUDA_SUCCESS;
+    }
+    if (!nvipcfix_tail_is_zero(blk.handle)) {
+        NVIPCFIX_WARN_ONCE("this driver writes bytes 56-63 of IPC handles, where nvipcfix "
+                           "carries offsets; interior pointers are exported natively "
+                           "(receivers will get the block base)");
+        return native_export(fix, handle, ptr);
+    }
+    if (offset > NVIPCFIX_MAX_OFFSET) {
+        NVIPCFIX_WARN_ONCE("offset %llu is too large to carry in a handle; exported natively",
+                           (ull)offset);
+        return native_export(fix, handle, ptr);
+    }
+    memcpy(handle->reserved, blk.handle, sizeof blk.handle);
+    nvipcfix_tag_encode((unsigned char *)handle->reserved, offset);
+    NVIPCFIX_STAT_ADD(&fix->stats, exports_tagged);
+    NVIPCFIX_DEBUG("export of 0x%llx: block 0x%llx + %llu, tagged", (ull)ptr, (ull)blk.base,
+                   (ull)offset);
+    return CUDA_SUCCESS;
+}
+
+/* The exporting process opens its own handle: the driver refuses, nvipcfix
+ * answers with the exporter's block, if it is still the one exported. */
+static int find_own_export(struct nvipcfix_fix *fix,
+                           const unsigned char native[NVIPCFIX_HANDLE_BYTES],
+                           CUdeviceptr *base, uint64_t *size)
+{
+    struct nvipcfix_export_block exported, now;
+    if (!fix->config.self_open ||
+        !nvipcfix_export_cache_find_handle(&fix->exports, native, &exported))
+        return -1;
+    if (find_block(fix->driver, exported.base, &now) != 0 || now.base != exported.base ||
+        now.buffer_id != exported.buffer_id)
+        return -1;
+    *base = exported.base;
+    *size = exported.size;
+    return 0;
+}
+
+static CUresult real_close(struct nvipcfix_fix *fix, CUdeviceptr base)
+{
+    NVIPCFIX_STAT_ADD(&fix->stats, real_closes);
+    CUresult r = fix->driver->ipc_close_mem_handle(base);
+    if (r != CUDA_SUCCESS)
+        NVIPCFIX_WARN_ONCE("closing block 0x%llx failed in the driver (error %d)", (ull)base,
+                           (int)r);
+    return r;
+}
+
+static CUresult import_error(struct nvipcfix_fix *fix, enum nvipcfix_import_result r,
+                             uint64_t offset)
+{
+    if (r == NVIPCFIX_IMPORT_BAD_OFFSET) {
+        NVIPCFIX_WARN_ONCE("refused a handle whose offset %llu is not inside its block "
+                           "(corrupted or forged tag)", (ull)offset);
+        return counted(fix, CUDA_ERROR_INVALID_VALUE);
+    }
+    NVIPCFIX_WARN_ONCE("out of memory for the import table");
+    return counted(fix, CUDA_ERROR_OUT_OF_MEMORY);
+}
+
+/* Slow path of an open: the block is not in the table. */
+static CUresult open_block(struct nvipcfix_fix *fix, nvipcfix_open_fn real_open,
+                           CUcontext ctx, const unsigned char native[NVIPCFIX_HANDLE_BYTES],
+                           uint64_t offset, unsigned int flags, CUdeviceptr *pdptr)
+{
+    const struct nvipcfix_driver *d = fix->driver;
+    uint64_t p = 0;
+    enum nvipcfix_import_result ir;
+    CUresult r;
+
+    pthread_mutex_lock(&fix->slow);
+    ir = nvipcfix_import_acquire(&fix->imports, ctx, native, offset, &p);
+    if (ir != NVIPCFIX_IMPORT_MISS) {
+        pthread_mutex_unlock(&fix->slow);
+        if (ir != NVIPCFIX_IMPORT_HIT)
+            return import_error(fix, ir, offset);
+        NVIPCFIX_STAT_ADD(&fix->stats, table_hits);
+        *pdptr = p;
+        return CUDA_SUCCESS;
+    }
+
+    CUipcMemHandle h;
+    CUdeviceptr base = 0;
+    uint64_t size = 0;
+    int self = 0;
+    memcpy(h.reserved, native, sizeof h.reserved);
+    NVIPCFIX_STAT_ADD(&fix->stats, real_opens);
+    r = real_open(&base, h, flags);
+    if (r == CUDA_SUCCESS) {
+        CUdeviceptr range_base = 0;
+        size_t range_size = 0;
+        if (d->mem_get_address_range != NULL &&
+            d->mem_get_address_range(&range_base, &range_size, base) == CUDA_SUCCESS &&
+            range_base == base)
+            size = range_size;
+        else
+            NVIPCFIX_WARN_ONCE("cannot learn the size of an opened block; handles with an "
+                               "offset into such blocks are refused");
+    } else if (r == CUDA_ERROR_INVALID_CONTEXT && ctx != NULL &&
+               find_own_export(fix, native, &base, &size) == 0) {
+        self = 1;
+        NVIPCFIX_DEBUG("open of this process's own export: block 0x%llx", (ull)base);
+    } else {
+        pthread_mutex_unlock(&fix->slow);
+        return counted(fix, r);
+    }
+
+    int existed = 0;
+    ir = nvipcfix_import_insert(&fix->imports, ctx, native, base, size, self, offset, &p,
+                                &existed);
+    if ((ir != NVIPCFIX_IMPORT_HIT || existed) && !self)
+        real_close(fix, base);
+    pthread_mutex_unlock(&fix->slow);
+    if (ir != NVIPCFIX_IMPORT_HIT)
+        return import_error(fix, ir, offset);
+    NVIPCFIX_DEBUG("open: block 0x%llx + %llu -> 0x%llx", (ull)base, (ull)offset, (ull)p);
+    *pdptr = p;
+    return CUDA_SUCCESS;
+}
+
+CUresult nvipcfix_open(struct nvipcfix_fix *fix, nvipcfix_open_fn real_open, CUdeviceptr *pdptr,
+                       CUipcMemHandle handle, unsigned int flags)
+{
+    NVIPCFIX_STAT_ADD(&fix->stats, opens);
+    if (fix->config.mode == NVIPCFIX_MODE_OFF || pdptr == NULL)
+        return counted(fix, real_open(pdptr, handle, flags));
+
+    unsigned char native[NVIPCFIX_HANDLE_BYTES];
+    uint64_t offset;
+    enum nvipcfix_tag_kind kind =
+        nvipcfix_tag_decode((const unsigned char *)handle.reserved, &offset, native);
+
+    if (fix->config.mode == NVIPCFIX_MODE_AUDIT) {
+        CUresult r = counted(fix, real_open(pdptr, handle, flags));
+        nvipcfix_log(NVIPCFIX_LOG_INFO, "audit: open of a %s handle -> 0x%llx (error %d)",
+                     kind == NVIPCFIX_TAG_OURS ? "tagged" : "native",
+                     r == CUDA_SUCCESS ? (ull)*pdptr : 0ULL, (int)r);
+        return r;
+    }
+    if (kind == NVIPCFIX_TAG_FOREIGN) {
+        NVIPCFIX_WARN_ONCE("an IPC handle has non-zero bytes 56-63 that nvipcfix did not "
+                           "write; it is passed to the driver unchanged");
+        return counted(fix, real_open(pdptr, handle, flags));
+    }
+
+    CUcontext ctx = NULL;
+    if (fix->driver->ctx_get_current == NULL ||
+        fix->driver->ctx_get_current(&ctx) != CUDA_SUCCESS)
+        ctx = NULL;
+
+    uint64_t p = 0;
+    enum nvipcfix_import_result ir =
+        nvipcfix_import_acquire(&fix->imports, ctx, native, offset, &p);
+    if (ir == NVIPCFIX_IMPORT_HIT) {
+        NVIPCFIX_STAT_ADD(&fix->stats, table_hits);
+        *pdptr = p;
+        return CUDA_SUCCESS;
+    }
+    if (ir != NVIPCFIX_IMPORT_MISS)
+        return import_error(fix, ir, offset);
+    return open_block(fix, real_open, ctx, native, offset, flags, pdptr);
+}
+
+CUresult nvipcfix_close(struct nvipcfix_fix *fix, CUdeviceptr ptr)
+{
+    struct nvipcfix_released_block out;
+    enum nvipcfix_release_result rr;
+    NVIPCFIX_STAT_ADD(&fix->stats, closes);
+    if (fix->config.mode != NVIPCFIX_MODE_FIX)
+        return counted(fix, fix->driver->ipc_close_mem_handle(ptr));
+
+    rr = nvipcfix_import_release(&fix->imports, ptr, 0, &out);
+    if (rr == NVIPCFIX_RELEASE_DONE)
+        return CUDA_SUCCESS;
+    if (rr == NVIPCFIX_RELEASE_WOULD_BE_LAST) {
+        CUresult r = CUDA_SUCCESS;
+        pthread_mutex_lock(&fix->slow);
+        rr = nvipcfix_import_release(&fix->imports, ptr, 1, &out);
+        if (rr == NVIPCFIX_RELEASE_LAST && !out.self)
+            r = real_close(fix, out.base);
+        pthread_mutex_unlock(&fix->slow);
+        if (rr != NVIPCFIX_RELEASE_NOT_OURS)
+            return counted(fix, r);
+    }
+    /* Not a pointer nvipcfix returned: the driver decides. */
+    NVIPCFIX_STAT_ADD(&fix->stats, real_closes);
+    return counted(fix, fix->driver->ipc_close_mem_handle(ptr));
+}
+
+void nvipcfix_fix_lock_all(struct nvipcfix_fix *fix)
+{
+    pthread_mutex_lock(&fix->slow);
+    nvipcfix_export_cache_lock(&fix->exports);
+    nvipcfix_import_table_lock(&fix->imports);
+}
+
+void nvipcfix_fix_unlock_all(struct nvipcfix_fix *fix)
+{
+    nvipcfix_import_table_unlock(&fix->imports);
+    nvipcfix_export_cache_unlock(&fix->exports);
+    pthread_mutex_unlock(&fix->slow);
+}

@@ -1,0 +1,59 @@
+/* The fix itself: what export, open and close do, written against a table
+ * of driver functions (the real driver in the library, a fake in tests). */
+#ifndef NVIPCFIX_IPC_FIX_H
+#define NVIPCFIX_IPC_FIX_H
+
+#include <cuda.h>
+#include <pthread.h>
+
+#include "config.h"
+#include "export_cache.h"
+#include "import_table.h"
+#include "stats.h"
+
+typedef CUresult (*nvipcfix_open_fn)(CUdeviceptr *pdptr, CUipcMemHandle handle,
+                                     unsigned int flags);
+
+/* The driver functions the fix needs. Any may be NULL (an old or partial
+ * driver); the fix then falls back to the native call. */
+struct nvipcfix_driver {
+    CUresult (*pointer_get_attributes)(unsigned int n, CUpointer_attribute *attrs, void **data,
+                                       CUdeviceptr ptr);
+    CUresult (*mem_get_address_range)(CUdeviceptr *base, size_t *size, CUdeviceptr ptr);
+    CUresult (*ctx_get_current)(CUcontext *ctx);
+    CUresult (*ipc_get_mem_handle)(CUipcMemHandle *handle, CUdeviceptr ptr);
+    CUresult (*ipc_close_mem_handle)(CUdeviceptr ptr);
+};
+
+struct nvipcfix_fix {
+    struct nvipcfix_config config;
+    const struct nvipcfix_driver *driver;
+    struct nvipcfix_export_cache exports;
+    struct nvipcfix_import_table imports;
+    /* Serialises the driver's real opens and last closes, so that two
+     * threads never open one block twice and a close never races an open
+     * of the same block. Never held on the fast paths. */
+    pthread_mutex_t slow;
+    struct nvipcfix_stats stats;
+};
+
+void nvipcfix_fix_init(struct nvipcfix_fix *fix, const struct nvipcfix_config *config,
+                       const struct nvipcfix_driver *driver);
+void nvipcfix_fix_destroy(struct nvipcfix_fix *fix);
+
+/* cuIpcGetMemHandle */
+CUresult nvipcfix_export(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CUdeviceptr ptr);
+
+/* cuIpcOpenMemHandle and cuIpcOpenMemHandle_v2: real_open is the entry
+ * point the caller asked for. */
+CUresult nvipcfix_open(struct nvipcfix_fix *fix, nvipcfix_open_fn real_open, CUdeviceptr *pdptr,
+                       CUipcMemHandle handle, unsigned int flags);
+
+/* cuIpcCloseMemHandle */
+CUresult nvipcfix_close(struct nvipcfix_fix *fix, CUdeviceptr ptr);
+
+/* For fork: take every lock in prepare, release them in parent and child. */
+void nvipcfix_fix_lock_all(struct nvipcfix_fix *fix);
+void nvipcfix_fix_unlock_all(struct nvipcfix_fix *fix);
+
+#endif

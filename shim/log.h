@@ -1,0 +1,58 @@
+/* Logging: one prefix ("nvipcfix[PID]: LEVEL: ") on every line, to stderr
+ * or to NVIPCFIX_LOG_FILE. Silent below the configured level. */
+#ifndef NVIPCFIX_LOG_H
+#define NVIPCFIX_LOG_H
+
+#include <stdatomic.h>
+
+enum nvipcfix_log_level {
+    NVIPCFIX_LOG_ERROR = 0,
+    NVIPCFIX_LOG_WARN = 1,
+    NVIPCFIX_LOG_INFO = 2,
+    NVIPCFIX_LOG_DEBUG = 3,
+};
+
+/* Sets the level and the destination. path may be NULL (stderr); "%p" in
+ * it is replaced by the pid. The file is created 0600, never through a
+ * symbolic link; if it cannot be opened, stderr is used and a warning says
+ * so. Returns 0, or -1 when the file could not be opened. */
+int nvipcfix_log_open(enum nvipcfix_log_level level, const char *path);
+
+/* Closes a log file opened by nvipcfix_log_open and goes back to stderr at
+ * level warn. */
+void nvipcfix_log_close(void);
+
+int nvipcfix_log_enabled(enum nvipcfix_log_level level);
+
+__attribute__((format(printf, 2, 3)))
+void nvipcfix_log(enum nvipcfix_log_level level, const char *fmt, ...);
+
+/* Writes one line "nvipcfix[PID]: TAG: ..." whatever the level. */
+__attribute__((format(printf, 2, 3)))
+void nvipcfix_log_line(const char *tag, const char *fmt, ...);
+
+/* Expands the pid into "%p" of a path; returns -1 if out is too small. */
+int nvipcfix_log_expand_path(const char *path, long pid, char *out, unsigned long outsz);
+
+/* Logs at warning level the first time this line is reached, never again. */
+#define NVIPCFIX_WARN_ONCE(...)                                              \
+    do {                                                                     \
+        static atomic_flag nvipcfix_once_ = ATOMIC_FLAG_INIT;                \
+        if (!atomic_flag_test_and_set_explicit(&nvipcfix_once_,              \
+                                               memory_order_relaxed))        \
+            nvipcfix_log(NVIPCFIX_LOG_WARN, __VA_ARGS__);                    \
+    } while (0)
+
+#define NVIPCFIX_DEBUG(...)                                                  \
+    do {                                                                     \
+        if (nvipcfix_log_enabled(NVIPCFIX_LOG_DEBUG))                        \
+            nvipcfix_log(NVIPCFIX_LOG_DEBUG, __VA_ARGS__);                   \
+    } while (0)
+
+#define NVIPCFIX_INFO(...)                                                   \
+    do {                                                                     \
+        if (nvipcfix_log_enabled(NVIPCFIX_LOG_INFO))                         \
+            nvipcfix_log(NVIPCFIX_LOG_INFO, __VA_ARGS__);                    \
+    } while (0)
+
+#endif
