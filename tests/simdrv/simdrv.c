@@ -1,0 +1,820 @@
+/* A simulated CUDA driver, built as build/sim/libcuda.so.1 for the CPU tier
+ * of the tests. It is a test instrument: never installed, never linked into
+ * the library.
+ *
+ * Device memory is shared memory that two processes really share: every
+ * driver chunk is a memfd mapped into a reserved address range per device;
+ * an importer maps the same memfd through /proc/PID/fd/N. It behaves as
+ * ../shared/reference/cuda-ipc-facts.md describes the real driver,
+ * including the bug:
+ *   - cuIpcGetMemHandle of an interior pointer returns the handle of the
+ *     whole allocation, byte-identical to the base's;
+ *   - cuIpcOpenMemHandle returns the allocation's base; a second open in one
+ *     context returns the same pointer and counts a reference;
+ *   - cuIpcCloseMemHandle of an interior pointer fails (invalid value);
+ *   - opening a handle in the process that exported it fails (invalid
+ *     context); bytes 56-63 of a handle are zero and ignored on open;
+ *   - small allocations (up to 1 MiB) are packed into 2 MiB chunks at
+ *     512-byte steps, each with its own range and handle.
+ * Switches (environment, read at cuInit):
+ *   SIMCUDA_DEVICES=N       number of devices (1..8, default 1)
+ *   SIMCUDA_OLD_DRIVER=1    a second open of an open handle fails with
+ *                           CUDA_ERROR_ALREADY_MAPPED (drivers before CUDA 11)
+ *   SIMCUDA_HANDLE_TAIL=1   the driver writes non-zero bytes 56-63
+ *   SIMCUDA_FAIL=a,b|all    the named entry points fail with CUDA_ERROR_UNKNOWN
+ */
+#define __CUDA_API_VERSION_INTERNAL 1
+#include <cuda.h>
+
+#include <dlfcn.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+#include <unistd.h>
+
+#undef cuIpcOpenMemHandle
+#undef cuGetProcAddress
+
+#define SIM_EXPORT __attribute__((visibility("default")))
+#define SIM_MAX_DEVICES 8
+#define SIM_VA_PER_DEVICE (UINT64_C(64) << 30)
+#define SIM_CHUNK (UINT64_C(2) << 20)
+#define SIM_SMALL_MAX (UINT64_C(1) << 20)
+#define SIM_PACK_STEP 512
+#define SIM_PAGE 4096
+
+struct CUctx_st {
+    int device;
+};
+
+struct chunk {
+    int fd;
+    uint32_t id;
+    int device;
+    uint64_t addr, size;
+    uint64_t used; /* bump pointer for packed small allocations */
+    int live;      /* allocations in it */
+    struct chunk *next;
+};
+
+struct alloc {
+    uint64_t base, size;
+    struct chunk *chunk;
+    uint64_t object_id; /* also the buffer id */
+    struct alloc *next;
+};
+
+struct import {
+    unsigned char key[56];
+    CUcontext ctx;
+    void *map;
+    uint64_t map_size;
+    uint64_t ptr, size;
+    uint64_t buffer_id;
+    int refs;
+    struct import *next;
+};
+
+static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
+static int initialized;
+static int ndevices = 1, old_driver, handle_tail;
+static char fail_list[512];
+static unsigned char ident[8];
+static uint64_t va_base[SIM_MAX_DEVICES];
+static struct CUctx_st primary[SIM_MAX_DEVICES];
+static struct chunk *chunks;
+static struct chunk *small_chunk[SIM_MAX_DEVICES];
+static struct alloc *allocs;
+static struct import *imports;
+static uint64_t next_object_id = 1;
+static uint32_t next_chunk_id = 1;
+static long real_opens, real_closes;
+static _Thread_local CUcontext current;
+
+/* ---- helpers ---------------------------------------------------------- */
+
+static int failing(const char *name)
+{
+    if (fail_list[0] == '\0')
+        return 0;
+    if (strcmp(fail_list, "all") == 0)
+        return 1;
+    size_t n = strlen(name);
+    for (const char *p = fail_list; (p = strstr(p, name)) != NULL; p += n)
+        if ((p == fail_list || p[-1] == ',') && (p[n] == ',' || p[n] == '\0'))
+            return 1;
+    return 0;
+}
+
+#define ENTER(name)                                                          \
+    do {                                                                     \
+        if (failing(name))                                                   \
+            return CUDA_ERROR_UNKNOWN;                                       \
+    } while (0)
+
+static void put64(unsigned char *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++, v >>= 8)
+        p[i] = (unsigned char)v;
+}
+
+static uint64_t get64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+static int env_flag(const char *name)
+{
+    const char *v = getenv(name);
+    return v != NULL && strcmp(v, "1") == 0;
+}
+
+static struct alloc *find_alloc(uint64_t p)
+{
+    for (struct alloc *a = allocs; a != NULL; a = a->next)
+        if (p >= a->base && p - a->base < a->size)
+            return a;
+    return NULL;
+}
+
+static struct import *find_import(uint64_t p)
+{
+    for (struct import *m = imports; m != NULL; m = m->next)
+        if (p >= m->ptr && p - m->ptr < m->size)
+            return m;
+    return NULL;
+}
+
+/* Nonzero if [p, p+n) is device memory this process may touch. */
+static int accessible(uint64_t p, uint64_t n)
+{
+    struct alloc *a = find_alloc(p);
+    if (a != NULL)
+        return n <= a->size - (p - a->base);
+    struct import *m = find_import(p);
+    return m != NULL && n <= m->size - (p - m->ptr);
+}
+
+/* ---- init, devices, contexts ------------------------------------------ */
+
+SIM_EXPORT CUresult cuInit(unsigned int flags)
+{
+    ENTER("cuInit");
+    (void)flags;
+    pthread_mutex_lock(&lock);
+    if (!initialized) {
+        const char *n = getenv("SIMCUDA_DEVICES");
+        if (n != NULL && atoi(n) >= 1 && atoi(n) <= SIM_MAX_DEVICES)
+            ndevices = atoi(n);
+        old_driver = env_flag("SIMCUDA_OLD_DRIVER");
+        handle_tail = env_flag("SIMCUDA_HANDLE_TAIL");
+        const char *f = getenv("SIMCUDA_FAIL");
+        snprintf(fail_list, sizeof fail_list, "%s", f != NULL ? f : "");
+        if (getrandom(ident, sizeof ident, 0) != (ssize_t)sizeof ident)
+            put64(ident, (uint64_t)getpid() * UINT64_C(0x9E3779B97F4A7C15));
+        for (int d = 0; d < ndevices; d++) {
+            void *va = mmap(NULL, SIM_VA_PER_DEVICE, PROT_NONE,
+                            MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+            if (va == MAP_FAILED) {
+                pthread_mutex_unlock(&lock);
+                return CUDA_ERROR_OUT_OF_MEMORY;
+            }
+            va_base[d] = (uint64_t)va;
+            primary[d].device = d;
+        }
+        initialized = 1;
+    }
+    pthread_mutex_unlock(&lock);
+    return failing("cuInit") ? CUDA_ERROR_UNKNOWN : CUDA_SUCCESS;
+}
+
+SIM_EXPORT CUresult cuDriverGetVersion(int *version)
+{
+    if (version == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    *version = 13000;
+    return CUDA_SUCCESS;
+}
+
+SIM_EXPORT CUresult cuDeviceGetCount(int *count)
+{
+    ENTER("cuDeviceGetCount");
+    if (!initialized)
+        return CUDA_ERROR_NOT_INITIALIZED;
+    *count = ndevices;
+    return CUDA_SUCCESS;
+}
+
+SIM_EXPORT CUresult cuDeviceGet(CUdevice *dev, int ordinal)
+{
+    ENTER("cuDeviceGet");
+    if (!initialized)
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (ordinal < 0 || ordinal >= ndevices)
+        return CUDA_ERROR_INVALID_DEVICE;
+    *dev = ordinal;
+    return CUDA_SUCCESS;
+}
+
+SIM_EXPORT CUresult cuDeviceGetName(char *name, int len, CUdevice dev)
+{
+    if (!initialized)
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (dev < 0 || dev >= ndevices || name == NULL || len <= 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    snprintf(name, (size_t)len, "nvipcfix simulated device %d", dev);
+    return CUDA_SUCCESS;
+}
+
+SIM_EXPORT CUresult cuDevicePrimaryCtxRetain(CUcontext *ctx, CUdevice dev)
+{
+    ENTER("cuDevicePrimaryCtxRetain");
+    if (!initialized)
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (dev < 0 || dev >= ndevices)
+        return CUDA_ERROR_INVALID_DEVICE;
+    *ctx = &primary[dev];
+    return CUDA_SUCCESS;
+}
+
+SIM_EXPORT CUresult cuDevicePrimaryCtxRelease_v2(CUdevice dev)
+{
+    if (dev < 0 || dev >= ndevices)
+        return CUDA_ERROR_INVALID_DEVICE;
+    return CUDA_SUCCESS;
+}
+
+SIM_EXPORT CUresult cuCtxSetCurrent(CUcontext ctx)
+{
+    ENTER("cuCtxSetCurrent");
+    current = ctx;
+    return CUDA_SUCCESS;
+}
+
+SIM_EXPORT CUresult cuCtxGetCurrent(CUcontext *ctx)
+{
+    ENTER("cuCtxGetCurrent");
+    if (!initialized)
+        return CUDA_ERROR_NOT_INITIALIZED;
+    *ctx = current;
+    return CUDA_SUCCESS;
+}
+
+SIM_EXPORT CUresult cuCtxGetDevice(CUdevice *dev)
+{
+    if (current == NULL)
+        return CUDA_ERROR_INVALID_CONTEXT;
+    *dev = current->device;
+    return CUDA_SUCCESS;
+}
+
+SIM_EXPORT CUresult cuCtxSynchronize(void)
+{
+    return current == NULL ? CUDA_ERROR_INVALID_CONTEXT : CUDA_SUCCESS;
+}
+
+/* ---- memory ------------------------------------------------------------ */
+
+/* Caller holds the lock. First-fit placement in the device's range, so a
+ * freed address is handed out again, as cudaMalloc does. */
+static struct chunk *new_chunk(int device, uint64_t size)
+{
+    uint64_t start = va_base[device], end = start + SIM_VA_PER_DEVICE, at = start;
+    for (;;) {
+        int moved = 0;
+        for (struct chunk *c = chunks; c != NULL; c = c->next)
+            if (c->device == device && at < c->addr + c->size && c->addr < at + size) {
+                at = c->addr + c->size;
+                moved = 1;
+            }
+        if (!moved)
+            break;
+    }
+    if (at + size > end)
+        return NULL;
+
+    struct chunk *c = calloc(1, sizeof *c);
+    if (c == NULL)
+        return NULL;
+    c->id = next_chunk_id++;
+    char name[64];
+    snprintf(name, sizeof name, "simcuda-%016llx-%u", (unsigned long long)get64(ident), c->id);
+    c->fd = memfd_create(name, MFD_CLOEXEC);
+    if (c->fd < 0 || ftruncate(c->fd, (off_t)size) != 0 ||
+        mmap((void *)at, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, c->fd, 0) ==
+            MAP_FAILED) {
+        if (c->fd >= 0)
+            close(c->fd);
+        free(c);
+        return NULL;
+    }
+    c->device = device;
+    c->addr = at;
+    c->size = size;
+    c->next = chunks;
+    chunks = c;
+    return c;
+}
+
+static void drop_chunk(struct chunk *c)
+{
+    for (struct chunk **pp = &chunks; *pp != NULL; pp = &(*pp)->next)
+        if (*pp == c) {
+            *pp = c->next;
+            break;
+        }
+    if (small_chunk[c->device] == c)
+        small_chunk[c->device] = NULL;
+    /* Give the range back to the reservation. */
+    mmap((void *)c->addr, c->size, PROT_NONE,
+         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+    close(c->fd);
+    free(c);
+}
+
+SIM_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
+{
+    ENTER("cuMemAlloc");
+    if (current == NULL)
+        return CUDA_ERROR_INVALID_CONTEXT;
+    if (dptr == NULL || bytesize == 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    int dev = current->device;
+    pthread_mutex_lock(&lock);
+    struct chunk *c;
+    uint64_t at;
+    if (bytesize <= SIM_SMALL_MAX) {
+        uint64_t need = (bytesize + SIM_PACK_STEP - 1) / SIM_PACK_STEP * SIM_PACK_STEP;
+        c = small_chunk[dev];
+        if (c == NULL || c->used + need > c->size) {
+            c = new_chunk(dev, SIM_CHUNK);
+            small_chunk[dev] = c;
+        }
+        if (c == NULL) {
+            pthread_mutex_unlock(&lock);
+            return CUDA_ERROR_OUT_OF_MEMORY;
+        }
+        at = c->addr + c->used;
+        c->used += need;
+    } else {
+        c = new_chunk(dev, (bytesize + SIM_CHUNK - 1) / SIM_CHUNK * SIM_CHUNK);
+        if (c == NULL) {
+            pthread_mutex_unlock(&lock);
+            return CUDA_ERROR_OUT_OF_MEMORY;
+        }
+        at = c->addr;
+        c->used = c->size;
+    }
+    struct alloc *a = calloc(1, sizeof *a);
+    if (a == NULL) {
+        pthread_mutex_unlock(&lock);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    a->base = at;
+    a->size = bytesize;
+    a->chunk = c;
+    a->object_id = next_object_id++;
+    a->next = allocs;
+    allocs = a;
+    c->live++;
+    pthread_mutex_unlock(&lock);
+    *dptr = at;
+    return CUDA_SUCCESS;
+}
+
+SIM_EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr)
+{
+    ENTER("cuMemFree");
+    pthread_mutex_lock(&lock);
+    for (struct alloc **pp = &allocs; *pp != NULL; pp = &(*pp)->next) {
+        struct alloc *a = *pp;
+        if (a->base != dptr)
+            continue;
+        *pp = a->next;
+        struct chunk *c = a->chunk;
+        /* A packed chunk is emptied only when nothing more fits in it. */
+        if (--c->live == 0 && (small_chunk[c->device] != c || c->used == c->size))
+            drop_chunk(c);
+        free(a);
+        pthread_mutex_unlock(&lock);
+        return CUDA_SUCCESS;
+    }
+    pthread_mutex_unlock(&lock);
+    return CUDA_ERROR_INVALID_VALUE;
+}
+
+static CUresult copy(uint64_t dst, int dst_dev, uint64_t src, int src_dev, size_t n)
+{
+    pthread_mutex_lock(&lock);
+    int ok = (!dst_dev || accessible(dst, n)) && (!src_dev || accessible(src, n));
+    pthread_mutex_unlock(&lock);
+    if (!ok)
+        return CUDA_ERROR_INVALID_VALUE;
+    memmove((void *)dst, (const void *)src, n);
+    return CUDA_SUCCESS;
+}
+
+SIM_EXPORT CUresult cuMemcpyHtoD_v2(CUdeviceptr dst, const void *src, size_t n)
+{
+    ENTER("cuMemcpyHtoD");
+    return copy(dst, 1, (uint64_t)src, 0, n);
+}
+
+SIM_EXPORT CUresult cuMemcpyDtoH_v2(void *dst, CUdeviceptr src, size_t n)
+{
+    ENTER("cuMemcpyDtoH");
+    return copy((uint64_t)dst, 0, src, 1, n);
+}
+
+SIM_EXPORT CUresult cuMemcpyDtoD_v2(CUdeviceptr dst, CUdeviceptr src, size_t n)
+{
+    ENTER("cuMemcpyDtoD");
+    return copy(dst, 1, src, 1, n);
+}
+
+SIM_EXPORT CUresult cuMemsetD8_v2(CUdeviceptr dst, unsigned char value, size_t n)
+{
+    ENTER("cuMemsetD8");
+    pthread_mutex_lock(&lock);
+    int ok = accessible(dst, n);
+    pthread_mutex_unlock(&lock);
+    if (!ok)
+        return CUDA_ERROR_INVALID_VALUE;
+    memset((void *)dst, value, n);
+    return CUDA_SUCCESS;
+}
+
+SIM_EXPORT CUresult cuMemGetAddressRange_v2(CUdeviceptr *pbase, size_t *psize, CUdeviceptr p)
+{
+    ENTER("cuMemGetAddressRange");
+    uint64_t base = 0, size = 0;
+    pthread_mutex_lock(&lock);
+    struct alloc *a = find_alloc(p);
+    struct import *m = a == NULL ? find_import(p) : NULL;
+    if (a != NULL) {
+        base = a->base;
+        size = a->size;
+    } else if (m != NULL) {
+        base = m->ptr;
+        size = m->size;
+    }
+    pthread_mutex_unlock(&lock);
+    if (base == 0)
+        return CUDA_ERROR_NOT_FOUND;
+    if (pbase != NULL)
+        *pbase = base;
+    if (psize != NULL)
+        *psize = size;
+    return CUDA_SUCCESS;
+}
+
+/* Caller holds the lock. Returns 0, or -1 for an attribute not simulated. */
+static int attribute(CUpointer_attribute attr, void *data, uint64_t p)
+{
+    struct alloc *a = find_alloc(p);
+    struct import *m = a == NULL ? find_import(p) : NULL;
+    int known = a != NULL || m != NULL;
+    uint64_t base = a != NULL ? a->base : m != NULL ? m->ptr : 0;
+    uint64_t size = a != NULL ? a->size : m != NULL ? m->size : 0;
+    switch (attr) {
+    case CU_POINTER_ATTRIBUTE_CONTEXT:
+        *(CUcontext *)data =
+            a != NULL ? &primary[a->chunk->device] : m != NULL ? m->ctx : NULL;
+        return 0;
+    case CU_POINTER_ATTRIBUTE_MEMORY_TYPE:
+        *(unsigned int *)data = known ? CU_MEMORYTYPE_DEVICE : 0;
+        return 0;
+    case CU_POINTER_ATTRIBUTE_DEVICE_POINTER:
+        *(CUdeviceptr *)data = known ? p : 0;
+        return 0;
+    case CU_POINTER_ATTRIBUTE_BUFFER_ID:
+        *(unsigned long long *)data =
+            a != NULL ? a->object_id : m != NULL ? m->buffer_id : 0;
+        return 0;
+    case CU_POINTER_ATTRIBUTE_RANGE_START_ADDR:
+        *(CUdeviceptr *)data = base;
+        return 0;
+    case CU_POINTER_ATTRIBUTE_RANGE_SIZE:
+        *(size_t *)data = size;
+        return 0;
+    case CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL:
+        *(int *)data = a != NULL ? a->chunk->device : m != NULL ? m->ctx->device : -1;
+        return 0;
+    case CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE:
+        *(int *)data = a != NULL;
+        return 0;
+    default:
+        return -1;
+    }
+}
+
+SIM_EXPORT CUresult cuPointerGetAttribute(void *data, CUpointer_attribute attr, CUdeviceptr p)
+{
+    ENTER("cuPointerGetAttribute");
+    if (data == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&lock);
+    int known = find_alloc(p) != NULL || find_import(p) != NULL;
+    int r = known ? attribute(attr, data, p) : -1;
+    pthread_mutex_unlock(&lock);
+    return r == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+/* Like the real driver: an unknown pointer is no error, its attributes are
+ * zero. */
+SIM_EXPORT CUresult cuPointerGetAttributes(unsigned int n, CUpointer_attribute *attrs,
+                                           void **data, CUdeviceptr p)
+{
+    ENTER("cuPointerGetAttributes");
+    if (attrs == NULL || data == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    CUresult r = CUDA_SUCCESS;
+    pthread_mutex_lock(&lock);
+    for (unsigned int i = 0; i < n && r == CUDA_SUCCESS; i++)
+        if (data[i] == NULL || attribute(attrs[i], data[i], p) != 0)
+            r = CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_unlock(&lock);
+    return r;
+}
+
+/* ---- IPC ---------------------------------------------------------------- */
+
+SIM_EXPORT CUresult cuIpcGetMemHandle(CUipcMemHandle *handle, CUdeviceptr p)
+{
+    ENTER("cuIpcGetMemHandle");
+    if (handle == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&lock);
+    struct alloc *a = find_alloc(p); /* the bug: the containing allocation */
+    if (a == NULL) {
+        pthread_mutex_unlock(&lock);
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    unsigned char *h = (unsigned char *)handle->reserved;
+    memset(h, 0, CU_IPC_HANDLE_SIZE);
+    memcpy(h, ident, 8);
+    put64(h + 8, (uint64_t)getpid());
+    put64(h + 16, a->size);
+    uint64_t pages = a->chunk->size / SIM_PAGE, off = a->base - a->chunk->addr;
+    for (int i = 0; i < 4; i++) {
+        h[24 + i] = (unsigned char)(pages >> (8 * i));
+        h[28 + i] = (unsigned char)(off >> (8 * i));
+    }
+    h[32] = 0x06;
+    h[33] = (unsigned char)a->chunk->device;
+    put64(h + 40, a->object_id);
+    put64(h + 48, (uint64_t)(uint32_t)a->chunk->fd | ((uint64_t)a->chunk->id << 32));
+    if (handle_tail)
+        put64(h + 56, a->object_id * UINT64_C(0x9E3779B97F4A7C15) | 1);
+    pthread_mutex_unlock(&lock);
+    return CUDA_SUCCESS;
+}
+
+static CUresult ipc_open(CUdeviceptr *pdptr, CUipcMemHandle handle, unsigned int flags)
+{
+    const unsigned char *h = (const unsigned char *)handle.reserved;
+    if (pdptr == NULL || flags > CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS || h[32] != 0x06)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (current == NULL)
+        return CUDA_ERROR_INVALID_CONTEXT;
+    pid_t pid = (pid_t)get64(h + 8);
+    if (pid == getpid() && memcmp(h, ident, 8) == 0)
+        return CUDA_ERROR_INVALID_CONTEXT; /* the exporter itself */
+
+    pthread_mutex_lock(&lock);
+    /* Bytes 56-63 are ignored, as the real driver ignores them. */
+    for (struct import *m = imports; m != NULL; m = m->next)
+        if (m->ctx == current && memcmp(m->key, h, sizeof m->key) == 0) {
+            CUresult r = CUDA_ERROR_ALREADY_MAPPED;
+            if (!old_driver) {
+                m->refs++;
+                *pdptr = m->ptr;
+                r = CUDA_SUCCESS;
+            }
+            pthread_mutex_unlock(&lock);
+            return r;
+        }
+
+    uint32_t fdnum = (uint32_t)get64(h + 48), chunk_id = (uint32_t)(get64(h + 48) >> 32);
+    uint64_t size = get64(h + 16), off = 0, pages = 0;
+    for (int i = 3; i >= 0; i--) {
+        pages = (pages << 8) | h[24 + i];
+        off = (off << 8) | h[28 + i];
+    }
+    char path[64], link[256], expect[64];
+    snprintf(path, sizeof path, "/proc/%d/fd/%u", (int)pid, fdnum);
+    snprintf(expect, sizeof expect, "/memfd:simcuda-%016llx-%u ", (unsigned long long)get64(h),
+             chunk_id);
+    ssize_t n = readlink(path, link, sizeof link - 1);
+    link[n > 0 ? n : 0] = '\0';
+    size_t elen = strlen(expect) - 1; /* the link ends in " (deleted)" */
+    int fd = -1;
+    if (n > 0 && strncmp(link, expect, elen) == 0 && (link[elen] == ' ' || link[elen] == '\0'))
+        fd = open(path, O_RDWR | O_CLOEXEC);
+    if (fd < 0 || off + size > pages * SIM_PAGE) {
+        if (fd >= 0)
+            close(fd);
+        pthread_mutex_unlock(&lock);
+        return CUDA_ERROR_INVALID_HANDLE;
+    }
+    void *map = mmap(NULL, pages * SIM_PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    struct import *m = map == MAP_FAILED ? NULL : calloc(1, sizeof *m);
+    if (m == NULL) {
+        if (map != MAP_FAILED)
+            munmap(map, pages * SIM_PAGE);
+        pthread_mutex_unlock(&lock);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    memcpy(m->key, h, sizeof m->key);
+    m->ctx = current;
+    m->map = map;
+    m->map_size = pages * SIM_PAGE;
+    m->ptr = (uint64_t)map + off; /* the allocation's base */
+    m->size = size;
+    m->buffer_id = next_object_id++;
+    m->refs = 1;
+    m->next = imports;
+    imports = m;
+    real_opens++;
+    *pdptr = m->ptr;
+    pthread_mutex_unlock(&lock);
+    return CUDA_SUCCESS;
+}
+
+SIM_EXPORT CUresult cuIpcOpenMemHandle(CUdeviceptr *pdptr, CUipcMemHandle handle,
+                                       unsigned int flags)
+{
+    ENTER("cuIpcOpenMemHandle");
+    return ipc_open(pdptr, handle, flags);
+}
+
+SIM_EXPORT CUresult cuIpcOpenMemHandle_v2(CUdeviceptr *pdptr, CUipcMemHandle handle,
+                                          unsigned int flags)
+{
+    ENTER("cuIpcOpenMemHandle_v2");
+    return ipc_open(pdptr, handle, flags);
+}
+
+SIM_EXPORT CUresult cuIpcCloseMemHandle(CUdeviceptr p)
+{
+    ENTER("cuIpcCloseMemHandle");
+    pthread_mutex_lock(&lock);
+    for (struct import **pp = &imports; *pp != NULL; pp = &(*pp)->next) {
+        struct import *m = *pp;
+        if (m->ptr != p) /* an interior pointer is an error */
+            continue;
+        if (--m->refs == 0) {
+            *pp = m->next;
+            munmap(m->map, m->map_size);
+            free(m);
+            real_closes++;
+        }
+        pthread_mutex_unlock(&lock);
+        return CUDA_SUCCESS;
+    }
+    pthread_mutex_unlock(&lock);
+    return CUDA_ERROR_INVALID_VALUE;
+}
+
+/* ---- errors and entry-point look-up ------------------------------------ */
+
+static const struct {
+    CUresult code;
+    const char *name, *text;
+} errors[] = {
+    {CUDA_SUCCESS, "CUDA_SUCCESS", "no error"},
+    {CUDA_ERROR_INVALID_VALUE, "CUDA_ERROR_INVALID_VALUE", "invalid argument"},
+    {CUDA_ERROR_OUT_OF_MEMORY, "CUDA_ERROR_OUT_OF_MEMORY", "out of memory"},
+    {CUDA_ERROR_NOT_INITIALIZED, "CUDA_ERROR_NOT_INITIALIZED", "initialization error"},
+    {CUDA_ERROR_INVALID_DEVICE, "CUDA_ERROR_INVALID_DEVICE", "invalid device ordinal"},
+    {CUDA_ERROR_INVALID_CONTEXT, "CUDA_ERROR_INVALID_CONTEXT", "invalid device context"},
+    {CUDA_ERROR_ALREADY_MAPPED, "CUDA_ERROR_ALREADY_MAPPED", "resource already mapped"},
+    {CUDA_ERROR_INVALID_HANDLE, "CUDA_ERROR_INVALID_HANDLE", "invalid resource handle"},
+    {CUDA_ERROR_NOT_FOUND, "CUDA_ERROR_NOT_FOUND", "named symbol not found"},
+    {CUDA_ERROR_UNKNOWN, "CUDA_ERROR_UNKNOWN", "unknown error"},
+};
+
+SIM_EXPORT CUresult cuGetErrorName(CUresult error, const char **str)
+{
+    for (size_t i = 0; i < sizeof errors / sizeof errors[0]; i++)
+        if (errors[i].code == error) {
+            *str = errors[i].name;
+            return CUDA_SUCCESS;
+        }
+    *str = NULL;
+    return CUDA_ERROR_INVALID_VALUE;
+}
+
+SIM_EXPORT CUresult cuGetErrorString(CUresult error, const char **str)
+{
+    for (size_t i = 0; i < sizeof errors / sizeof errors[0]; i++)
+        if (errors[i].code == error) {
+            *str = errors[i].text;
+            return CUDA_SUCCESS;
+        }
+    *str = NULL;
+    return CUDA_ERROR_INVALID_VALUE;
+}
+
+SIM_EXPORT CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int version,
+                                        cuuint64_t flags,
+                                        CUdriverProcAddressQueryResult *status);
+SIM_EXPORT CUresult cuGetProcAddress(const char *symbol, void **pfn, int version,
+                                     cuuint64_t flags);
+
+/* Base name, the version that introduced this entry, the entry. */
+static const struct {
+    const char *name;
+    int since;
+    void *fn;
+} procs[] = {
+    {"cuInit", 2000, (void *)cuInit},
+    {"cuDriverGetVersion", 2020, (void *)cuDriverGetVersion},
+    {"cuDeviceGetCount", 2000, (void *)cuDeviceGetCount},
+    {"cuDeviceGet", 2000, (void *)cuDeviceGet},
+    {"cuDeviceGetName", 2000, (void *)cuDeviceGetName},
+    {"cuDevicePrimaryCtxRetain", 7000, (void *)cuDevicePrimaryCtxRetain},
+    {"cuDevicePrimaryCtxRelease", 11000, (void *)cuDevicePrimaryCtxRelease_v2},
+    {"cuCtxSetCurrent", 4000, (void *)cuCtxSetCurrent},
+    {"cuCtxGetCurrent", 4000, (void *)cuCtxGetCurrent},
+    {"cuCtxGetDevice", 2000, (void *)cuCtxGetDevice},
+    {"cuCtxSynchronize", 2000, (void *)cuCtxSynchronize},
+    {"cuMemAlloc", 3020, (void *)cuMemAlloc_v2},
+    {"cuMemFree", 3020, (void *)cuMemFree_v2},
+    {"cuMemcpyHtoD", 3020, (void *)cuMemcpyHtoD_v2},
+    {"cuMemcpyDtoH", 3020, (void *)cuMemcpyDtoH_v2},
+    {"cuMemcpyDtoD", 3020, (void *)cuMemcpyDtoD_v2},
+    {"cuMemsetD8", 3020, (void *)cuMemsetD8_v2},
+    {"cuMemGetAddressRange", 3020, (void *)cuMemGetAddressRange_v2},
+    {"cuPointerGetAttribute", 4000, (void *)cuPointerGetAttribute},
+    {"cuPointerGetAttributes", 7000, (void *)cuPointerGetAttributes},
+    {"cuIpcGetMemHandle", 4010, (void *)cuIpcGetMemHandle},
+    {"cuIpcOpenMemHandle", 11000, (void *)cuIpcOpenMemHandle_v2},
+    {"cuIpcOpenMemHandle", 4010, (void *)cuIpcOpenMemHandle},
+    {"cuIpcCloseMemHandle", 4010, (void *)cuIpcCloseMemHandle},
+    {"cuGetErrorName", 6000, (void *)cuGetErrorName},
+    {"cuGetErrorString", 6000, (void *)cuGetErrorString},
+    {"cuGetProcAddress", 12000, (void *)cuGetProcAddress_v2},
+    {"cuGetProcAddress", 11030, (void *)cuGetProcAddress},
+};
+
+SIM_EXPORT CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int version,
+                                        cuuint64_t flags,
+                                        CUdriverProcAddressQueryResult *status)
+{
+    (void)flags;
+    if (failing("cuGetProcAddress"))
+        return CUDA_ERROR_UNKNOWN;
+    if (symbol == NULL || pfn == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    int seen = 0;
+    /* Newest entry first: the first one old enough for the caller wins. */
+    for (size_t i = 0; i < sizeof procs / sizeof procs[0]; i++) {
+        if (strcmp(procs[i].name, symbol) != 0)
+            continue;
+        seen = 1;
+        if (procs[i].since <= version) {
+            *pfn = procs[i].fn;
+            if (status != NULL)
+                *status = CU_GET_PROC_ADDRESS_SUCCESS;
+            return CUDA_SUCCESS;
+        }
+    }
+    *pfn = NULL;
+    if (status != NULL)
+        *status = seen ? CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT
+                       : CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND;
+    return CUDA_ERROR_NOT_FOUND;
+}
+
+SIM_EXPORT CUresult cuGetProcAddress(const char *symbol, void **pfn, int version,
+                                     cuuint64_t flags)
+{
+    return cuGetProcAddress_v2(symbol, pfn, version, flags, NULL);
+}
+
+/* ---- for the tests only -------------------------------------------------- */
+
+/* Mappings of other processes' memory this process holds, and how many real
+ * opens and last closes the simulated driver has done. */
+SIM_EXPORT void simcuda_counts(long *open_mappings, long *opens, long *closes)
+{
+    long n = 0;
+    pthread_mutex_lock(&lock);
+    for (struct import *m = imports; m != NULL; m = m->next)
+        n++;
+    *open_mappings = n;
+    *opens = real_opens;
+    *closes = real_closes;
+    pthread_mutex_unlock(&lock);
+}
