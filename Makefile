@@ -18,7 +18,7 @@ SIM         := $(BUILD)/sim/libcuda.so.1
 
 UNIT_SRC  := $(wildcard tests/unit/test_*.c)
 UNIT_BIN  := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
-INTEG_BIN := $(BUILD)/tests/legacy_ipc
+INTEG_BIN := $(BUILD)/tests/legacy_ipc $(BUILD)/tests/rtld_next
 
 .PHONY: all deps test demo clean
 all: $(LIB)
@@ -59,3 +59,10 @@ demo: $(LIB) $(SIM) $(INTEG_BIN)
 
 clean:
 	rm -rf $(BUILD)
+
+# dlsym(RTLD_NEXT) from a library that also defines the name it looks up.
+$(BUILD)/tests/rtld_next: tests/integration/rtld_next/main.c tests/integration/rtld_next/probe.c tests/integration/rtld_next/target.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -shared -o $(@D)/libprobe.so tests/integration/rtld_next/probe.c -ldl
+	$(CC) $(CFLAGS) -shared -o $(@D)/libtarget.so tests/integration/rtld_next/target.c
+	$(CC) $(CFLAGS) -o $@ $< -L$(@D) -Wl,--no-as-needed -lprobe -ltarget -Wl,-rpath,'$$ORIGIN' -ldl

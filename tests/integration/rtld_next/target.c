@@ -1,0 +1,4 @@
+int probe_target(void)
+{
+    return 2;
+}

@@ -1,0 +1,143 @@
+/* Unit tests of shim/export_cache.c. */
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "../../shim/export_cache.h"
+
+static struct nvipcfix_export_block block(uint64_t base, uint64_t id, unsigned char fill)
+{
+    struct nvipcfix_export_block b;
+    memset(&b, 0, sizeof b);
+    b.base = base;
+    b.size = 1 << 20;
+    b.buffer_id = id;
+    memset(b.handle, fill, 56);
+    return b;
+}
+
+static int setup(void **state)
+{
+    static struct nvipcfix_export_cache c;
+    nvipcfix_export_cache_init(&c);
+    *state = &c;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    nvipcfix_export_cache_destroy(*state);
+    return 0;
+}
+
+static void test_put_get(void **state)
+{
+    struct nvipcfix_export_cache *c = *state;
+    unsigned char h[64];
+    struct nvipcfix_export_block b = block(0x1000, 7, 0xab);
+    assert_int_equal(nvipcfix_export_cache_get(c, 0x1000, 7, h), 0);
+    assert_int_equal(nvipcfix_export_cache_put(c, &b), 0);
+    assert_int_equal(nvipcfix_export_cache_get(c, 0x1000, 7, h), 1);
+    assert_memory_equal(h, b.handle, 64);
+    assert_int_equal(nvipcfix_export_cache_get(c, 0x2000, 7, h), 0);
+    assert_int_equal(nvipcfix_export_cache_count(c), 1);
+}
+
+static void test_reallocation_at_same_address(void **state)
+{
+    struct nvipcfix_export_cache *c = *state;
+    unsigned char h[64];
+    struct nvipcfix_export_block old = block(0x1000, 7, 0xab), now = block(0x1000, 8, 0xcd);
+    nvipcfix_export_cache_put(c, &old);
+    /* The block was freed and another allocated at the same base: a new
+     * buffer id, so the old handle must not be returned. */
+    assert_int_equal(nvipcfix_export_cache_get(c, 0x1000, 8, h), 0);
+    nvipcfix_export_cache_put(c, &now);
+    assert_int_equal(nvipcfix_export_cache_get(c, 0x1000, 8, h), 1);
+    assert_memory_equal(h, now.handle, 64);
+    assert_int_equal(nvipcfix_export_cache_get(c, 0x1000, 7, h), 0);
+    assert_int_equal(nvipcfix_export_cache_count(c), 1);
+    /* and the old handle no longer names any block */
+    struct nvipcfix_export_block found;
+    assert_int_equal(nvipcfix_export_cache_find_handle(c, old.handle, &found), 0);
+}
+
+static void test_find_by_handle(void **state)
+{
+    struct nvipcfix_export_cache *c = *state;
+    struct nvipcfix_export_block a = block(0x1000, 1, 0x11), b = block(0x9000, 2, 0x22), found;
+    nvipcfix_export_cache_put(c, &a);
+    nvipcfix_export_cache_put(c, &b);
+    assert_int_equal(nvipcfix_export_cache_find_handle(c, b.handle, &found), 1);
+    assert_true(found.base == 0x9000 && found.buffer_id == 2 && found.size == (1 << 20));
+    unsigned char other[64] = {0x33};
+    assert_int_equal(nvipcfix_export_cache_find_handle(c, other, &found), 0);
+}
+
+static void test_bounded(void **state)
+{
+    struct nvipcfix_export_cache *c = *state;
+    for (uint64_t i = 0; i < NVIPCFIX_EXPORT_CACHE_MAX + 10; i++) {
+        struct nvipcfix_export_block b = block(0x100000 + i * 0x1000, i + 1, 0);
+        memcpy(b.handle, &i, sizeof i);
+        assert_int_equal(nvipcfix_export_cache_put(c, &b), 0);
+    }
+    assert_true(nvipcfix_export_cache_count(c) <= NVIPCFIX_EXPORT_CACHE_MAX);
+    unsigned char h[64];
+    uint64_t last = NVIPCFIX_EXPORT_CACHE_MAX + 9;
+    assert_int_equal(nvipcfix_export_cache_get(c, 0x100000 + last * 0x1000, last + 1, h), 1);
+}
+
+#define THREADS 8
+#define ROUNDS 20000
+
+static void *hammer(void *arg)
+{
+    struct nvipcfix_export_cache *c = arg;
+    long bad = 0;
+    for (uint64_t i = 0; i < ROUNDS; i++) {
+        uint64_t base = 0x1000 * (i % 64), id = i % 3 + 1;
+        struct nvipcfix_export_block b = block(base, id, (unsigned char)(base >> 12 ^ id));
+        unsigned char h[64];
+        if (nvipcfix_export_cache_get(c, base, id, h)) {
+            /* a hit is always the handle recorded for exactly this block */
+            if (memcmp(h, b.handle, 64) != 0)
+                bad++;
+        } else {
+            nvipcfix_export_cache_put(c, &b);
+        }
+    }
+    return (void *)bad;
+}
+
+static void test_threads(void **state)
+{
+    struct nvipcfix_export_cache *c = *state;
+    pthread_t t[THREADS];
+    for (int i = 0; i < THREADS; i++)
+        pthread_create(&t[i], NULL, hammer, c);
+    long bad = 0;
+    for (int i = 0; i < THREADS; i++) {
+        void *r;
+        pthread_join(t[i], &r);
+        bad += (long)r;
+    }
+    assert_int_equal(bad, 0);
+    assert_true(nvipcfix_export_cache_count(c) <= 64);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_put_get, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reallocation_at_same_address, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_find_by_handle, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bounded, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_threads, setup, teardown),
+    };
+    return cmocka_run_group_tests_name("export_cache", tests, NULL, NULL);
+}

@@ -1,0 +1,188 @@
+/* Unit tests of shim/import_table.c. */
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "../../shim/import_table.h"
+
+static int ctx_a, ctx_b;
+
+static void handle(unsigned char h[64], unsigned char fill)
+{
+    memset(h, fill, 56);
+    memset(h + 56, 0, 8);
+}
+
+static int setup(void **state)
+{
+    static struct nvipcfix_import_table t;
+    nvipcfix_import_table_init(&t);
+    *state = &t;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    nvipcfix_import_table_destroy(*state);
+    return 0;
+}
+
+static void test_insert_then_hit(void **state)
+{
+    struct nvipcfix_import_table *t = *state;
+    unsigned char h[64];
+    uint64_t p = 0;
+    int existed = 1;
+    handle(h, 1);
+    assert_int_equal(nvipcfix_import_acquire(t, &ctx_a, h, 0, &p), NVIPCFIX_IMPORT_MISS);
+    assert_int_equal(nvipcfix_import_insert(t, &ctx_a, h, 0x10000, 4096, 0, 0, &p, &existed),
+                     NVIPCFIX_IMPORT_HIT);
+    assert_true(p == 0x10000 && existed == 0);
+    assert_int_equal(nvipcfix_import_acquire(t, &ctx_a, h, 100, &p), NVIPCFIX_IMPORT_HIT);
+    assert_true(p == 0x10000 + 100);
+    assert_int_equal(nvipcfix_import_refs(t, 0x10000), 2);
+    /* another context is another mapping */
+    assert_int_equal(nvipcfix_import_acquire(t, &ctx_b, h, 0, &p), NVIPCFIX_IMPORT_MISS);
+}
+
+static void test_many_pointers_one_block(void **state)
+{
+    struct nvipcfix_import_table *t = *state;
+    unsigned char h[64];
+    uint64_t p;
+    int existed;
+    struct nvipcfix_released_block out;
+    handle(h, 2);
+    assert_int_equal(nvipcfix_import_insert(t, &ctx_a, h, 0x20000, 1 << 20, 0, 0, &p, &existed),
+                     NVIPCFIX_IMPORT_HIT);
+    for (uint64_t off = 1; off <= 100; off++) {
+        assert_int_equal(nvipcfix_import_acquire(t, &ctx_a, h, off * 7, &p), NVIPCFIX_IMPORT_HIT);
+        assert_true(p == 0x20000 + off * 7);
+    }
+    /* the same offset twice: one pointer, two references */
+    assert_int_equal(nvipcfix_import_acquire(t, &ctx_a, h, 7, &p), NVIPCFIX_IMPORT_HIT);
+    assert_int_equal(nvipcfix_import_blocks(t), 1);
+    assert_int_equal(nvipcfix_import_pointers(t), 101);
+    assert_int_equal(nvipcfix_import_refs(t, 0x20000), 102);
+
+    /* every close but the last is answered from the table */
+    assert_int_equal(nvipcfix_import_release(t, 0x20000 + 7, 0, &out), NVIPCFIX_RELEASE_DONE);
+    assert_int_equal(nvipcfix_import_release(t, 0x20000 + 7, 0, &out), NVIPCFIX_RELEASE_DONE);
+    assert_int_equal(nvipcfix_import_release(t, 0x20000 + 7, 0, &out),
+                     NVIPCFIX_RELEASE_NOT_OURS);
+    for (uint64_t off = 2; off <= 100; off++)
+        assert_int_equal(nvipcfix_import_release(t, 0x20000 + off * 7, 0, &out),
+                         NVIPCFIX_RELEASE_DONE);
+    assert_int_equal(nvipcfix_import_release(t, 0x20000, 0, &out),
+                     NVIPCFIX_RELEASE_WOULD_BE_LAST);
+    assert_int_equal(nvipcfix_import_refs(t, 0x20000), 1);
+    assert_int_equal(nvipcfix_import_release(t, 0x20000, 1, &out), NVIPCFIX_RELEASE_LAST);
+    assert_true(out.base == 0x20000 && out.self == 0);
+    assert_int_equal(nvipcfix_import_blocks(t), 0);
+    assert_int_equal(nvipcfix_import_pointers(t), 0);
+}
+
+static void test_bad_offsets(void **state)
+{
+    struct nvipcfix_import_table *t = *state;
+    unsigned char h[64], h2[64];
+    uint64_t p = 0;
+    int existed;
+    handle(h, 3);
+    assert_int_equal(nvipcfix_import_insert(t, &ctx_a, h, 0x30000, 4096, 0, 4096, &p, &existed),
+                     NVIPCFIX_IMPORT_BAD_OFFSET);
+    assert_int_equal(nvipcfix_import_blocks(t), 0);
+    assert_int_equal(nvipcfix_import_insert(t, &ctx_a, h, 0x30000, 4096, 0, 4095, &p, &existed),
+                     NVIPCFIX_IMPORT_HIT);
+    assert_int_equal(nvipcfix_import_acquire(t, &ctx_a, h, 4096, &p), NVIPCFIX_IMPORT_BAD_OFFSET);
+    assert_int_equal(nvipcfix_import_acquire(t, &ctx_a, h, UINT64_MAX, &p),
+                     NVIPCFIX_IMPORT_BAD_OFFSET);
+    assert_int_equal(nvipcfix_import_refs(t, 0x30000 + 4095), 1);
+    /* size unknown (0): offset 0 only */
+    handle(h2, 4);
+    assert_int_equal(nvipcfix_import_insert(t, &ctx_a, h2, 0x40000, 0, 0, 1, &p, &existed),
+                     NVIPCFIX_IMPORT_BAD_OFFSET);
+    assert_int_equal(nvipcfix_import_insert(t, &ctx_a, h2, 0x40000, 0, 0, 0, &p, &existed),
+                     NVIPCFIX_IMPORT_HIT);
+}
+
+static void test_insert_existing(void **state)
+{
+    struct nvipcfix_import_table *t = *state;
+    unsigned char h[64];
+    uint64_t p;
+    int existed;
+    struct nvipcfix_released_block out;
+    handle(h, 5);
+    nvipcfix_import_insert(t, &ctx_a, h, 0x50000, 4096, 1, 0, &p, &existed);
+    assert_int_equal(nvipcfix_import_insert(t, &ctx_a, h, 0x99000, 4096, 0, 8, &p, &existed),
+                     NVIPCFIX_IMPORT_HIT);
+    assert_true(existed == 1 && p == 0x50008);
+    assert_int_equal(nvipcfix_import_release(t, 0x50008, 1, &out), NVIPCFIX_RELEASE_DONE);
+    assert_int_equal(nvipcfix_import_release(t, 0x50000, 1, &out), NVIPCFIX_RELEASE_LAST);
+    assert_int_equal(out.self, 1);
+}
+
+#define THREADS 8
+#define ROUNDS 20000
+
+static struct nvipcfix_import_table *shared;
+
+static void *worker(void *arg)
+{
+    long id = (long)arg, bad = 0;
+    unsigned char hs[64], hp[64];
+    handle(hs, 0x70);            /* one block all threads share */
+    handle(hp, (unsigned char)(0x80 + id)); /* one of this thread's own */
+    uint64_t own_base = 0x1000000 * (uint64_t)(id + 2);
+    int existed;
+    uint64_t p;
+    struct nvipcfix_released_block out;
+    for (long i = 0; i < ROUNDS; i++) {
+        const unsigned char *h = i % 2 ? hs : hp;
+        uint64_t base = i % 2 ? 0x100000 : own_base, off = (uint64_t)(i % 97);
+        if (nvipcfix_import_acquire(shared, &ctx_a, h, off, &p) == NVIPCFIX_IMPORT_MISS &&
+            nvipcfix_import_insert(shared, &ctx_a, h, base, 4096, 0, off, &p, &existed) !=
+                NVIPCFIX_IMPORT_HIT)
+            bad++;
+        if (p != base + off)
+            bad++;
+        if (nvipcfix_import_release(shared, p, 1, &out) == NVIPCFIX_RELEASE_NOT_OURS)
+            bad++;
+    }
+    return (void *)bad;
+}
+
+static void test_threads(void **state)
+{
+    shared = *state;
+    pthread_t t[THREADS];
+    for (long i = 0; i < THREADS; i++)
+        pthread_create(&t[i], NULL, worker, (void *)i);
+    long bad = 0;
+    for (int i = 0; i < THREADS; i++) {
+        void *r;
+        pthread_join(t[i], &r);
+        bad += (long)r;
+    }
+    assert_int_equal(bad, 0);
+    /* every acquire was matched by a release: nothing left */
+    assert_int_equal(nvipcfix_import_blocks(shared), 0);
+    assert_int_equal(nvipcfix_import_pointers(shared), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_insert_then_hit, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_many_pointers_one_block, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bad_offsets, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_insert_existing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_threads, setup, teardown),
+    };
+    return cmocka_run_group_tests_name("import_table", tests, NULL, NULL);
+}

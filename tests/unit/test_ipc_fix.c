@@ -1,0 +1,451 @@
+/* Unit tests of shim/ipc_fix.c against an in-process fake driver that has
+ * the bug: the handle of an interior pointer is the block's, an open returns
+ * the block's base. */
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "../../shim/ipc_fix.h"
+
+/* ---- the fake driver ---------------------------------------------------- */
+
+#define MAX_BLOCKS 16
+#define MAPPED_AT 0x7000000000ull /* importer's address of a block = this + base */
+
+struct fake_block {
+    uint64_t base, size, id;
+    int refs; /* importer side: real opens not closed */
+};
+
+static struct {
+    pthread_mutex_t lock;
+    struct fake_block blocks[MAX_BLOCKS];
+    int nblocks;
+    uint64_t next_id;
+    int exporter; /* opens fail as in the exporting process */
+    int tail;     /* the driver writes bytes 56-63 */
+    int gets, opens, closes;
+    struct CUctx_st *ctx;
+} fake = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static int ctx_storage[2];
+
+static struct fake_block *containing(uint64_t p)
+{
+    for (int i = 0; i < fake.nblocks; i++)
+        if (p >= fake.blocks[i].base && p < fake.blocks[i].base + fake.blocks[i].size)
+            return &fake.blocks[i];
+    return NULL;
+}
+
+static uint64_t fake_alloc(uint64_t base, uint64_t size)
+{
+    fake.blocks[fake.nblocks++] = (struct fake_block){base, size, ++fake.next_id, 0};
+    return base;
+}
+
+static void fake_realloc_same_address(uint64_t base)
+{
+    containing(base)->id = ++fake.next_id;
+}
+
+static CUresult f_attrs(unsigned int n, CUpointer_attribute *attrs, void **data, CUdeviceptr p)
+{
+    struct fake_block *b = containing(p);
+    for (unsigned i = 0; i < n; i++) {
+        if (attrs[i] == CU_POINTER_ATTRIBUTE_RANGE_START_ADDR)
+            *(CUdeviceptr *)data[i] = b ? b->base : 0;
+        else if (attrs[i] == CU_POINTER_ATTRIBUTE_RANGE_SIZE)
+            *(size_t *)data[i] = b ? b->size : 0;
+        else if (attrs[i] == CU_POINTER_ATTRIBUTE_BUFFER_ID)
+            *(unsigned long long *)data[i] = b ? b->id : 0;
+        else
+            return CUDA_ERROR_INVALID_VALUE;
+    }
+    return CUDA_SUCCESS;
+}
+
+static CUresult f_range(CUdeviceptr *base, size_t *size, CUdeviceptr p)
+{
+    /* importer side: mapped blocks */
+    struct fake_block *b = p >= MAPPED_AT ? containing(p - MAPPED_AT) : containing(p);
+    if (b == NULL)
+        return CUDA_ERROR_NOT_FOUND;
+    *base = b->base + (p >= MAPPED_AT ? MAPPED_AT : 0);
+    *size = b->size;
+    return CUDA_SUCCESS;
+}
+
+static CUresult f_ctx(CUcontext *ctx)
+{
+    *ctx = fake.ctx;
+    return CUDA_SUCCESS;
+}
+
+static CUresult f_get(CUipcMemHandle *h, CUdeviceptr p)
+{
+    pthread_mutex_lock(&fake.lock);
+    struct fake_block *b = containing(p);
+    fake.gets++;
+    pthread_mutex_unlock(&fake.lock);
+    if (b == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    memset(h, 0, sizeof *h);
+    memcpy(h->reserved, &b->base, 8); /* the block, whatever p was: the bug */
+    memcpy(h->reserved + 8, &b->id, 8);
+    memset(h->reserved + 16, 0x5a, 40);
+    if (fake.tail)
+        h->reserved[63] = 0x42;
+    return CUDA_SUCCESS;
+}
+
+static CUresult f_open(CUdeviceptr *pp, CUipcMemHandle h, unsigned int flags)
+{
+    (void)flags;
+    if (fake.exporter)
+        return CUDA_ERROR_INVALID_CONTEXT;
+    for (int i = 56; i < 64; i++) /* never handed a tagged handle */
+        if (h.reserved[i] != 0 && !fake.tail)
+            return CUDA_ERROR_INVALID_HANDLE;
+    uint64_t base;
+    memcpy(&base, h.reserved, 8);
+    pthread_mutex_lock(&fake.lock);
+    struct fake_block *b = containing(base);
+    if (b == NULL) {
+        pthread_mutex_unlock(&fake.lock);
+        return CUDA_ERROR_INVALID_HANDLE;
+    }
+    if (b->refs > 0) { /* an old driver: the second open fails */
+        pthread_mutex_unlock(&fake.lock);
+        return CUDA_ERROR_ALREADY_MAPPED;
+    }
+    b->refs++;
+    fake.opens++;
+    pthread_mutex_unlock(&fake.lock);
+    *pp = MAPPED_AT + b->base; /* the base: the bug */
+    return CUDA_SUCCESS;
+}
+
+static CUresult f_close(CUdeviceptr p)
+{
+    pthread_mutex_lock(&fake.lock);
+    struct fake_block *b = p >= MAPPED_AT ? containing(p - MAPPED_AT) : NULL;
+    CUresult r = CUDA_ERROR_INVALID_VALUE;
+    if (b != NULL && b->base == p - MAPPED_AT && b->refs > 0) {
+        b->refs--;
+        fake.closes++;
+        r = CUDA_SUCCESS;
+    }
+    pthread_mutex_unlock(&fake.lock);
+    return r;
+}
+
+static const struct nvipcfix_driver driver = {f_attrs, f_range, f_ctx, f_get, f_close};
+
+/* ---- fixture ---------------------------------------------------------------- */
+
+static struct nvipcfix_fix fix;
+
+static void start(enum nvipcfix_mode mode, int self_open)
+{
+    struct nvipcfix_config cfg;
+    memset(&cfg, 0, sizeof cfg);
+    cfg.mode = mode;
+    cfg.log_level = NVIPCFIX_LOG_ERROR;
+    cfg.self_open = self_open;
+    memset(fake.blocks, 0, sizeof fake.blocks);
+    fake.nblocks = 0;
+    fake.exporter = fake.tail = 0;
+    fake.gets = fake.opens = fake.closes = 0;
+    fake.ctx = (CUcontext)&ctx_storage[0];
+    nvipcfix_fix_init(&fix, &cfg, &driver);
+    nvipcfix_log_open(NVIPCFIX_LOG_ERROR, NULL); /* the tests provoke warnings */
+}
+
+static int setup_fix(void **state)
+{
+    (void)state;
+    start(NVIPCFIX_MODE_FIX, 1);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    nvipcfix_fix_destroy(&fix);
+    return 0;
+}
+
+static CUipcMemHandle export_ok(CUdeviceptr p)
+{
+    CUipcMemHandle h;
+    assert_int_equal(nvipcfix_export(&fix, &h, p), CUDA_SUCCESS);
+    return h;
+}
+
+static CUdeviceptr open_ok(CUipcMemHandle h)
+{
+    CUdeviceptr p = 0;
+    assert_int_equal(nvipcfix_open(&fix, f_open, &p, h, 1), CUDA_SUCCESS);
+    return p;
+}
+
+/* ---- export ------------------------------------------------------------------ */
+
+static void test_base_export_is_native(void **state)
+{
+    (void)state;
+    uint64_t b = fake_alloc(0x100000, 1 << 20);
+    CUipcMemHandle native, ours = export_ok(b);
+    f_get(&native, b);
+    assert_memory_equal(ours.reserved, native.reserved, 64);
+}
+
+static void test_interior_export_is_tagged_and_cached(void **state)
+{
+    (void)state;
+    uint64_t b = fake_alloc(0x100000, 1 << 20);
+    CUipcMemHandle native, h1 = export_ok(b + 4096), h2 = export_ok(b + 4097);
+    f_get(&native, b);
+    assert_memory_equal(h1.reserved, native.reserved, 56);
+    assert_memory_not_equal(h1.reserved, native.reserved, 64);
+    assert_memory_not_equal(h1.reserved, h2.reserved, 64);
+    int gets = fake.gets;
+    export_ok(b + 99);
+    export_ok(b);
+    assert_int_equal(fake.gets, gets); /* answered from the cache */
+    assert_int_equal(atomic_load(&fix.stats.exports_tagged), 3);
+}
+
+static void test_reallocated_block_gets_fresh_handle(void **state)
+{
+    (void)state;
+    uint64_t b = fake_alloc(0x100000, 1 << 20);
+    CUipcMemHandle old = export_ok(b + 8);
+    fake_realloc_same_address(b);
+    CUipcMemHandle now = export_ok(b + 8);
+    assert_memory_not_equal(old.reserved, now.reserved, 56);
+    CUipcMemHandle native;
+    f_get(&native, b);
+    assert_memory_equal(now.reserved, native.reserved, 56);
+}
+
+static void test_driver_using_tail_exports_natively(void **state)
+{
+    (void)state;
+    uint64_t b = fake_alloc(0x100000, 1 << 20);
+    fake.tail = 1;
+    CUipcMemHandle native, h = export_ok(b + 4096);
+    f_get(&native, b + 4096);
+    assert_memory_equal(h.reserved, native.reserved, 64);
+}
+
+static void test_unknown_pointer_goes_native(void **state)
+{
+    (void)state;
+    CUipcMemHandle h;
+    assert_int_equal(nvipcfix_export(&fix, &h, 0xdead0000), CUDA_ERROR_INVALID_VALUE);
+}
+
+/* ---- open and close ------------------------------------------------------------ */
+
+static void test_open_returns_pointer_and_counts(void **state)
+{
+    (void)state;
+    uint64_t b = fake_alloc(0x100000, 1 << 20);
+    CUipcMemHandle h0 = export_ok(b), h1 = export_ok(b + 4096), h2 = export_ok(b + (1 << 20) - 1);
+    CUdeviceptr p0 = open_ok(h0), p1 = open_ok(h1), p2 = open_ok(h2), p1b = open_ok(h1);
+    assert_true(p0 == MAPPED_AT + b);
+    assert_true(p1 == MAPPED_AT + b + 4096);
+    assert_true(p2 == MAPPED_AT + b + (1 << 20) - 1);
+    assert_true(p1b == p1);
+    assert_int_equal(fake.opens, 1); /* one real open for the block */
+
+    assert_int_equal(nvipcfix_close(&fix, p1), CUDA_SUCCESS);
+    assert_int_equal(nvipcfix_close(&fix, p2), CUDA_SUCCESS);
+    assert_int_equal(nvipcfix_close(&fix, p0), CUDA_SUCCESS);
+    assert_int_equal(fake.closes, 0);
+    assert_int_equal(nvipcfix_close(&fix, p1b), CUDA_SUCCESS);
+    assert_int_equal(fake.closes, 1); /* the last one closes for real */
+    assert_int_equal(nvipcfix_import_blocks(&fix.imports), 0);
+    /* a pointer closed too often goes to the driver, which refuses it */
+    assert_int_equal(nvipcfix_close(&fix, p1), CUDA_ERROR_INVALID_VALUE);
+}
+
+static void test_close_of_pointer_never_returned(void **state)
+{
+    (void)state;
+    uint64_t b = fake_alloc(0x100000, 1 << 20);
+    CUdeviceptr p = open_ok(export_ok(b));
+    assert_int_equal(nvipcfix_close(&fix, p + 64), CUDA_ERROR_INVALID_VALUE);
+    assert_int_equal(nvipcfix_import_refs(&fix.imports, p), 1);
+    assert_int_equal(nvipcfix_close(&fix, p), CUDA_SUCCESS);
+}
+
+static void test_forged_offset_refused(void **state)
+{
+    (void)state;
+    uint64_t b = fake_alloc(0x100000, 4096);
+    /* a well-formed tag (check value right) whose offset is past the block,
+     * as a forger or a bit flip before the check was computed would make */
+    CUipcMemHandle h = export_ok(b);
+    nvipcfix_tag_encode((unsigned char *)h.reserved, 8192);
+    CUdeviceptr p = 0;
+    assert_int_equal(nvipcfix_open(&fix, f_open, &p, h, 1), CUDA_ERROR_INVALID_VALUE);
+    assert_true(p == 0);
+    assert_int_equal(fake.opens, fake.closes); /* the real open was undone */
+    assert_int_equal(nvipcfix_import_blocks(&fix.imports), 0);
+    /* same while the block is already open */
+    CUdeviceptr q = open_ok(export_ok(b + 1));
+    assert_int_equal(nvipcfix_open(&fix, f_open, &p, h, 1), CUDA_ERROR_INVALID_VALUE);
+    assert_int_equal(nvipcfix_close(&fix, q), CUDA_SUCCESS);
+}
+
+static void test_foreign_tail_passes_through(void **state)
+{
+    (void)state;
+    uint64_t b = fake_alloc(0x100000, 1 << 20);
+    fake.tail = 1;
+    CUipcMemHandle h;
+    f_get(&h, b);
+    CUdeviceptr p = 0;
+    assert_int_equal(nvipcfix_open(&fix, f_open, &p, h, 1), CUDA_SUCCESS);
+    assert_true(p == MAPPED_AT + b);
+    assert_int_equal(nvipcfix_import_blocks(&fix.imports), 0); /* not tracked */
+    assert_int_equal(nvipcfix_close(&fix, p), CUDA_SUCCESS);
+    assert_int_equal(fake.closes, 1);
+}
+
+static void test_self_open(void **state)
+{
+    (void)state;
+    uint64_t b = fake_alloc(0x100000, 1 << 20);
+    CUipcMemHandle h = export_ok(b + 100);
+    fake.exporter = 1;
+    CUdeviceptr p = open_ok(h), q = open_ok(export_ok(b));
+    assert_true(p == b + 100); /* the exporter's own pointer */
+    assert_true(q == b);
+    assert_int_equal(nvipcfix_close(&fix, p), CUDA_SUCCESS);
+    assert_int_equal(nvipcfix_close(&fix, q), CUDA_SUCCESS);
+    assert_int_equal(fake.closes, 0); /* nothing to close in the driver */
+    /* once the block is freed and re-allocated, the handle is stale */
+    fake_realloc_same_address(b);
+    CUdeviceptr r = 0;
+    assert_int_equal(nvipcfix_open(&fix, f_open, &r, h, 1), CUDA_ERROR_INVALID_CONTEXT);
+}
+
+static void test_self_open_disabled(void **state)
+{
+    (void)state;
+    nvipcfix_fix_destroy(&fix);
+    start(NVIPCFIX_MODE_FIX, 0);
+    uint64_t b = fake_alloc(0x100000, 1 << 20);
+    CUipcMemHandle h = export_ok(b + 100);
+    fake.exporter = 1;
+    CUdeviceptr p = 0;
+    assert_int_equal(nvipcfix_open(&fix, f_open, &p, h, 1), CUDA_ERROR_INVALID_CONTEXT);
+}
+
+static void test_contexts_are_separate(void **state)
+{
+    (void)state;
+    uint64_t b = fake_alloc(0x100000, 1 << 20);
+    CUipcMemHandle h = export_ok(b + 1);
+    CUdeviceptr p = open_ok(h);
+    fake.ctx = (CUcontext)&ctx_storage[1];
+    CUdeviceptr q = 0;
+    /* another context opens for real (the fake, an old driver, refuses) */
+    assert_int_equal(nvipcfix_open(&fix, f_open, &q, h, 1), CUDA_ERROR_ALREADY_MAPPED);
+    fake.ctx = (CUcontext)&ctx_storage[0];
+    assert_int_equal(nvipcfix_close(&fix, p), CUDA_SUCCESS);
+}
+
+/* ---- modes ------------------------------------------------------------------ */
+
+static void test_off_and_audit_change_nothing(void **state)
+{
+    (void)state;
+    for (int m = NVIPCFIX_MODE_AUDIT; m <= NVIPCFIX_MODE_OFF; m++) {
+        nvipcfix_fix_destroy(&fix);
+        start((enum nvipcfix_mode)m, 1);
+        uint64_t b = fake_alloc(0x100000, 1 << 20);
+        CUipcMemHandle native, h = export_ok(b + 4096);
+        f_get(&native, b);
+        assert_memory_equal(h.reserved, native.reserved, 64);
+        CUdeviceptr p = open_ok(h);
+        assert_true(p == MAPPED_AT + b); /* the bug, untouched */
+        assert_int_equal(nvipcfix_close(&fix, p), CUDA_SUCCESS);
+        assert_int_equal(fake.closes, 1);
+    }
+}
+
+/* ---- threads ------------------------------------------------------------------ */
+
+#define THREADS 16
+#define ROUNDS 3000
+
+static void *worker(void *arg)
+{
+    long id = (long)arg, bad = 0;
+    for (long i = 0; i < ROUNDS; i++) {
+        uint64_t base = i % 2 ? 0x100000 : 0x400000 + 0x100000 * (uint64_t)(id % 4);
+        uint64_t off = (uint64_t)((i * 37 + id) % 4096);
+        CUipcMemHandle h;
+        CUdeviceptr p = 0;
+        if (nvipcfix_export(&fix, &h, base + off) != CUDA_SUCCESS ||
+            nvipcfix_open(&fix, f_open, &p, h, 1) != CUDA_SUCCESS || p != MAPPED_AT + base + off ||
+            nvipcfix_close(&fix, p) != CUDA_SUCCESS)
+            bad++;
+    }
+    return (void *)bad;
+}
+
+static void test_threads(void **state)
+{
+    (void)state;
+    fake_alloc(0x100000, 1 << 20);
+    for (int i = 0; i < 4; i++)
+        fake_alloc(0x400000 + 0x100000 * (uint64_t)i, 1 << 20);
+    pthread_t t[THREADS];
+    for (long i = 0; i < THREADS; i++)
+        pthread_create(&t[i], NULL, worker, (void *)i);
+    long bad = 0;
+    for (int i = 0; i < THREADS; i++) {
+        void *r;
+        pthread_join(t[i], &r);
+        bad += (long)r;
+    }
+    assert_int_equal(bad, 0);
+    /* the fake is an old driver: a second real open of an open block fails,
+     * so no failure above means no block was ever opened twice */
+    assert_int_equal(fake.opens, fake.closes);
+    for (int i = 0; i < fake.nblocks; i++)
+        assert_int_equal(fake.blocks[i].refs, 0);
+    assert_int_equal(nvipcfix_import_blocks(&fix.imports), 0);
+}
+
+int main(void)
+{
+#define T(f) cmocka_unit_test_setup_teardown(f, setup_fix, teardown)
+    const struct CMUnitTest tests[] = {
+        T(test_base_export_is_native),
+        T(test_interior_export_is_tagged_and_cached),
+        T(test_reallocated_block_gets_fresh_handle),
+        T(test_driver_using_tail_exports_natively),
+        T(test_unknown_pointer_goes_native),
+        T(test_open_returns_pointer_and_counts),
+        T(test_close_of_pointer_never_returned),
+        T(test_forged_offset_refused),
+        T(test_foreign_tail_passes_through),
+        T(test_self_open),
+        T(test_self_open_disabled),
+        T(test_contexts_are_separate),
+        T(test_off_and_audit_change_nothing),
+        T(test_threads),
+    };
+    return cmocka_run_group_tests_name("ipc_fix", tests, NULL, NULL);
+}
