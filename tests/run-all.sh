@@ -77,7 +77,7 @@ for road in direct dlsym procaddr; do
     expect_in out "WRONG"; done_case
     PRE=$LIB check "$road: right with the preload, silent" 0 -- "$T/legacy_ipc" --road $road
     expect_in out "read 10/10 right, written 10/10 right, 0 stray bytes"
-    expect_in out "mappings left 0 -> CORRECT"; expect_empty err; done_case
+    expect_in out "base handles untagged 2/2, mappings left 0 -> CORRECT"; expect_empty err; done_case
 done
 PRE=$LIB check "open twice, close twice" 0 -- "$T/legacy_ipc" --reopen
 done_case
@@ -87,6 +87,14 @@ done_case
 PRE=$LIB check "old driver works with the preload" 0 SIMCUDA_OLD_DRIVER=1 -- \
     "$T/legacy_ipc" --reopen --road procaddr
 done_case
+PRE="" check "open in the exporting process fails natively" 2 -- "$T/legacy_ipc" --self
+expect_in err "open failed: error 201"; done_case
+PRE=$LIB check "open in the exporting process gives its own pointer" 0 -- \
+    "$T/legacy_ipc" --self --reopen
+expect_in out "CORRECT"; done_case
+PRE=$LIB check "NVIPCFIX_SELF_OPEN=0 restores the native error" 2 NVIPCFIX_SELF_OPEN=0 -- \
+    "$T/legacy_ipc" --self
+expect_in err "open failed: error 201"; done_case
 PRE=$LIB check "driver writing bytes 56-63: native behaviour, one warning" 1 \
     SIMCUDA_HANDLE_TAIL=1 -- "$T/legacy_ipc"
 expect_in err "nvipcfix\[[0-9]*\]: warning: this driver writes bytes 56-63"

@@ -13,11 +13,19 @@
  *   dlsym     dlopen("libcuda.so.1") + dlsym
  *   procaddr  as the CUDA runtime does: dlsym of cuGetProcAddress_v2, then
  *             cuGetProcAddress fetched through itself, then the IPC calls
+ * Built with -DLEGACY_RUNTIME (by nvcc, against the CUDA runtime, static or
+ * shared) it allocates and copies with the runtime, and the roads are:
+ *   runtime     cudaIpcGetMemHandle / cudaIpcOpenMemHandle / cudaIpcCloseMemHandle
+ *   entrypoint  the driver's IPC calls from cudaGetDriverEntryPointByVersion
  * --reopen: the child opens every handle twice and closes twice.
+ * --self: no child; the exporter opens its own handles.
  *
  * Prints one line. Exit status: 0 every byte right, 1 wrong bytes (the bug),
  * 2 a CUDA call failed. Runs on the simulated driver and on a real GPU. */
 #include <cuda.h>
+#ifdef LEGACY_RUNTIME
+#include <cuda_runtime.h>
+#endif
 
 #include <dlfcn.h>
 #include <stdint.h>
@@ -39,7 +47,6 @@ typedef CUresult (*gpa2_fn)(const char *, void **, int, cuuint64_t,
 static get_fn ipc_get;
 static open_fn ipc_open;
 static close_fn ipc_close;
-static const char *road = "direct";
 
 struct record {
     CUipcMemHandle handle;
@@ -47,13 +54,11 @@ struct record {
     unsigned char expect[MAX_LEN];
 };
 
-static int check(CUresult r, const char *what)
+static int check(int r, const char *what)
 {
-    if (r == CUDA_SUCCESS)
+    if (r == 0)
         return 0;
-    const char *name = NULL;
-    cuGetErrorName(r, &name);
-    fprintf(stderr, "legacy_ipc: %s failed: %s (%d)\n", what, name ? name : "?", (int)r);
+    fprintf(stderr, "legacy_ipc: %s failed: error %d\n", what, r);
     return -1;
 }
 
@@ -65,6 +70,78 @@ static void *need(void *p, const char *what)
     }
     return p;
 }
+
+#ifdef LEGACY_RUNTIME
+static const char *road = "runtime";
+
+/* The runtime's IPC calls, in the driver's types (the handles are the same
+ * 64 bytes). */
+static CUresult rt_get(CUipcMemHandle *h, CUdeviceptr p)
+{
+    return (CUresult)cudaIpcGetMemHandle((cudaIpcMemHandle_t *)h, (void *)p);
+}
+
+static CUresult rt_open(CUdeviceptr *p, CUipcMemHandle h, unsigned int flags)
+{
+    cudaIpcMemHandle_t rh;
+    memcpy(&rh, &h, sizeof rh);
+    return (CUresult)cudaIpcOpenMemHandle((void **)p, rh, flags);
+}
+
+static CUresult rt_close(CUdeviceptr p)
+{
+    return (CUresult)cudaIpcCloseMemHandle((void *)p);
+}
+
+static void *entry_point(const char *name)
+{
+    void *fn = NULL;
+    enum cudaDriverEntryPointQueryResult st;
+    if (cudaGetDriverEntryPointByVersion(name, &fn, 12000, cudaEnableDefault, &st) !=
+        cudaSuccess)
+        return NULL;
+    return fn;
+}
+
+static void choose_road(void)
+{
+    if (strcmp(road, "runtime") == 0) {
+        ipc_get = rt_get;
+        ipc_open = rt_open;
+        ipc_close = rt_close;
+    } else if (strcmp(road, "entrypoint") == 0) {
+        ipc_get = (get_fn)need(entry_point("cuIpcGetMemHandle"), "cuIpcGetMemHandle");
+        ipc_open = (open_fn)need(entry_point("cuIpcOpenMemHandle"), "cuIpcOpenMemHandle");
+        ipc_close = (close_fn)need(entry_point("cuIpcCloseMemHandle"), "cuIpcCloseMemHandle");
+    } else {
+        fprintf(stderr, "legacy_ipc: unknown road '%s'\n", road);
+        exit(2);
+    }
+}
+
+static int init_context(void)
+{
+    const char *d = getenv("LEGACY_IPC_DEVICE");
+    return check(cudaSetDevice(d ? atoi(d) : 0), "cudaSetDevice") ||
+           check(cudaFree(0), "cudaFree(0)");
+}
+
+static int dev_alloc(CUdeviceptr *p, size_t n)
+{
+    return check(cudaMalloc((void **)p, n), "cudaMalloc");
+}
+
+static int to_device(CUdeviceptr dst, const void *src, size_t n)
+{
+    return check(cudaMemcpy((void *)dst, src, n, cudaMemcpyHostToDevice), "cudaMemcpy");
+}
+
+static int to_host(void *dst, CUdeviceptr src, size_t n)
+{
+    return check(cudaMemcpy(dst, (const void *)src, n, cudaMemcpyDeviceToHost), "cudaMemcpy");
+}
+#else
+static const char *road = "direct";
 
 static void choose_road(void)
 {
@@ -96,12 +173,6 @@ static void choose_road(void)
     exit(2);
 }
 
-static unsigned char pattern(unsigned alloc, uint64_t i)
-{
-    uint64_t x = (i + 1) * 0x9E3779B97F4A7C15ull ^ (alloc * 0xD6E8FEB86659FD93ull);
-    return (unsigned char)(x >> 56 ^ x >> 24 ^ x);
-}
-
 static int init_context(void)
 {
     CUdevice dev;
@@ -110,6 +181,28 @@ static int init_context(void)
     return check(cuInit(0), "cuInit") || check(cuDeviceGet(&dev, d ? atoi(d) : 0), "cuDeviceGet") ||
            check(cuDevicePrimaryCtxRetain(&ctx, dev), "cuDevicePrimaryCtxRetain") ||
            check(cuCtxSetCurrent(ctx), "cuCtxSetCurrent");
+}
+
+static int dev_alloc(CUdeviceptr *p, size_t n)
+{
+    return check(cuMemAlloc(p, n), "cuMemAlloc");
+}
+
+static int to_device(CUdeviceptr dst, const void *src, size_t n)
+{
+    return check(cuMemcpyHtoD(dst, src, n), "cuMemcpyHtoD");
+}
+
+static int to_host(void *dst, CUdeviceptr src, size_t n)
+{
+    return check(cuMemcpyDtoH(dst, src, n), "cuMemcpyDtoH");
+}
+#endif
+
+static unsigned char pattern(unsigned alloc, uint64_t i)
+{
+    uint64_t x = (i + 1) * 0x9E3779B97F4A7C15ull ^ (alloc * 0xD6E8FEB86659FD93ull);
+    return (unsigned char)(x >> 56 ^ x >> 24 ^ x);
 }
 
 static int read_full(int fd, void *buf, size_t n)
@@ -136,39 +229,43 @@ static int write_full(int fd, const void *buf, size_t n)
 
 /* ---- the importer ---------------------------------------------------------- */
 
-/* Result byte per record: bit 0 read right; 0x80: a CUDA call failed. */
+/* Opens one handle, checks what it reads, writes the complement back and
+ * closes. Returns bit 0: read right; 0x80: a CUDA call failed. */
+static unsigned char import_one(const struct record *rec, int reopen)
+{
+    unsigned char got[MAX_LEN], back[MAX_LEN], result = 0;
+    CUdeviceptr p = 0, p2 = 0;
+    if (check(ipc_open(&p, rec->handle, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS), "open"))
+        return 0x80;
+    if (reopen &&
+        (check(ipc_open(&p2, rec->handle, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS), "reopen") ||
+         p2 != p))
+        result |= 0x80;
+    if (to_host(got, p, rec->len))
+        result |= 0x80;
+    else if (memcmp(got, rec->expect, rec->len) == 0)
+        result |= 1;
+    for (uint32_t i = 0; i < rec->len; i++)
+        back[i] = (unsigned char)~rec->expect[i];
+    if (to_device(p, back, rec->len))
+        result |= 0x80;
+    if (reopen && p2 != 0 && check(ipc_close(p2), "close"))
+        result |= 0x80;
+    if (check(ipc_close(p), "close"))
+        result |= 0x80;
+    return result;
+}
+
 static int child_main(int reopen)
 {
     uint32_t n;
     if (init_context() || read_full(0, &n, sizeof n))
         return 2;
     static struct record rec;
-    unsigned char got[MAX_LEN], back[MAX_LEN];
     for (uint32_t k = 0; k < n; k++) {
-        unsigned char result = 0;
-        CUdeviceptr p = 0, p2 = 0;
         if (read_full(0, &rec, sizeof rec))
             return 2;
-        if (check(ipc_open(&p, rec.handle, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS), "open")) {
-            result = 0x80;
-        } else {
-            if (reopen &&
-                (check(ipc_open(&p2, rec.handle, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS), "reopen") ||
-                 p2 != p))
-                result |= 0x80;
-            if (check(cuMemcpyDtoH(got, p, rec.len), "read"))
-                result |= 0x80;
-            else if (memcmp(got, rec.expect, rec.len) == 0)
-                result |= 1;
-            for (uint32_t i = 0; i < rec.len; i++)
-                back[i] = (unsigned char)~rec.expect[i];
-            if (check(cuMemcpyHtoD(p, back, rec.len), "write"))
-                result |= 0x80;
-            if (reopen && p2 != 0 && check(ipc_close(p2), "close"))
-                result |= 0x80;
-            if (check(ipc_close(p), "close"))
-                result |= 0x80;
-        }
+        unsigned char result = import_one(&rec, reopen);
         if (write_full(1, &result, 1))
             return 2;
     }
@@ -191,16 +288,18 @@ struct buffer {
 
 int main(int argc, char **argv)
 {
-    int child = 0, reopen = 0;
+    int child = 0, reopen = 0, self = 0;
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--child") == 0)
             child = 1;
         else if (strcmp(argv[i], "--reopen") == 0)
             reopen = 1;
+        else if (strcmp(argv[i], "--self") == 0)
+            self = 1;
         else if (strcmp(argv[i], "--road") == 0 && i + 1 < argc)
             road = argv[++i];
         else {
-            fprintf(stderr, "usage: legacy_ipc [--road direct|dlsym|procaddr] [--reopen]\n");
+            fprintf(stderr, "usage: legacy_ipc [--road ROAD] [--reopen] [--self]\n");
             return 2;
         }
     }
@@ -214,11 +313,11 @@ int main(int argc, char **argv)
     CUdeviceptr base[3];
     static unsigned char host[BLOCK_SIZE];
     for (unsigned a = 0; a < 3; a++) {
-        if (check(cuMemAlloc(&base[a], sizes[a]), "cuMemAlloc"))
+        if (dev_alloc(&base[a], sizes[a]))
             return 2;
         for (uint64_t i = 0; i < sizes[a]; i++)
             host[i] = pattern(a, i);
-        if (check(cuMemcpyHtoD(base[a], host, sizes[a]), "fill"))
+        if (to_device(base[a], host, sizes[a]))
             return 2;
     }
 
@@ -230,52 +329,65 @@ int main(int argc, char **argv)
     };
     const uint32_t n = sizeof bufs / sizeof bufs[0];
 
-    int to_child[2], from_child[2];
-    if (pipe(to_child) || pipe(from_child))
-        return 2;
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(to_child[0], 0);
-        dup2(from_child[1], 1);
-        close(to_child[1]);
-        close(from_child[0]);
-        char *args[] = {"legacy_ipc", "--child", "--road", (char *)road,
-                        reopen ? "--reopen" : NULL, NULL};
-        execv("/proc/self/exe", args);
-        _exit(127);
-    }
-    close(to_child[0]);
-    close(from_child[1]);
-
-    int failed = write_full(to_child[1], &n, sizeof n);
-    static struct record rec;
-    for (uint32_t k = 0; k < n && !failed; k++) {
-        memset(&rec, 0, sizeof rec);
-        if (check(ipc_get(&rec.handle, base[bufs[k].alloc] + bufs[k].offset), "export"))
+    static struct record recs[sizeof bufs / sizeof bufs[0]];
+    unsigned untouched = 0, base_exports = 0;
+    for (uint32_t k = 0; k < n; k++) {
+        if (check(ipc_get(&recs[k].handle, base[bufs[k].alloc] + bufs[k].offset), "export"))
             return 2;
-        rec.len = bufs[k].len;
-        for (uint32_t i = 0; i < rec.len; i++)
-            rec.expect[i] = pattern(bufs[k].alloc, bufs[k].offset + i);
-        failed = write_full(to_child[1], &rec, sizeof rec);
+        recs[k].len = bufs[k].len;
+        for (uint32_t i = 0; i < recs[k].len; i++)
+            recs[k].expect[i] = pattern(bufs[k].alloc, bufs[k].offset + i);
+        if (bufs[k].offset == 0) { /* a block exported whole: no tag */
+            static const char zero[8];
+            base_exports++;
+            untouched += memcmp(recs[k].handle.reserved + 56, zero, 8) == 0;
+        }
     }
-    close(to_child[1]);
 
     unsigned char results[sizeof bufs / sizeof bufs[0]] = {0};
     long left = -2;
-    if (!failed)
-        failed = read_full(from_child[0], results, n) || read_full(from_child[0], &left, sizeof left);
-    int status = 0;
-    waitpid(pid, &status, 0);
-    if (failed || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-        printf("road=%s: the importer failed (status %d)\n", road, status);
-        return 2;
+    if (self) {
+        /* The exporter opens its own handles. */
+        for (uint32_t k = 0; k < n; k++)
+            results[k] = import_one(&recs[k], reopen);
+        left = -1;
+    } else {
+        int to_child[2], from_child[2];
+        if (pipe(to_child) || pipe(from_child))
+            return 2;
+        pid_t pid = fork();
+        if (pid == 0) {
+            dup2(to_child[0], 0);
+            dup2(from_child[1], 1);
+            close(to_child[1]);
+            close(from_child[0]);
+            char *args[] = {"legacy_ipc", "--child", "--road", (char *)road,
+                            reopen ? "--reopen" : NULL, NULL};
+            execv("/proc/self/exe", args);
+            _exit(127);
+        }
+        close(to_child[0]);
+        close(from_child[1]);
+        int failed = write_full(to_child[1], &n, sizeof n);
+        for (uint32_t k = 0; k < n && !failed; k++)
+            failed = write_full(to_child[1], &recs[k], sizeof recs[k]);
+        close(to_child[1]);
+        if (!failed)
+            failed = read_full(from_child[0], results, n) ||
+                     read_full(from_child[0], &left, sizeof left);
+        int status = 0;
+        waitpid(pid, &status, 0);
+        if (failed || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+            printf("road=%s: the importer failed (status %d)\n", road, status);
+            return 2;
+        }
     }
 
     /* Every buffer must now hold the complement, every other byte the
      * pattern. */
     unsigned read_ok = 0, written_ok = 0, errors = 0, stray = 0;
     for (unsigned a = 0; a < 3; a++) {
-        if (check(cuMemcpyDtoH(host, base[a], sizes[a]), "read back"))
+        if (to_host(host, base[a], sizes[a]))
             return 2;
         for (uint64_t i = 0; i < sizes[a]; i++) {
             int inside = 0;
@@ -297,12 +409,13 @@ int main(int argc, char **argv)
             errors += (results[k] & 0x80) != 0;
         }
     }
-    int right = read_ok == n && written_ok == n && stray == 0 && errors == 0 && left <= 0;
+    int right = read_ok == n && written_ok == n && stray == 0 && errors == 0 && left <= 0 &&
+                untouched == base_exports;
     char leftstr[32];
     snprintf(leftstr, sizeof leftstr, left >= 0 ? "%ld" : "n/a", left);
-    printf("road=%s%s: %u buffers: read %u/%u right, written %u/%u right, %u stray bytes, "
-           "%u failed calls, mappings left %s -> %s\n",
-           road, reopen ? " reopen" : "", n, read_ok, n, written_ok, n, stray, errors, leftstr,
-           right ? "CORRECT" : "WRONG");
+    printf("road=%s%s%s: %u buffers: read %u/%u right, written %u/%u right, %u stray bytes, "
+           "%u failed calls, base handles untagged %u/%u, mappings left %s -> %s\n",
+           road, reopen ? " reopen" : "", self ? " self" : "", n, read_ok, n, written_ok, n,
+           stray, errors, untouched, base_exports, leftstr, right ? "CORRECT" : "WRONG");
     return right ? 0 : errors ? 2 : 1;
 }
