@@ -20,8 +20,18 @@ UNIT_SRC  := $(wildcard tests/unit/test_*.c)
 UNIT_BIN  := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 INTEG_BIN := $(BUILD)/tests/legacy_ipc $(BUILD)/tests/rtld_next
 
+# The verification copy path tool, when nvcc is here.
+NVCC      ?= $(shell command -v nvcc 2>/dev/null || ls $(CUDA_HOME)/bin/nvcc 2>/dev/null)
+NVCC_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90 \
+             -gencode arch=compute_90,code=compute_90
+VERIFY    := $(BUILD)/nvipcfix-verify
+
 .PHONY: all deps test demo clean
-all: $(LIB)
+all: $(LIB) $(if $(NVCC),$(VERIFY))
+
+$(VERIFY): tools/verify_copy_path.cu
+	@mkdir -p $(@D)
+	$(NVCC) -O2 -std=c++17 $(NVCC_ARCH) -Xcompiler -Wall,-Wextra,-Werror -o $@ $<
 
 deps:
 	@sh scripts/ensure-deps.sh

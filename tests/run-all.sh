@@ -4,6 +4,7 @@
 # Usage: tests/run-all.sh BUILD_DIR
 set -u
 B=$(cd "${1:-build}" && pwd)
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
 LIB=$B/libnvipcfix.so
 SIM=$B/sim
 T=$B/tests
@@ -127,6 +128,14 @@ PRE=$LIB check "a process without CUDA: same output, nothing printed" 0 -- \
     sh -c 'ls / | wc -l; echo done'
 cmp -s "$OUT/out" "$OUT/native" || { ok=0; why="output differs from native"; }
 expect_empty err; done_case
+
+PRE="" check "scripts/regress reports what the library saw" 0 -- \
+    "$ROOT/scripts/regress" --lib "$LIB" --audit -- "$T/legacy_ipc"
+expect_in out "without nvipcfix: exit 1"
+expect_in out "with nvipcfix:    exit 0, output differs from the run without"
+expect_in out "2 process(es): exports 10 (8 with an offset), opens 10"
+expect_in out "audit mode:       exit 1; 8 exports of interior pointers (offsets: 512 4096 65537"
+done_case
 
 # The built library: only libc needed, only the entry points exported, no
 # named version node (it would fail to interpose versioned references).
