@@ -35,6 +35,10 @@ def importer():
 
 
 def exporter():
+    # One large block through the pool and back: the arrays below are then
+    # carved from it, as in a long-running CuPy program.
+    big = cp.empty(64 << 20, dtype=cp.uint8)
+    del big
     arrays, records = [], []
     for k, n in enumerate(SIZES):
         a = cp.asarray(pattern(k, n))

@@ -17,7 +17,8 @@ SIZES = [64, 1000, 16 << 10, 128 << 10, 512 << 10, 4 << 20, 3 << 20, 8 << 20]
 
 
 class Handle(ctypes.Structure):
-    _fields_ = [("reserved", ctypes.c_char * 64)]
+    # c_ubyte, not c_char: a c_char array reads back cut at its first zero byte
+    _fields_ = [("reserved", ctypes.c_ubyte * 64)]
 
 
 def cudart():
@@ -40,8 +41,7 @@ def importer():
     records = json.loads(sys.stdin.read())  # [[hex handle, nbytes], ...]
     out = []
     for k, (hexh, n) in enumerate(records):
-        h = Handle()
-        h.reserved = bytes.fromhex(hexh)
+        h = Handle.from_buffer_copy(bytes.fromhex(hexh))
         p = ctypes.c_void_p()
         r = lib.cudaIpcOpenMemHandle(ctypes.byref(p), h, 1)
         if r != 0:
@@ -70,7 +70,7 @@ def exporter():
         if lib.cudaIpcGetMemHandle(ctypes.byref(h), t.data_ptr()) != 0:
             print("torch_ipc: export failed")
             return 2
-        records.append((bytes(h.reserved).hex(), n))
+        records.append((bytes(h).hex(), n))
     torch.cuda.synchronize()
     res = subprocess.run([sys.executable, __file__, "--importer"], input=json.dumps(records),
                          capture_output=True, text=True)
