@@ -69,8 +69,9 @@ done_case() {
         echo "[ FAILED ] integration: $current: $why"
         sed 's/^/    | /' "$OUT/out" "$OUT/err" | head -20
     fi
-    unset SIMCUDA_OLD_DRIVER SIMCUDA_HANDLE_TAIL SIMCUDA_FAIL NVIPCFIX_MODE NVIPCFIX_LOG \
-        NVIPCFIX_STATS NVIPCFIX_SELF_OPEN 2>/dev/null
+    unset SIMCUDA_OLD_DRIVER SIMCUDA_HANDLE_TAIL SIMCUDA_FAIL SIMCUDA_DEVICES NVIPCFIX_MODE \
+        NVIPCFIX_LOG NVIPCFIX_STATS NVIPCFIX_SELF_OPEN LEGACY_IPC_DEVICE \
+        LEGACY_IPC_IMPORTER_DEVICE 2>/dev/null
 }
 
 for road in direct dlsym procaddr; do
@@ -81,6 +82,12 @@ for road in direct dlsym procaddr; do
     expect_in out "base handles untagged 2/2, mappings left 0 -> CORRECT"; expect_empty err; done_case
 done
 PRE=$LIB check "open twice, close twice" 0 -- "$T/legacy_ipc" --reopen
+done_case
+PRE="" check "two devices: exporter on 1, importer on 0, bug without" 1 SIMCUDA_DEVICES=2 \
+    LEGACY_IPC_DEVICE=1 LEGACY_IPC_IMPORTER_DEVICE=0 -- "$T/legacy_ipc"
+done_case
+PRE=$LIB check "two devices: exporter on 1, importer on 0, right with" 0 SIMCUDA_DEVICES=2 \
+    LEGACY_IPC_DEVICE=1 LEGACY_IPC_IMPORTER_DEVICE=0 -- "$T/legacy_ipc" --reopen
 done_case
 PRE="" check "old driver (ALREADY_MAPPED) fails without the preload" 2 SIMCUDA_OLD_DRIVER=1 -- \
     "$T/legacy_ipc" --reopen

@@ -19,6 +19,8 @@
  *   entrypoint  the driver's IPC calls from cudaGetDriverEntryPointByVersion
  * --reopen: the child opens every handle twice and closes twice.
  * --self: no child; the exporter opens its own handles.
+ * Environment: LEGACY_IPC_DEVICE (default 0) is the device both use;
+ * LEGACY_IPC_IMPORTER_DEVICE, if set, the importer's.
  *
  * Prints one line. Exit status: 0 every byte right, 1 wrong bytes (the bug),
  * 2 a CUDA call failed. Runs on the simulated driver and on a real GPU. */
@@ -259,6 +261,9 @@ static unsigned char import_one(const struct record *rec, int reopen)
 static int child_main(int reopen)
 {
     uint32_t n;
+    const char *dev = getenv("LEGACY_IPC_IMPORTER_DEVICE");
+    if (dev != NULL)
+        setenv("LEGACY_IPC_DEVICE", dev, 1);
     if (init_context() || read_full(0, &n, sizeof n))
         return 2;
     static struct record rec;
