@@ -185,6 +185,16 @@ static void close_all(unsigned char **mapped)
         CHECK(cudaIpcCloseMemHandle(mapped[k]));
 }
 
+// Lets the current device reach `peer` directly (already enabled is fine).
+static void enable_peer(int peer)
+{
+    cudaError_t e = cudaDeviceEnablePeerAccess(peer, 0);
+    if (e == cudaErrorPeerAccessAlreadyEnabled)
+        (void)cudaGetLastError();
+    else
+        CHECK(e);
+}
+
 // Moves data through every mapping both ways, with copy engines and a
 // kernel, counting what arrives wrong; then the bandwidth runs (when
 // m.repeats > 0). Leaves every buffer holding pattern salt + 2.
@@ -242,7 +252,9 @@ static void move_and_check(const Message &m, unsigned char **mapped, int gpu, Re
         size_t n = m.buf[NBUF].size;
         CHECK(cudaSetDevice(e));
         CHECK(cudaMalloc(&there, n));
+        enable_peer(gpu); // e reaches gpu directly, not through the host
         CHECK(cudaSetDevice(gpu));
+        enable_peer(e);
         r.peer_gbs[0] = timed(m.repeats, n, s,
                               [&] { cudaMemcpyPeerAsync(local, gpu, there, e, n, s); });
         r.peer_gbs[1] = timed(m.repeats, n, s,
