@@ -76,3 +76,16 @@ $(BUILD)/tests/rtld_next: tests/integration/rtld_next/main.c tests/integration/r
 	$(CC) $(CFLAGS) -shared -o $(@D)/libprobe.so tests/integration/rtld_next/probe.c -ldl
 	$(CC) $(CFLAGS) -shared -o $(@D)/libtarget.so tests/integration/rtld_next/target.c
 	$(CC) $(CFLAGS) -o $@ $< -L$(@D) -Wl,--no-as-needed -lprobe -ltarget -Wl,-rpath,'$$ORIGIN' -ldl
+
+# Benchmarks: make bench (GPU when there is one, else the simulated driver).
+$(BUILD)/tests/ipc_bench: tests/bench/ipc_bench.c $(SIM)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -o $@ $< -L$(BUILD)/sim -l:libcuda.so.1 -ldl
+
+$(BUILD)/tests/table_memory: tests/bench/table_memory.c $(SHIM_SRC) | deps
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -o $@ $< $(SHIM_SRC)
+
+.PHONY: bench
+bench: $(LIB) $(SIM) $(BUILD)/tests/ipc_bench $(BUILD)/tests/table_memory
+	@sh scripts/bench.sh $(BUILD)

@@ -1,7 +1,13 @@
 /* Import table: every block this process opened through nvipcfix, once per
  * (context, handle), with nvipcfix's own reference count, and every pointer
  * nvipcfix returned for it (block base + offset), so that a close of any of
- * them releases one reference of the right block. */
+ * them releases one reference of the right block. A pointer stays known
+ * until its block's last reference is gone.
+ *
+ * Locking: a read-write lock; re-opens and closes that are not the last
+ * take it shared and change the count atomically, so threads using the same
+ * block do not serialise. Only adding a block or a new pointer, and dropping
+ * the last reference, take it exclusively. */
 #ifndef NVIPCFIX_IMPORT_TABLE_H
 #define NVIPCFIX_IMPORT_TABLE_H
 
@@ -15,7 +21,7 @@ struct nvipcfix_import_block;
 struct nvipcfix_import_ptr;
 
 struct nvipcfix_import_table {
-    pthread_mutex_t lock;
+    pthread_rwlock_t lock;
     struct nvipcfix_import_block *blocks; /* by (context, handle) */
     struct nvipcfix_import_ptr *ptrs;     /* by returned pointer */
     size_t nblocks, nptrs;

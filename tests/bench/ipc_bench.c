@@ -1,0 +1,527 @@
+/* ipc_bench: what nvipcfix costs, against native, per call.
+ *
+ *   ipc_bench compare LIB [--quick]   runs `run` without and with
+ *                                     LD_PRELOAD=LIB, prints ratios
+ *   ipc_bench run [--quick]           measures in this process, whatever is
+ *                                     preloaded; prints RESULT lines
+ *   ipc_bench count OP N              N calls of one kind, for callgrind
+ *
+ * Uses the driver API, so it runs on a GPU (linked with -lcuda) and on the
+ * simulated driver. An exporter child process provides the handles the
+ * open/close measurements need. Times are per call: the median and the 99th
+ * percentile of batches of BATCH calls, divided by BATCH. */
+#include <cuda.h>
+
+#include <dlfcn.h>
+#include <malloc.h>
+#include <pthread.h>
+#include <spawn.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+extern char **environ;
+
+#define BATCH 10
+#define BLOCK (2u << 20)
+#define OFFSETS 64
+
+static int quick;
+
+static void die(const char *what, CUresult r)
+{
+    fprintf(stderr, "ipc_bench: %s failed (%d)\n", what, (int)r);
+    exit(2);
+}
+
+#define CK(call)                                                             \
+    do {                                                                     \
+        CUresult r_ = (call);                                                \
+        if (r_ != CUDA_SUCCESS)                                              \
+            die(#call, r_);                                                  \
+    } while (0)
+
+static double now_us(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e6 + t.tv_nsec / 1e3;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Per-call median and p99 from per-batch times. */
+static void report(const char *name, double *batch_us, int n)
+{
+    qsort(batch_us, (size_t)n, sizeof *batch_us, cmp_double);
+    printf("RESULT %s %.4f %.4f\n", name, batch_us[n / 2] / BATCH,
+           batch_us[(int)(n * 0.99)] / BATCH);
+    fflush(stdout);
+}
+
+static CUcontext ctx;
+
+static void init(void)
+{
+    CUdevice dev;
+    CK(cuInit(0));
+    CK(cuDeviceGet(&dev, 0));
+    CK(cuDevicePrimaryCtxRetain(&ctx, dev));
+    CK(cuCtxSetCurrent(ctx));
+}
+
+/* ---- the exporter child ------------------------------------------------ */
+
+/* Exports `per` handles (offsets 0, 4096, 8192 + 7, ...) of each of
+ * `blocks` blocks of BLOCK bytes; writes them to stdout; waits for stdin to
+ * close. */
+static int exporter(int blocks, int per)
+{
+    init();
+    for (int b = 0; b < blocks; b++) {
+        CUdeviceptr p;
+        CK(cuMemAlloc(&p, BLOCK));
+        for (int k = 0; k < per; k++) {
+            CUipcMemHandle h;
+            CK(cuIpcGetMemHandle(&h, p + (uint64_t)k * 4096 + (k > 1 ? 7 : 0)));
+            if (fwrite(&h, sizeof h, 1, stdout) != 1)
+                return 2;
+        }
+    }
+    fflush(stdout);
+    char c;
+    while (read(0, &c, 1) > 0)
+        ;
+    return 0;
+}
+
+struct peer {
+    pid_t pid;
+    int to;
+    FILE *from;
+};
+
+static struct peer start_exporter(const char *self, int blocks, int per)
+{
+    int a[2], b[2];
+    if (pipe(a) || pipe(b))
+        exit(2);
+    struct peer x;
+    x.pid = fork();
+    if (x.pid == 0) {
+        dup2(a[0], 0);
+        dup2(b[1], 1);
+        close(a[1]);
+        close(b[0]);
+        char nb[16], np[16];
+        snprintf(nb, sizeof nb, "%d", blocks);
+        snprintf(np, sizeof np, "%d", per);
+        execl(self, self, "exporter", nb, np, (char *)NULL);
+        _exit(127);
+    }
+    close(a[0]);
+    close(b[1]);
+    x.to = a[1];
+    x.from = fdopen(b[0], "r");
+    return x;
+}
+
+static void stop_exporter(struct peer *x)
+{
+    close(x->to);
+    fclose(x->from);
+    waitpid(x->pid, NULL, 0);
+}
+
+static CUipcMemHandle *read_handles(struct peer *x, int n)
+{
+    CUipcMemHandle *h = malloc(sizeof *h * (size_t)n);
+    if (h == NULL || fread(h, sizeof *h, (size_t)n, x->from) != (size_t)n)
+        exit(2);
+    return h;
+}
+
+/* ---- single-thread measurements -------------------------------------------- */
+
+static void bench_exports(int batches)
+{
+    CUdeviceptr p;
+    CUipcMemHandle h;
+    double *t = malloc(sizeof *t * (size_t)batches);
+    CK(cuMemAlloc(&p, BLOCK));
+    CK(cuIpcGetMemHandle(&h, p));
+    for (int b = 0; b < batches; b++) {
+        double t0 = now_us();
+        for (int i = 0; i < BATCH; i++)
+            cuIpcGetMemHandle(&h, p);
+        t[b] = now_us() - t0;
+    }
+    report("export_base", t, batches);
+    for (int b = 0; b < batches; b++) {
+        double t0 = now_us();
+        for (int i = 0; i < BATCH; i++)
+            cuIpcGetMemHandle(&h, p + 4096u * (unsigned)((b * BATCH + i) % OFFSETS) + 1);
+        t[b] = now_us() - t0;
+    }
+    report("export_interior", t, batches);
+    CK(cuMemFree(p));
+    int fresh = batches / 10 > 20 ? batches / 10 : 20;
+    for (int b = 0; b < fresh; b++) {
+        CUdeviceptr q[BATCH];
+        for (int i = 0; i < BATCH; i++)
+            CK(cuMemAlloc(&q[i], BLOCK));
+        double t0 = now_us();
+        for (int i = 0; i < BATCH; i++)
+            cuIpcGetMemHandle(&h, q[i] + 64);
+        t[b] = now_us() - t0;
+        for (int i = 0; i < BATCH; i++)
+            CK(cuMemFree(q[i]));
+    }
+    report("export_fresh", t, fresh);
+    free(t);
+}
+
+static void bench_opens(const char *self, int batches)
+{
+    struct peer x = start_exporter(self, BATCH, OFFSETS);
+    CUipcMemHandle *h = read_handles(&x, BATCH * OFFSETS);
+    double *to = malloc(sizeof *to * (size_t)batches), *tc = malloc(sizeof *tc * (size_t)batches);
+    CUdeviceptr p[BATCH], q[BATCH];
+    /* first open / last close: BATCH different blocks, interior handles */
+    int cycles = batches / 20 > 10 ? batches / 20 : 10;
+    for (int b = 0; b < cycles; b++) {
+        double t0 = now_us();
+        for (int i = 0; i < BATCH; i++)
+            CK(cuIpcOpenMemHandle(&p[i], h[i * OFFSETS + 1], CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS));
+        double t1 = now_us();
+        for (int i = 0; i < BATCH; i++)
+            CK(cuIpcCloseMemHandle(p[i]));
+        to[b] = t1 - t0;
+        tc[b] = now_us() - t1;
+    }
+    report("open_first", to, cycles);
+    report("close_last", tc, cycles);
+
+    /* with block 0 held open: re-open (other offset, same offset), and the
+     * closes that are not the last */
+    CUdeviceptr held;
+    CK(cuIpcOpenMemHandle(&held, h[1], CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS));
+    const char *names[2] = {"reopen_other_offset", "reopen_same_offset"};
+    for (int v = 0; v < 2; v++) {
+        for (int b = 0; b < batches; b++) {
+            double t0 = now_us();
+            for (int i = 0; i < BATCH; i++)
+                CK(cuIpcOpenMemHandle(&q[i], h[v ? 1 : 2 + (b * BATCH + i) % (OFFSETS - 2)],
+                                      CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS));
+            double t1 = now_us();
+            for (int i = 0; i < BATCH; i++)
+                CK(cuIpcCloseMemHandle(q[i]));
+            to[b] = t1 - t0;
+            tc[b] = now_us() - t1;
+        }
+        report(names[v], to, batches);
+        if (v == 0)
+            report("close_not_last", tc, batches);
+    }
+    CK(cuIpcCloseMemHandle(held));
+    stop_exporter(&x);
+    free(h);
+    free(to);
+    free(tc);
+}
+
+static void bench_dlsym(int batches)
+{
+    void *libc = dlopen("libc.so.6", RTLD_NOW | RTLD_NOLOAD);
+    double *t = malloc(sizeof *t * (size_t)batches);
+    volatile void *sink;
+    for (int b = 0; b < batches; b++) {
+        double t0 = now_us();
+        for (int i = 0; i < BATCH; i++)
+            sink = dlsym(libc, "malloc");
+        t[b] = now_us() - t0;
+    }
+    (void)sink;
+    report("dlsym_handle", t, batches);
+    free(t);
+}
+
+/* ---- threads ------------------------------------------------------------------ */
+
+struct thread_job {
+    int op, batches;
+    CUdeviceptr block;
+    CUipcMemHandle *handles;
+    double *t;
+    pthread_barrier_t *start;
+};
+
+static void *thread_main(void *arg)
+{
+    struct thread_job *j = arg;
+    CK(cuCtxSetCurrent(ctx));
+    pthread_barrier_wait(j->start);
+    for (int b = 0; b < j->batches; b++) {
+        double t0 = now_us();
+        for (int i = 0; i < BATCH; i++) {
+            int k = (b * BATCH + i) % OFFSETS;
+            if (j->op == 0) {
+                CUipcMemHandle h;
+                cuIpcGetMemHandle(&h, j->block + 4096u * (unsigned)k + 1);
+            } else {
+                CUdeviceptr q;
+                CK(cuIpcOpenMemHandle(&q, j->handles[2 + k % (OFFSETS - 2)],
+                                      CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS));
+                CK(cuIpcCloseMemHandle(q));
+            }
+        }
+        j->t[b] = now_us() - t0;
+    }
+    return NULL;
+}
+
+static void bench_threads(const char *self, int batches)
+{
+    static const int counts[3] = {1, 8, 32};
+    struct peer x = start_exporter(self, 1, OFFSETS);
+    CUipcMemHandle *h = read_handles(&x, OFFSETS);
+    CUdeviceptr block, held;
+    CK(cuMemAlloc(&block, BLOCK));
+    CK(cuIpcOpenMemHandle(&held, h[1], CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS));
+    for (int op = 0; op < 2; op++)
+        for (int c = 0; c < 3; c++) {
+            int n = counts[c], per = batches / n > 50 ? batches / n : 50;
+            pthread_t th[32];
+            struct thread_job job[32];
+            pthread_barrier_t start;
+            pthread_barrier_init(&start, NULL, (unsigned)n);
+            double *all = malloc(sizeof *all * (size_t)(per * n));
+            for (int i = 0; i < n; i++) {
+                job[i] = (struct thread_job){op, per, block, h, all + i * per, &start};
+                pthread_create(&th[i], NULL, thread_main, &job[i]);
+            }
+            for (int i = 0; i < n; i++)
+                pthread_join(th[i], NULL);
+            char name[64];
+            snprintf(name, sizeof name, "%s_threads_%d",
+                     op == 0 ? "export_interior" : "reopen_and_close", n);
+            report(name, all, per * n);
+            pthread_barrier_destroy(&start);
+            free(all);
+        }
+    CK(cuIpcCloseMemHandle(held));
+    CK(cuMemFree(block));
+    stop_exporter(&x);
+    free(h);
+}
+
+/* ---- scale: 100,000 sub-allocations of 1,000 blocks ---------------------------- */
+
+static void bench_scale(const char *self)
+{
+    const int blocks = quick ? 100 : 1000, per = 100, n = blocks * per;
+    double t0 = now_us();
+    struct peer x = start_exporter(self, blocks, per);
+    CUipcMemHandle *h = read_handles(&x, n);
+    double exported = now_us() - t0;
+    CUdeviceptr *p = malloc(sizeof *p * (size_t)n);
+    struct mallinfo2 m0 = mallinfo2();
+    t0 = now_us();
+    for (int i = 0; i < n; i++)
+        CK(cuIpcOpenMemHandle(&p[i], h[i], CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS));
+    double opened = now_us() - t0;
+    struct mallinfo2 m1 = mallinfo2();
+    t0 = now_us();
+    for (int i = 0; i < n; i++)
+        CK(cuIpcCloseMemHandle(p[i]));
+    double closed = now_us() - t0;
+    stop_exporter(&x);
+    printf("RESULT scale_export_total_ms %.3f 0\n", exported / 1e3);
+    printf("RESULT scale_open_total_ms %.3f 0\n", opened / 1e3);
+    printf("RESULT scale_close_total_ms %.3f 0\n", closed / 1e3);
+    printf("RESULT scale_heap_while_open_kib %.1f 0\n",
+           ((double)m1.uordblks - (double)m0.uordblks) / 1024);
+    printf("INFO scale: %d handles from %d blocks\n", n, blocks);
+    free(p);
+    free(h);
+}
+
+/* ---- compare: the same measurements without and with the library --------------- */
+
+static double spawn_true(char **env)
+{
+    pid_t pid;
+    char *argv[] = {"/bin/true", NULL};
+    double t0 = now_us();
+    if (posix_spawn(&pid, "/bin/true", NULL, NULL, argv, env) != 0)
+        exit(2);
+    waitpid(pid, NULL, 0);
+    return now_us() - t0;
+}
+
+/* Start-up of a process that never uses CUDA, interleaved runs. */
+static void bench_startup(const char *lib, double *med_without, double *med_with)
+{
+    int n = quick ? 100 : 400;
+    double *a = malloc(sizeof *a * (size_t)n), *b = malloc(sizeof *b * (size_t)n);
+    static char pre[4200];
+    snprintf(pre, sizeof pre, "LD_PRELOAD=%s", lib);
+    char *with_env[] = {pre, NULL}, *plain_env[] = {NULL};
+    for (int i = 0; i < n; i++) {
+        a[i] = spawn_true(plain_env);
+        b[i] = spawn_true(with_env);
+    }
+    qsort(a, (size_t)n, sizeof *a, cmp_double);
+    qsort(b, (size_t)n, sizeof *b, cmp_double);
+    *med_without = a[n / 2];
+    *med_with = b[n / 2];
+    free(a);
+    free(b);
+}
+
+struct row {
+    char name[64];
+    double med[2], p99[2];
+};
+
+static int collect(const char *self, const char *lib, int which, struct row *rows, int max)
+{
+    int fd[2];
+    if (pipe(fd))
+        exit(2);
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fd[1], 1);
+        close(fd[0]);
+        if (lib != NULL)
+            setenv("LD_PRELOAD", lib, 1);
+        else
+            unsetenv("LD_PRELOAD");
+        execl(self, self, "run", quick ? "--quick" : NULL, (char *)NULL);
+        _exit(127);
+    }
+    close(fd[1]);
+    FILE *f = fdopen(fd[0], "r");
+    char line[256], name[64];
+    double med, p99;
+    int n = 0;
+    while (fgets(line, sizeof line, f)) {
+        if (sscanf(line, "RESULT %63s %lf %lf", name, &med, &p99) != 3)
+            continue;
+        int i = 0;
+        while (i < n && strcmp(rows[i].name, name) != 0)
+            i++;
+        if (i == n && n < max)
+            snprintf(rows[n++].name, sizeof rows[0].name, "%s", name);
+        rows[i].med[which] = med;
+        rows[i].p99[which] = p99;
+    }
+    fclose(f);
+    int status;
+    waitpid(pid, &status, 0);
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) {
+        fprintf(stderr, "ipc_bench: the %s run failed\n", lib ? "preloaded" : "native");
+        exit(2);
+    }
+    return n;
+}
+
+static int compare(const char *self, const char *lib)
+{
+    struct row rows[64];
+    memset(rows, 0, sizeof rows);
+    collect(self, NULL, 0, rows, 64);
+    int n = collect(self, lib, 1, rows, 64);
+    printf("| measure | native median | nvipcfix median | ratio | native p99 | nvipcfix p99 |\n");
+    printf("| --- | --- | --- | --- | --- | --- |\n");
+    for (int i = 0; i < n; i++) {
+        const char *unit = strstr(rows[i].name, "_ms") ? " ms" : strstr(rows[i].name, "_kib") ? " KiB" : " us";
+        printf("| %s | %.3f%s | %.3f%s | %.2fx | %.3f | %.3f |\n", rows[i].name, rows[i].med[0],
+               unit, rows[i].med[1], unit,
+               rows[i].med[0] > 0 ? rows[i].med[1] / rows[i].med[0] : 0.0, rows[i].p99[0],
+               rows[i].p99[1]);
+    }
+    double a, b;
+    bench_startup(lib, &a, &b);
+    printf("| startup of /bin/true | %.1f us | %.1f us | %.3fx | | |\n", a, b, b / a);
+    return 0;
+}
+
+/* ---- count: N calls of one kind (for callgrind) ----------------------------------- */
+
+static int count(const char *self, const char *op, long n)
+{
+    init();
+    CUdeviceptr p;
+    CUipcMemHandle h;
+    CK(cuMemAlloc(&p, BLOCK));
+    if (strcmp(op, "export_interior") == 0) {
+        for (long i = 0; i < n; i++)
+            cuIpcGetMemHandle(&h, p + 4096u * (unsigned)(i % OFFSETS) + 1);
+        return 0;
+    }
+    if (strcmp(op, "dlsym") == 0) {
+        void *libc = dlopen("libc.so.6", RTLD_NOW | RTLD_NOLOAD);
+        for (long i = 0; i < n; i++)
+            if (dlsym(libc, "malloc") == NULL)
+                return 2;
+        return 0;
+    }
+    struct peer x = start_exporter(self, 1, OFFSETS);
+    CUipcMemHandle *hs = read_handles(&x, OFFSETS);
+    CUdeviceptr held, q;
+    CK(cuIpcOpenMemHandle(&held, hs[1], CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS));
+    if (strcmp(op, "reopen_close") == 0) {
+        for (long i = 0; i < n; i++) {
+            CK(cuIpcOpenMemHandle(&q, hs[2 + i % (OFFSETS - 2)], CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS));
+            CK(cuIpcCloseMemHandle(q));
+        }
+    } else if (strcmp(op, "open_close_last") == 0) {
+        CK(cuIpcCloseMemHandle(held));
+        for (long i = 0; i < n; i++) {
+            CK(cuIpcOpenMemHandle(&q, hs[1], CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS));
+            CK(cuIpcCloseMemHandle(q));
+        }
+        CK(cuIpcOpenMemHandle(&held, hs[1], CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS));
+    } else {
+        fprintf(stderr, "ipc_bench: unknown op %s\n", op);
+        return 2;
+    }
+    CK(cuIpcCloseMemHandle(held));
+    stop_exporter(&x);
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *self = "/proc/self/exe";
+    for (int i = 1; i < argc; i++)
+        if (strcmp(argv[i], "--quick") == 0)
+            quick = 1;
+    if (argc >= 4 && strcmp(argv[1], "exporter") == 0)
+        return exporter(atoi(argv[2]), atoi(argv[3]));
+    if (argc >= 3 && strcmp(argv[1], "compare") == 0)
+        return compare(self, argv[2]);
+    if (argc >= 4 && strcmp(argv[1], "count") == 0)
+        return count(self, argv[2], atol(argv[3]));
+    if (argc >= 2 && strcmp(argv[1], "run") == 0) {
+        int batches = quick ? 500 : 5000;
+        init();
+        bench_exports(batches);
+        bench_opens(self, batches);
+        bench_dlsym(batches);
+        bench_threads(self, batches);
+        bench_scale(self);
+        return 0;
+    }
+    fprintf(stderr, "usage: ipc_bench compare LIB [--quick] | run [--quick] | count OP N\n");
+    return 2;
+}
