@@ -88,4 +88,4 @@ $(BUILD)/tests/table_memory: tests/bench/table_memory.c $(SHIM_SRC) | deps
 
 .PHONY: bench
 bench: $(LIB) $(SIM) $(BUILD)/tests/ipc_bench $(BUILD)/tests/table_memory
-	@sh scripts/bench.sh $(BUILD)
+	@sh scripts/bench.sh $(BUILD) $(BENCH_ARGS)

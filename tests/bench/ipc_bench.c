@@ -4,6 +4,8 @@
  *                                     LD_PRELOAD=LIB, prints ratios
  *   ipc_bench run [--quick]           measures in this process, whatever is
  *                                     preloaded; prints RESULT lines
+ *   ipc_bench startup LIB... [--quick] start-up of /bin/true without and with
+ *                                     each LIB preloaded
  *   ipc_bench count OP N              N calls of one kind, for callgrind
  *
  * Uses the driver API, so it runs on a GPU (linked with -lcuda) and on the
@@ -367,24 +369,42 @@ static double spawn_true(char **env)
     return now_us() - t0;
 }
 
-/* Start-up of a process that never uses CUDA, interleaved runs. */
-static void bench_startup(const char *lib, double *med_without, double *med_with)
+/* Start-up of a process that never uses CUDA: no preload, then each of the
+ * libraries, interleaved run by run. Medians in *med (nlibs + 1 of them). */
+static void bench_startup(char **libs, int nlibs, double *med)
 {
     int n = quick ? 100 : 400;
-    double *a = malloc(sizeof *a * (size_t)n), *b = malloc(sizeof *b * (size_t)n);
-    static char pre[4200];
-    snprintf(pre, sizeof pre, "LD_PRELOAD=%s", lib);
-    char *with_env[] = {pre, NULL}, *plain_env[] = {NULL};
-    for (int i = 0; i < n; i++) {
-        a[i] = spawn_true(plain_env);
-        b[i] = spawn_true(with_env);
+    double *t = malloc(sizeof *t * (size_t)n * (size_t)(nlibs + 1));
+    static char pre[4][4200];
+    char *envs[5][2];
+    envs[0][0] = NULL;
+    for (int k = 0; k < nlibs && k < 4; k++) {
+        snprintf(pre[k], sizeof pre[k], "LD_PRELOAD=%s", libs[k]);
+        envs[k + 1][0] = pre[k];
+        envs[k + 1][1] = NULL;
     }
-    qsort(a, (size_t)n, sizeof *a, cmp_double);
-    qsort(b, (size_t)n, sizeof *b, cmp_double);
-    *med_without = a[n / 2];
-    *med_with = b[n / 2];
-    free(a);
-    free(b);
+    for (int i = 0; i < n; i++)
+        for (int k = 0; k <= nlibs; k++)
+            t[k * n + i] = spawn_true(envs[k]);
+    for (int k = 0; k <= nlibs; k++) {
+        qsort(t + k * n, (size_t)n, sizeof *t, cmp_double);
+        med[k] = t[k * n + n / 2];
+    }
+    free(t);
+}
+
+static int startup(char **libs, int nlibs)
+{
+    double med[5];
+    if (nlibs > 4)
+        nlibs = 4;
+    bench_startup(libs, nlibs, med);
+    printf("| preload | median start-up | against none |\n| --- | --- | --- |\n");
+    printf("| none | %.1f us | |\n", med[0]);
+    for (int k = 0; k < nlibs; k++)
+        printf("| %s | %.1f us | %+.1f%% |\n", strrchr(libs[k], '/') ? strrchr(libs[k], '/') + 1 : libs[k],
+               med[k + 1], 100 * (med[k + 1] / med[0] - 1));
+    return 0;
 }
 
 struct row {
@@ -449,9 +469,6 @@ static int compare(const char *self, const char *lib)
                rows[i].med[0] > 0 ? rows[i].med[1] / rows[i].med[0] : 0.0, rows[i].p99[0],
                rows[i].p99[1]);
     }
-    double a, b;
-    bench_startup(lib, &a, &b);
-    printf("| startup of /bin/true | %.1f us | %.1f us | %.3fx | | |\n", a, b, b / a);
     return 0;
 }
 
@@ -502,7 +519,8 @@ static int count(const char *self, const char *op, long n)
 
 int main(int argc, char **argv)
 {
-    const char *self = "/proc/self/exe";
+    /* argv[0], not /proc/self/exe: under valgrind that is valgrind */
+    const char *self = argv[0];
     for (int i = 1; i < argc; i++)
         if (strcmp(argv[i], "--quick") == 0)
             quick = 1;
@@ -510,6 +528,12 @@ int main(int argc, char **argv)
         return exporter(atoi(argv[2]), atoi(argv[3]));
     if (argc >= 3 && strcmp(argv[1], "compare") == 0)
         return compare(self, argv[2]);
+    if (argc >= 3 && strcmp(argv[1], "startup") == 0) {
+        int nlibs = 0;
+        while (2 + nlibs < argc && strcmp(argv[2 + nlibs], "--quick") != 0)
+            nlibs++;
+        return startup(argv + 2, nlibs);
+    }
     if (argc >= 4 && strcmp(argv[1], "count") == 0)
         return count(self, argv[2], atol(argv[3]));
     if (argc >= 2 && strcmp(argv[1], "run") == 0) {

@@ -22,6 +22,8 @@
  *                           CUDA_ERROR_ALREADY_MAPPED (drivers before CUDA 11)
  *   SIMCUDA_HANDLE_TAIL=1   the driver writes non-zero bytes 56-63
  *   SIMCUDA_FAIL=a,b|all    the named entry points fail with CUDA_ERROR_UNKNOWN
+ *   SIMCUDA_VA_GIB=N        address space reserved per device (default 64;
+ *                           smaller under valgrind)
  */
 #define __CUDA_API_VERSION_INTERNAL 1
 #include <cuda.h>
@@ -43,7 +45,6 @@
 
 #define SIM_EXPORT __attribute__((visibility("default")))
 #define SIM_MAX_DEVICES 8
-#define SIM_VA_PER_DEVICE (UINT64_C(64) << 30)
 #define SIM_CHUNK (UINT64_C(2) << 20)
 #define SIM_SMALL_MAX (UINT64_C(1) << 20)
 #define SIM_PACK_STEP 512
@@ -84,6 +85,7 @@ struct import {
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static int initialized;
 static int ndevices = 1, old_driver, handle_tail;
+static uint64_t va_per_device = UINT64_C(64) << 30;
 static char fail_list[512];
 static unsigned char ident[8];
 static uint64_t va_base[SIM_MAX_DEVICES];
@@ -177,12 +179,15 @@ SIM_EXPORT CUresult cuInit(unsigned int flags)
             ndevices = atoi(n);
         old_driver = env_flag("SIMCUDA_OLD_DRIVER");
         handle_tail = env_flag("SIMCUDA_HANDLE_TAIL");
+        const char *va = getenv("SIMCUDA_VA_GIB");
+        if (va != NULL && atoi(va) >= 1 && atoi(va) <= 1024)
+            va_per_device = (uint64_t)atoi(va) << 30;
         const char *f = getenv("SIMCUDA_FAIL");
         snprintf(fail_list, sizeof fail_list, "%s", f != NULL ? f : "");
         if (getrandom(ident, sizeof ident, 0) != (ssize_t)sizeof ident)
             put64(ident, (uint64_t)getpid() * UINT64_C(0x9E3779B97F4A7C15));
         for (int d = 0; d < ndevices; d++) {
-            void *va = mmap(NULL, SIM_VA_PER_DEVICE, PROT_NONE,
+            void *va = mmap(NULL, va_per_device, PROT_NONE,
                             MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
             if (va == MAP_FAILED) {
                 pthread_mutex_unlock(&lock);
@@ -288,7 +293,7 @@ SIM_EXPORT CUresult cuCtxSynchronize(void)
  * freed address is handed out again, as cudaMalloc does. */
 static struct chunk *new_chunk(int device, uint64_t size)
 {
-    uint64_t start = va_base[device], end = start + SIM_VA_PER_DEVICE, at = start;
+    uint64_t start = va_base[device], end = start + va_per_device, at = start;
     for (;;) {
         int moved = 0;
         for (struct chunk *c = chunks; c != NULL; c = c->next)

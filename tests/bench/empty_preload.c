@@ -1,0 +1,1 @@
+int nvipcfix_bench_empty_preload;
