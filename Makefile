@@ -18,7 +18,8 @@ SIM         := $(BUILD)/sim/libcuda.so.1
 
 UNIT_SRC  := $(wildcard tests/unit/test_*.c)
 UNIT_BIN  := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
-INTEG_BIN := $(BUILD)/tests/legacy_ipc $(BUILD)/tests/rtld_next
+INTEG_BIN := $(BUILD)/tests/legacy_ipc $(BUILD)/tests/rtld_next $(BUILD)/tests/ipc_stress \
+             $(BUILD)/tests/ipc_faults $(BUILD)/tests/no_driver $(BUILD)/tests/libother_preload.so
 
 # The verification copy path tool, when nvcc is here.
 NVCC      ?= $(shell command -v nvcc 2>/dev/null || ls $(CUDA_HOME)/bin/nvcc 2>/dev/null)
@@ -70,6 +71,23 @@ demo: $(LIB) $(SIM) $(INTEG_BIN)
 clean:
 	rm -rf $(BUILD)
 
+# Reliability: stress, faults, another interposer, no driver.
+$(BUILD)/tests/ipc_stress: tests/reliability/ipc_stress.c $(SIM)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -o $@ $< -L$(BUILD)/sim -l:libcuda.so.1 -ldl
+
+$(BUILD)/tests/ipc_faults: tests/reliability/ipc_faults.c shim/handle_tag.c $(SIM)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -o $@ $< shim/handle_tag.c -L$(BUILD)/sim -l:libcuda.so.1 -ldl
+
+$(BUILD)/tests/no_driver: tests/reliability/no_driver.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -o $@ $< -ldl
+
+$(BUILD)/tests/libother_preload.so: tests/reliability/other_preload.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -shared -o $@ $< -ldl
+
 # dlsym(RTLD_NEXT) from a library that also defines the name it looks up.
 $(BUILD)/tests/rtld_next: tests/integration/rtld_next/main.c tests/integration/rtld_next/probe.c tests/integration/rtld_next/target.c
 	@mkdir -p $(@D)
@@ -89,3 +107,35 @@ $(BUILD)/tests/table_memory: tests/bench/table_memory.c $(SHIM_SRC) | deps
 .PHONY: bench
 bench: $(LIB) $(SIM) $(BUILD)/tests/ipc_bench $(BUILD)/tests/table_memory
 	@sh scripts/bench.sh $(BUILD) $(BENCH_ARGS)
+
+# Fuzzing (clang's libFuzzer): make fuzz runs FUZZ_RUNS inputs on each
+# target, starting from the corpus kept in tests/fuzz/corpus.
+FUZZ_CC    ?= clang
+FUZZ_RUNS  ?= 10000000
+FUZZ_FLAGS := -g -O1 -std=c11 -D_GNU_SOURCE $(WARN) -pthread -I$(CUDA_INC) \
+              -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
+FUZZERS    := $(BUILD)/fuzz/fuzz_handle_tag $(BUILD)/fuzz/fuzz_open
+
+$(BUILD)/fuzz/fuzz_handle_tag: tests/fuzz/fuzz_handle_tag.c shim/handle_tag.c
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^
+
+$(BUILD)/fuzz/fuzz_open: tests/fuzz/fuzz_open.c $(SHIM_SRC) $(SIM) | deps
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ tests/fuzz/fuzz_open.c $(SHIM_SRC) \
+	    -L$(BUILD)/sim -l:libcuda.so.1 -Wl,-rpath,$(abspath $(BUILD)/sim)
+
+.PHONY: fuzz fuzz-smoke
+fuzz: $(FUZZERS)
+	@for t in handle_tag open; do \
+	    mkdir -p $(BUILD)/fuzz/corpus-$$t && cp -n tests/fuzz/corpus/$$t/* $(BUILD)/fuzz/corpus-$$t/ ; \
+	    echo "== fuzz_$$t: $(FUZZ_RUNS) inputs"; \
+	    $(BUILD)/fuzz/fuzz_$$t -runs=$(FUZZ_RUNS) -print_final_stats=1 \
+	        $(BUILD)/fuzz/corpus-$$t >$(BUILD)/fuzz/$$t.log 2>&1; rc=$$?; \
+	    grep -E "^(stat::number_of_executed_units|stat::new_units_added|Done|fuzz_open:)|ERROR|SUMMARY" \
+	        $(BUILD)/fuzz/$$t.log; \
+	    test $$rc -eq 0 || { tail -n 30 $(BUILD)/fuzz/$$t.log; exit 1; }; \
+	done
+
+fuzz-smoke:
+	@$(MAKE) --no-print-directory fuzz FUZZ_RUNS=20000

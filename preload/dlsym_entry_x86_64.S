@@ -1,6 +1,6 @@
 /* void *dlsym(void *handle, const char *name)
  *
- * Asks nvipcfix_dlsym_route(name) for the function to run, then tail-jumps
+ * Asks nvipcfix_dlsym_route(handle, name) for the function to run, then tail-jumps
  * to it with the original arguments and the caller's return address still on
  * the stack: glibc's dlsym sees the real caller (RTLD_NEXT needs that). */
         .text
@@ -15,8 +15,7 @@ dlsym:
         .cfi_adjust_cfa_offset 8
         subq    $8, %rsp                /* 16-byte alignment for the call */
         .cfi_adjust_cfa_offset 8
-        movq    %rsi, %rdi
-        call    nvipcfix_dlsym_route
+        call    nvipcfix_dlsym_route    /* same arguments, in place */
         addq    $8, %rsp
         .cfi_adjust_cfa_offset -8
         popq    %rsi

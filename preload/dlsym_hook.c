@@ -3,7 +3,8 @@
  * arguments and return address, so that for every name the library does not
  * wrap glibc's dlsym runs exactly as if called directly: RTLD_NEXT and
  * RTLD_DEFAULT resolve relative to the real caller, and dependencies are
- * recorded for it. Only the wrapped names take the C path below. */
+ * recorded for it. Only the wrapped names looked up through a library handle
+ * take the C path below. */
 #include <dlfcn.h>
 #include <stdatomic.h>
 #include <stddef.h>
@@ -60,9 +61,15 @@ __attribute__((used)) void *nvipcfix_dlsym_wrapped(void *handle, const char *nam
     return found == NULL ? NULL : nvipcfix_wrapper_for(name, found, -1);
 }
 
-__attribute__((used)) void *nvipcfix_dlsym_route(const char *name)
+/* Where dlsym(handle, name) goes. RTLD_DEFAULT and RTLD_NEXT always go to
+ * glibc: symbol order already puts nvipcfix's exports (and those of any
+ * other interposer) where they belong, and resolving RTLD_NEXT from here
+ * instead of from the caller would hand an interposer preloaded after
+ * nvipcfix its own function back. */
+__attribute__((used)) void *nvipcfix_dlsym_route(void *handle, const char *name)
 {
-    if (name != NULL && nvipcfix_is_wrapped_name(name))
+    if (handle != RTLD_DEFAULT && handle != RTLD_NEXT && name != NULL &&
+        nvipcfix_is_wrapped_name(name))
         return (void *)nvipcfix_dlsym_wrapped;
     return (void *)get_real_dlsym();
 }

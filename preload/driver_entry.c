@@ -14,8 +14,9 @@
 
 static CUresult no_driver(void)
 {
-    NVIPCFIX_WARN_ONCE("the CUDA driver lacks an entry point nvipcfix needs; "
-                       "returning CUDA_ERROR_NOT_INITIALIZED");
+    if (nvipcfix_real_driver()->library != NULL) /* else loading it said why */
+        NVIPCFIX_WARN_ONCE("the CUDA driver lacks an entry point nvipcfix needs; "
+                           "returning CUDA_ERROR_NOT_INITIALIZED");
     return CUDA_ERROR_NOT_INITIALIZED;
 }
 

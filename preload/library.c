@@ -21,9 +21,14 @@ static void fork_prepare(void)
     nvipcfix_fix_lock_all(&fix);
 }
 
-static void fork_release(void)
+static void fork_parent(void)
 {
     nvipcfix_fix_unlock_all(&fix);
+}
+
+static void fork_child(void)
+{
+    nvipcfix_fix_reset_locks(&fix);
 }
 
 static void print_stats(void)
@@ -42,7 +47,7 @@ static void setup(void)
 
     const struct nvipcfix_real_driver *real = nvipcfix_real_driver();
     nvipcfix_fix_init(&fix, &cfg, &real->ops);
-    pthread_atfork(fork_prepare, fork_release, fork_release);
+    pthread_atfork(fork_prepare, fork_parent, fork_child);
     if (cfg.stats)
         atexit(print_stats);
     NVIPCFIX_INFO("active: mode %s, self-open %s", nvipcfix_mode_name(cfg.mode),

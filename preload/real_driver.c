@@ -8,7 +8,15 @@
 static struct nvipcfix_real_driver real;
 static pthread_once_t real_once = PTHREAD_ONCE_INIT;
 
-#define LOOKUP(field, name) (*(void **)&(field) = nvipcfix_real_dlsym(real.library, name))
+/* The next definition after nvipcfix first, so that another interposer
+ * preloaded after it stays in the chain; else the driver's own. */
+static void *lookup(const char *name)
+{
+    void *fn = nvipcfix_real_dlsym(RTLD_NEXT, name);
+    return fn != NULL ? fn : nvipcfix_real_dlsym(real.library, name);
+}
+
+#define LOOKUP(field, name) (*(void **)&(field) = lookup(name))
 
 static void load(void)
 {

@@ -1,5 +1,7 @@
-/* The table of real driver functions, looked up lazily and once from
- * libcuda.so.1. Nothing here runs before the first wrapped call. */
+/* The table of real driver functions, looked up lazily and once: the next
+ * definition after nvipcfix (the driver, or another interposer preloaded
+ * after nvipcfix), else libcuda.so.1's own. Nothing here runs before the
+ * first wrapped call. */
 #ifndef NVIPCFIX_REAL_DRIVER_H
 #define NVIPCFIX_REAL_DRIVER_H
 

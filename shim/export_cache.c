@@ -110,3 +110,8 @@ void nvipcfix_export_cache_unlock(struct nvipcfix_export_cache *c)
 {
     pthread_rwlock_unlock(&c->lock);
 }
+
+void nvipcfix_export_cache_reset_lock(struct nvipcfix_export_cache *c)
+{
+    pthread_rwlock_init(&c->lock, NULL);
+}

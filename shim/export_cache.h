@@ -55,8 +55,10 @@ int nvipcfix_export_cache_find_handle(struct nvipcfix_export_cache *c,
 
 size_t nvipcfix_export_cache_count(struct nvipcfix_export_cache *c);
 
-/* For fork: hold the cache's lock across fork(), release it on both sides. */
+/* For fork: hold the cache's lock across fork(); release it in the parent;
+ * in the child, where the thread that took it has another id, make it anew. */
 void nvipcfix_export_cache_lock(struct nvipcfix_export_cache *c);
 void nvipcfix_export_cache_unlock(struct nvipcfix_export_cache *c);
+void nvipcfix_export_cache_reset_lock(struct nvipcfix_export_cache *c);
 
 #endif

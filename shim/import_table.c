@@ -273,3 +273,8 @@ void nvipcfix_import_table_unlock(struct nvipcfix_import_table *t)
 {
     pthread_rwlock_unlock(&t->lock);
 }
+
+void nvipcfix_import_table_reset_lock(struct nvipcfix_import_table *t)
+{
+    pthread_rwlock_init(&t->lock, NULL);
+}

@@ -79,7 +79,9 @@ size_t nvipcfix_import_pointers(struct nvipcfix_import_table *t);
 /* Reference count of the block ptr was returned for (0 if none). */
 uint64_t nvipcfix_import_refs(struct nvipcfix_import_table *t, uint64_t ptr);
 
+/* For fork, as for the export cache. */
 void nvipcfix_import_table_lock(struct nvipcfix_import_table *t);
 void nvipcfix_import_table_unlock(struct nvipcfix_import_table *t);
+void nvipcfix_import_table_reset_lock(struct nvipcfix_import_table *t);
 
 #endif

@@ -33,10 +33,12 @@ static CUresult counted(struct nvipcfix_fix *fix, CUresult r)
 }
 
 /* Finds the allocation that contains ptr. buffer_id is 0 when the driver
- * cannot tell it, and such a block must not be cached. */
+ * cannot tell it, and such a block must not be cached. Returns 0, or -1 when
+ * ptr is not in any allocation or the driver could not say. */
 static int find_block(const struct nvipcfix_driver *d, CUdeviceptr ptr,
                       struct nvipcfix_export_block *blk)
 {
+    CUresult r = CUDA_ERROR_NOT_SUPPORTED;
     memset(blk, 0, sizeof *blk);
     if (d->pointer_get_attributes != NULL) {
         CUdeviceptr start = 0;
@@ -47,25 +49,29 @@ static int find_block(const struct nvipcfix_driver *d, CUdeviceptr ptr,
                                         CU_POINTER_ATTRIBUTE_BUFFER_ID};
         void *data[3] = {&start, &size, &id};
         /* Unknown pointers succeed with zeroed values: check the range. */
-        if (d->pointer_get_attributes(3, attrs, data, ptr) == CUDA_SUCCESS && start != 0 &&
-            ptr >= start && ptr - start < size) {
+        r = d->pointer_get_attributes(3, attrs, data, ptr);
+        if (r == CUDA_SUCCESS && start != 0 && ptr >= start && ptr - start < size) {
             blk->base = start;
             blk->size = size;
             blk->buffer_id = id;
             return 0;
         }
-        return -1;
-    }
-    if (d->mem_get_address_range != NULL) {
+    } else if (d->mem_get_address_range != NULL) {
         CUdeviceptr base = 0;
         size_t size = 0;
-        if (d->mem_get_address_range(&base, &size, ptr) == CUDA_SUCCESS && base != 0 &&
-            ptr >= base && ptr - base < size) {
+        r = d->mem_get_address_range(&base, &size, ptr);
+        if (r == CUDA_SUCCESS && base != 0 && ptr >= base && ptr - base < size) {
             blk->base = base;
             blk->size = size;
             return 0;
         }
+        if (r == CUDA_ERROR_NOT_FOUND)
+            r = CUDA_SUCCESS; /* a pointer outside device memory, no failure */
     }
+    if (r != CUDA_SUCCESS)
+        NVIPCFIX_WARN_ONCE("the driver cannot tell which allocation a pointer is in (error "
+                           "%d); such pointers are exported natively",
+                           (int)r);
     return -1;
 }
 
@@ -319,4 +325,11 @@ void nvipcfix_fix_unlock_all(struct nvipcfix_fix *fix)
     nvipcfix_import_table_unlock(&fix->imports);
     nvipcfix_export_cache_unlock(&fix->exports);
     pthread_mutex_unlock(&fix->slow);
+}
+
+void nvipcfix_fix_reset_locks(struct nvipcfix_fix *fix)
+{
+    nvipcfix_import_table_reset_lock(&fix->imports);
+    nvipcfix_export_cache_reset_lock(&fix->exports);
+    pthread_mutex_init(&fix->slow, NULL);
 }

@@ -52,8 +52,11 @@ CUresult nvipcfix_open(struct nvipcfix_fix *fix, nvipcfix_open_fn real_open, CUd
 /* cuIpcCloseMemHandle */
 CUresult nvipcfix_close(struct nvipcfix_fix *fix, CUdeviceptr ptr);
 
-/* For fork: take every lock in prepare, release them in parent and child. */
+/* For fork: take every lock before fork(), release them in the parent after
+ * it. In the child the locks are made anew: a read-write lock taken by a
+ * thread cannot be released by the same thread under its new id. */
 void nvipcfix_fix_lock_all(struct nvipcfix_fix *fix);
 void nvipcfix_fix_unlock_all(struct nvipcfix_fix *fix);
+void nvipcfix_fix_reset_locks(struct nvipcfix_fix *fix);
 
 #endif

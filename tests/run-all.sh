@@ -69,7 +69,7 @@ done_case() {
         echo "[ FAILED ] integration: $current: $why"
         sed 's/^/    | /' "$OUT/out" "$OUT/err" | head -20
     fi
-    unset SIMCUDA_OLD_DRIVER SIMCUDA_HANDLE_TAIL SIMCUDA_FAIL SIMCUDA_DEVICES NVIPCFIX_MODE \
+    unset SIMCUDA_OLD_DRIVER SIMCUDA_HANDLE_TAIL SIMCUDA_FAIL SIMCUDA_DEVICES SIMCUDA_VA_GIB NVIPCFIX_MODE \
         NVIPCFIX_LOG NVIPCFIX_STATS NVIPCFIX_SELF_OPEN LEGACY_IPC_DEVICE \
         LEGACY_IPC_IMPORTER_DEVICE 2>/dev/null
 }
@@ -143,6 +143,91 @@ expect_in out "with nvipcfix:    exit 0, output differs from the run without"
 expect_in out "2 process(es): exports 10 (8 with an offset), opens 10"
 expect_in out "audit mode:       exit 1; 8 exports of interior pointers (offsets: 512 4096 65537"
 done_case
+
+# ---- reliability ---------------------------------------------------------
+PRE=$LIB check "stress: ${STRESS_THREADS:=32} threads x ${STRESS_OPS:=5000} mixed operations" 0 -- \
+    "$T/ipc_stress" --threads "$STRESS_THREADS" --ops "$STRESS_OPS"
+expect_in out "0 errors, 0 wrong bytes"; expect_in out "0 mappings left -> OK"; done_case
+PRE=$LIB check "faults: exporter killed, forged tags, fork while busy, double close" 0 -- \
+    "$T/ipc_faults"
+expect_in out "exporter-dies: ok"; expect_in out "forged-tags: ok"; expect_in out "fork: ok"
+expect_in out "double-close: ok"; done_case
+for order in "other first" "nvipcfix first"; do
+    for road in direct procaddr; do
+        if [ "$order" = "other first" ]; then both="$T/libother_preload.so $LIB"; else both="$LIB $T/libother_preload.so"; fi
+        PRE=$both check "another interposer, $order, $road: both work" 0 -- "$T/legacy_ipc" --road $road
+        expect_in out "CORRECT"; expect_in err "other_preload: [1-9][0-9]* calls seen"; done_case
+    done
+done
+PRE="" check "no libcuda.so.1: the entry point is not there natively" 0 -- \
+    env LD_LIBRARY_PATH=/nonexistent "$T/no_driver"
+expect_in out "no cuIpcGetMemHandle"; done_case
+mkdir -p "$OUT/broken" && : >"$OUT/broken/libcuda.so.1"
+for dir in /nonexistent "$OUT/broken"; do
+    PRE=$LIB check "no usable libcuda.so.1 ($dir): an error, one warning" 0 -- \
+        env LD_LIBRARY_PATH="$dir" "$T/no_driver"
+    expect_in out "cuIpcGetMemHandle -> 3"; expect_in out "again -> 3"
+    [ "$(grep -c nvipcfix "$OUT/err")" -eq 1 ] || { ok=0; why="not exactly one warning"; }
+    done_case
+done
+PRE="" check "driver failing every call: error without the preload" 2 SIMCUDA_FAIL=all -- "$T/legacy_ipc"
+done_case
+PRE=$LIB check "driver failing every call: the same error with it" 2 SIMCUDA_FAIL=all -- "$T/legacy_ipc"
+done_case
+PRE=$LIB check "driver failing cuPointerGetAttributes: native export, one warning" 1 \
+    SIMCUDA_FAIL=cuPointerGetAttributes -- "$T/legacy_ipc"
+[ "$(grep -c "cannot tell which allocation" "$OUT/err")" -eq 1 ] || { ok=0; why="not one warning"; }
+done_case
+PRE=$LIB check "driver failing cuIpcOpenMemHandle: the driver's error" 2 \
+    SIMCUDA_FAIL=cuIpcOpenMemHandle_v2 -- "$T/legacy_ipc"
+done_case
+
+# Harmlessness: ordinary programs, with and without the preload.
+i=0
+while IFS= read -r cmd; do
+    i=$((i + 1))
+    PRE="" check "harmless $i, reference" 0 -- sh -c "$cmd; echo status=\$?"
+    cp "$OUT/out" "$OUT/ref.out"; cp "$OUT/err" "$OUT/ref.err"; done_case
+    PRE=$LIB check "harmless $i: $cmd" 0 -- sh -c "$cmd; echo status=\$?"
+    cmp -s "$OUT/out" "$OUT/ref.out" || { ok=0; why="output differs"; }
+    cmp -s "$OUT/err" "$OUT/ref.err" || { ok=0; why="stderr differs"; }
+    done_case
+done <<'CMDS'
+echo hello; false
+ls -l /usr/include | sort -k9 | head -n 40; printf 'a\nb\n' | wc -l
+seq 1 200000 | sort -r --parallel=4 -S 8M | sha256sum
+python3 -c 'import threading, hashlib; r=[]; t=[threading.Thread(target=lambda i=i: r.append(hashlib.sha256(bytes([i])*99999).hexdigest())) for i in range(16)]; [x.start() for x in t]; [x.join() for x in t]; print(sorted(r)[0])'
+python3 -c 'import ctypes, ctypes.util, json, sqlite3, zlib, ssl, decimal, math, _struct; print(ctypes.CDLL(ctypes.util.find_library("m")).cos is not None, zlib.crc32(b"x"))'
+CMDS
+
+# Security: fix mode creates no files, sockets or shared memory of its own.
+if command -v strace >/dev/null 2>&1; then
+    created() { # the system calls that could create something, by kind
+        strace -f -qq -e trace=open,openat,creat,mkdir,mknod,mknodat,socket,shmget,mq_open \
+            -o "$OUT/trace" env LD_LIBRARY_PATH="$SIM" ${1:+LD_PRELOAD="$1"} "$T/legacy_ipc" >/dev/null 2>&1
+        grep -E 'O_CREAT|socket\(|mkdir|mknod|shmget|mq_open' "$OUT/trace" | sed 's/^[0-9]* //' |
+            sed 's/0x[0-9a-f]*/ADDR/g' | sort
+    }
+    current="fix mode creates no files, sockets or shared memory"
+    ok=1
+    created "" >"$OUT/c0"
+    created "$LIB" >"$OUT/c1"
+    cmp -s "$OUT/c0" "$OUT/c1" || { ok=0; why="differs: $(diff "$OUT/c0" "$OUT/c1" | head -5)"; }
+    echo >"$OUT/out"; echo >"$OUT/err"
+    done_case
+else
+    current="fix mode creates no files (strace)"; ok=0; why="strace is not installed"; done_case
+fi
+
+# valgrind memcheck on the two-process program, both processes.
+if command -v valgrind >/dev/null 2>&1; then
+    PRE=$LIB check "valgrind memcheck: no errors, no definite leaks" 0 SIMCUDA_VA_GIB=1 -- \
+        valgrind -q --trace-children=yes --error-exitcode=9 --leak-check=full \
+        --errors-for-leak-kinds=definite "$T/legacy_ipc" --reopen
+    expect_in out "CORRECT"; done_case
+else
+    current="valgrind memcheck"; ok=0; why="valgrind is not installed"; done_case
+fi
 
 # The built library: only libc needed, only the entry points exported, no
 # named version node (it would fail to interpose versioned references).

@@ -294,6 +294,7 @@ struct buffer {
 int main(int argc, char **argv)
 {
     int child = 0, reopen = 0, self = 0;
+    const char *self_path = strchr(argv[0], '/') ? argv[0] : "/proc/self/exe";
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--child") == 0)
             child = 1;
@@ -368,7 +369,7 @@ int main(int argc, char **argv)
             close(from_child[0]);
             char *args[] = {"legacy_ipc", "--child", "--road", (char *)road,
                             reopen ? "--reopen" : NULL, NULL};
-            execv("/proc/self/exe", args);
+            execv(self_path, args); /* argv[0]: under valgrind /proc/self/exe is valgrind */
             _exit(127);
         }
         close(to_child[0]);

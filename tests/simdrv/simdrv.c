@@ -15,7 +15,9 @@
  *   - opening a handle in the process that exported it fails (invalid
  *     context); bytes 56-63 of a handle are zero and ignored on open;
  *   - small allocations (up to 1 MiB) are packed into 2 MiB chunks at
- *     512-byte steps, each with its own range and handle.
+ *     512-byte steps, each with its own range and handle;
+ *   - a handle whose bytes 0-55 were changed does not open (a checksum in
+ *     bytes 36-39 stands in for the driver's own records).
  * Switches (environment, read at cuInit):
  *   SIMCUDA_DEVICES=N       number of devices (1..8, default 1)
  *   SIMCUDA_OLD_DRIVER=1    a second open of an open handle fails with
@@ -134,6 +136,16 @@ static uint64_t get64(const unsigned char *p)
     return v;
 }
 
+/* Checksum of bytes 0-55 but 36-39, where it is stored. */
+static uint32_t head_sum(const unsigned char *h)
+{
+    uint32_t x = 2166136261u;
+    for (int i = 0; i < 56; i++)
+        if (i < 36 || i >= 40)
+            x = (x ^ h[i]) * 16777619u;
+    return x;
+}
+
 static int env_flag(const char *name)
 {
     const char *v = getenv(name);
@@ -168,6 +180,16 @@ static int accessible(uint64_t p, uint64_t n)
 
 /* ---- init, devices, contexts ------------------------------------------ */
 
+static void fork_prepare(void)
+{
+    pthread_mutex_lock(&lock);
+}
+
+static void fork_release(void)
+{
+    pthread_mutex_unlock(&lock);
+}
+
 SIM_EXPORT CUresult cuInit(unsigned int flags)
 {
     ENTER("cuInit");
@@ -196,6 +218,7 @@ SIM_EXPORT CUresult cuInit(unsigned int flags)
             va_base[d] = (uint64_t)va;
             primary[d].device = d;
         }
+        pthread_atfork(fork_prepare, fork_release, fork_release);
         initialized = 1;
     }
     pthread_mutex_unlock(&lock);
@@ -578,6 +601,8 @@ SIM_EXPORT CUresult cuIpcGetMemHandle(CUipcMemHandle *handle, CUdeviceptr p)
     h[33] = (unsigned char)a->chunk->device;
     put64(h + 40, a->object_id);
     put64(h + 48, (uint64_t)(uint32_t)a->chunk->fd | ((uint64_t)a->chunk->id << 32));
+    uint32_t sum = head_sum(h);
+    memcpy(h + 36, &sum, 4);
     if (handle_tail)
         put64(h + 56, a->object_id * UINT64_C(0x9E3779B97F4A7C15) | 1);
     pthread_mutex_unlock(&lock);
@@ -587,8 +612,12 @@ SIM_EXPORT CUresult cuIpcGetMemHandle(CUipcMemHandle *handle, CUdeviceptr p)
 static CUresult ipc_open(CUdeviceptr *pdptr, CUipcMemHandle handle, unsigned int flags)
 {
     const unsigned char *h = (const unsigned char *)handle.reserved;
+    uint32_t sum;
+    memcpy(&sum, h + 36, 4);
     if (pdptr == NULL || flags > CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS || h[32] != 0x06)
         return CUDA_ERROR_INVALID_VALUE;
+    if (sum != head_sum(h))
+        return CUDA_ERROR_INVALID_HANDLE;
     if (current == NULL)
         return CUDA_ERROR_INVALID_CONTEXT;
     pid_t pid = (pid_t)get64(h + 8);
