@@ -7,7 +7,8 @@ BUILD     ?= build
 
 WARN      := -Wall -Wextra -Werror
 CFLAGS    ?= -O2 -g
-CFLAGS    += -std=c11 -D_GNU_SOURCE $(WARN) -fPIC -pthread -I$(CUDA_INC)
+SAN       ?=
+CFLAGS    += -std=c11 -D_GNU_SOURCE $(WARN) -fPIC -pthread -I$(CUDA_INC) $(SAN)
 LIB_CFLAGS := $(CFLAGS) -fvisibility=hidden
 
 SHIM_SRC    := $(wildcard shim/*.c)
@@ -63,7 +64,18 @@ $(BUILD)/tests/legacy_ipc: tests/integration/legacy_ipc.c $(SIM)
 	$(CC) $(CFLAGS) -o $@ $< -L$(BUILD)/sim -l:libcuda.so.1 -ldl
 
 test: $(LIB) $(SIM) $(UNIT_BIN) $(INTEG_BIN)
-	@sh tests/run-all.sh $(BUILD)
+	@sh scripts/ensure-deps.sh test
+	@SANITIZER_PRELOAD="$(if $(SANITIZER_RUNTIME),$(shell $(CC) -print-file-name=lib$(SANITIZER_RUNTIME).so))" \
+	    sh tests/run-all.sh $(BUILD)
+
+# The whole CPU tier again, built with the sanitizers.
+.PHONY: test-asan test-tsan
+test-asan:
+	@$(MAKE) --no-print-directory test BUILD=$(BUILD)/asan SANITIZER_RUNTIME=asan \
+	    SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined"
+test-tsan:
+	@$(MAKE) --no-print-directory test BUILD=$(BUILD)/tsan SANITIZER_RUNTIME=tsan \
+	    SAN="-fsanitize=thread"
 
 demo: $(LIB) $(SIM) $(INTEG_BIN)
 	@sh scripts/demo.sh $(BUILD)
@@ -117,6 +129,7 @@ FUZZ_FLAGS := -g -O1 -std=c11 -D_GNU_SOURCE $(WARN) -pthread -I$(CUDA_INC) \
 FUZZERS    := $(BUILD)/fuzz/fuzz_handle_tag $(BUILD)/fuzz/fuzz_open
 
 $(BUILD)/fuzz/fuzz_handle_tag: tests/fuzz/fuzz_handle_tag.c shim/handle_tag.c
+	@sh scripts/ensure-deps.sh fuzz
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^
 
@@ -127,6 +140,7 @@ $(BUILD)/fuzz/fuzz_open: tests/fuzz/fuzz_open.c $(SHIM_SRC) $(SIM) | deps
 
 .PHONY: fuzz fuzz-smoke
 fuzz: $(FUZZERS)
+	@sh scripts/ensure-deps.sh fuzz
 	@for t in handle_tag open; do \
 	    mkdir -p $(BUILD)/fuzz/corpus-$$t && cp -n tests/fuzz/corpus/$$t/* $(BUILD)/fuzz/corpus-$$t/ ; \
 	    echo "== fuzz_$$t: $(FUZZ_RUNS) inputs"; \
@@ -138,4 +152,4 @@ fuzz: $(FUZZERS)
 	done
 
 fuzz-smoke:
-	@$(MAKE) --no-print-directory fuzz FUZZ_RUNS=20000
+	@$(MAKE) --no-print-directory fuzz FUZZ_RUNS=200000

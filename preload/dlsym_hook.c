@@ -9,6 +9,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 
+#include "export.h"
 #include "hooks.h"
 #include "real_driver.h"
 #include "../shim/log.h"
@@ -17,14 +18,14 @@ typedef void *(*dlsym_fn)(void *handle, const char *name);
 
 static _Atomic(dlsym_fn) real_dlsym_fn;
 
-static void *no_dlsym(void *handle, const char *name)
+NVIPCFIX_UNINSTRUMENTED static void *no_dlsym(void *handle, const char *name)
 {
     (void)handle;
     (void)name;
     return NULL;
 }
 
-static dlsym_fn find_real_dlsym(void)
+NVIPCFIX_UNINSTRUMENTED static dlsym_fn find_real_dlsym(void)
 {
     /* glibc >= 2.34 defines dlsym in libc under GLIBC_2.34; older ones in
      * libdl under the architecture's first version. */
@@ -38,7 +39,7 @@ static dlsym_fn find_real_dlsym(void)
     return no_dlsym;
 }
 
-static dlsym_fn get_real_dlsym(void)
+NVIPCFIX_UNINSTRUMENTED static dlsym_fn get_real_dlsym(void)
 {
     dlsym_fn f = atomic_load_explicit(&real_dlsym_fn, memory_order_acquire);
     if (f == NULL) {
@@ -66,7 +67,8 @@ __attribute__((used)) void *nvipcfix_dlsym_wrapped(void *handle, const char *nam
  * other interposer) where they belong, and resolving RTLD_NEXT from here
  * instead of from the caller would hand an interposer preloaded after
  * nvipcfix its own function back. */
-__attribute__((used)) void *nvipcfix_dlsym_route(void *handle, const char *name)
+NVIPCFIX_UNINSTRUMENTED __attribute__((used)) void *nvipcfix_dlsym_route(void *handle,
+                                                                      const char *name)
 {
     if (handle != RTLD_DEFAULT && handle != RTLD_NEXT && name != NULL &&
         nvipcfix_is_wrapped_name(name))

@@ -102,7 +102,7 @@ static const struct wrapped wrapped[] = {
     {"cuGetProcAddress_v2", (void *)cuGetProcAddress_v2, NULL, 0},
 };
 
-static const struct wrapped *find_wrapped(const char *name)
+NVIPCFIX_UNINSTRUMENTED static const struct wrapped *find_wrapped(const char *name)
 {
     if (name[0] != 'c' || name[1] != 'u')
         return NULL;
@@ -112,7 +112,7 @@ static const struct wrapped *find_wrapped(const char *name)
     return NULL;
 }
 
-int nvipcfix_is_wrapped_name(const char *name)
+NVIPCFIX_UNINSTRUMENTED int nvipcfix_is_wrapped_name(const char *name)
 {
     return find_wrapped(name) != NULL;
 }

@@ -1,21 +1,44 @@
 #!/bin/sh
-# Makes sure the build dependencies are present: installs the Debian
+# Makes sure what a make target needs is present: installs the Debian
 # packages when run as root, otherwise prints the exact command and fails.
+#   ensure-deps.sh          building: uthash-dev, libcmocka-dev, CUDA headers
+#   ensure-deps.sh test     the CPU test tier's tools: valgrind, strace, python3
+#   ensure-deps.sh fuzz     clang with libFuzzer
 missing=""
-[ -f /usr/include/uthash.h ] || missing="$missing uthash-dev"
-[ -f /usr/include/cmocka.h ] || missing="$missing libcmocka-dev"
-cuda_inc="${CUDA_HOME:-/usr/local/cuda}/include"
-if [ ! -f "$cuda_inc/cuda.h" ]; then
-    echo "nvipcfix: the CUDA Toolkit headers are missing ($cuda_inc/cuda.h);" >&2
-    echo "          install the CUDA Toolkit or set CUDA_HOME" >&2
-    exit 1
-fi
+need() { # FILE-OR-COMMAND PACKAGE
+    case $1 in
+    /*) [ -e "$1" ] || missing="$missing $2" ;;
+    *) command -v "$1" >/dev/null 2>&1 || missing="$missing $2" ;;
+    esac
+}
+case ${1:-build} in
+build)
+    need /usr/include/uthash.h uthash-dev
+    need /usr/include/cmocka.h libcmocka-dev
+    cuda_inc="${CUDA_HOME:-/usr/local/cuda}/include"
+    if [ ! -f "$cuda_inc/cuda.h" ]; then
+        echo "nvipcfix: the CUDA Toolkit headers are missing ($cuda_inc/cuda.h);" >&2
+        echo "          install the CUDA Toolkit or set CUDA_HOME" >&2
+        exit 1
+    fi
+    ;;
+test)
+    need valgrind valgrind
+    need strace strace
+    need python3 python3
+    ;;
+fuzz)
+    need clang clang
+    [ -n "$(find /usr/lib/llvm-*/lib/clang -name 'libclang_rt.fuzzer-x86_64.a' 2>/dev/null | head -n 1)" ] ||
+        missing="$missing libclang-rt-dev"
+    ;;
+esac
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" = 0 ]; then
     echo "nvipcfix: installing$missing"
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
     exit $?
 fi
-echo "nvipcfix: missing build dependencies; run:" >&2
+echo "nvipcfix: missing packages; run:" >&2
 echo "    sudo apt-get install -y$missing" >&2
 exit 1

@@ -17,6 +17,7 @@
 #include <dlfcn.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -193,14 +194,14 @@ static void forged_tags(void)
     printf("forged-tags: %s\n", failures > before ? "FAILED" : "ok");
 }
 
-static volatile int stop_threads;
+static atomic_int stop_threads;
 static struct peer shared_peer;
 
 static void *churn(void *arg)
 {
     long bad = 0;
     cuCtxSetCurrent(ctx);
-    for (unsigned i = (unsigned)(uintptr_t)arg; !stop_threads; i++) {
+    for (unsigned i = (unsigned)(uintptr_t)arg; !atomic_load(&stop_threads); i++) {
         CUdeviceptr p;
         if (cuIpcOpenMemHandle(&p, shared_peer.h[i % (2 * NH)], 1) != CUDA_SUCCESS ||
             cuIpcCloseMemHandle(p) != CUDA_SUCCESS)
@@ -238,7 +239,7 @@ static void fork_while_busy(void)
         child_failed += !WIFEXITED(status) || WEXITSTATUS(status) != 0;
         usleep(2000);
     }
-    stop_threads = 1;
+    atomic_store(&stop_threads, 1);
     long bad = 0;
     for (int t = 0; t < 4; t++) {
         void *r;
