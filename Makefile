@@ -63,7 +63,7 @@ $(BUILD)/tests/legacy_ipc: tests/integration/legacy_ipc.c $(SIM)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $< -L$(BUILD)/sim -l:libcuda.so.1 -ldl
 
-test: $(LIB) $(SIM) $(UNIT_BIN) $(INTEG_BIN)
+test: $(LIB) $(SIM) $(UNIT_BIN) $(INTEG_BIN) $(BUILD)/nvipcfix-doctor
 	@sh scripts/ensure-deps.sh test
 	@SANITIZER_PRELOAD="$(if $(SANITIZER_RUNTIME),$(shell $(CC) -print-file-name=lib$(SANITIZER_RUNTIME).so))" \
 	    sh tests/run-all.sh $(BUILD)
@@ -153,3 +153,31 @@ fuzz: $(FUZZERS)
 
 fuzz-smoke:
 	@$(MAKE) --no-print-directory fuzz FUZZ_RUNS=200000
+
+# nvipcfix doctor's program (finds the driver with dlopen; links no CUDA).
+DOCTOR := $(BUILD)/nvipcfix-doctor
+all: $(DOCTOR)
+$(DOCTOR): tools/doctor.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -o $@ $< -ldl
+
+# make install PREFIX=... [DESTDIR=...]; make uninstall with the same.
+PREFIX  ?= /usr/local
+DEST    := $(DESTDIR)$(PREFIX)
+DOCS    := README.md $(wildcard docs/*.md)
+.PHONY: install uninstall
+install: all
+	install -d $(DEST)/lib $(DEST)/bin $(DEST)/libexec/nvipcfix $(DEST)/share/man/man1 \
+	    $(DEST)/share/doc/nvipcfix
+	install -m 0755 $(LIB) $(DEST)/lib/libnvipcfix.so
+	install -m 0755 tools/nvipcfix $(DEST)/bin/nvipcfix
+	install -m 0755 $(DOCTOR) $(DEST)/libexec/nvipcfix/nvipcfix-doctor
+	if [ -f $(VERIFY) ]; then install -m 0755 $(VERIFY) $(DEST)/bin/nvipcfix-verify; fi
+	install -m 0644 docs/nvipcfix.1 $(DEST)/share/man/man1/nvipcfix.1
+	install -m 0644 $(DOCS) $(DEST)/share/doc/nvipcfix/
+
+uninstall:
+	rm -f $(DEST)/lib/libnvipcfix.so $(DEST)/bin/nvipcfix $(DEST)/bin/nvipcfix-verify \
+	    $(DEST)/libexec/nvipcfix/nvipcfix-doctor $(DEST)/share/man/man1/nvipcfix.1
+	rm -rf $(DEST)/share/doc/nvipcfix
+	-rmdir $(DEST)/libexec/nvipcfix 2>/dev/null

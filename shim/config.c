@@ -50,7 +50,7 @@ static const char *const bool_names[] = {"0", "1"};
 
 static const char *const known_vars[] = {
     "NVIPCFIX_MODE", "NVIPCFIX_LOG", "NVIPCFIX_LOG_FILE", "NVIPCFIX_SELF_OPEN",
-    "NVIPCFIX_STATS",
+    "NVIPCFIX_STATS", "NVIPCFIX_LIBRARY" /* the launcher's */,
 };
 
 void nvipcfix_config_parse(struct nvipcfix_config *cfg,

@@ -83,7 +83,7 @@ done_case() {
         echo "[ FAILED ] integration: $current: $why"
         sed 's/^/    | /' "$OUT/out" "$OUT/err" | head -20
     fi
-    unset SIMCUDA_OLD_DRIVER SIMCUDA_HANDLE_TAIL SIMCUDA_FAIL SIMCUDA_DEVICES SIMCUDA_VA_GIB NVIPCFIX_MODE \
+    unset LD_PRELOAD NVIPCFIX_LIBRARY SIMCUDA_OLD_DRIVER SIMCUDA_HANDLE_TAIL SIMCUDA_FAIL SIMCUDA_DEVICES SIMCUDA_VA_GIB NVIPCFIX_MODE \
         NVIPCFIX_LOG NVIPCFIX_STATS NVIPCFIX_SELF_OPEN LEGACY_IPC_DEVICE \
         LEGACY_IPC_IMPORTER_DEVICE 2>/dev/null
 }
@@ -157,6 +157,46 @@ expect_in out "with nvipcfix:    exit 0, output differs from the run without"
 expect_in out "2 process(es): exports 10 (8 with an offset), opens 10"
 expect_in out "audit mode:       exit 1; 8 exports of interior pointers (offsets: 512 4096 65537"
 done_case
+
+# ---- the launcher, the doctor, make install -------------------------------
+NV=$ROOT/tools/nvipcfix
+L="NVIPCFIX_LIBRARY=$LIB"
+P="LD_PRELOAD=$SAN_PRE"
+PRE="" check "launcher: nvipcfix -- COMMAND fixes it" 0 "$L" "$P" -- "$NV" -- "$T/legacy_ipc"
+expect_in out "CORRECT"; expect_empty err; done_case
+PRE="" check "launcher: an existing LD_PRELOAD is kept" 0 "$L" \
+    "LD_PRELOAD=$SAN_PRE${SAN_PRE:+ }$T/libother_preload.so" -- "$NV" -- "$T/legacy_ipc"
+expect_in out "CORRECT"; expect_in err "other_preload: [1-9][0-9]* calls seen"; done_case
+PRE="" check "launcher: the command's exit status" 7 "$L" "$P" -- "$NV" -- sh -c 'exit 7'
+done_case
+PRE="" check "launcher: --mode audit --log info --stats" 1 "$L" "$P" -- \
+    "$NV" --mode audit --log info --stats -- "$T/legacy_ipc"
+expect_in err "audit: export of"; expect_in err "stats: exports=10"; done_case
+PRE="" check "launcher: a bad option is refused" 2 "$L" "$P" -- "$NV" --mode fixx -- true
+expect_in err "nvipcfix: --mode must be fix, audit or off, not 'fixx'"; done_case
+PRE="" check "launcher: --help and --version" 0 -- sh -c "'$NV' --help && '$NV' --version"
+expect_in out "usage: nvipcfix"; expect_in out "^nvipcfix [0-9]"; done_case
+PRE="" check "doctor: a working driver, self-test passed" 0 "$L" "$P" -- "$NV" doctor
+expect_in out "GPU 0: .*handle bytes 56-63 free; self-test .*: passed"; expect_in out "All good"
+done_case
+PRE="" check "doctor: two devices, both tested" 0 "$L" "$P" SIMCUDA_DEVICES=2 -- "$NV" doctor
+expect_in out "GPU 1: .*passed"; done_case
+PRE="" check "doctor: no driver (exit 3)" 3 "$L" "$P" -- env LD_LIBRARY_PATH=/nonexistent "$NV" doctor
+expect_in out "driver:       not found"; done_case
+PRE="" check "doctor: a driver using bytes 56-63 (exit 6)" 6 "$L" "$P" SIMCUDA_HANDLE_TAIL=1 -- \
+    "$NV" doctor
+expect_in out "handle bytes 56-63 USED by the driver"; done_case
+PRE="" check "doctor: the library not loaded (exit 7)" 7 -- "$B/nvipcfix-doctor"
+done_case
+PRE="" check "make install into a prefix, launcher works, make uninstall" 0 "$P" -- sh -c "
+    make -s -C '$ROOT' install uninstall BUILD='$B' PREFIX='$OUT/prefix' >/dev/null &&
+    [ -z \"\$(find '$OUT/prefix' -type f)\" ] &&
+    make -s -C '$ROOT' install BUILD='$B' PREFIX='$OUT/prefix' >/dev/null &&
+    '$OUT/prefix/bin/nvipcfix' -- '$T/legacy_ipc' && '$OUT/prefix/bin/nvipcfix' doctor >/dev/null &&
+    test -f '$OUT/prefix/share/man/man1/nvipcfix.1' &&
+    make -s -C '$ROOT' uninstall BUILD='$B' PREFIX='$OUT/prefix' >/dev/null &&
+    [ -z \"\$(find '$OUT/prefix' -type f)\" ]"
+expect_in out "CORRECT"; done_case
 
 # ---- reliability ---------------------------------------------------------
 PRE=$LIB check "stress: ${STRESS_THREADS:=32} threads x ${STRESS_OPS:=5000} mixed operations" 0 -- \

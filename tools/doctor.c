@@ -1,0 +1,234 @@
+/* nvipcfix-doctor: what `nvipcfix doctor` runs. Reports the driver, the
+ * GPUs, whether this driver leaves bytes 56-63 of an IPC handle free, and
+ * runs a two-process self-test on every GPU through the library (the
+ * launcher starts it with the library preloaded). It finds the driver with
+ * dlopen, so it runs on machines without one and says so.
+ *
+ * Exit status (documented in nvipcfix(1)):
+ *   0  everything works          3  no usable CUDA driver
+ *   4  no GPU                    5  a self-test failed
+ *   6  the driver uses bytes 56-63 of IPC handles (nvipcfix cannot tag)
+ *   7  nvipcfix is not loaded in this process (run it as `nvipcfix doctor`) */
+#include <cuda.h>
+
+#include <dlfcn.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define BLOCK (4u << 20)
+#define OFFSET 12345u
+
+static struct {
+    CUresult (*init)(unsigned);
+    CUresult (*version)(int *);
+    CUresult (*count)(int *);
+    CUresult (*get)(CUdevice *, int);
+    CUresult (*name)(char *, int, CUdevice);
+    CUresult (*retain)(CUcontext *, CUdevice);
+    CUresult (*set)(CUcontext);
+    CUresult (*alloc)(CUdeviceptr *, size_t);
+    CUresult (*free_)(CUdeviceptr);
+    CUresult (*htod)(CUdeviceptr, const void *, size_t);
+    CUresult (*dtoh)(void *, CUdeviceptr, size_t);
+    CUresult (*ipc_get)(CUipcMemHandle *, CUdeviceptr);
+    CUresult (*ipc_open)(CUdeviceptr *, CUipcMemHandle, unsigned);
+    CUresult (*ipc_close)(CUdeviceptr);
+} cu;
+
+static int load_driver(char *why, size_t n)
+{
+    void *lib = dlopen("libcuda.so.1", RTLD_NOW);
+    if (lib == NULL) {
+        snprintf(why, n, "%s", dlerror());
+        return -1;
+    }
+    struct {
+        void **slot;
+        const char *name;
+    } fns[] = {
+        {(void **)&cu.init, "cuInit"},
+        {(void **)&cu.version, "cuDriverGetVersion"},
+        {(void **)&cu.count, "cuDeviceGetCount"},
+        {(void **)&cu.get, "cuDeviceGet"},
+        {(void **)&cu.name, "cuDeviceGetName"},
+        {(void **)&cu.retain, "cuDevicePrimaryCtxRetain"},
+        {(void **)&cu.set, "cuCtxSetCurrent"},
+        {(void **)&cu.alloc, "cuMemAlloc_v2"},
+        {(void **)&cu.free_, "cuMemFree_v2"},
+        {(void **)&cu.htod, "cuMemcpyHtoD_v2"},
+        {(void **)&cu.dtoh, "cuMemcpyDtoH_v2"},
+        {(void **)&cu.ipc_get, "cuIpcGetMemHandle"},
+        {(void **)&cu.ipc_open, "cuIpcOpenMemHandle_v2"},
+        {(void **)&cu.ipc_close, "cuIpcCloseMemHandle"},
+    };
+    for (size_t i = 0; i < sizeof fns / sizeof fns[0]; i++)
+        if ((*fns[i].slot = dlsym(lib, fns[i].name)) == NULL) {
+            snprintf(why, n, "libcuda.so.1 has no %s", fns[i].name);
+            return -1;
+        }
+    return 0;
+}
+
+static int use_device(int ordinal)
+{
+    CUdevice dev;
+    CUcontext ctx;
+    return cu.get(&dev, ordinal) || cu.retain(&ctx, dev) || cu.set(ctx);
+}
+
+static unsigned char pattern(uint64_t i)
+{
+    return (unsigned char)(i * 7 + (i >> 9));
+}
+
+/* --import ORDINAL: the second process of a self-test. Reads a handle on
+ * stdin, opens it, checks 4096 bytes, writes them back complemented. */
+static int import_side(int ordinal)
+{
+    CUipcMemHandle h;
+    CUdeviceptr p;
+    unsigned char buf[4096];
+    if (fread(&h, sizeof h, 1, stdin) != 1 || cu.init(0) || use_device(ordinal))
+        return 2;
+    if (cu.ipc_open(&p, h, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS))
+        return 3;
+    int ok = cu.dtoh(buf, p, sizeof buf) == 0;
+    for (size_t i = 0; ok && i < sizeof buf; i++)
+        ok = buf[i] == pattern(OFFSET + i);
+    for (size_t i = 0; i < sizeof buf; i++)
+        buf[i] = (unsigned char)~pattern(OFFSET + i);
+    ok = cu.htod(p, buf, sizeof buf) == 0 && ok;
+    ok = cu.ipc_close(p) == 0 && ok;
+    return ok ? 0 : 1;
+}
+
+/* A self-test on one GPU: returns 0 when the importer read and wrote the
+ * right bytes at an interior pointer. *tail_used is set when the driver's
+ * own handle of the block has non-zero bytes 56-63. */
+static int self_test(const char *self, int ordinal, int *tail_used, char *why, size_t n)
+{
+    static unsigned char host[BLOCK];
+    CUdeviceptr base;
+    CUipcMemHandle whole, inner;
+    if (use_device(ordinal) || cu.alloc(&base, BLOCK)) {
+        snprintf(why, n, "cannot allocate on the GPU");
+        return -1;
+    }
+    for (uint64_t i = 0; i < BLOCK; i++)
+        host[i] = pattern(i);
+    if (cu.htod(base, host, BLOCK) || cu.ipc_get(&whole, base) ||
+        cu.ipc_get(&inner, base + OFFSET)) {
+        snprintf(why, n, "cudaIpcGetMemHandle failed (is this memory IPC-capable?)");
+        cu.free_(base);
+        return -1;
+    }
+    static const char zero[8];
+    *tail_used = memcmp(whole.reserved + 56, zero, 8) != 0;
+
+    int fd[2];
+    if (pipe(fd))
+        return -1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fd[0], 0);
+        close(fd[1]);
+        char ord[16];
+        snprintf(ord, sizeof ord, "%d", ordinal);
+        execl(self, self, "--import", ord, (char *)NULL);
+        _exit(127);
+    }
+    close(fd[0]);
+    ssize_t w = write(fd[1], &inner, sizeof inner);
+    close(fd[1]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    int code = WIFEXITED(status) ? WEXITSTATUS(status) : 100;
+    int written = cu.dtoh(host, base + OFFSET, 4096) == 0;
+    for (size_t i = 0; written && i < 4096; i++)
+        written = host[i] == (unsigned char)~pattern(OFFSET + i);
+    cu.free_(base);
+    if (w != sizeof inner || code != 0 || !written) {
+        snprintf(why, n, "%s",
+                 code == 3   ? "the importer could not open the handle"
+                 : code == 1 ? "the importer read wrong bytes (the offset bug is not fixed)"
+                 : !written  ? "the importer's writes did not land at the exported pointer"
+                             : "the importer process failed");
+        return -1;
+    }
+    return 0;
+}
+
+int main(int argc, char **argv)
+{
+    char why[512] = "";
+    const char *self = argv[0];
+    if (load_driver(why, sizeof why) != 0) {
+        if (argc == 3 && strcmp(argv[1], "--import") == 0)
+            return 2;
+        printf("driver:       not found (%s)\n", why);
+        printf("\nNo usable CUDA driver on this machine. nvipcfix only matters where GPU\n"
+               "programs run: install the NVIDIA driver, or in a container pass the GPU in\n"
+               "(e.g. docker run --gpus all), then run nvipcfix doctor again.\n");
+        return 3;
+    }
+    if (argc == 3 && strcmp(argv[1], "--import") == 0)
+        return import_side(atoi(argv[2]));
+
+    int version = 0, ngpu = 0;
+    CUresult r = cu.init(0);
+    cu.version(&version);
+    printf("driver:       CUDA %d.%d driver API (libcuda.so.1)\n", version / 1000,
+           version % 1000 / 10);
+    if (r == CUDA_SUCCESS)
+        cu.count(&ngpu);
+    /* libcuda was opened locally: a global definition is nvipcfix's */
+    Dl_info info;
+    void *entry = dlsym(RTLD_DEFAULT, "cuIpcOpenMemHandle_v2");
+    int loaded = entry != NULL && dladdr(entry, &info) != 0;
+    printf("nvipcfix:     %s\n", loaded ? info.dli_fname : "not loaded");
+    if (ngpu == 0) {
+        printf("GPUs:         none (cuInit: error %d)\n", (int)r);
+        printf("\nThe driver is installed but sees no GPU. Check nvidia-smi; in a container,\n"
+               "pass the GPUs in. Nothing for nvipcfix to do here.\n");
+        return 4;
+    }
+    printf("GPUs:         %d\n", ngpu);
+    if (!loaded) {
+        printf("\nRun this as `nvipcfix doctor`, which loads the library first.\n");
+        return 7;
+    }
+    int failed = 0, tail = 0;
+    for (int g = 0; g < ngpu; g++) {
+        char name[128] = "?";
+        CUdevice dev;
+        int tail_used = 0;
+        if (cu.get(&dev, g) == 0)
+            cu.name(name, sizeof name, dev);
+        int rc = self_test(self, g, &tail_used, why, sizeof why);
+        tail |= tail_used;
+        printf("GPU %d:        %s: handle bytes 56-63 %s; self-test (export at +%u, open in "
+               "another process): %s%s%s\n",
+               g, name, tail_used ? "USED by the driver" : "free", OFFSET,
+               rc == 0 ? "passed" : "FAILED", rc == 0 ? "" : ": ", rc == 0 ? "" : why);
+        failed |= rc != 0;
+    }
+    if (tail) {
+        printf("\nThis driver writes bytes 56-63 of IPC handles, where nvipcfix carries the\n"
+               "offset: nvipcfix exports natively here (and says so). Please report the\n"
+               "driver version above.\n");
+        return 6;
+    }
+    if (failed) {
+        printf("\nA self-test failed. Run it again with NVIPCFIX_LOG=debug to see each call,\n"
+               "and see docs/troubleshooting.md.\n");
+        return 5;
+    }
+    printf("\nAll good. Run your program as:  nvipcfix -- COMMAND ...\n"
+           "To see whether it exports interior pointers at all:  nvipcfix --mode audit "
+           "--log info -- COMMAND ...\n");
+    return 0;
+}
