@@ -28,7 +28,7 @@ NVCC_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=s
              -gencode arch=compute_90,code=compute_90
 VERIFY    := $(BUILD)/nvipcfix-verify
 
-.PHONY: all deps test demo clean
+.PHONY: all deps test-deps test demo clean
 all: $(LIB) $(if $(NVCC),$(VERIFY))
 
 $(VERIFY): tools/verify_copy_path.cu
@@ -36,7 +36,10 @@ $(VERIFY): tools/verify_copy_path.cu
 	$(NVCC) -O2 -std=c++17 $(NVCC_ARCH) -Xcompiler -Wall,-Wextra,-Werror -o $@ $<
 
 deps:
-	@sh scripts/ensure-deps.sh
+	@sh scripts/ensure-deps.sh build
+
+test-deps: deps
+	@sh scripts/ensure-deps.sh test
 
 $(PRELOAD_ASM):
 	@echo "nvipcfix: no dlsym entry for $(shell uname -m); only x86_64 is supported" >&2; exit 1
@@ -51,11 +54,11 @@ $(SIM): tests/simdrv/simdrv.c
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -shared -Wl,-soname,libcuda.so.1 -o $@ $< -ldl
 
-$(BUILD)/tests/test_%: tests/unit/test_%.c $(SHIM_SRC) $(wildcard shim/*.h tests/unit/*.h) | deps
+$(BUILD)/tests/test_%: tests/unit/test_%.c $(SHIM_SRC) $(wildcard shim/*.h tests/unit/*.h) | test-deps
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $< $(SHIM_SRC) -lcmocka
 
-$(BUILD)/tests/test_simdrv: tests/unit/test_simdrv.c $(SIM) | deps
+$(BUILD)/tests/test_simdrv: tests/unit/test_simdrv.c $(SIM) | test-deps
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $< -L$(BUILD)/sim -l:libcuda.so.1 -lcmocka
 
@@ -63,8 +66,7 @@ $(BUILD)/tests/legacy_ipc: tests/integration/legacy_ipc.c $(SIM)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $< -L$(BUILD)/sim -l:libcuda.so.1 -ldl
 
-test: $(LIB) $(SIM) $(UNIT_BIN) $(INTEG_BIN) $(BUILD)/nvipcfix-doctor
-	@sh scripts/ensure-deps.sh test
+test: $(LIB) $(SIM) $(UNIT_BIN) $(INTEG_BIN) $(BUILD)/nvipcfix-doctor | test-deps
 	@SANITIZER_PRELOAD="$(if $(SANITIZER_RUNTIME),$(shell $(CC) -print-file-name=lib$(SANITIZER_RUNTIME).so))" \
 	    sh tests/run-all.sh $(BUILD)
 

@@ -1,20 +1,19 @@
 #!/bin/sh
 # Makes sure what a make target needs is present: installs the Debian
 # packages when run as root, otherwise prints the exact command and fails.
-#   ensure-deps.sh          building: uthash-dev, libcmocka-dev, CUDA headers
-#   ensure-deps.sh test     the CPU test tier's tools: valgrind, strace, python3
+#   ensure-deps.sh          building the library: uthash-dev, CUDA headers
+#   ensure-deps.sh test     the CPU test tier: libcmocka-dev, valgrind, strace, python3
 #   ensure-deps.sh fuzz     clang with libFuzzer
 missing=""
-need() { # FILE-OR-COMMAND PACKAGE
-    case $1 in
-    /*) [ -e "$1" ] || missing="$missing $2" ;;
-    *) command -v "$1" >/dev/null 2>&1 || missing="$missing $2" ;;
-    esac
+need() { # COMMAND PACKAGE
+    command -v "$1" >/dev/null 2>&1 || missing="$missing $2"
+}
+need_header() { # HEADER PACKAGE: found by the compiler (CPATH counts too)
+    echo "#include <$1>" | ${CC:-cc} -E -x c - >/dev/null 2>&1 || missing="$missing $2"
 }
 case ${1:-build} in
 build)
-    need /usr/include/uthash.h uthash-dev
-    need /usr/include/cmocka.h libcmocka-dev
+    need_header uthash.h uthash-dev
     cuda_inc="${CUDA_HOME:-/usr/local/cuda}/include"
     if [ ! -f "$cuda_inc/cuda.h" ]; then
         echo "nvipcfix: the CUDA Toolkit headers are missing ($cuda_inc/cuda.h);" >&2
@@ -23,6 +22,7 @@ build)
     fi
     ;;
 test)
+    need_header cmocka.h libcmocka-dev
     need valgrind valgrind
     need strace strace
     need python3 python3
