@@ -79,7 +79,7 @@ test-tsan:
 	@$(MAKE) --no-print-directory test BUILD=$(BUILD)/tsan SANITIZER_RUNTIME=tsan \
 	    SAN="-fsanitize=thread"
 
-demo: $(LIB) $(SIM) $(INTEG_BIN)
+demo: $(LIB) $(SIM) $(INTEG_BIN) $(BUILD)/nvipcfix-doctor
 	@sh scripts/demo.sh $(BUILD)
 
 clean:

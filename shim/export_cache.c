@@ -2,6 +2,7 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include "table_hash.h" /* before uthash.h */
 #include <uthash.h>
 
 struct nvipcfix_export_entry {

@@ -3,6 +3,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include "table_hash.h" /* before uthash.h */
 #include <uthash.h>
 
 struct import_key {
