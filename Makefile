@@ -62,7 +62,9 @@ $(BUILD)/tests/test_simdrv: tests/unit/test_simdrv.c $(SIM) | test-deps
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $< -L$(BUILD)/sim -l:libcuda.so.1 -lcmocka
 
-$(BUILD)/tests/legacy_ipc: tests/integration/legacy_ipc.c $(SIM)
+TEST_COMMON := tests/common/test_process.h
+
+$(BUILD)/tests/legacy_ipc: tests/integration/legacy_ipc.c $(TEST_COMMON) $(SIM)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $< -L$(BUILD)/sim -l:libcuda.so.1 -ldl
 
@@ -86,11 +88,11 @@ clean:
 	rm -rf $(BUILD)
 
 # Reliability: stress, faults, another interposer, no driver.
-$(BUILD)/tests/ipc_stress: tests/reliability/ipc_stress.c $(SIM)
+$(BUILD)/tests/ipc_stress: tests/reliability/ipc_stress.c $(TEST_COMMON) $(SIM)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $< -L$(BUILD)/sim -l:libcuda.so.1 -ldl
 
-$(BUILD)/tests/ipc_faults: tests/reliability/ipc_faults.c shim/handle_tag.c $(SIM)
+$(BUILD)/tests/ipc_faults: tests/reliability/ipc_faults.c shim/handle_tag.c $(TEST_COMMON) $(SIM)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $< shim/handle_tag.c -L$(BUILD)/sim -l:libcuda.so.1 -ldl
 
@@ -110,7 +112,7 @@ $(BUILD)/tests/rtld_next: tests/integration/rtld_next/main.c tests/integration/r
 	$(CC) $(CFLAGS) -o $@ $< -L$(@D) -Wl,--no-as-needed -lprobe -ltarget -Wl,-rpath,'$$ORIGIN' -ldl
 
 # Benchmarks: make bench (GPU when there is one, else the simulated driver).
-$(BUILD)/tests/ipc_bench: tests/bench/ipc_bench.c $(SIM)
+$(BUILD)/tests/ipc_bench: tests/bench/ipc_bench.c $(TEST_COMMON) $(SIM)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $< -L$(BUILD)/sim -l:libcuda.so.1 -ldl
 

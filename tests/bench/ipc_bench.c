@@ -26,6 +26,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../common/test_process.h"
+
 extern char **environ;
 
 #define BATCH 10
@@ -73,11 +75,7 @@ static CUcontext ctx;
 
 static void init(void)
 {
-    CUdevice dev;
-    CK(cuInit(0));
-    CK(cuDeviceGet(&dev, 0));
-    CK(cuDevicePrimaryCtxRetain(&ctx, dev));
-    CK(cuCtxSetCurrent(ctx));
+    CK(tp_use_primary_context(0, &ctx));
 }
 
 /* ---- the exporter child ------------------------------------------------ */
@@ -113,26 +111,14 @@ struct peer {
 
 static struct peer start_exporter(const char *self, int blocks, int per)
 {
-    int a[2], b[2];
-    if (pipe(a) || pipe(b))
-        exit(2);
     struct peer x;
-    x.pid = fork();
-    if (x.pid == 0) {
-        dup2(a[0], 0);
-        dup2(b[1], 1);
-        close(a[1]);
-        close(b[0]);
-        char nb[16], np[16];
-        snprintf(nb, sizeof nb, "%d", blocks);
-        snprintf(np, sizeof np, "%d", per);
-        execl(self, self, "exporter", nb, np, (char *)NULL);
-        _exit(127);
-    }
-    close(a[0]);
-    close(b[1]);
-    x.to = a[1];
-    x.from = fdopen(b[0], "r");
+    int from;
+    char nb[16], np[16];
+    snprintf(nb, sizeof nb, "%d", blocks);
+    snprintf(np, sizeof np, "%d", per);
+    char *args[] = {(char *)self, "exporter", nb, np, NULL};
+    x.pid = tp_spawn(self, args, &x.to, &from);
+    x.from = fdopen(from, "r");
     return x;
 }
 

@@ -29,6 +29,8 @@
 #include <cuda_runtime.h>
 #endif
 
+#include "../common/test_process.h"
+
 #include <dlfcn.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -177,12 +179,8 @@ static void choose_road(void)
 
 static int init_context(void)
 {
-    CUdevice dev;
-    CUcontext ctx;
     const char *d = getenv("LEGACY_IPC_DEVICE");
-    return check(cuInit(0), "cuInit") || check(cuDeviceGet(&dev, d ? atoi(d) : 0), "cuDeviceGet") ||
-           check(cuDevicePrimaryCtxRetain(&ctx, dev), "cuDevicePrimaryCtxRetain") ||
-           check(cuCtxSetCurrent(ctx), "cuCtxSetCurrent");
+    return check(tp_use_primary_context(d ? atoi(d) : 0, NULL), "context");
 }
 
 static int dev_alloc(CUdeviceptr *p, size_t n)
@@ -205,28 +203,6 @@ static unsigned char pattern(unsigned alloc, uint64_t i)
 {
     uint64_t x = (i + 1) * 0x9E3779B97F4A7C15ull ^ (alloc * 0xD6E8FEB86659FD93ull);
     return (unsigned char)(x >> 56 ^ x >> 24 ^ x);
-}
-
-static int read_full(int fd, void *buf, size_t n)
-{
-    for (size_t got = 0; got < n;) {
-        ssize_t r = read(fd, (char *)buf + got, n - got);
-        if (r <= 0)
-            return -1;
-        got += (size_t)r;
-    }
-    return 0;
-}
-
-static int write_full(int fd, const void *buf, size_t n)
-{
-    for (size_t put = 0; put < n;) {
-        ssize_t r = write(fd, (const char *)buf + put, n - put);
-        if (r <= 0)
-            return -1;
-        put += (size_t)r;
-    }
-    return 0;
 }
 
 /* ---- the importer ---------------------------------------------------------- */
@@ -264,14 +240,14 @@ static int child_main(int reopen)
     const char *dev = getenv("LEGACY_IPC_IMPORTER_DEVICE");
     if (dev != NULL)
         setenv("LEGACY_IPC_DEVICE", dev, 1);
-    if (init_context() || read_full(0, &n, sizeof n))
+    if (init_context() || tp_read_full(0, &n, sizeof n))
         return 2;
     static struct record rec;
     for (uint32_t k = 0; k < n; k++) {
-        if (read_full(0, &rec, sizeof rec))
+        if (tp_read_full(0, &rec, sizeof rec))
             return 2;
         unsigned char result = import_one(&rec, reopen);
-        if (write_full(1, &result, 1))
+        if (tp_write_full(1, &result, 1))
             return 2;
     }
     /* On the simulated driver: how many mappings are still open. */
@@ -280,7 +256,7 @@ static int child_main(int reopen)
         (void (*)(long *, long *, long *))dlsym(RTLD_DEFAULT, "simcuda_counts");
     if (counts != NULL)
         counts(&left, &opens, &closes);
-    return write_full(1, &left, sizeof left) ? 2 : 0;
+    return tp_write_full(1, &left, sizeof left) ? 2 : 0;
 }
 
 /* ---- the exporter ---------------------------------------------------------- */
@@ -358,29 +334,17 @@ int main(int argc, char **argv)
             results[k] = import_one(&recs[k], reopen);
         left = -1;
     } else {
-        int to_child[2], from_child[2];
-        if (pipe(to_child) || pipe(from_child))
-            return 2;
-        pid_t pid = fork();
-        if (pid == 0) {
-            dup2(to_child[0], 0);
-            dup2(from_child[1], 1);
-            close(to_child[1]);
-            close(from_child[0]);
-            char *args[] = {"legacy_ipc", "--child", "--road", (char *)road,
-                            reopen ? "--reopen" : NULL, NULL};
-            execv(self_path, args); /* argv[0]: under valgrind /proc/self/exe is valgrind */
-            _exit(127);
-        }
-        close(to_child[0]);
-        close(from_child[1]);
-        int failed = write_full(to_child[1], &n, sizeof n);
+        int to, from;
+        char *args[] = {"legacy_ipc", "--child", "--road", (char *)road,
+                        reopen ? "--reopen" : NULL, NULL};
+        pid_t pid = tp_spawn(self_path, args, &to, &from);
+        int failed = tp_write_full(to, &n, sizeof n);
         for (uint32_t k = 0; k < n && !failed; k++)
-            failed = write_full(to_child[1], &recs[k], sizeof recs[k]);
-        close(to_child[1]);
+            failed = tp_write_full(to, &recs[k], sizeof recs[k]);
+        close(to);
         if (!failed)
-            failed = read_full(from_child[0], results, n) ||
-                     read_full(from_child[0], &left, sizeof left);
+            failed = tp_read_full(from, results, n) || tp_read_full(from, &left, sizeof left);
+        close(from);
         int status = 0;
         waitpid(pid, &status, 0);
         if (failed || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {

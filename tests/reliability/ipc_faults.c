@@ -26,6 +26,7 @@
 #include <unistd.h>
 
 #include "../../shim/handle_tag.h"
+#include "../common/test_process.h"
 
 #define BLOCK (1u << 20)
 #define NH 4 /* handles per block: offsets 0, 4096, 8193, BLOCK - 1 */
@@ -42,13 +43,6 @@ static void expect(int cond, const char *what)
     }
 }
 
-static int init(void)
-{
-    CUdevice dev;
-    return cuInit(0) || cuDeviceGet(&dev, 0) || cuDevicePrimaryCtxRetain(&ctx, dev) ||
-           cuCtxSetCurrent(ctx);
-}
-
 static unsigned char pattern(int b, uint64_t off)
 {
     return (unsigned char)(b * 77 + off * 13 + (off >> 12));
@@ -58,7 +52,7 @@ static unsigned char pattern(int b, uint64_t off)
 static int exporter(void)
 {
     static unsigned char host[BLOCK];
-    if (init())
+    if (tp_use_primary_context(0, &ctx))
         return 2;
     for (int b = 0; b < 2; b++) {
         CUdeviceptr p;
@@ -70,7 +64,7 @@ static int exporter(void)
             return 2;
         for (int k = 0; k < NH; k++) {
             CUipcMemHandle h;
-            if (cuIpcGetMemHandle(&h, p + offsets[k]) || write(1, &h, sizeof h) != sizeof h)
+            if (cuIpcGetMemHandle(&h, p + offsets[k]) || tp_write_full(1, &h, sizeof h))
                 return 2;
         }
     }
@@ -86,32 +80,17 @@ struct peer {
     CUipcMemHandle h[2 * NH];
 };
 
+static const char *self_path;
+
 static struct peer start_exporter(void)
 {
     struct peer x;
-    int a[2], b[2];
-    if (pipe(a) || pipe(b))
+    int from;
+    char *args[] = {(char *)self_path, "--exporter", NULL};
+    x.pid = tp_spawn(self_path, args, &x.to, &from);
+    if (tp_read_full(from, x.h, sizeof x.h))
         exit(2);
-    x.pid = fork();
-    if (x.pid == 0) {
-        dup2(a[0], 0);
-        dup2(b[1], 1);
-        close(a[1]);
-        close(b[0]);
-        execl("/proc/self/exe", "ipc_faults", "--exporter", (char *)NULL);
-        _exit(127);
-    }
-    close(a[0]);
-    close(b[1]);
-    x.to = a[1];
-    size_t got = 0;
-    while (got < sizeof x.h) {
-        ssize_t r = read(b[0], (char *)x.h + got, sizeof x.h - got);
-        if (r <= 0)
-            exit(2);
-        got += (size_t)r;
-    }
-    close(b[0]);
+    close(from);
     return x;
 }
 
@@ -272,9 +251,10 @@ static void double_close(void)
 
 int main(int argc, char **argv)
 {
+    self_path = argv[0];
     if (argc == 2 && strcmp(argv[1], "--exporter") == 0)
         return exporter();
-    if (init())
+    if (tp_use_primary_context(0, &ctx))
         return 2;
     exporter_dies();
     forged_tags();

@@ -18,6 +18,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "../common/test_process.h"
+
 #define BLOCKS 4
 #define PER 64
 #define BLOCK (4u << 20)
@@ -38,16 +40,9 @@ static unsigned char pattern(int b, uint64_t off)
     return (unsigned char)(b * 31 + (off >> 16) * 7 + off);
 }
 
-static int init(void)
-{
-    CUdevice dev;
-    return cuInit(0) || cuDeviceGet(&dev, 0) || cuDevicePrimaryCtxRetain(&ctx, dev) ||
-           cuCtxSetCurrent(ctx);
-}
-
 static int exporter(void)
 {
-    if (init())
+    if (tp_use_primary_context(0, &ctx))
         return 2;
     static unsigned char host[BLOCK];
     for (int b = 0; b < BLOCKS; b++) {
@@ -60,7 +55,7 @@ static int exporter(void)
             return 2;
         for (int k = 0; k < PER; k++) {
             CUipcMemHandle h;
-            if (cuIpcGetMemHandle(&h, p + offset_of(k)) || write(1, &h, sizeof h) != sizeof h)
+            if (cuIpcGetMemHandle(&h, p + offset_of(k)) || tp_write_full(1, &h, sizeof h))
                 return 2;
         }
     }
@@ -136,30 +131,14 @@ int main(int argc, char **argv)
         else if (strcmp(argv[i], "--ops") == 0)
             ops = atol(argv[i + 1]);
     }
-    if (threads < 1 || threads > 256 || ops < 1 || init())
+    if (threads < 1 || threads > 256 || ops < 1 || tp_use_primary_context(0, &ctx))
         return 2;
 
-    int to[2], from[2];
-    if (pipe(to) || pipe(from))
+    int to, from;
+    char *args[] = {argv[0], "--exporter", NULL};
+    pid_t pid = tp_spawn(argv[0], args, &to, &from);
+    if (tp_read_full(from, handles, sizeof handles))
         return 2;
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(to[0], 0);
-        dup2(from[1], 1);
-        close(to[1]);
-        close(from[0]);
-        execl("/proc/self/exe", "ipc_stress", "--exporter", (char *)NULL);
-        _exit(127);
-    }
-    close(to[0]);
-    close(from[1]);
-    size_t got = 0;
-    while (got < sizeof handles) {
-        ssize_t r = read(from[0], (char *)handles + got, sizeof handles - got);
-        if (r <= 0)
-            return 2;
-        got += (size_t)r;
-    }
 
     pthread_t th[256];
     struct counts c[256];
@@ -176,7 +155,8 @@ int main(int argc, char **argv)
         sum.errors += c[t].errors;
         sum.wrong += c[t].wrong;
     }
-    close(to[1]);
+    close(to);
+    close(from);
     waitpid(pid, NULL, 0);
 
     long left = -1, real_opens = -1, real_closes = -1;
