@@ -125,13 +125,11 @@ void *nvipcfix_wrapper_for(const char *name, void *found, int version)
     if (version < 0 || w->newer == NULL)
         return w->wrapper;
 
+    /* The two pairs: the open (legacy, _v2) and the resolver (v1, _v2). */
     const struct nvipcfix_real_driver *real = nvipcfix_real_driver();
-    void *real_older = w->newer == (void *)cuIpcOpenMemHandle_v2
-                           ? (void *)real->ipc_open_legacy
-                           : (void *)real->get_proc_address_v1;
-    void *real_newer = w->newer == (void *)cuIpcOpenMemHandle_v2
-                           ? (void *)real->ipc_open_v2
-                           : (void *)real->get_proc_address_v2;
+    int open = w->newer == (void *)cuIpcOpenMemHandle_v2;
+    void *real_older = open ? (void *)real->ipc_open_legacy : (void *)real->get_proc_address_v1;
+    void *real_newer = open ? (void *)real->ipc_open_v2 : (void *)real->get_proc_address_v2;
     if (found == real_older)
         return w->wrapper;
     if (found == real_newer)
