@@ -159,6 +159,12 @@ expect_in out "audit mode:       exit 1; 8 exports of interior pointers (offsets
 done_case
 
 # ---- the launcher, the doctor, make install -------------------------------
+# The launcher is a shell script: ThreadSanitizer's runtime cannot be
+# preloaded into an uninstrumented shell (it crashes), so under make
+# test-tsan these cases are left to make test and make test-asan.
+case $SAN_PRE in
+*tsan*) skip "the launcher, the doctor, make install" "a shell cannot run under ThreadSanitizer" ;;
+*)
 NV=$ROOT/tools/nvipcfix
 L="NVIPCFIX_LIBRARY=$LIB"
 P="LD_PRELOAD=$SAN_PRE"
@@ -203,6 +209,8 @@ else
     echo >"$OUT/out"; echo >"$OUT/err"
 fi
 done_case
+;;
+esac
 
 # ---- reliability ---------------------------------------------------------
 PRE=$LIB check "stress: ${STRESS_THREADS:=32} threads x ${STRESS_OPS:=5000} mixed operations" 0 -- \
