@@ -88,7 +88,7 @@ done_case() {
         LEGACY_IPC_IMPORTER_DEVICE 2>/dev/null
 }
 
-for road in direct dlsym procaddr; do
+for road in direct dlsym procaddr procaddr-v1; do
     PRE="" check "$road: the bug shows without the preload" 1 -- "$T/legacy_ipc" --road $road
     expect_in out "WRONG"; done_case
     PRE=$LIB check "$road: right with the preload, silent" 0 -- "$T/legacy_ipc" --road $road

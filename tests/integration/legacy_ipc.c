@@ -13,6 +13,8 @@
  *   dlsym     dlopen("libcuda.so.1") + dlsym
  *   procaddr  as the CUDA runtime does: dlsym of cuGetProcAddress_v2, then
  *             cuGetProcAddress fetched through itself, then the IPC calls
+ *   procaddr-v1  the same with the 4-argument cuGetProcAddress of CUDA 11.3
+ *             and the legacy cuIpcOpenMemHandle (version 4010)
  * Built with -DLEGACY_RUNTIME (by nvcc, against the CUDA runtime, static or
  * shared) it allocates and copies with the runtime, and the roads are:
  *   runtime     cudaIpcGetMemHandle / cudaIpcOpenMemHandle / cudaIpcCloseMemHandle
@@ -47,6 +49,7 @@ typedef CUresult (*open_fn)(CUdeviceptr *, CUipcMemHandle, unsigned int);
 typedef CUresult (*close_fn)(CUdeviceptr);
 typedef CUresult (*gpa2_fn)(const char *, void **, int, cuuint64_t,
                             CUdriverProcAddressQueryResult *);
+typedef CUresult (*gpa1_fn)(const char *, void **, int, cuuint64_t);
 
 static get_fn ipc_get;
 static open_fn ipc_open;
@@ -170,6 +173,18 @@ static void choose_road(void)
             check(gpa("cuIpcGetMemHandle", (void **)&ipc_get, 4010, 0, &st), "lookup get") ||
             check(gpa("cuIpcOpenMemHandle", (void **)&ipc_open, 11000, 0, &st), "lookup open") ||
             check(gpa("cuIpcCloseMemHandle", (void **)&ipc_close, 4010, 0, &st), "lookup close"))
+            exit(2);
+        return;
+    }
+    if (strcmp(road, "procaddr-v1") == 0) {
+        /* An older caller: cuGetProcAddress with 4 arguments, fetched
+         * through itself at 11030, and the legacy open (version 4010). */
+        gpa1_fn boot = (gpa1_fn)need(dlsym(lib, "cuGetProcAddress"), "cuGetProcAddress");
+        gpa1_fn gpa = NULL;
+        if (check(boot("cuGetProcAddress", (void **)&gpa, 11030, 0), "cuGetProcAddress") ||
+            check(gpa("cuIpcGetMemHandle", (void **)&ipc_get, 4010, 0), "lookup get") ||
+            check(gpa("cuIpcOpenMemHandle", (void **)&ipc_open, 4010, 0), "lookup open") ||
+            check(gpa("cuIpcCloseMemHandle", (void **)&ipc_close, 4010, 0), "lookup close"))
             exit(2);
         return;
     }
