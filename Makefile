@@ -137,7 +137,7 @@ $(BUILD)/fuzz/fuzz_handle_tag: tests/fuzz/fuzz_handle_tag.c shim/handle_tag.c
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^
 
-$(BUILD)/fuzz/fuzz_open: tests/fuzz/fuzz_open.c $(SHIM_SRC) $(SIM) | deps
+$(BUILD)/fuzz/fuzz_open: tests/fuzz/fuzz_open.c $(TEST_COMMON) $(SHIM_SRC) $(SIM) | deps
 	@mkdir -p $(@D)
 	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ tests/fuzz/fuzz_open.c $(SHIM_SRC) \
 	    -L$(BUILD)/sim -l:libcuda.so.1 -Wl,-rpath,$(abspath $(BUILD)/sim)
@@ -149,6 +149,7 @@ fuzz: $(FUZZERS)
 	    mkdir -p $(BUILD)/fuzz/corpus-$$t && cp -n tests/fuzz/corpus/$$t/* $(BUILD)/fuzz/corpus-$$t/ ; \
 	    echo "== fuzz_$$t: $(FUZZ_RUNS) inputs"; \
 	    $(BUILD)/fuzz/fuzz_$$t -runs=$(FUZZ_RUNS) -print_final_stats=1 \
+	        -artifact_prefix=$(BUILD)/fuzz/artifact-$$t- \
 	        $(BUILD)/fuzz/corpus-$$t >$(BUILD)/fuzz/$$t.log 2>&1; rc=$$?; \
 	    grep -E "^(stat::number_of_executed_units|stat::new_units_added|Done|fuzz_open:)|ERROR|SUMMARY" \
 	        $(BUILD)/fuzz/$$t.log; \

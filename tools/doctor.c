@@ -12,6 +12,7 @@
 #include <cuda.h>
 
 #include <dlfcn.h>
+#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -142,7 +143,15 @@ static int self_test(const char *self, int ordinal, int *tail_used, char *why, s
         _exit(127);
     }
     close(fd[0]);
-    ssize_t w = write(fd[1], &inner, sizeof inner);
+    size_t w = 0;
+    while (w < sizeof inner) {
+        ssize_t r = write(fd[1], inner.reserved + w, sizeof inner - w);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        w += (size_t)r;
+    }
     close(fd[1]);
     int status = 0;
     waitpid(pid, &status, 0);

@@ -6,15 +6,19 @@
 
 #include <cuda.h>
 
+#include <errno.h>
 #include <stdlib.h>
 #include <sys/types.h>
 #include <unistd.h>
 
-/* Reads or writes exactly n bytes; returns 0, or -1. */
+/* Reads or writes exactly n bytes, however the pipe splits them and
+ * whatever signal interrupts; returns 0, or -1 (end of file or an error). */
 static inline int tp_read_full(int fd, void *buf, size_t n)
 {
     for (size_t done = 0; done < n;) {
         ssize_t r = read(fd, (char *)buf + done, n - done);
+        if (r < 0 && errno == EINTR)
+            continue;
         if (r <= 0)
             return -1;
         done += (size_t)r;
@@ -26,6 +30,8 @@ static inline int tp_write_full(int fd, const void *buf, size_t n)
 {
     for (size_t done = 0; done < n;) {
         ssize_t r = write(fd, (const char *)buf + done, n - done);
+        if (r < 0 && errno == EINTR)
+            continue;
         if (r <= 0)
             return -1;
         done += (size_t)r;

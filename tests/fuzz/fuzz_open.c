@@ -22,6 +22,7 @@
 #include <unistd.h>
 
 #include "../../shim/ipc_fix.h"
+#include "../common/test_process.h"
 
 void simcuda_counts(long *open_mappings, long *opens, long *closes);
 
@@ -73,7 +74,7 @@ static void setup(void)
             for (int k = 0; k < NKNOWN / 4; k++) {
                 CUipcMemHandle h;
                 REQUIRE(nvipcfix_export(&fix, &h, p + (uint64_t)k * 4099) == 0);
-                REQUIRE(write(fd[1], &h, sizeof h) == sizeof h);
+                REQUIRE(tp_write_full(fd[1], &h, sizeof h) == 0);
             }
         }
         close(fd[1]);
@@ -81,7 +82,8 @@ static void setup(void)
             pause();
     }
     close(fd[1]);
-    REQUIRE(read(fd[0], known, sizeof known / 2) == sizeof known / 2);
+    REQUIRE(tp_read_full(fd[0], known, sizeof known / 2) == 0);
+    close(fd[0]);
     for (int b = 0; b < 2; b++) {
         REQUIRE(cuMemAlloc(&own[b], BLOCK) == 0);
         for (int k = 0; k < NKNOWN / 4; k++)
