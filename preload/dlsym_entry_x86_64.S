@@ -6,7 +6,10 @@
         .text
         .globl  dlsym
         .type   dlsym, @function
+        .globl  nvipcfix_dlsym_entry    /* the same address, for nvipcfix itself */
+        .hidden nvipcfix_dlsym_entry
 dlsym:
+nvipcfix_dlsym_entry:
         .cfi_startproc
         endbr64
         pushq   %rdi

@@ -17,6 +17,12 @@
 typedef void *(*dlsym_fn)(void *handle, const char *name);
 
 static _Atomic(dlsym_fn) real_dlsym_fn;
+static _Atomic(dlsym_fn) glibc_dlsym_fn;
+
+/* The exported dlsym's own address (a hidden label on it in the assembly
+ * entry; a plain reference to dlsym would bind to the first definition in
+ * the process, which may be another library's). */
+extern char nvipcfix_dlsym_entry[];
 
 NVIPCFIX_UNINSTRUMENTED static void *no_dlsym(void *handle, const char *name)
 {
@@ -25,18 +31,25 @@ NVIPCFIX_UNINSTRUMENTED static void *no_dlsym(void *handle, const char *name)
     return NULL;
 }
 
+/* The next dlsym after nvipcfix in the search order: another interposer's
+ * (GPU-sharing layers such as HAMi-core define an unversioned dlsym and
+ * enforce their quotas through it), else glibc's. */
 NVIPCFIX_UNINSTRUMENTED static dlsym_fn find_real_dlsym(void)
 {
     /* glibc >= 2.34 defines dlsym in libc under GLIBC_2.34; older ones in
      * libdl under the architecture's first version. */
     static const char *const versions[] = {"GLIBC_2.34", "GLIBC_2.2.5", "GLIBC_2.17"};
-    for (size_t i = 0; i < sizeof versions / sizeof versions[0]; i++) {
-        void *p = dlvsym(RTLD_NEXT, "dlsym", versions[i]);
-        if (p != NULL)
-            return (dlsym_fn)p;
+    dlsym_fn glibc = NULL;
+    for (size_t i = 0; i < sizeof versions / sizeof versions[0] && glibc == NULL; i++)
+        glibc = (dlsym_fn)dlvsym(RTLD_NEXT, "dlsym", versions[i]);
+    if (glibc == NULL) {
+        nvipcfix_log(NVIPCFIX_LOG_ERROR, "cannot find glibc's dlsym; every dlsym returns NULL");
+        return no_dlsym;
     }
-    nvipcfix_log(NVIPCFIX_LOG_ERROR, "cannot find glibc's dlsym; every dlsym returns NULL");
-    return no_dlsym;
+    atomic_store_explicit(&glibc_dlsym_fn, glibc, memory_order_release);
+    /* Called from here, RTLD_NEXT means: after nvipcfix. */
+    dlsym_fn next = (dlsym_fn)glibc(RTLD_NEXT, "dlsym");
+    return next != NULL ? next : glibc;
 }
 
 NVIPCFIX_UNINSTRUMENTED static dlsym_fn get_real_dlsym(void)
@@ -49,17 +62,37 @@ NVIPCFIX_UNINSTRUMENTED static dlsym_fn get_real_dlsym(void)
     return f;
 }
 
+/* nvipcfix's own look-ups go to glibc directly: RTLD_NEXT then means
+ * "after nvipcfix" whatever the next interposer's dlsym would make of it. */
 void *nvipcfix_real_dlsym(void *handle, const char *name)
 {
-    return get_real_dlsym()(handle, name);
+    get_real_dlsym();
+    dlsym_fn glibc = atomic_load_explicit(&glibc_dlsym_fn, memory_order_acquire);
+    return glibc != NULL ? glibc(handle, name) : NULL;
 }
 
-/* A look-up of a wrapped name: the real answer first; a wrapper only in
- * place of a function that was found. */
+/* A look-up of a wrapped name through a handle: the real answer first; a
+ * wrapper only in place of the real driver's own function for that name.
+ * Anything else found (a proxy library's own function, the driver of
+ * another link-map namespace opened with dlmopen) is returned as found. */
 __attribute__((used)) void *nvipcfix_dlsym_wrapped(void *handle, const char *name)
 {
     void *found = get_real_dlsym()(handle, name);
-    return found == NULL ? NULL : nvipcfix_wrapper_for(name, found, -1);
+    if (found == NULL || !nvipcfix_real_driver_owns(name, found))
+        return found;
+    return nvipcfix_wrapper_for(name, found, -1);
+}
+
+/* The first dlsym in the process's search order, if it is not nvipcfix's:
+ * its library answers look-ups before nvipcfix sees them. */
+const char *nvipcfix_dlsym_shadowed_by(void)
+{
+    void *first = nvipcfix_real_dlsym(RTLD_DEFAULT, "dlsym");
+    Dl_info info;
+    if (first == NULL || first == (void *)nvipcfix_dlsym_entry || dladdr(first, &info) == 0 ||
+        info.dli_fname == NULL)
+        return NULL;
+    return info.dli_fname;
 }
 
 /* Where dlsym(handle, name) goes. RTLD_DEFAULT and RTLD_NEXT always go to

@@ -16,24 +16,23 @@ static const char *read_env(const char *name)
     return getenv(name);
 }
 
-static void fork_prepare(void)
-{
-    nvipcfix_fix_lock_all(&fix);
-}
+static pid_t setup_pid;
 
-static void fork_parent(void)
-{
-    nvipcfix_fix_unlock_all(&fix);
-}
-
+/* Only a child handler: nothing is locked across fork(), so fork() costs
+ * what it does without nvipcfix and cannot deadlock with the driver's own
+ * handlers, whichever were registered first. */
 static void fork_child(void)
 {
-    nvipcfix_fix_reset_locks(&fix);
+    nvipcfix_fix_forget_after_fork(&fix);
 }
 
+/* Each process its own counts; a forked child that made no IPC call says
+ * nothing. */
 static void print_stats(void)
 {
     char line[512];
+    if (getpid() != setup_pid && !nvipcfix_stats_any(&fix.stats))
+        return;
     nvipcfix_log_line("stats", "%s", nvipcfix_stats_format(&fix.stats, line, sizeof line));
 }
 
@@ -47,9 +46,17 @@ static void setup(void)
 
     const struct nvipcfix_real_driver *real = nvipcfix_real_driver();
     nvipcfix_fix_init(&fix, &cfg, &real->ops);
-    pthread_atfork(fork_prepare, fork_parent, fork_child);
+    setup_pid = getpid();
+    pthread_atfork(NULL, NULL, fork_child);
     if (cfg.stats)
         atexit(print_stats);
+    const char *before = nvipcfix_dlsym_shadowed_by();
+    if (before != NULL && cfg.mode != NVIPCFIX_MODE_OFF)
+        nvipcfix_log(NVIPCFIX_LOG_WARN,
+                     "%s defines dlsym and is loaded before nvipcfix: the look-ups it answers "
+                     "itself never reach nvipcfix, so IPC through them is not fixed; load "
+                     "libnvipcfix.so first in LD_PRELOAD (nvipcfix doctor checks the order)",
+                     before);
     NVIPCFIX_INFO("active: mode %s, self-open %s", nvipcfix_mode_name(cfg.mode),
                   cfg.self_open ? "on" : "off");
 }

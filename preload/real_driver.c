@@ -39,6 +39,14 @@ static void load(void)
     LOOKUP(real.ops.ipc_close_mem_handle, "cuIpcCloseMemHandle");
 }
 
+int nvipcfix_real_driver_owns(const char *name, void *fn)
+{
+    const struct nvipcfix_real_driver *r = nvipcfix_real_driver();
+    if (r->library == NULL)
+        return 0;
+    return fn == nvipcfix_real_dlsym(RTLD_NEXT, name) || fn == nvipcfix_real_dlsym(r->library, name);
+}
+
 const struct nvipcfix_real_driver *nvipcfix_real_driver(void)
 {
     pthread_once(&real_once, load);

@@ -26,8 +26,16 @@ struct nvipcfix_real_driver {
 
 const struct nvipcfix_real_driver *nvipcfix_real_driver(void);
 
-/* The dlsym of glibc (or of the next interposer), for the library's own
- * look-ups. Defined with the dlsym hook. */
+/* Nonzero when fn is the real driver's own function for name: the next
+ * definition after nvipcfix, or libcuda.so.1's own. */
+int nvipcfix_real_driver_owns(const char *name, void *fn);
+
+/* glibc's dlsym, for the library's own look-ups (RTLD_NEXT: after
+ * nvipcfix). Defined with the dlsym hook. */
 void *nvipcfix_real_dlsym(void *handle, const char *name);
+
+/* The file of a library whose dlsym comes before nvipcfix's in the
+ * process's search order, or NULL. */
+const char *nvipcfix_dlsym_shadowed_by(void);
 
 #endif

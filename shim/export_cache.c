@@ -11,10 +11,19 @@ struct nvipcfix_export_entry {
     UT_hash_handle hh_handle;
 };
 
-void nvipcfix_export_cache_init(struct nvipcfix_export_cache *c)
+void nvipcfix_export_cache_init(struct nvipcfix_export_cache *c, nvipcfix_export_live_fn live,
+                                void *live_arg)
 {
     memset(c, 0, sizeof *c);
     pthread_rwlock_init(&c->lock, NULL);
+    c->sweep_at = NVIPCFIX_EXPORT_CACHE_MAX;
+    c->live = live;
+    c->live_arg = live_arg;
+}
+
+void nvipcfix_export_cache_forget(struct nvipcfix_export_cache *c)
+{
+    nvipcfix_export_cache_init(c, c->live, c->live_arg);
 }
 
 /* Caller holds the write lock. */
@@ -31,6 +40,21 @@ static void clear(struct nvipcfix_export_cache *c)
     struct nvipcfix_export_entry *e, *tmp;
     HASH_ITER(hh_base, c->by_base, e, tmp)
         remove_entry(c, e);
+}
+
+/* Caller holds the write lock. Drops the entries of blocks that are gone
+ * (without a liveness check: the older half, in insertion order). */
+static void sweep(struct nvipcfix_export_cache *c)
+{
+    struct nvipcfix_export_entry *e, *tmp;
+    size_t old_half = c->count / 2;
+    HASH_ITER(hh_base, c->by_base, e, tmp) {
+        if (c->live != NULL ? !c->live(c->live_arg, e->block.base, e->block.buffer_id)
+                            : old_half-- > 0)
+            remove_entry(c, e);
+    }
+    c->sweep_at = 2 * c->count > NVIPCFIX_EXPORT_CACHE_MAX ? 2 * c->count
+                                                           : NVIPCFIX_EXPORT_CACHE_MAX;
 }
 
 void nvipcfix_export_cache_destroy(struct nvipcfix_export_cache *c)
@@ -72,8 +96,8 @@ int nvipcfix_export_cache_put(struct nvipcfix_export_cache *c,
     HASH_FIND(hh_handle, c->by_handle, block->handle, NVIPCFIX_HANDLE_BYTES, old);
     if (old != NULL)
         remove_entry(c, old);
-    if (c->count >= NVIPCFIX_EXPORT_CACHE_MAX)
-        clear(c);
+    if (c->count >= c->sweep_at)
+        sweep(c);
     HASH_ADD(hh_base, c->by_base, block.base, sizeof n->block.base, n);
     HASH_ADD(hh_handle, c->by_handle, block.handle, NVIPCFIX_HANDLE_BYTES, n);
     c->count++;
@@ -100,19 +124,4 @@ size_t nvipcfix_export_cache_count(struct nvipcfix_export_cache *c)
     size_t n = c->count;
     pthread_rwlock_unlock(&c->lock);
     return n;
-}
-
-void nvipcfix_export_cache_lock(struct nvipcfix_export_cache *c)
-{
-    pthread_rwlock_wrlock(&c->lock);
-}
-
-void nvipcfix_export_cache_unlock(struct nvipcfix_export_cache *c)
-{
-    pthread_rwlock_unlock(&c->lock);
-}
-
-void nvipcfix_export_cache_reset_lock(struct nvipcfix_export_cache *c)
-{
-    pthread_rwlock_init(&c->lock, NULL);
 }

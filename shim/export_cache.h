@@ -15,8 +15,15 @@
 
 #include "handle_tag.h"
 
-/* Past this many blocks the cache is emptied and starts again. */
+/* When the cache reaches this many blocks, the entries of blocks that no
+ * longer exist are dropped; the next sweep comes when it holds twice as many
+ * as survived (at least this many again). Blocks still allocated are never
+ * dropped, so an open of a live block's handle in its own process keeps
+ * working however many other blocks were exported. */
 #define NVIPCFIX_EXPORT_CACHE_MAX 65536
+
+/* Whether the block recorded at base with this buffer id still exists. */
+typedef int (*nvipcfix_export_live_fn)(void *arg, uint64_t base, uint64_t buffer_id);
 
 struct nvipcfix_export_entry;
 
@@ -25,6 +32,9 @@ struct nvipcfix_export_cache {
     struct nvipcfix_export_entry *by_base;
     struct nvipcfix_export_entry *by_handle;
     size_t count;
+    size_t sweep_at; /* count that triggers the next sweep */
+    nvipcfix_export_live_fn live;
+    void *live_arg;
 };
 
 struct nvipcfix_export_block {
@@ -34,7 +44,9 @@ struct nvipcfix_export_block {
     unsigned char handle[NVIPCFIX_HANDLE_BYTES];
 };
 
-void nvipcfix_export_cache_init(struct nvipcfix_export_cache *c);
+/* live may be NULL: then a full cache drops its oldest half. */
+void nvipcfix_export_cache_init(struct nvipcfix_export_cache *c, nvipcfix_export_live_fn live,
+                                void *live_arg);
 void nvipcfix_export_cache_destroy(struct nvipcfix_export_cache *c);
 
 /* Copies the cached handle of the block (base, buffer_id) into handle and
@@ -55,10 +67,8 @@ int nvipcfix_export_cache_find_handle(struct nvipcfix_export_cache *c,
 
 size_t nvipcfix_export_cache_count(struct nvipcfix_export_cache *c);
 
-/* For fork: hold the cache's lock across fork(); release it in the parent;
- * in the child, where the thread that took it has another id, make it anew. */
-void nvipcfix_export_cache_lock(struct nvipcfix_export_cache *c);
-void nvipcfix_export_cache_unlock(struct nvipcfix_export_cache *c);
-void nvipcfix_export_cache_reset_lock(struct nvipcfix_export_cache *c);
+/* In a child after fork(): an empty cache with a fresh lock, the parent's
+ * entries left behind. Takes no lock. */
+void nvipcfix_export_cache_forget(struct nvipcfix_export_cache *c);
 
 #endif

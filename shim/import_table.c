@@ -15,7 +15,7 @@ struct nvipcfix_import_block {
     struct import_key key;
     uint64_t base;
     uint64_t size;
-    atomic_uint_fast64_t refs; /* changed under the shared lock too */
+    atomic_uint_fast64_t refs; /* sum of its pointers' counts */
     int self;
     struct nvipcfix_import_ptr *ptrs; /* the pointers returned into it */
     UT_hash_handle hh;
@@ -23,8 +23,9 @@ struct nvipcfix_import_block {
 
 struct nvipcfix_import_ptr {
     uint64_t ptr;
+    atomic_uint_fast64_t refs; /* opens through this pointer not yet closed */
     struct nvipcfix_import_block *block;
-    struct nvipcfix_import_ptr *next_in_block;
+    struct nvipcfix_import_ptr *prev_in_block, *next_in_block;
     UT_hash_handle hh;
 };
 
@@ -34,17 +35,64 @@ void nvipcfix_import_table_init(struct nvipcfix_import_table *t)
     pthread_rwlock_init(&t->lock, NULL);
 }
 
+/* The end of a block's range; a block of unknown size covers its base. */
+static uint64_t end_of(const struct nvipcfix_import_block *b)
+{
+    return b->base + (b->size != 0 ? b->size : 1);
+}
+
+/* Index of the first block in ranges whose base is above addr. */
+static size_t upper_bound(const struct nvipcfix_import_table *t, uint64_t addr)
+{
+    size_t lo = 0, hi = t->nblocks;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (t->ranges[mid]->base <= addr)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+static struct nvipcfix_import_block *find_range(const struct nvipcfix_import_table *t,
+                                                uint64_t addr)
+{
+    size_t i = upper_bound(t, addr);
+    if (i == 0)
+        return NULL;
+    struct nvipcfix_import_block *b = t->ranges[i - 1];
+    return addr < end_of(b) ? b : NULL;
+}
+
+/* Caller holds the lock exclusively. */
+static void free_ptr(struct nvipcfix_import_table *t, struct nvipcfix_import_ptr *p)
+{
+    struct nvipcfix_import_block *b = p->block;
+    if (p->prev_in_block != NULL)
+        p->prev_in_block->next_in_block = p->next_in_block;
+    else
+        b->ptrs = p->next_in_block;
+    if (p->next_in_block != NULL)
+        p->next_in_block->prev_in_block = p->prev_in_block;
+    HASH_DEL(t->ptrs, p);
+    free(p);
+    t->nptrs--;
+}
+
 /* Caller holds the lock exclusively. */
 static void remove_block(struct nvipcfix_import_table *t, struct nvipcfix_import_block *b)
 {
-    struct nvipcfix_import_ptr *p = b->ptrs, *next;
-    for (; p != NULL; p = next) {
-        next = p->next_in_block;
-        HASH_DEL(t->ptrs, p);
-        free(p);
-        t->nptrs--;
+    while (b->ptrs != NULL)
+        free_ptr(t, b->ptrs);
+    size_t i = upper_bound(t, b->base);
+    while (i > 0 && t->ranges[i - 1] != b) /* blocks of one base: at most a few */
+        i--;
+    if (i > 0) {
+        memmove(&t->ranges[i - 1], &t->ranges[i], (t->nblocks - i) * sizeof t->ranges[0]);
     }
     HASH_DEL(t->blocks, b);
+    t->bytes -= b->size;
     free(b);
     t->nblocks--;
 }
@@ -55,8 +103,16 @@ void nvipcfix_import_table_destroy(struct nvipcfix_import_table *t)
     pthread_rwlock_wrlock(&t->lock);
     HASH_ITER(hh, t->blocks, b, tmp)
         remove_block(t, b);
+    free(t->ranges);
+    t->ranges = NULL;
     pthread_rwlock_unlock(&t->lock);
     pthread_rwlock_destroy(&t->lock);
+}
+
+void nvipcfix_import_table_forget(struct nvipcfix_import_table *t)
+{
+    memset(t, 0, sizeof *t);
+    pthread_rwlock_init(&t->lock, NULL);
 }
 
 struct lookup {
@@ -97,8 +153,9 @@ static enum nvipcfix_import_result take(struct nvipcfix_import_table *t,
     if (offset != 0 && offset >= b->size)
         return NVIPCFIX_IMPORT_BAD_OFFSET;
     uint64_t addr = b->base + offset;
-    if (find_ptr(t, addr) == NULL) {
-        struct nvipcfix_import_ptr *p = *spare;
+    struct nvipcfix_import_ptr *p = find_ptr(t, addr);
+    if (p == NULL) {
+        p = *spare;
         if (p == NULL)
             return NVIPCFIX_IMPORT_NOMEM;
         *spare = NULL;
@@ -106,10 +163,13 @@ static enum nvipcfix_import_result take(struct nvipcfix_import_table *t,
         p->ptr = addr;
         p->block = b;
         p->next_in_block = b->ptrs;
+        if (b->ptrs != NULL)
+            b->ptrs->prev_in_block = p;
         b->ptrs = p;
         HASH_ADD(hh, t->ptrs, ptr, sizeof p->ptr, p);
         t->nptrs++;
     }
+    atomic_fetch_add(&p->refs, 1);
     atomic_fetch_add(&b->refs, 1);
     *ptr = addr;
     return NVIPCFIX_IMPORT_HIT;
@@ -130,11 +190,13 @@ nvipcfix_import_acquire(struct nvipcfix_import_table *t, const void *ctx,
     pthread_rwlock_rdlock(&t->lock);
     b = find_block(t, &l);
     if (b != NULL) {
+        struct nvipcfix_import_ptr *p;
         if (offset != 0 && offset >= b->size) {
             r = NVIPCFIX_IMPORT_BAD_OFFSET;
-        } else if (find_ptr(t, b->base + offset) != NULL) {
+        } else if ((p = find_ptr(t, b->base + offset)) != NULL && p->block == b) {
+            atomic_fetch_add(&p->refs, 1);
             atomic_fetch_add(&b->refs, 1);
-            *ptr = b->base + offset;
+            *ptr = p->ptr;
             r = NVIPCFIX_IMPORT_HIT;
         } else {
             new_pointer = 1;
@@ -153,6 +215,36 @@ nvipcfix_import_acquire(struct nvipcfix_import_table *t, const void *ctx,
     pthread_rwlock_unlock(&t->lock);
     free(spare);
     return r;
+}
+
+/* Caller holds the lock exclusively. Drops every block overlapping
+ * [base, end), then puts b in the sorted range index (room reserved). */
+static void index_block(struct nvipcfix_import_table *t, struct nvipcfix_import_block *b)
+{
+    for (;;) {
+        size_t i = upper_bound(t, end_of(b) - 1);
+        if (i == 0 || end_of(t->ranges[i - 1]) <= b->base)
+            break;
+        remove_block(t, t->ranges[i - 1]);
+        t->stale++;
+    }
+    size_t i = upper_bound(t, b->base);
+    memmove(&t->ranges[i + 1], &t->ranges[i], (t->nblocks - i) * sizeof t->ranges[0]);
+    t->ranges[i] = b;
+}
+
+/* Caller holds the lock exclusively: room for one more block in ranges. */
+static int reserve_range(struct nvipcfix_import_table *t)
+{
+    if (t->nblocks < t->ranges_cap)
+        return 0;
+    size_t cap = t->ranges_cap ? 2 * t->ranges_cap : 64;
+    struct nvipcfix_import_block **n = realloc(t->ranges, cap * sizeof *n);
+    if (n == NULL)
+        return -1;
+    t->ranges = n;
+    t->ranges_cap = cap;
+    return 0;
 }
 
 enum nvipcfix_import_result
@@ -185,10 +277,14 @@ nvipcfix_import_insert(struct nvipcfix_import_table *t, const void *ctx,
     if (b != NULL) {
         *existed = 1;
         r = take(t, b, offset, &spare, ptr);
+    } else if (reserve_range(t) != 0) {
+        r = NVIPCFIX_IMPORT_NOMEM;
     } else {
+        index_block(t, fresh);
         HASH_ADD_BYHASHVALUE(hh, t->blocks, key, sizeof fresh->key, l.hash, fresh);
         t->nblocks++;
-        r = take(t, fresh, offset, &spare, ptr);
+        t->bytes += size;
+        r = take(t, fresh, offset, &spare, ptr); /* offset checked above */
         fresh = NULL;
     }
     pthread_rwlock_unlock(&t->lock);
@@ -198,40 +294,53 @@ nvipcfix_import_insert(struct nvipcfix_import_table *t, const void *ctx,
 }
 
 enum nvipcfix_release_result
-nvipcfix_import_release(struct nvipcfix_import_table *t, uint64_t ptr, int allow_last,
+nvipcfix_import_release(struct nvipcfix_import_table *t, uint64_t addr, int allow_last,
                         struct nvipcfix_released_block *out)
 {
     struct nvipcfix_import_ptr *p;
+    struct nvipcfix_import_block *b;
     enum nvipcfix_release_result r;
     if (!allow_last) {
-        /* Shared: drop a reference unless it is the last one. */
+        /* Shared: drop a reference of a returned pointer that has others. */
         pthread_rwlock_rdlock(&t->lock);
-        p = find_ptr(t, ptr);
-        r = NVIPCFIX_RELEASE_NOT_OURS;
+        p = find_ptr(t, addr);
+        b = p != NULL ? p->block : find_range(t, addr);
+        r = b != NULL ? NVIPCFIX_RELEASE_WOULD_BE_LAST : NVIPCFIX_RELEASE_NOT_OURS;
         if (p != NULL) {
-            uint_fast64_t refs = atomic_load(&p->block->refs);
-            r = NVIPCFIX_RELEASE_WOULD_BE_LAST;
+            uint_fast64_t refs = atomic_load(&p->refs);
             while (refs > 1)
-                if (atomic_compare_exchange_weak(&p->block->refs, &refs, refs - 1)) {
+                if (atomic_compare_exchange_weak(&p->refs, &refs, refs - 1)) {
+                    /* the block keeps at least this pointer's others */
+                    atomic_fetch_sub(&b->refs, 1);
                     r = NVIPCFIX_RELEASE_DONE;
                     break;
                 }
         }
         pthread_rwlock_unlock(&t->lock);
-        return r;
+        if (r != NVIPCFIX_RELEASE_WOULD_BE_LAST)
+            return r;
     }
-    /* Exclusive: a count can reach zero only here. */
+    /* Exclusive: a pointer's or a block's count reaches zero only here. */
     pthread_rwlock_wrlock(&t->lock);
-    p = find_ptr(t, ptr);
-    if (p == NULL) {
+    p = find_ptr(t, addr);
+    b = p != NULL ? p->block : find_range(t, addr);
+    if (b == NULL) {
         r = NVIPCFIX_RELEASE_NOT_OURS;
-    } else if (atomic_fetch_sub(&p->block->refs, 1) == 1) {
-        out->base = p->block->base;
-        out->self = p->block->self;
-        remove_block(t, p->block);
-        r = NVIPCFIX_RELEASE_LAST;
+    } else if (!allow_last && atomic_load(&b->refs) == 1) {
+        r = NVIPCFIX_RELEASE_WOULD_BE_LAST;
     } else {
-        r = NVIPCFIX_RELEASE_DONE;
+        if (p == NULL) /* an address nvipcfix did not return: charge one pointer */
+            p = b->ptrs;
+        if (atomic_fetch_sub(&p->refs, 1) == 1)
+            free_ptr(t, p);
+        if (atomic_fetch_sub(&b->refs, 1) == 1) {
+            out->base = b->base;
+            out->self = b->self;
+            remove_block(t, b);
+            r = NVIPCFIX_RELEASE_LAST;
+        } else {
+            r = NVIPCFIX_RELEASE_DONE;
+        }
     }
     pthread_rwlock_unlock(&t->lock);
     return r;
@@ -253,29 +362,24 @@ size_t nvipcfix_import_pointers(struct nvipcfix_import_table *t)
     return n;
 }
 
-uint64_t nvipcfix_import_refs(struct nvipcfix_import_table *t, uint64_t ptr)
+void nvipcfix_import_usage(struct nvipcfix_import_table *t, size_t *blocks, uint64_t *bytes)
+{
+    pthread_rwlock_rdlock(&t->lock);
+    *blocks = t->nblocks;
+    *bytes = t->bytes;
+    pthread_rwlock_unlock(&t->lock);
+}
+
+uint64_t nvipcfix_import_refs(struct nvipcfix_import_table *t, uint64_t addr)
 {
     struct nvipcfix_import_ptr *p;
+    struct nvipcfix_import_block *b;
     uint64_t refs = 0;
     pthread_rwlock_rdlock(&t->lock);
-    p = find_ptr(t, ptr);
-    if (p != NULL)
-        refs = atomic_load(&p->block->refs);
+    p = find_ptr(t, addr);
+    b = p != NULL ? p->block : find_range(t, addr);
+    if (b != NULL)
+        refs = atomic_load(&b->refs);
     pthread_rwlock_unlock(&t->lock);
     return refs;
-}
-
-void nvipcfix_import_table_lock(struct nvipcfix_import_table *t)
-{
-    pthread_rwlock_wrlock(&t->lock);
-}
-
-void nvipcfix_import_table_unlock(struct nvipcfix_import_table *t)
-{
-    pthread_rwlock_unlock(&t->lock);
-}
-
-void nvipcfix_import_table_reset_lock(struct nvipcfix_import_table *t)
-{
-    pthread_rwlock_init(&t->lock, NULL);
 }

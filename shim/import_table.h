@@ -1,13 +1,18 @@
 /* Import table: every block this process opened through nvipcfix, once per
  * (context, handle), with nvipcfix's own reference count, and every pointer
- * nvipcfix returned for it (block base + offset), so that a close of any of
- * them releases one reference of the right block. A pointer stays known
- * until its block's last reference is gone.
+ * nvipcfix returned into it (block base + offset), each with a count of its
+ * own. A block's count is the sum of its pointers' counts; a pointer's entry
+ * is freed when its own count reaches zero, the block when its count does.
  *
- * Locking: a read-write lock; re-opens and closes that are not the last
- * take it shared and change the count atomically, so threads using the same
- * block do not serialise. Only adding a block or a new pointer, and dropping
- * the last reference, take it exclusively. */
+ * A close is matched by the exact pointer first, else by address range: a
+ * close of any address inside a block nvipcfix holds releases one reference
+ * of that block (charged to one of its pointers), so it never reaches the
+ * driver while nvipcfix still counts references.
+ *
+ * Locking: a read-write lock; re-opens, and closes that leave the pointer's
+ * count above zero, take it shared and change the counts atomically, so
+ * threads using the same block do not serialise. Adding a block or a
+ * pointer, and freeing either, take it exclusively. */
 #ifndef NVIPCFIX_IMPORT_TABLE_H
 #define NVIPCFIX_IMPORT_TABLE_H
 
@@ -24,7 +29,10 @@ struct nvipcfix_import_table {
     pthread_rwlock_t lock;
     struct nvipcfix_import_block *blocks; /* by (context, handle) */
     struct nvipcfix_import_ptr *ptrs;     /* by returned pointer */
-    size_t nblocks, nptrs;
+    struct nvipcfix_import_block **ranges; /* by base address, sorted */
+    size_t nblocks, nptrs, ranges_cap;
+    uint64_t bytes; /* total size of the blocks */
+    size_t stale;   /* blocks dropped because a new one overlapped them */
 };
 
 enum nvipcfix_import_result {
@@ -35,7 +43,7 @@ enum nvipcfix_import_result {
 };
 
 enum nvipcfix_release_result {
-    NVIPCFIX_RELEASE_NOT_OURS,      /* nvipcfix never returned this pointer */
+    NVIPCFIX_RELEASE_NOT_OURS,      /* not inside any block nvipcfix holds */
     NVIPCFIX_RELEASE_DONE,          /* one reference dropped, others remain */
     NVIPCFIX_RELEASE_WOULD_BE_LAST, /* last reference, not dropped (allow_last 0) */
     NVIPCFIX_RELEASE_LAST,          /* last reference dropped, block removed */
@@ -60,28 +68,35 @@ nvipcfix_import_acquire(struct nvipcfix_import_table *t, const void *ctx,
 /* Records a block just opened (base, size; size 0 when unknown, allowing
  * offset 0 only) with one reference, and sets *ptr to base + offset. If the
  * block is already there, takes a reference of that one instead and sets
- * *existed, so the caller can undo its own open. */
+ * *existed, so the caller can undo its own open. A block already recorded
+ * whose range overlaps the new one was unmapped behind nvipcfix's back (the
+ * driver reuses addresses only after that): it is dropped, and counted in
+ * t->stale. */
 enum nvipcfix_import_result
 nvipcfix_import_insert(struct nvipcfix_import_table *t, const void *ctx,
                        const unsigned char handle[NVIPCFIX_HANDLE_BYTES], uint64_t base,
                        uint64_t size, int self, uint64_t offset, uint64_t *ptr, int *existed);
 
-/* Drops one reference of the block that ptr was returned for. Unless
- * allow_last, the last reference is left alone (WOULD_BE_LAST), so the
- * caller can take the slow path that closes in the driver. */
+/* Drops one reference of the block that contains addr (a pointer nvipcfix
+ * returned, or any address inside such a block). Unless allow_last, the
+ * block's last reference is left alone (WOULD_BE_LAST), so the caller can
+ * take the slow path that closes in the driver. */
 enum nvipcfix_release_result
-nvipcfix_import_release(struct nvipcfix_import_table *t, uint64_t ptr, int allow_last,
+nvipcfix_import_release(struct nvipcfix_import_table *t, uint64_t addr, int allow_last,
                         struct nvipcfix_released_block *out);
 
 size_t nvipcfix_import_blocks(struct nvipcfix_import_table *t);
 size_t nvipcfix_import_pointers(struct nvipcfix_import_table *t);
 
-/* Reference count of the block ptr was returned for (0 if none). */
-uint64_t nvipcfix_import_refs(struct nvipcfix_import_table *t, uint64_t ptr);
+/* Blocks still open and their total size, for the report at exit. */
+void nvipcfix_import_usage(struct nvipcfix_import_table *t, size_t *blocks, uint64_t *bytes);
 
-/* For fork, as for the export cache. */
-void nvipcfix_import_table_lock(struct nvipcfix_import_table *t);
-void nvipcfix_import_table_unlock(struct nvipcfix_import_table *t);
-void nvipcfix_import_table_reset_lock(struct nvipcfix_import_table *t);
+/* Reference count of the block that contains addr (0 if none). */
+uint64_t nvipcfix_import_refs(struct nvipcfix_import_table *t, uint64_t addr);
+
+/* In a child after fork(): an empty table with a fresh lock. The parent's
+ * entries are left behind, not freed (another thread may have been changing
+ * them when fork() copied the memory). Takes no lock. */
+void nvipcfix_import_table_forget(struct nvipcfix_import_table *t);
 
 #endif

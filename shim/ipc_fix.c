@@ -7,13 +7,15 @@
 
 typedef unsigned long long ull;
 
+static int block_is_live(void *arg, uint64_t base, uint64_t buffer_id);
+
 void nvipcfix_fix_init(struct nvipcfix_fix *fix, const struct nvipcfix_config *config,
                        const struct nvipcfix_driver *driver)
 {
     memset(fix, 0, sizeof *fix);
     fix->config = *config;
     fix->driver = driver;
-    nvipcfix_export_cache_init(&fix->exports);
+    nvipcfix_export_cache_init(&fix->exports, block_is_live, fix);
     nvipcfix_import_table_init(&fix->imports);
     pthread_mutex_init(&fix->slow, NULL);
 }
@@ -73,6 +75,16 @@ static int find_block(const struct nvipcfix_driver *d, CUdeviceptr ptr,
                            "%d); such pointers are exported natively",
                            (int)r);
     return -1;
+}
+
+/* For the export cache: is the block exported at base still the one with
+ * this buffer id? */
+static int block_is_live(void *arg, uint64_t base, uint64_t buffer_id)
+{
+    struct nvipcfix_fix *fix = arg;
+    struct nvipcfix_export_block now;
+    return find_block(fix->driver, base, &now) == 0 && now.base == base &&
+           now.buffer_id == buffer_id;
 }
 
 static CUresult native_export(struct nvipcfix_fix *fix, CUipcMemHandle *handle,
@@ -184,10 +196,26 @@ static CUresult import_error(struct nvipcfix_fix *fix, enum nvipcfix_import_resu
     return counted(fix, CUDA_ERROR_OUT_OF_MEMORY);
 }
 
-/* Slow path of an open: the block is not in the table. */
+/* The import table's answer for (ctx, handle), or for the process's own
+ * exports, recorded without a context. */
+static enum nvipcfix_import_result acquire(struct nvipcfix_fix *fix, CUcontext ctx,
+                                           const unsigned char native[NVIPCFIX_HANDLE_BYTES],
+                                           uint64_t offset, uint64_t *p)
+{
+    enum nvipcfix_import_result ir =
+        nvipcfix_import_acquire(&fix->imports, ctx, native, offset, p);
+    if (ir == NVIPCFIX_IMPORT_MISS && ctx != NULL && fix->config.self_open)
+        ir = nvipcfix_import_acquire(&fix->imports, NULL, native, offset, p);
+    return ir;
+}
+
+/* Slow path of an open: the block is not in the table, or the flags are
+ * ones only the driver can judge (check_flags: the driver is asked even if
+ * the block is open, and its answer stands). */
 static CUresult open_block(struct nvipcfix_fix *fix, nvipcfix_open_fn real_open,
                            CUcontext ctx, const unsigned char native[NVIPCFIX_HANDLE_BYTES],
-                           uint64_t offset, unsigned int flags, CUdeviceptr *pdptr)
+                           uint64_t offset, unsigned int flags, int check_flags,
+                           CUdeviceptr *pdptr)
 {
     const struct nvipcfix_driver *d = fix->driver;
     uint64_t p = 0;
@@ -195,7 +223,7 @@ static CUresult open_block(struct nvipcfix_fix *fix, nvipcfix_open_fn real_open,
     CUresult r;
 
     pthread_mutex_lock(&fix->slow);
-    ir = nvipcfix_import_acquire(&fix->imports, ctx, native, offset, &p);
+    ir = check_flags ? NVIPCFIX_IMPORT_MISS : acquire(fix, ctx, native, offset, &p);
     if (ir != NVIPCFIX_IMPORT_MISS) {
         pthread_mutex_unlock(&fix->slow);
         if (ir != NVIPCFIX_IMPORT_HIT)
@@ -231,9 +259,11 @@ static CUresult open_block(struct nvipcfix_fix *fix, nvipcfix_open_fn real_open,
         return counted(fix, r);
     }
 
+    /* The exporter's own block is the same in every context of the process:
+     * recorded once, without a context. */
     int existed = 0;
-    ir = nvipcfix_import_insert(&fix->imports, ctx, native, base, size, self, offset, &p,
-                                &existed);
+    ir = nvipcfix_import_insert(&fix->imports, self ? NULL : ctx, native, base, size, self,
+                                offset, &p, &existed);
     if ((ir != NVIPCFIX_IMPORT_HIT || existed) && !self)
         real_close(fix, base);
     pthread_mutex_unlock(&fix->slow);
@@ -274,9 +304,13 @@ CUresult nvipcfix_open(struct nvipcfix_fix *fix, nvipcfix_open_fn real_open, CUd
         fix->driver->ctx_get_current(&ctx) != CUDA_SUCCESS)
         ctx = NULL;
 
+    /* Flags the driver accepts today are answered from the table; any other
+     * goes to the driver, which refuses it (or, if a newer driver accepts
+     * it, the extra mapping is undone below). */
+    int check_flags = (flags & ~(unsigned)CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS) != 0;
     uint64_t p = 0;
     enum nvipcfix_import_result ir =
-        nvipcfix_import_acquire(&fix->imports, ctx, native, offset, &p);
+        check_flags ? NVIPCFIX_IMPORT_MISS : acquire(fix, ctx, native, offset, &p);
     if (ir == NVIPCFIX_IMPORT_HIT) {
         NVIPCFIX_STAT_ADD(&fix->stats, table_hits);
         *pdptr = p;
@@ -284,7 +318,7 @@ CUresult nvipcfix_open(struct nvipcfix_fix *fix, nvipcfix_open_fn real_open, CUd
     }
     if (ir != NVIPCFIX_IMPORT_MISS)
         return import_error(fix, ir, offset);
-    return open_block(fix, real_open, ctx, native, offset, flags, pdptr);
+    return open_block(fix, real_open, ctx, native, offset, flags, check_flags, pdptr);
 }
 
 CUresult nvipcfix_close(struct nvipcfix_fix *fix, CUdeviceptr ptr)
@@ -308,28 +342,15 @@ CUresult nvipcfix_close(struct nvipcfix_fix *fix, CUdeviceptr ptr)
         if (rr != NVIPCFIX_RELEASE_NOT_OURS)
             return counted(fix, r);
     }
-    /* Not a pointer nvipcfix returned: the driver decides. */
+    /* Not inside any block nvipcfix holds: the driver decides. */
     NVIPCFIX_STAT_ADD(&fix->stats, real_closes);
     return counted(fix, fix->driver->ipc_close_mem_handle(ptr));
 }
 
-void nvipcfix_fix_lock_all(struct nvipcfix_fix *fix)
+void nvipcfix_fix_forget_after_fork(struct nvipcfix_fix *fix)
 {
-    pthread_mutex_lock(&fix->slow);
-    nvipcfix_export_cache_lock(&fix->exports);
-    nvipcfix_import_table_lock(&fix->imports);
-}
-
-void nvipcfix_fix_unlock_all(struct nvipcfix_fix *fix)
-{
-    nvipcfix_import_table_unlock(&fix->imports);
-    nvipcfix_export_cache_unlock(&fix->exports);
-    pthread_mutex_unlock(&fix->slow);
-}
-
-void nvipcfix_fix_reset_locks(struct nvipcfix_fix *fix)
-{
-    nvipcfix_import_table_reset_lock(&fix->imports);
-    nvipcfix_export_cache_reset_lock(&fix->exports);
+    nvipcfix_export_cache_forget(&fix->exports);
+    nvipcfix_import_table_forget(&fix->imports);
     pthread_mutex_init(&fix->slow, NULL);
+    nvipcfix_stats_reset(&fix->stats);
 }

@@ -52,11 +52,12 @@ CUresult nvipcfix_open(struct nvipcfix_fix *fix, nvipcfix_open_fn real_open, CUd
 /* cuIpcCloseMemHandle */
 CUresult nvipcfix_close(struct nvipcfix_fix *fix, CUdeviceptr ptr);
 
-/* For fork: take every lock before fork(), release them in the parent after
- * it. In the child the locks are made anew: a read-write lock taken by a
- * thread cannot be released by the same thread under its new id. */
-void nvipcfix_fix_lock_all(struct nvipcfix_fix *fix);
-void nvipcfix_fix_unlock_all(struct nvipcfix_fix *fix);
-void nvipcfix_fix_reset_locks(struct nvipcfix_fix *fix);
+/* In a child after fork(): empty tables, fresh locks, zero counts. A child
+ * of a CUDA process cannot use its parent's mappings, so nothing of the
+ * parent's is kept (its entries are left behind, not freed: another thread
+ * may have been changing them when fork() copied the memory). No lock is
+ * ever held across fork(), so fork() costs what it costs without nvipcfix
+ * and cannot deadlock against the driver's own fork handlers. */
+void nvipcfix_fix_forget_after_fork(struct nvipcfix_fix *fix);
 
 #endif

@@ -13,9 +13,11 @@ enum nvipcfix_log_level {
 };
 
 /* Sets the level and the destination. path may be NULL (stderr); "%p" in
- * it is replaced by the pid. The file is created 0600, never through a
- * symbolic link; if it cannot be opened, stderr is used and a warning says
- * so. Returns 0, or -1 when the file could not be opened. */
+ * it is replaced by the pid, "%%" by "%". The file is opened without
+ * blocking, created 0600, never through a symbolic link, and kept only if
+ * it is a regular file; /dev/stderr (or /proc/self/fd/2, /dev/fd/2) means
+ * the process's stderr, whatever it is. Otherwise stderr is used and a
+ * warning says so. Returns 0, or -1 when the file could not be used. */
 int nvipcfix_log_open(enum nvipcfix_log_level level, const char *path);
 
 /* Closes a log file opened by nvipcfix_log_open and goes back to stderr at
@@ -24,6 +26,11 @@ void nvipcfix_log_close(void);
 
 int nvipcfix_log_enabled(enum nvipcfix_log_level level);
 
+/* Copies src to dst (n bytes of room, always terminated) with control
+ * characters written as \xNN; every logged line goes through it. Returns
+ * the length copied. */
+unsigned long nvipcfix_log_escape(char *dst, unsigned long n, const char *src);
+
 __attribute__((format(printf, 2, 3)))
 void nvipcfix_log(enum nvipcfix_log_level level, const char *fmt, ...);
 
@@ -31,7 +38,8 @@ void nvipcfix_log(enum nvipcfix_log_level level, const char *fmt, ...);
 __attribute__((format(printf, 2, 3)))
 void nvipcfix_log_line(const char *tag, const char *fmt, ...);
 
-/* Expands the pid into "%p" of a path; returns -1 if out is too small. */
+/* Expands "%p" of a path into the pid and "%%" into "%"; returns -1 if out
+ * is too small. */
 int nvipcfix_log_expand_path(const char *path, long pid, char *out, unsigned long outsz);
 
 /* Logs at warning level the first time this line is reached, never again. */

@@ -7,6 +7,19 @@ static unsigned long get(const atomic_ulong *v)
     return atomic_load_explicit(v, memory_order_relaxed);
 }
 
+void nvipcfix_stats_reset(struct nvipcfix_stats *s)
+{
+    atomic_ulong *all[] = {&s->exports,   &s->exports_tagged, &s->opens,       &s->real_opens,
+                           &s->table_hits, &s->closes,        &s->real_closes, &s->errors};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        atomic_store_explicit(all[i], 0, memory_order_relaxed);
+}
+
+int nvipcfix_stats_any(const struct nvipcfix_stats *s)
+{
+    return get(&s->exports) || get(&s->opens) || get(&s->closes);
+}
+
 char *nvipcfix_stats_format(const struct nvipcfix_stats *s, char *buf, size_t bufsz)
 {
     snprintf(buf, bufsz,

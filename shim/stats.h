@@ -1,4 +1,5 @@
-/* Counters of what the library did, summed over all threads. */
+/* Counters of what the library did in this process, summed over all
+ * threads. */
 #ifndef NVIPCFIX_STATS_H
 #define NVIPCFIX_STATS_H
 
@@ -18,6 +19,11 @@ struct nvipcfix_stats {
 
 #define NVIPCFIX_STAT_ADD(stats, field) \
     atomic_fetch_add_explicit(&(stats)->field, 1, memory_order_relaxed)
+
+void nvipcfix_stats_reset(struct nvipcfix_stats *s);
+
+/* Nonzero once any call was counted. */
+int nvipcfix_stats_any(const struct nvipcfix_stats *s);
 
 /* Writes the one-line summary into buf; returns buf. */
 char *nvipcfix_stats_format(const struct nvipcfix_stats *s, char *buf, size_t bufsz);

@@ -41,7 +41,7 @@ int main(void)
     size_t h2 = heap();
     nvipcfix_import_table_destroy(&t);
 
-    nvipcfix_export_cache_init(&c);
+    nvipcfix_export_cache_init(&c, NULL, NULL);
     size_t h3 = heap();
     for (int b = 0; b < BLOCKS; b++) {
         struct nvipcfix_export_block e;

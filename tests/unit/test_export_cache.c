@@ -20,10 +20,24 @@ static struct nvipcfix_export_block block(uint64_t base, uint64_t id, unsigned c
     return b;
 }
 
+/* Blocks with a buffer id above this are gone; at or below, still live. */
+static uint64_t live_up_to = UINT64_MAX;
+static long live_calls;
+
+static int live(void *arg, uint64_t base, uint64_t buffer_id)
+{
+    (void)arg;
+    (void)base;
+    live_calls++;
+    return buffer_id <= live_up_to;
+}
+
 static int setup(void **state)
 {
     static struct nvipcfix_export_cache c;
-    nvipcfix_export_cache_init(&c);
+    live_up_to = UINT64_MAX;
+    live_calls = 0;
+    nvipcfix_export_cache_init(&c, live, NULL);
     *state = &c;
     return 0;
 }
@@ -78,18 +92,42 @@ static void test_find_by_handle(void **state)
     assert_int_equal(nvipcfix_export_cache_find_handle(c, other, &found), 0);
 }
 
-static void test_bounded(void **state)
+/* 65,536 exports of blocks since freed must not push out a block still
+ * allocated: the exporter's open of its own handle depends on it. */
+static void test_full_cache_drops_only_dead_blocks(void **state)
 {
     struct nvipcfix_export_cache *c = *state;
-    for (uint64_t i = 0; i < NVIPCFIX_EXPORT_CACHE_MAX + 10; i++) {
+    struct nvipcfix_export_block keep = block(0x10000, 1, 0x77), found;
+    nvipcfix_export_cache_put(c, &keep);
+    live_up_to = 1; /* every block after the first is freed once exported */
+    for (uint64_t i = 1; i < NVIPCFIX_EXPORT_CACHE_MAX + 10; i++) {
         struct nvipcfix_export_block b = block(0x100000 + i * 0x1000, i + 1, 0);
         memcpy(b.handle, &i, sizeof i);
         assert_int_equal(nvipcfix_export_cache_put(c, &b), 0);
     }
-    assert_true(nvipcfix_export_cache_count(c) <= NVIPCFIX_EXPORT_CACHE_MAX);
+    assert_true(nvipcfix_export_cache_count(c) < 20); /* the dead ones were dropped */
+    assert_int_equal(live_calls, NVIPCFIX_EXPORT_CACHE_MAX); /* one sweep */
+    assert_int_equal(nvipcfix_export_cache_find_handle(c, keep.handle, &found), 1);
+    assert_true(found.base == 0x10000 && found.buffer_id == 1);
     unsigned char h[64];
     uint64_t last = NVIPCFIX_EXPORT_CACHE_MAX + 9;
     assert_int_equal(nvipcfix_export_cache_get(c, 0x100000 + last * 0x1000, last + 1, h), 1);
+}
+
+/* All live: the cache grows, and sweeps again only at twice the size. */
+static void test_full_cache_of_live_blocks_grows(void **state)
+{
+    struct nvipcfix_export_cache *c = *state;
+    uint64_t n = NVIPCFIX_EXPORT_CACHE_MAX + 100;
+    for (uint64_t i = 0; i < n; i++) {
+        struct nvipcfix_export_block b = block(0x100000 + i * 0x1000, i + 1, 0);
+        memcpy(b.handle, &i, sizeof i);
+        nvipcfix_export_cache_put(c, &b);
+    }
+    assert_int_equal(nvipcfix_export_cache_count(c), n);
+    assert_int_equal(live_calls, NVIPCFIX_EXPORT_CACHE_MAX);
+    unsigned char h[64];
+    assert_int_equal(nvipcfix_export_cache_get(c, 0x100000, 1, h), 1);
 }
 
 #define THREADS 8
@@ -136,7 +174,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_put_get, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reallocation_at_same_address, setup, teardown),
         cmocka_unit_test_setup_teardown(test_find_by_handle, setup, teardown),
-        cmocka_unit_test_setup_teardown(test_bounded, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_full_cache_drops_only_dead_blocks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_full_cache_of_live_blocks_grows, setup, teardown),
         cmocka_unit_test_setup_teardown(test_threads, setup, teardown),
     };
     return cmocka_run_group_tests_name("export_cache", tests, NULL, NULL);

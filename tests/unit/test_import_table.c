@@ -129,6 +129,105 @@ static void test_insert_existing(void **state)
     assert_int_equal(out.self, 1);
 }
 
+/* A close of an address nvipcfix did not return, inside a block it holds:
+ * one reference of that block, never a pass to the driver while counted. */
+static void test_release_by_address_inside_block(void **state)
+{
+    struct nvipcfix_import_table *t = *state;
+    unsigned char h[64], h2[64];
+    uint64_t p, q;
+    int existed;
+    struct nvipcfix_released_block out;
+    handle(h, 6);
+    handle(h2, 7);
+    nvipcfix_import_insert(t, &ctx_a, h, 0x100000, 0x10000, 0, 4096, &p, &existed);
+    nvipcfix_import_insert(t, &ctx_a, h2, 0x200000, 0x10000, 0, 0, &q, &existed);
+    assert_int_equal(nvipcfix_import_acquire(t, &ctx_a, h, 4096, &p), NVIPCFIX_IMPORT_HIT);
+    assert_int_equal(nvipcfix_import_refs(t, 0x100000), 2);
+    /* the block base, never returned: one reference */
+    assert_int_equal(nvipcfix_import_release(t, 0x100000, 0, &out), NVIPCFIX_RELEASE_DONE);
+    assert_int_equal(nvipcfix_import_refs(t, 0x100000 + 4096), 1);
+    /* the last one, by another inner address: the caller closes for real */
+    assert_int_equal(nvipcfix_import_release(t, 0x100000 + 0xffff, 0, &out),
+                     NVIPCFIX_RELEASE_WOULD_BE_LAST);
+    assert_int_equal(nvipcfix_import_release(t, 0x100000 + 0xffff, 1, &out),
+                     NVIPCFIX_RELEASE_LAST);
+    assert_true(out.base == 0x100000);
+    assert_int_equal(nvipcfix_import_pointers(t), 1); /* q's only */
+    /* just past a block, between blocks, before all: not ours */
+    assert_int_equal(nvipcfix_import_release(t, 0x200000 + 0x10000, 1, &out),
+                     NVIPCFIX_RELEASE_NOT_OURS);
+    assert_int_equal(nvipcfix_import_release(t, 0x150000, 1, &out), NVIPCFIX_RELEASE_NOT_OURS);
+    assert_int_equal(nvipcfix_import_release(t, 0x1000, 1, &out), NVIPCFIX_RELEASE_NOT_OURS);
+    assert_int_equal(nvipcfix_import_refs(t, 0x200000), 1);
+}
+
+/* Open and close on ever new offsets of a block kept open: each pointer's
+ * entry goes when its own count does; the table does not grow. */
+static void test_pointer_entries_do_not_pile_up(void **state)
+{
+    struct nvipcfix_import_table *t = *state;
+    unsigned char h[64];
+    uint64_t p, held;
+    int existed;
+    struct nvipcfix_released_block out;
+    handle(h, 8);
+    nvipcfix_import_insert(t, &ctx_a, h, 0x100000, 1 << 20, 0, 0, &held, &existed);
+    for (uint64_t off = 1; off < 100000; off++) {
+        assert_int_equal(nvipcfix_import_acquire(t, &ctx_a, h, off % (1 << 20), &p),
+                         NVIPCFIX_IMPORT_HIT);
+        assert_int_equal(nvipcfix_import_release(t, p, 0, &out), NVIPCFIX_RELEASE_DONE);
+    }
+    assert_int_equal(nvipcfix_import_pointers(t), 1);
+    assert_int_equal(nvipcfix_import_refs(t, held), 1);
+    /* a pointer opened twice keeps its entry until both are closed */
+    nvipcfix_import_acquire(t, &ctx_a, h, 64, &p);
+    nvipcfix_import_acquire(t, &ctx_a, h, 64, &p);
+    assert_int_equal(nvipcfix_import_release(t, p, 0, &out), NVIPCFIX_RELEASE_DONE);
+    assert_int_equal(nvipcfix_import_pointers(t), 2);
+    assert_int_equal(nvipcfix_import_release(t, p, 0, &out), NVIPCFIX_RELEASE_DONE);
+    assert_int_equal(nvipcfix_import_pointers(t), 1);
+}
+
+/* A new block at an address the table still covers: the old one was
+ * unmapped behind nvipcfix's back, and is dropped rather than answered. */
+static void test_overlapping_block_replaces_stale_one(void **state)
+{
+    struct nvipcfix_import_table *t = *state;
+    unsigned char h[64], h2[64];
+    uint64_t p;
+    int existed;
+    size_t blocks;
+    uint64_t bytes;
+    handle(h, 9);
+    handle(h2, 10);
+    nvipcfix_import_insert(t, &ctx_a, h, 0x100000, 0x10000, 0, 8, &p, &existed);
+    nvipcfix_import_insert(t, &ctx_a, h2, 0x108000, 0x1000, 0, 0, &p, &existed);
+    assert_int_equal(nvipcfix_import_blocks(t), 1);
+    assert_int_equal(t->stale, 1);
+    assert_int_equal(nvipcfix_import_acquire(t, &ctx_a, h, 8, &p), NVIPCFIX_IMPORT_MISS);
+    nvipcfix_import_usage(t, &blocks, &bytes);
+    assert_true(blocks == 1 && bytes == 0x1000);
+}
+
+static void test_forget_after_fork(void **state)
+{
+    struct nvipcfix_import_table *t = *state;
+    unsigned char h[64];
+    uint64_t p;
+    int existed;
+    handle(h, 11);
+    nvipcfix_import_insert(t, &ctx_a, h, 0x100000, 0x10000, 0, 8, &p, &existed);
+    struct nvipcfix_import_table copy = *t; /* what the parent keeps */
+    pthread_rwlock_wrlock(&t->lock);        /* held by a thread fork() did not copy */
+    nvipcfix_import_table_forget(t);
+    assert_int_equal(nvipcfix_import_blocks(t), 0);
+    assert_int_equal(nvipcfix_import_acquire(t, &ctx_a, h, 8, &p), NVIPCFIX_IMPORT_MISS);
+    nvipcfix_import_table_destroy(t);
+    *t = copy;
+    pthread_rwlock_init(&t->lock, NULL);
+}
+
 #define THREADS 8
 #define ROUNDS 20000
 
@@ -184,6 +283,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_many_pointers_one_block, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_offsets, setup, teardown),
         cmocka_unit_test_setup_teardown(test_insert_existing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_release_by_address_inside_block, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pointer_entries_do_not_pile_up, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_overlapping_block_replaces_stale_one, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_forget_after_fork, setup, teardown),
         cmocka_unit_test_setup_teardown(test_threads, setup, teardown),
     };
     return cmocka_run_group_tests_name("import_table", tests, NULL, NULL);

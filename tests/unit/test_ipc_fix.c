@@ -105,7 +105,8 @@ static CUresult f_get(CUipcMemHandle *h, CUdeviceptr p)
 
 static CUresult f_open(CUdeviceptr *pp, CUipcMemHandle h, unsigned int flags)
 {
-    (void)flags;
+    if (flags > CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS) /* the driver's check */
+        return CUDA_ERROR_INVALID_VALUE;
     if (fake.exporter)
         return CUDA_ERROR_INVALID_CONTEXT;
     for (int i = 56; i < 64; i++) /* never handed a tagged handle */
@@ -276,14 +277,44 @@ static void test_open_returns_pointer_and_counts(void **state)
     assert_int_equal(nvipcfix_close(&fix, p1), CUDA_ERROR_INVALID_VALUE);
 }
 
-static void test_close_of_pointer_never_returned(void **state)
+/* The importer computes the block base itself and closes that: nvipcfix
+ * releases one reference of the block; the driver never sees the close
+ * while nvipcfix counts references, and a re-open is right afterwards. */
+static void test_close_of_address_inside_held_block(void **state)
 {
     (void)state;
     uint64_t b = fake_alloc(0x100000, 1 << 20);
-    CUdeviceptr p = open_ok(export_ok(b));
-    assert_int_equal(nvipcfix_close(&fix, p + 64), CUDA_ERROR_INVALID_VALUE);
+    CUipcMemHandle h = export_ok(b + 4096);
+    CUdeviceptr p = open_ok(h), q = open_ok(h);
+    assert_true(p == MAPPED_AT + b + 4096);
+    assert_int_equal(nvipcfix_close(&fix, p - 4096), CUDA_SUCCESS);
+    assert_int_equal(fake.closes, 0);
     assert_int_equal(nvipcfix_import_refs(&fix.imports, p), 1);
+    assert_int_equal(nvipcfix_close(&fix, p + 64), CUDA_SUCCESS); /* the last: for real */
+    assert_int_equal(fake.closes, 1);
+    assert_int_equal(nvipcfix_import_blocks(&fix.imports), 0);
+    assert_true(open_ok(h) == MAPPED_AT + b + 4096);
+    assert_int_equal(fake.opens, 2);
+    assert_int_equal(nvipcfix_close(&fix, q), CUDA_SUCCESS);
+    /* outside every block nvipcfix holds: the driver decides */
+    assert_int_equal(nvipcfix_close(&fix, q), CUDA_ERROR_INVALID_VALUE);
+}
+
+/* An open with flags the driver refuses is refused even when the block is
+ * already open (a table hit must not skip the driver's check). */
+static void test_bad_flags_refused_on_table_hit(void **state)
+{
+    (void)state;
+    uint64_t b = fake_alloc(0x100000, 1 << 20);
+    CUipcMemHandle h = export_ok(b + 8);
+    CUdeviceptr p = open_ok(h), q = 0;
+    assert_int_equal(nvipcfix_open(&fix, f_open, &q, h, 0x8), CUDA_ERROR_INVALID_VALUE);
+    assert_true(q == 0);
+    assert_int_equal(nvipcfix_import_refs(&fix.imports, p), 1);
+    assert_int_equal(nvipcfix_open(&fix, f_open, &q, h, 0), CUDA_SUCCESS); /* 0 is valid */
+    assert_int_equal(nvipcfix_close(&fix, q), CUDA_SUCCESS);
     assert_int_equal(nvipcfix_close(&fix, p), CUDA_SUCCESS);
+    assert_int_equal(fake.opens, fake.closes);
 }
 
 static void test_forged_offset_refused(void **state)
@@ -348,6 +379,48 @@ static void test_self_open_disabled(void **state)
     fake.exporter = 1;
     CUdeviceptr p = 0;
     assert_int_equal(nvipcfix_open(&fix, f_open, &p, h, 1), CUDA_ERROR_INVALID_CONTEXT);
+}
+
+/* The exporter opens its own handle from two contexts: one pointer, and
+ * each open needs and gets its own close. */
+static void test_self_open_in_two_contexts(void **state)
+{
+    (void)state;
+    uint64_t b = fake_alloc(0x100000, 1 << 20);
+    CUipcMemHandle h = export_ok(b + 100);
+    fake.exporter = 1;
+    CUdeviceptr p = open_ok(h);
+    fake.ctx = (CUcontext)&ctx_storage[1];
+    CUdeviceptr q = open_ok(h);
+    assert_true(p == b + 100 && q == p);
+    assert_int_equal(nvipcfix_close(&fix, q), CUDA_SUCCESS);
+    fake.ctx = (CUcontext)&ctx_storage[0];
+    assert_int_equal(nvipcfix_close(&fix, p), CUDA_SUCCESS);
+    assert_int_equal(nvipcfix_import_blocks(&fix.imports), 0);
+    assert_int_equal(nvipcfix_import_pointers(&fix.imports), 0);
+}
+
+/* After fork() the child starts with empty tables, fresh locks and zero
+ * counts, whatever the parent held. */
+static void test_forget_after_fork(void **state)
+{
+    (void)state;
+    uint64_t b = fake_alloc(0x100000, 1 << 20);
+    CUdeviceptr p = open_ok(export_ok(b + 8));
+    pthread_mutex_lock(&fix.slow); /* as if a thread of the parent held it */
+    struct nvipcfix_fix parent = fix;
+    nvipcfix_fix_forget_after_fork(&fix);
+    assert_int_equal(nvipcfix_import_blocks(&fix.imports), 0);
+    assert_int_equal(nvipcfix_export_cache_count(&fix.exports), 0);
+    assert_int_equal(atomic_load(&fix.stats.opens), 0);
+    assert_int_equal(pthread_mutex_trylock(&fix.slow), 0);
+    pthread_mutex_unlock(&fix.slow);
+    nvipcfix_fix_destroy(&fix);
+    fix = parent; /* back to the parent's, for the teardown */
+    pthread_mutex_init(&fix.slow, NULL);
+    pthread_rwlock_init(&fix.imports.lock, NULL);
+    pthread_rwlock_init(&fix.exports.lock, NULL);
+    assert_int_equal(nvipcfix_close(&fix, p), CUDA_SUCCESS);
 }
 
 static void test_contexts_are_separate(void **state)
@@ -438,11 +511,14 @@ int main(void)
         T(test_driver_using_tail_exports_natively),
         T(test_unknown_pointer_goes_native),
         T(test_open_returns_pointer_and_counts),
-        T(test_close_of_pointer_never_returned),
+        T(test_close_of_address_inside_held_block),
+        T(test_bad_flags_refused_on_table_hit),
         T(test_forged_offset_refused),
         T(test_foreign_tail_passes_through),
         T(test_self_open),
         T(test_self_open_disabled),
+        T(test_self_open_in_two_contexts),
+        T(test_forget_after_fork),
         T(test_contexts_are_separate),
         T(test_off_and_audit_change_nothing),
         T(test_threads),

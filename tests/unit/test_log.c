@@ -36,6 +36,8 @@ static void test_expand_path(void **state)
     assert_string_equal(out, "77");
     assert_int_equal(nvipcfix_log_expand_path("/tmp/100%", 7, out, sizeof out), 0);
     assert_string_equal(out, "/tmp/100%");
+    assert_int_equal(nvipcfix_log_expand_path("/tmp/%%p-%%%p", 7, out, sizeof out), 0);
+    assert_string_equal(out, "/tmp/%p-%7");
     assert_int_equal(nvipcfix_log_expand_path("/a/very/long/path", 1, out, 8), -1);
 }
 
@@ -101,6 +103,72 @@ static void test_warn_once(void **state)
     assert_null(strstr(buf, "below the level"));
 }
 
+/* A FIFO (or any file that is not regular) must not be opened in a way
+ * that blocks, nor kept: one warning, stderr. */
+static void test_fifo_refused_without_blocking(void **state)
+{
+    (void)state;
+    char fifo[128], errpath[128], buf[1024];
+    snprintf(fifo, sizeof fifo, "%s/fifo", dir);
+    snprintf(errpath, sizeof errpath, "%s/stderr", dir);
+    assert_int_equal(mkfifo(fifo, 0600), 0);
+    int saved = dup(2), err = open(errpath, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    dup2(err, 2);
+    alarm(20); /* before the fix, open() waited for a reader for ever */
+    int r = nvipcfix_log_open(NVIPCFIX_LOG_WARN, fifo);
+    alarm(0);
+    nvipcfix_log(NVIPCFIX_LOG_WARN, "went to stderr");
+    nvipcfix_log_close();
+    dup2(saved, 2);
+    close(saved);
+    close(err);
+    assert_int_equal(r, -1);
+    slurp(errpath, buf, sizeof buf);
+    assert_non_null(strstr(buf, "not a regular file"));
+    assert_non_null(strstr(buf, "went to stderr"));
+}
+
+/* /dev/stderr: the process's stderr as it is (here a pipe). */
+static void test_dev_stderr_is_stderr(void **state)
+{
+    (void)state;
+    int fd[2], saved = dup(2);
+    char buf[512] = "";
+    assert_int_equal(pipe(fd), 0);
+    dup2(fd[1], 2);
+    assert_int_equal(nvipcfix_log_open(NVIPCFIX_LOG_WARN, "/dev/stderr"), 0);
+    nvipcfix_log(NVIPCFIX_LOG_WARN, "through the pipe");
+    nvipcfix_log_close();
+    dup2(saved, 2);
+    close(saved);
+    close(fd[1]);
+    size_t got = 0;
+    for (ssize_t r; got < sizeof buf - 1 && (r = read(fd[0], buf + got, sizeof buf - 1 - got)) > 0;)
+        got += (size_t)r;
+    close(fd[0]);
+    assert_non_null(strstr(buf, "warning: through the pipe\n"));
+}
+
+/* Newlines and escape sequences from an environment value stay inside one
+ * line, visibly. */
+static void test_control_characters_escaped(void **state)
+{
+    (void)state;
+    char path[128], buf[1024], expect[160];
+    snprintf(path, sizeof path, "%s/escaped", dir);
+    assert_int_equal(nvipcfix_log_open(NVIPCFIX_LOG_WARN, path), 0);
+    nvipcfix_log(NVIPCFIX_LOG_WARN, "value '%s'", "fix\nnvipcfix[1]: error: forged\x1b[2J\x7f");
+    nvipcfix_log_close();
+    slurp(path, buf, sizeof buf);
+    snprintf(expect, sizeof expect,
+             "nvipcfix[%ld]: warning: value 'fix\\x0anvipcfix[1]: error: forged\\x1b[2J\\x7f'\n",
+             (long)getpid());
+    assert_string_equal(buf, expect);
+    char small[8];
+    assert_int_equal(nvipcfix_log_escape(small, sizeof small, "ab\ncd"), 7);
+    assert_string_equal(small, "ab\\x0ac");
+}
+
 static void test_stats_line(void **state)
 {
     (void)state;
@@ -116,6 +184,12 @@ static void test_stats_line(void **state)
     assert_string_equal(nvipcfix_stats_format(&s, line, sizeof line),
                         "exports=2 (with offset 1) opens=1 (real 0, table hits 1) "
                         "closes=0 (real 0) errors=1");
+    assert_true(nvipcfix_stats_any(&s));
+    nvipcfix_stats_reset(&s); /* a forked child counts its own calls */
+    assert_false(nvipcfix_stats_any(&s));
+    assert_string_equal(nvipcfix_stats_format(&s, line, sizeof line),
+                        "exports=0 (with offset 0) opens=0 (real 0, table hits 0) "
+                        "closes=0 (real 0) errors=0");
 }
 
 static int make_dir(void **state)
@@ -139,6 +213,9 @@ int main(void)
         cmocka_unit_test(test_file_prefix_levels_and_mode),
         cmocka_unit_test(test_planted_symlink_not_followed),
         cmocka_unit_test(test_warn_once),
+        cmocka_unit_test(test_fifo_refused_without_blocking),
+        cmocka_unit_test(test_dev_stderr_is_stderr),
+        cmocka_unit_test(test_control_characters_escaped),
         cmocka_unit_test(test_stats_line),
     };
     return cmocka_run_group_tests_name("log_and_stats", tests, make_dir, remove_dir);
