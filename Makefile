@@ -20,7 +20,9 @@ SIM         := $(BUILD)/sim/libcuda.so.1
 UNIT_SRC  := $(wildcard tests/unit/test_*.c)
 UNIT_BIN  := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 INTEG_BIN := $(BUILD)/tests/legacy_ipc $(BUILD)/tests/rtld_next $(BUILD)/tests/ipc_stress \
-             $(BUILD)/tests/ipc_faults $(BUILD)/tests/no_driver $(BUILD)/tests/libother_preload.so
+             $(BUILD)/tests/ipc_faults $(BUILD)/tests/no_driver $(BUILD)/tests/libother_preload.so \
+             $(BUILD)/tests/fork_safety $(BUILD)/tests/libgpu_share.so $(BUILD)/tests/quota_probe \
+             $(BUILD)/tests/libcuda_proxy.so
 
 # The verification copy path tool, when nvcc is here.
 NVCC      ?= $(shell command -v nvcc 2>/dev/null || ls $(CUDA_HOME)/bin/nvcc 2>/dev/null)
@@ -103,6 +105,24 @@ $(BUILD)/tests/no_driver: tests/reliability/no_driver.c
 $(BUILD)/tests/libother_preload.so: tests/reliability/other_preload.c
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -shared -o $@ $< -ldl
+
+$(BUILD)/tests/fork_safety: tests/reliability/fork_safety.c $(TEST_COMMON) $(SIM)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -o $@ $< -L$(BUILD)/sim -l:libcuda.so.1 -ldl
+
+# Other interposers: a GPU-sharing layer with its own dlsym and a quota, a
+# proxy library, and a program that probes both.
+$(BUILD)/tests/libgpu_share.so: tests/interposers/gpu_share.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -shared -o $@ $< -ldl
+
+$(BUILD)/tests/libcuda_proxy.so: tests/interposers/cuda_proxy.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -shared -o $@ $<
+
+$(BUILD)/tests/quota_probe: tests/interposers/quota_probe.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -o $@ $< -ldl
 
 # dlsym(RTLD_NEXT) from a library that also defines the name it looks up.
 $(BUILD)/tests/rtld_next: tests/integration/rtld_next/main.c tests/integration/rtld_next/probe.c tests/integration/rtld_next/target.c

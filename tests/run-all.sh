@@ -84,8 +84,8 @@ done_case() {
         sed 's/^/    | /' "$OUT/out" "$OUT/err" | head -20
     fi
     unset LD_PRELOAD NVIPCFIX_LIBRARY SIMCUDA_OLD_DRIVER SIMCUDA_HANDLE_TAIL SIMCUDA_FAIL SIMCUDA_DEVICES SIMCUDA_VA_GIB NVIPCFIX_MODE \
-        NVIPCFIX_LOG NVIPCFIX_STATS NVIPCFIX_SELF_OPEN LEGACY_IPC_DEVICE \
-        LEGACY_IPC_IMPORTER_DEVICE 2>/dev/null
+        NVIPCFIX_LOG NVIPCFIX_STATS NVIPCFIX_SELF_OPEN NVIPCFIX_LOG_FILE LEGACY_IPC_DEVICE \
+        LEGACY_IPC_IMPORTER_DEVICE GPU_SHARE_LIMIT_MIB 2>/dev/null
 }
 
 for road in direct dlsym procaddr procaddr-v1; do
@@ -220,6 +220,66 @@ PRE=$LIB check "faults: exporter killed, forged tags, fork while busy, double cl
     "$T/ipc_faults"
 expect_in out "exporter-dies: ok"; expect_in out "forged-tags: ok"; expect_in out "fork: ok"
 expect_in out "double-close: ok"; done_case
+current="faults: a close of the block base releases one reference, never unmaps under nvipcfix"
+ok=1; expect_in out "close-inside: ok"; done_case
+current="faults: the exporter's own live block still opens after 70,000 other exports"
+ok=1; expect_in out "cache-full: ok"; done_case
+for order in ipc-first driver-first; do
+    PRE=$LIB check "fork while threads open and close, first IPC call $order: no deadlock" 0 -- \
+        "$T/fork_safety" --deadlock $order
+    expect_in out "300 forks, children ok, 0 errors"; done_case
+done
+PRE=$LIB check "NVIPCFIX_STATS=1: a forked child does not print its parent's counts" 0 \
+    NVIPCFIX_STATS=1 -- "$T/fork_safety" --stats-child
+[ "$(grep -c 'stats: exports=1 (with offset 1)' "$OUT/err")" -eq 1 ] ||
+    { ok=0; why="not exactly one stats line: $(cat "$OUT/err")"; }
+[ "$(grep -c 'stats:' "$OUT/err")" -eq 1 ] || { ok=0; why="more than one stats line"; }
+done_case
+rm -f "$OUT/fifo" && mkfifo "$OUT/fifo"
+PRE=$LIB check "NVIPCFIX_LOG_FILE naming a FIFO: no hang, one warning, stderr" 0 \
+    NVIPCFIX_LOG_FILE="$OUT/fifo" -- timeout 60 "$T/legacy_ipc"
+expect_in out "CORRECT"; expect_in err "cannot use log file .*not a regular file"
+[ "$(grep -c 'cannot use log file' "$OUT/err")" -eq 2 ] || { ok=0; why="not one warning per process"; }
+done_case
+PRE=$LIB check "NVIPCFIX_LOG_FILE=/dev/stderr: the process's stderr, a pipe here" 0 \
+    NVIPCFIX_LOG_FILE=/dev/stderr NVIPCFIX_LOG=info -- "$T/legacy_ipc"
+expect_in err "nvipcfix\[[0-9]*\]: info: active"; done_case
+PRE=$LIB check "a newline in a setting's value stays inside one log line" 0 \
+    "NVIPCFIX_MODE=fix
+nvipcfix[1]: error: forged" -- "$T/legacy_ipc"
+grep -qF "NVIPCFIX_MODE='fix\x0anvipcfix[1]: error: forged' is not one" "$OUT/err" ||
+    { ok=0; why="the value is not escaped: $(head -c 300 "$OUT/err")"; }
+grep -q '^nvipcfix\[1\]' "$OUT/err" && { ok=0; why="a forged line reached the log"; }
+done_case
+
+# Other interposers: a GPU-sharing layer modelled on HAMi-core (its own
+# dlsym, a quota on cuMemAlloc_v2, cu* names answered itself).
+GS=$T/libgpu_share.so
+for order in "nvipcfix first" "gpu_share first"; do
+    if [ "$order" = "nvipcfix first" ]; then both="$LIB $GS"; else both="$GS $LIB"; fi
+    PRE=$both check "GPU-sharing layer, $order: its 8 MiB quota holds on every road" 0 \
+        GPU_SHARE_LIMIT_MIB=8 -- "$T/quota_probe" 16
+    expect_in out "dlsym road: cuMemAlloc_v2(16 MiB) -> 2"
+    expect_in out "cuGetProcAddress road: cuMemAlloc(16 MiB) -> 2"; done_case
+done
+for road in direct dlsym procaddr procaddr-v1; do
+    PRE="$LIB $GS" check "GPU-sharing layer after nvipcfix, $road: fixed" 0 \
+        GPU_SHARE_LIMIT_MIB=64 -- "$T/legacy_ipc" --road $road
+    expect_in out "CORRECT"
+    case $road in direct|procaddr) expect_in err "gpu_share: 0 allocations refused, 10 IPC opens seen" ;; esac
+    done_case
+done
+# In the other order the layer answers the look-ups itself: nvipcfix cannot
+# fix what it never sees, and says why once in each process it does see.
+PRE="$GS $LIB" check "GPU-sharing layer before nvipcfix: a warning names it and the order" 1 \
+    -- "$T/legacy_ipc" --road direct
+expect_in err "libgpu_share.so defines dlsym and is loaded before nvipcfix"
+[ "$(grep -c 'defines dlsym' "$OUT/err")" -eq 2 ] || { ok=0; why="not one warning per process"; }
+done_case
+PRE=$LIB check "dlsym on other handles: a proxy's own function, a dlmopen namespace's own" 0 \
+    -- "$T/quota_probe" 0 "$T/libcuda_proxy.so"
+expect_in out "proxy library: .* -> its own"; expect_in out "dlmopen namespace: .* own"
+done_case
 for order in "other first" "nvipcfix first"; do
     for road in direct procaddr; do
         if [ "$order" = "other first" ]; then both="$T/libother_preload.so $LIB"; else both="$LIB $T/libother_preload.so"; fi

@@ -11,7 +11,14 @@
  *   fork            fork() while other threads are inside the library: the
  *                   child can still call it (no lock held by a thread that
  *                   does not exist there), the parent's counts stay right
- *   double-close    closing twice, closing what was never opened */
+ *   double-close    closing twice, closing what was never opened
+ *   close-inside    the importer closes the block base (computed itself)
+ *                   instead of the pointer it got: one reference of the
+ *                   block is released, the driver unmaps nothing while
+ *                   nvipcfix still counts one, and later opens are right
+ *   cache-full      the exporter opens its own handle of a live block after
+ *                   70,000 exports of other live blocks (more than the
+ *                   export cache's sweep threshold) */
 #include <cuda.h>
 
 #include <dlfcn.h>
@@ -249,6 +256,56 @@ static void double_close(void)
     printf("double-close: %s\n", failures > before ? "FAILED" : "ok");
 }
 
+static void close_inside_block(void)
+{
+    int before = failures;
+    struct peer x = start_exporter();
+    CUdeviceptr p = 0, q = 0, r = 0;
+    /* h[1]: block 0 at +4096, opened twice; the importer closes the base */
+    expect(cuIpcOpenMemHandle(&p, x.h[1], 1) == CUDA_SUCCESS &&
+               cuIpcOpenMemHandle(&q, x.h[1], 1) == CUDA_SUCCESS && p == q,
+           "open twice");
+    expect(cuIpcCloseMemHandle(p - offsets[1]) == CUDA_SUCCESS, "close of the block base");
+    expect(mappings_left() == 1 && reads(p, 0, offsets[1]),
+           "one reference left: still mapped, still the right bytes");
+    expect(cuIpcCloseMemHandle(p - offsets[1]) == CUDA_SUCCESS, "the base again: the last");
+    expect(mappings_left() == 0, "the block is unmapped once no reference is left");
+    /* the other block lands where the first was; then the first again */
+    expect(cuIpcOpenMemHandle(&r, x.h[NH + 2], 1) == CUDA_SUCCESS && reads(r, 1, offsets[2]),
+           "another block opens right");
+    expect(cuIpcOpenMemHandle(&p, x.h[1], 1) == CUDA_SUCCESS && reads(p, 0, offsets[1]),
+           "the first handle again: the right bytes, not a stale entry");
+    expect(cuIpcCloseMemHandle(p) == CUDA_SUCCESS && cuIpcCloseMemHandle(r) == CUDA_SUCCESS,
+           "both close");
+    expect(mappings_left() == 0, "no mapping left");
+    stop_exporter(&x);
+    printf("close-inside: %s\n", failures > before ? "FAILED" : "ok");
+}
+
+#define MANY 70000
+
+static void cache_full(void)
+{
+    int before = failures;
+    static CUdeviceptr many[MANY];
+    CUdeviceptr live, q = 0;
+    CUipcMemHandle h, other;
+    expect(cuMemAlloc(&live, BLOCK) == CUDA_SUCCESS, "alloc");
+    expect(cuIpcGetMemHandle(&h, live + 100) == CUDA_SUCCESS, "export of a live block");
+    int bad = 0, n = 0;
+    for (; n < MANY && !bad; n++)
+        bad = cuMemAlloc(&many[n], 512) || cuIpcGetMemHandle(&other, many[n] + 8);
+    expect(!bad, "70,000 more exports");
+    expect(cuIpcOpenMemHandle(&q, h, 1) == CUDA_SUCCESS && q == live + 100,
+           "the exporter opens its own live block's handle");
+    if (q != 0)
+        expect(cuIpcCloseMemHandle(q) == CUDA_SUCCESS, "and closes it");
+    while (n-- > 0)
+        cuMemFree(many[n]);
+    cuMemFree(live);
+    printf("cache-full: %s\n", failures > before ? "FAILED" : "ok");
+}
+
 int main(int argc, char **argv)
 {
     self_path = argv[0];
@@ -260,5 +317,7 @@ int main(int argc, char **argv)
     forged_tags();
     fork_while_busy();
     double_close();
+    close_inside_block();
+    cache_full();
     return failures == 0 ? 0 : 1;
 }

@@ -41,6 +41,7 @@
 #include <sys/mman.h>
 #include <sys/random.h>
 #include <unistd.h>
+#include <uthash.h>
 
 #undef cuIpcOpenMemHandle
 #undef cuGetProcAddress
@@ -71,6 +72,7 @@ struct alloc {
     struct chunk *chunk;
     uint64_t object_id; /* also the buffer id */
     struct alloc *next;
+    UT_hash_handle hh; /* by base: look-ups of a base stay fast with many */
 };
 
 struct import {
@@ -94,7 +96,7 @@ static uint64_t va_base[SIM_MAX_DEVICES];
 static struct CUctx_st primary[SIM_MAX_DEVICES];
 static struct chunk *chunks;
 static struct chunk *small_chunk[SIM_MAX_DEVICES];
-static struct alloc *allocs;
+static struct alloc *allocs, *allocs_by_base;
 static struct import *imports;
 static uint64_t next_object_id = 1;
 static uint32_t next_chunk_id = 1;
@@ -154,7 +156,11 @@ static int env_flag(const char *name)
 
 static struct alloc *find_alloc(uint64_t p)
 {
-    for (struct alloc *a = allocs; a != NULL; a = a->next)
+    struct alloc *a;
+    HASH_FIND(hh, allocs_by_base, &p, sizeof p, a);
+    if (a != NULL)
+        return a;
+    for (a = allocs; a != NULL; a = a->next)
         if (p >= a->base && p - a->base < a->size)
             return a;
     return NULL;
@@ -413,6 +419,7 @@ SIM_EXPORT CUresult cuMemAlloc_v2(CUdeviceptr *dptr, size_t bytesize)
     a->object_id = next_object_id++;
     a->next = allocs;
     allocs = a;
+    HASH_ADD(hh, allocs_by_base, base, sizeof a->base, a);
     c->live++;
     pthread_mutex_unlock(&lock);
     *dptr = at;
@@ -428,6 +435,7 @@ SIM_EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr)
         if (a->base != dptr)
             continue;
         *pp = a->next;
+        HASH_DEL(allocs_by_base, a);
         struct chunk *c = a->chunk;
         /* A packed chunk is emptied only when nothing more fits in it. */
         if (--c->live == 0 && (small_chunk[c->device] != c || c->used == c->size))
