@@ -205,4 +205,6 @@ uninstall:
 	rm -f $(DEST)/lib/libnvipcfix.so $(DEST)/bin/nvipcfix $(DEST)/bin/nvipcfix-verify \
 	    $(DEST)/libexec/nvipcfix/nvipcfix-doctor $(DEST)/share/man/man1/nvipcfix.1
 	rm -rf $(DEST)/share/doc/nvipcfix
-	-rmdir $(DEST)/libexec/nvipcfix 2>/dev/null
+	@# the folders install made, where nothing else is left in them
+	-@for d in libexec/nvipcfix libexec share/man/man1 share/man share/doc share lib bin; do \
+	    rmdir $(DEST)/$$d 2>/dev/null; done; rmdir $(DEST) 2>/dev/null; true

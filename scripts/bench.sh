@@ -5,9 +5,16 @@
 # instructions per call. On a machine with a GPU the timings use the GPU.
 # Usage: scripts/bench.sh BUILD_DIR [--quick]
 set -u
-B=$(cd "${1:-build}" && pwd)
+B=$(cd "${1:-build}" 2>/dev/null && pwd) || { echo "bench: no build folder '${1:-build}' (run make)" >&2; exit 2; }
 shift
 LIB=$B/libnvipcfix.so
+# Without the library every preloaded run would be native against native.
+[ -f "$LIB" ] || { echo "bench: no library at $LIB (run make)" >&2; exit 2; }
+if LD_PRELOAD=$LIB /bin/true 2>&1 | grep -q "cannot be preloaded"; then
+    echo "bench: $LIB cannot be preloaded:" >&2
+    LD_PRELOAD=$LIB /bin/true
+    exit 2
+fi
 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 mkdir -p "$B/bench"
 cc -shared -fPIC -O2 -o "$B/bench/empty_preload.so" tests/bench/empty_preload.c
@@ -32,6 +39,17 @@ echo
 echo "## start-up of /bin/true: no preload, a preload that does nothing, nvipcfix"
 echo
 "$BENCH" startup "$B/bench/empty_preload.so" "$LIB" "$@"
+echo
+echo "## fork() in the parent while 8 threads are busy in IPC calls (median of 300, us)"
+echo
+echo "| run | native | nvipcfix | ratio |"
+echo "| --- | --- | --- | --- |"
+for run in 1 2 3; do
+    med() { sed -n 's/.*median \([0-9.]*\) us.*/\1/p'; }
+    a=$(LD_PRELOAD= "$B/tests/fork_safety" --bench 8 300 | med)
+    b=$(LD_PRELOAD=$LIB "$B/tests/fork_safety" --bench 8 300 | med)
+    echo "| $run | $a | $b | $(awk -v a="$a" -v b="$b" 'BEGIN { if (a > 0) printf "%.3f", b / a }') |"
+done
 echo
 echo "## memory of the tables (heap bytes, glibc malloc)"
 echo

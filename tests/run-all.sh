@@ -158,6 +158,27 @@ expect_in out "2 process(es): exports 10 (8 with an offset), opens 10"
 expect_in out "audit mode:       exit 1; 8 exports of interior pointers (offsets: 512 4096 65537"
 done_case
 
+PRE="" check "scripts/regress: a program that cannot start is a failure, with its stderr" 127 -- \
+    "$ROOT/scripts/regress" --lib "$LIB" --audit -- "$T/nonexistent-program"
+expect_in out "the program could not start (exit 127)"; expect_in out "nonexistent-program"
+expect_in out "=> FAILED: the program did not start"
+grep -q "not affected" "$OUT/out" && { ok=0; why="reported as not affected"; }
+done_case
+PRE="" check "scripts/bench.sh: a missing build folder fails loudly" 2 -- \
+    sh "$ROOT/scripts/bench.sh" "$OUT/no-build"
+expect_in err "bench: no build folder"; done_case
+if command -v nvidia-smi >/dev/null 2>&1; then
+    skip "scripts/gpu-check without a GPU" "nvidia-smi is installed here"
+else
+    ls -d /tmp/nvipcfix-gpu.* 2>/dev/null | sort >"$OUT/tmp.before"
+    PRE="" check "scripts/gpu-check without a GPU: exit 3, no folder left behind" 3 -- \
+        bash "$ROOT/scripts/gpu-check"
+    expect_in err "no NVIDIA GPU or driver here"
+    ls -d /tmp/nvipcfix-gpu.* 2>/dev/null | sort | cmp -s - "$OUT/tmp.before" ||
+        { ok=0; why="a /tmp/nvipcfix-gpu.* folder was left"; }
+    done_case
+fi
+
 # ---- the launcher, the doctor, make install -------------------------------
 # The launcher is a shell script: ThreadSanitizer's runtime cannot be
 # preloaded into an uninstrumented shell (it crashes), so under make
@@ -180,6 +201,11 @@ PRE="" check "launcher: --mode audit --log info --stats" 1 "$L" "$P" -- \
 expect_in err "audit: export of"; expect_in err "stats: exports=10"; done_case
 PRE="" check "launcher: a bad option is refused" 2 "$L" "$P" -- "$NV" --mode fixx -- true
 expect_in err "nvipcfix: --mode must be fix, audit or off, not 'fixx'"; done_case
+PRE="" check "launcher: a command that does not exist: 127, no script line number" 127 "$L" "$P" -- \
+    "$NV" -- /nonexistent/program
+expect_in err "^nvipcfix: /nonexistent/program: command not found$"
+[ "$(wc -l <"$OUT/err")" -eq 1 ] || { ok=0; why="more than one line: $(cat "$OUT/err")"; }
+done_case
 PRE="" check "launcher: --help and --version" 0 -- sh -c "'$NV' --help && '$NV' --version"
 expect_in out "usage: nvipcfix"; expect_in out "^nvipcfix [0-9]"; done_case
 PRE="" check "doctor: a working driver, self-test passed" 0 "$L" "$P" -- "$NV" doctor
@@ -196,7 +222,7 @@ PRE="" check "doctor: the library not loaded (exit 7)" 7 -- "$B/nvipcfix-doctor"
 done_case
 # make itself runs without the preload (and without a sanitizer runtime).
 inst() { make -s -C "$ROOT" "$@" BUILD="$B" PREFIX="$OUT/prefix" >/dev/null 2>&1; }
-files() { find "$OUT/prefix" -type f 2>/dev/null; }
+files() { find "$OUT/prefix" -mindepth 1 2>/dev/null; } # files or folders
 if inst install && inst uninstall && [ -z "$(files)" ] && inst install; then
     PRE="" check "make install into a prefix: the installed launcher works" 0 "$P" -- sh -c "
         '$OUT/prefix/bin/nvipcfix' -- '$T/legacy_ipc' && '$OUT/prefix/bin/nvipcfix' doctor >/dev/null &&
