@@ -210,7 +210,14 @@ PRE="" check "launcher: --help and --version" 0 -- sh -c "'$NV' --help && '$NV' 
 expect_in out "usage: nvipcfix"; expect_in out "^nvipcfix [0-9]"; done_case
 PRE="" check "doctor: a working driver, self-test passed" 0 "$L" "$P" -- "$NV" doctor
 expect_in out "GPU 0: .*handle bytes 56-63 free; self-test .*: passed"; expect_in out "All good"
-done_case
+expect_in out "preload order: ok"; done_case
+PRE="" check "doctor: a dlsym-defining library before nvipcfix in LD_PRELOAD (exit 8)" 8 "$L" \
+    "LD_PRELOAD=$SAN_PRE${SAN_PRE:+ }$T/libgpu_share.so" -- "$NV" doctor
+expect_in out "preload order: WRONG"; expect_in out "libgpu_share.so"
+expect_in out "Put libnvipcfix.so first"; done_case
+PRE="" check "doctor: the same library after nvipcfix is fine" 0 "$L" \
+    "LD_PRELOAD=$SAN_PRE${SAN_PRE:+ }$LIB:$T/libgpu_share.so" -- "$NV" doctor
+expect_in out "preload order: ok"; expect_in out "All good"; done_case
 PRE="" check "doctor: two devices, both tested" 0 "$L" "$P" SIMCUDA_DEVICES=2 -- "$NV" doctor
 expect_in out "GPU 1: .*passed"; done_case
 PRE="" check "doctor: no driver (exit 3)" 3 "$L" "$P" -- env LD_LIBRARY_PATH=/nonexistent "$NV" doctor

@@ -8,11 +8,14 @@
  *   0  everything works          3  no usable CUDA driver
  *   4  no GPU                    5  a self-test failed
  *   6  the driver uses bytes 56-63 of IPC handles (nvipcfix cannot tag)
- *   7  nvipcfix is not loaded in this process (run it as `nvipcfix doctor`) */
+ *   7  nvipcfix is not loaded in this process (run it as `nvipcfix doctor`)
+ *   8  a library that defines dlsym is loaded before nvipcfix (from
+ *      LD_PRELOAD or /etc/ld.so.preload): look-ups it answers bypass nvipcfix */
 #include <cuda.h>
 
 #include <dlfcn.h>
 #include <errno.h>
+#include <link.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -171,6 +174,62 @@ static int self_test(const char *self, int ordinal, int *tail_used, char *why, s
     return 0;
 }
 
+/* The loaded objects in search order (the program, then what LD_PRELOAD
+ * and /etc/ld.so.preload put first, then the rest): those before nvipcfix
+ * that define dlsym themselves. Writes their names, one per line, into
+ * out; returns how many. */
+struct order {
+    const char *nvipcfix; /* its file */
+    int seen_nvipcfix;
+    int count;
+    char *out;
+    size_t n;
+};
+
+static int visit(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    (void)size;
+    struct order *o = arg;
+    const char *name = info->dlpi_name;
+    if (o->seen_nvipcfix || name == NULL || name[0] == '\0')
+        return 0; /* the program itself, or the vDSO */
+    if (strcmp(name, o->nvipcfix) == 0) {
+        o->seen_nvipcfix = 1;
+        return 0;
+    }
+    void *h = dlopen(name, RTLD_LAZY | RTLD_NOLOAD);
+    void *fn = h != NULL ? dlsym(h, "dlsym") : NULL;
+    Dl_info where;
+    if (fn != NULL && dladdr(fn, &where) && where.dli_fbase == (void *)info->dlpi_addr) {
+        size_t used = strlen(o->out);
+        snprintf(o->out + used, o->n - used, "%s\n", name);
+        o->count++;
+    }
+    if (h != NULL)
+        dlclose(h);
+    return 0;
+}
+
+static int find_nvipcfix(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    (void)size;
+    const char *name = info->dlpi_name, *base = name ? strrchr(name, '/') : NULL;
+    base = base != NULL ? base + 1 : name;
+    if (base != NULL && strncmp(base, "libnvipcfix", 11) == 0) {
+        snprintf(arg, 1024, "%s", name);
+        return 1;
+    }
+    return 0;
+}
+
+static int dlsym_before(const char *nvipcfix, char *out, size_t n)
+{
+    struct order o = {nvipcfix, 0, 0, out, n};
+    out[0] = '\0';
+    dl_iterate_phdr(visit, &o);
+    return o.count;
+}
+
 int main(int argc, char **argv)
 {
     char why[512] = "";
@@ -194,11 +253,11 @@ int main(int argc, char **argv)
            version % 1000 / 10);
     if (r == CUDA_SUCCESS)
         cu.count(&ngpu);
-    /* libcuda was opened locally: a global definition is nvipcfix's */
-    Dl_info info;
-    void *entry = dlsym(RTLD_DEFAULT, "cuIpcOpenMemHandle_v2");
-    int loaded = entry != NULL && dladdr(entry, &info) != 0;
-    printf("nvipcfix:     %s\n", loaded ? info.dli_fname : "not loaded");
+    /* The library by its file name among the loaded objects (another
+     * interposer may define the same entry points). */
+    char nvipcfix[1024] = "";
+    int loaded = dl_iterate_phdr(find_nvipcfix, nvipcfix) == 1;
+    printf("nvipcfix:     %s\n", loaded ? nvipcfix : "not loaded");
     if (ngpu == 0) {
         printf("GPUs:         none (cuInit: error %d)\n", (int)r);
         printf("\nThe driver is installed but sees no GPU. Check nvidia-smi; in a container,\n"
@@ -210,6 +269,12 @@ int main(int argc, char **argv)
         printf("\nRun this as `nvipcfix doctor`, which loads the library first.\n");
         return 7;
     }
+    char before[2048];
+    int shadowed = dlsym_before(nvipcfix, before, sizeof before);
+    if (shadowed)
+        printf("preload order: WRONG: loaded before nvipcfix, defining dlsym:\n%s", before);
+    else
+        printf("preload order: ok (no library loaded before nvipcfix defines dlsym)\n");
     int failed = 0, tail = 0;
     for (int g = 0; g < ngpu; g++) {
         char name[128] = "?";
@@ -224,6 +289,14 @@ int main(int argc, char **argv)
                g, name, tail_used ? "USED by the driver" : "free", OFFSET,
                rc == 0 ? "passed" : "FAILED", rc == 0 ? "" : ": ", rc == 0 ? "" : why);
         failed |= rc != 0;
+    }
+    if (shadowed) {
+        printf("\nA library above defines dlsym and comes before nvipcfix in LD_PRELOAD or\n"
+               "/etc/ld.so.preload: the CUDA look-ups it answers itself never reach nvipcfix,\n"
+               "so their IPC is not fixed. Put libnvipcfix.so first, before GPU-sharing\n"
+               "layers such as HAMi-core or vgpu-manager (their quotas still hold: nvipcfix\n"
+               "passes every look-up on to the next dlsym). See docs/compatibility.md.\n");
+        return 8;
     }
     if (tail) {
         printf("\nThis driver writes bytes 56-63 of IPC handles, where nvipcfix carries the\n"
