@@ -20,6 +20,9 @@
 #undef cuGetProcAddress
 
 #define EXPORT __attribute__((visibility("default")))
+/* On the dlsym path: a sanitizer runtime calls dlsym before it is set up,
+ * so that code must not be instrumented (make test-asan, test-tsan). */
+#define UNINSTRUMENTED __attribute__((no_sanitize("address", "undefined", "thread")))
 
 typedef void *(*dlsym_fn)(void *, const char *);
 typedef CUresult (*alloc_fn)(CUdeviceptr *, size_t);
@@ -38,11 +41,22 @@ static pthread_once_t once = PTHREAD_ONCE_INIT;
 static atomic_ulong used, refused, opens;
 static unsigned long limit = (unsigned long)-1;
 
-static void init(void)
+/* glibc's dlsym. Only this runs inside the dlsym hook: a sanitizer runtime
+ * calls dlsym while it sets itself up, before dlopen may be used. */
+UNINSTRUMENTED static dlsym_fn glibc_dlsym(void)
 {
     static const char *const versions[] = {"GLIBC_2.34", "GLIBC_2.2.5", "GLIBC_2.17"};
-    for (size_t i = 0; i < 3 && real_dlsym == NULL; i++)
-        real_dlsym = (dlsym_fn)dlvsym(RTLD_NEXT, "dlsym", versions[i]);
+    dlsym_fn f = __atomic_load_n(&real_dlsym, __ATOMIC_ACQUIRE);
+    for (size_t i = 0; i < 3 && f == NULL; i++)
+        f = (dlsym_fn)dlvsym(RTLD_NEXT, "dlsym", versions[i]);
+    __atomic_store_n(&real_dlsym, f, __ATOMIC_RELEASE);
+    return f;
+}
+
+/* The driver's own functions, on the first call of a hook. */
+static void init(void)
+{
+    glibc_dlsym();
     libcuda = dlopen("libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
     if (libcuda != NULL) {
         real_alloc = (alloc_fn)real_dlsym(libcuda, "cuMemAlloc_v2");
@@ -85,13 +99,20 @@ EXPORT CUresult cuIpcOpenMemHandle_v2(CUdeviceptr *p, CUipcMemHandle h, unsigned
 }
 
 /* The hooks by name, as such libraries keep them. */
-static void *hooked(const char *name)
+UNINSTRUMENTED static int same(const char *a, const char *b)
 {
-    if (strcmp(name, "cuMemAlloc_v2") == 0 || strcmp(name, "cuMemAlloc") == 0)
+    while (*a != '\0' && *a == *b)
+        a++, b++;
+    return *a == *b;
+}
+
+UNINSTRUMENTED static void *hooked(const char *name)
+{
+    if (same(name, "cuMemAlloc_v2") || same(name, "cuMemAlloc"))
         return (void *)cuMemAlloc_v2;
-    if (strcmp(name, "cuMemFree_v2") == 0 || strcmp(name, "cuMemFree") == 0)
+    if (same(name, "cuMemFree_v2") || same(name, "cuMemFree"))
         return (void *)cuMemFree_v2;
-    if (strcmp(name, "cuIpcOpenMemHandle_v2") == 0)
+    if (same(name, "cuIpcOpenMemHandle_v2"))
         return (void *)cuIpcOpenMemHandle_v2;
     return NULL;
 }
@@ -104,28 +125,27 @@ EXPORT CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int version,
         return CUDA_ERROR_NOT_INITIALIZED;
     CUresult r = real_gpa(symbol, pfn, version, flags, status);
     void *mine = symbol != NULL ? hooked(symbol) : NULL;
-    if (r == CUDA_SUCCESS && mine != NULL &&
-        !(strcmp(symbol, "cuMemAlloc") == 0 && version < 3020))
+    if (r == CUDA_SUCCESS && mine != NULL)
         *pfn = mine;
-    if (r == CUDA_SUCCESS && symbol != NULL && strcmp(symbol, "cuGetProcAddress") == 0 &&
+    if (r == CUDA_SUCCESS && symbol != NULL && same(symbol, "cuGetProcAddress") &&
         version >= 12000)
         *pfn = (void *)cuGetProcAddress_v2;
     return r;
 }
 
 /* Every look-up of a cu* name it hooks, on any handle, gets its hook. */
-EXPORT void *dlsym(void *handle, const char *name)
+UNINSTRUMENTED EXPORT void *dlsym(void *handle, const char *name)
 {
-    pthread_once(&once, init);
     const char *n = name; /* declared nonnull; a caller may still pass NULL */
-    if (n != NULL && strncmp(n, "cu", 2) == 0) {
+    if (n != NULL && n[0] == 'c' && n[1] == 'u') {
         void *mine = hooked(name);
-        if (mine == NULL && strcmp(name, "cuGetProcAddress_v2") == 0)
+        if (mine == NULL && same(name, "cuGetProcAddress_v2"))
             mine = (void *)cuGetProcAddress_v2;
         if (mine != NULL)
             return mine;
     }
-    return real_dlsym != NULL ? real_dlsym(handle, name) : NULL;
+    dlsym_fn next = glibc_dlsym();
+    return next != NULL ? next(handle, name) : NULL;
 }
 
 __attribute__((destructor)) static void report(void)

@@ -6,7 +6,9 @@
  *   - a proxy library that defines cuIpcGetMemHandle itself keeps it;
  *   - libcuda.so.1 opened again in a new link-map namespace (dlmopen) gives
  *     that namespace's own function, not one of the base namespace.
- * Usage: quota_probe MIB [PROXY_LIBRARY]; MIB 0 checks only the look-ups.
+ * Usage: quota_probe MIB [PROXY_LIBRARY]; MIB 0 checks only the look-ups,
+ * which are checked only when PROXY_LIBRARY is given;
+ * QUOTA_PROBE_NO_DLMOPEN=1 leaves out the dlmopen check.
  * Prints one line per check and exits 0 when the quota held (every
  * allocation was refused) and every look-up was right, 1 when an
  * allocation past the quota succeeded, 3 when a look-up was wrong. */
@@ -88,7 +90,10 @@ lookups:;
                ok ? "its own" : "REPLACED");
         wrong |= !ok;
     }
-    void *ns = dlmopen(LM_ID_NEWLM, "libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
+    /* A sanitizer runtime cannot have a second libc beside it. */
+    void *ns = argc < 3 || getenv("QUOTA_PROBE_NO_DLMOPEN") != NULL
+                   ? NULL
+                   : dlmopen(LM_ID_NEWLM, "libcuda.so.1", RTLD_NOW | RTLD_LOCAL);
     if (ns != NULL) {
         void *found = dlsym(ns, "cuIpcGetMemHandle");
         Lmid_t where = -1;

@@ -5,6 +5,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "../../shim/import_table.h"
@@ -210,6 +212,20 @@ static void test_overlapping_block_replaces_stale_one(void **state)
     assert_true(blocks == 1 && bytes == 0x1000);
 }
 
+/* A thread of the parent holds the table's lock exclusively when another
+ * forks: the child starts with an empty table and a lock it can take. */
+static pthread_mutex_t gate = PTHREAD_MUTEX_INITIALIZER;
+
+static void *hold_lock(void *arg)
+{
+    struct nvipcfix_import_table *t = arg;
+    pthread_rwlock_wrlock(&t->lock);
+    pthread_mutex_lock(&gate); /* until the parent has forked */
+    pthread_mutex_unlock(&gate);
+    pthread_rwlock_unlock(&t->lock);
+    return NULL;
+}
+
 static void test_forget_after_fork(void **state)
 {
     struct nvipcfix_import_table *t = *state;
@@ -218,14 +234,28 @@ static void test_forget_after_fork(void **state)
     int existed;
     handle(h, 11);
     nvipcfix_import_insert(t, &ctx_a, h, 0x100000, 0x10000, 0, 8, &p, &existed);
-    struct nvipcfix_import_table copy = *t; /* what the parent keeps */
-    pthread_rwlock_wrlock(&t->lock);        /* held by a thread fork() did not copy */
-    nvipcfix_import_table_forget(t);
-    assert_int_equal(nvipcfix_import_blocks(t), 0);
-    assert_int_equal(nvipcfix_import_acquire(t, &ctx_a, h, 8, &p), NVIPCFIX_IMPORT_MISS);
-    nvipcfix_import_table_destroy(t);
-    *t = copy;
-    pthread_rwlock_init(&t->lock, NULL);
+    pthread_mutex_lock(&gate);
+    pthread_t th;
+    pthread_create(&th, NULL, hold_lock, t);
+    while (pthread_rwlock_tryrdlock(&t->lock) == 0) /* wait for the thread */
+        pthread_rwlock_unlock(&t->lock);
+    pid_t pid = fork();
+    if (pid == 0) {
+        alarm(20); /* a lock inherited locked would hang here */
+        nvipcfix_import_table_forget(t);
+        int ok = nvipcfix_import_blocks(t) == 0 &&
+                 nvipcfix_import_acquire(t, &ctx_a, h, 8, &p) == NVIPCFIX_IMPORT_MISS &&
+                 nvipcfix_import_insert(t, &ctx_a, h, 0x200000, 0x10000, 0, 0, &p, &existed) ==
+                     NVIPCFIX_IMPORT_HIT &&
+                 p == 0x200000;
+        _exit(ok ? 0 : 1);
+    }
+    pthread_mutex_unlock(&gate);
+    pthread_join(th, NULL);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    assert_int_equal(nvipcfix_import_refs(t, 0x100000 + 8), 1); /* the parent's, intact */
 }
 
 #define THREADS 8

@@ -7,6 +7,8 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "../../shim/ipc_fix.h"
@@ -401,26 +403,46 @@ static void test_self_open_in_two_contexts(void **state)
 }
 
 /* After fork() the child starts with empty tables, fresh locks and zero
- * counts, whatever the parent held. */
+ * counts, whatever the parent held (here: its slow lock, taken by a thread
+ * of the parent that the child does not have). */
+static pthread_mutex_t gate = PTHREAD_MUTEX_INITIALIZER;
+
+static void *hold_slow(void *arg)
+{
+    (void)arg;
+    pthread_mutex_lock(&fix.slow);
+    pthread_mutex_lock(&gate);
+    pthread_mutex_unlock(&gate);
+    pthread_mutex_unlock(&fix.slow);
+    return NULL;
+}
+
 static void test_forget_after_fork(void **state)
 {
     (void)state;
     uint64_t b = fake_alloc(0x100000, 1 << 20);
-    CUdeviceptr p = open_ok(export_ok(b + 8));
-    pthread_mutex_lock(&fix.slow); /* as if a thread of the parent held it */
-    struct nvipcfix_fix parent = fix;
-    nvipcfix_fix_forget_after_fork(&fix);
-    assert_int_equal(nvipcfix_import_blocks(&fix.imports), 0);
-    assert_int_equal(nvipcfix_export_cache_count(&fix.exports), 0);
-    assert_int_equal(atomic_load(&fix.stats.opens), 0);
-    assert_int_equal(pthread_mutex_trylock(&fix.slow), 0);
-    pthread_mutex_unlock(&fix.slow);
-    nvipcfix_fix_destroy(&fix);
-    fix = parent; /* back to the parent's, for the teardown */
-    pthread_mutex_init(&fix.slow, NULL);
-    pthread_rwlock_init(&fix.imports.lock, NULL);
-    pthread_rwlock_init(&fix.exports.lock, NULL);
-    assert_int_equal(nvipcfix_close(&fix, p), CUDA_SUCCESS);
+    CUipcMemHandle h = export_ok(b + 8);
+    CUdeviceptr p = open_ok(h);
+    pthread_mutex_lock(&gate);
+    pthread_t th;
+    pthread_create(&th, NULL, hold_slow, NULL);
+    while (pthread_mutex_trylock(&fix.slow) == 0) /* wait for the thread */
+        pthread_mutex_unlock(&fix.slow);
+    pid_t pid = fork();
+    if (pid == 0) {
+        alarm(20);
+        nvipcfix_fix_forget_after_fork(&fix);
+        int ok = nvipcfix_import_blocks(&fix.imports) == 0 &&
+                 nvipcfix_export_cache_count(&fix.exports) == 0 &&
+                 atomic_load(&fix.stats.opens) == 0 && pthread_mutex_trylock(&fix.slow) == 0;
+        _exit(ok ? 0 : 1);
+    }
+    pthread_mutex_unlock(&gate);
+    pthread_join(th, NULL);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    assert_int_equal(nvipcfix_close(&fix, p), CUDA_SUCCESS); /* the parent's, intact */
 }
 
 static void test_contexts_are_separate(void **state)
