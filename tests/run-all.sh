@@ -212,9 +212,12 @@ PRE="" check "doctor: a working driver, self-test passed" 0 "$L" "$P" -- "$NV" d
 expect_in out "GPU 0: .*handle bytes 56-63 free; self-test .*: passed"; expect_in out "All good"
 expect_in out "preload order: ok"; done_case
 PRE="" check "doctor: a dlsym-defining library before nvipcfix in LD_PRELOAD (exit 8)" 8 "$L" \
-    "LD_PRELOAD=$SAN_PRE${SAN_PRE:+ }$T/libgpu_share.so" -- "$NV" doctor
+    "LD_PRELOAD=$SAN_PRE${SAN_PRE:+ }$T/libgpu_share.so:$LIB" -- "$NV" doctor
 expect_in out "preload order: WRONG"; expect_in out "libgpu_share.so"
 expect_in out "Put libnvipcfix.so first"; done_case
+PRE="" check "launcher: nvipcfix goes before a dlsym-defining library already preloaded" 0 "$L" \
+    "LD_PRELOAD=$SAN_PRE${SAN_PRE:+ }$T/libgpu_share.so" -- "$NV" doctor
+expect_in out "preload order: ok"; expect_in out "All good"; done_case
 PRE="" check "doctor: the same library after nvipcfix is fine" 0 "$L" \
     "LD_PRELOAD=$SAN_PRE${SAN_PRE:+ }$LIB:$T/libgpu_share.so" -- "$NV" doctor
 expect_in out "preload order: ok"; expect_in out "All good"; done_case
