@@ -1,10 +1,10 @@
 /* The dlsym hook. The exported dlsym (dlsym_entry_x86_64.S) asks
  * nvipcfix_dlsym_route where to go, then jumps there with the caller's own
  * arguments and return address, so that for every name the library does not
- * wrap glibc's dlsym runs exactly as if called directly: RTLD_NEXT and
- * RTLD_DEFAULT resolve relative to the real caller, and dependencies are
- * recorded for it. Only the wrapped names looked up through a library handle
- * take the C path below. */
+ * wrap the next dlsym in the chain (another interposer's, else glibc's) runs
+ * exactly as if called directly: RTLD_NEXT and RTLD_DEFAULT resolve relative
+ * to the real caller, and dependencies are recorded for it. Only the wrapped
+ * names looked up through a library handle take the C path below. */
 #include <dlfcn.h>
 #include <stdatomic.h>
 #include <stddef.h>
@@ -96,10 +96,10 @@ const char *nvipcfix_dlsym_shadowed_by(void)
 }
 
 /* Where dlsym(handle, name) goes. RTLD_DEFAULT and RTLD_NEXT always go to
- * glibc: symbol order already puts nvipcfix's exports (and those of any
- * other interposer) where they belong, and resolving RTLD_NEXT from here
- * instead of from the caller would hand an interposer preloaded after
- * nvipcfix its own function back. */
+ * the next dlsym with the real caller's return address: symbol order already
+ * puts nvipcfix's exports (and those of any other interposer) where they
+ * belong, and resolving RTLD_NEXT from here instead of from the caller would
+ * hand an interposer preloaded after nvipcfix its own function back. */
 NVIPCFIX_UNINSTRUMENTED __attribute__((used)) void *nvipcfix_dlsym_route(void *handle,
                                                                       const char *name)
 {

@@ -262,8 +262,14 @@ static CUresult open_block(struct nvipcfix_fix *fix, nvipcfix_open_fn real_open,
     /* The exporter's own block is the same in every context of the process:
      * recorded once, without a context. */
     int existed = 0;
+    size_t stale = fix->imports.stale; /* changed only by inserts, all under fix->slow */
     ir = nvipcfix_import_insert(&fix->imports, self ? NULL : ctx, native, base, size, self,
                                 offset, &p, &existed);
+    if (fix->imports.stale != stale)
+        NVIPCFIX_WARN_ONCE("a block nvipcfix held was unmapped behind its back (closed through "
+                           "a road nvipcfix does not see, or its context was destroyed); the "
+                           "new mapping at 0x%llx replaces its entry",
+                           (ull)base);
     if ((ir != NVIPCFIX_IMPORT_HIT || existed) && !self)
         real_close(fix, base);
     pthread_mutex_unlock(&fix->slow);
