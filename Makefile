@@ -141,7 +141,7 @@ $(BUILD)/tests/table_memory: tests/bench/table_memory.c $(SHIM_SRC) | deps
 	$(CC) $(CFLAGS) -o $@ $< $(SHIM_SRC)
 
 .PHONY: bench
-bench: $(LIB) $(SIM) $(BUILD)/tests/ipc_bench $(BUILD)/tests/table_memory
+bench: $(LIB) $(SIM) $(BUILD)/tests/ipc_bench $(BUILD)/tests/table_memory $(BUILD)/tests/fork_safety
 	@sh scripts/bench.sh $(BUILD) $(BENCH_ARGS)
 
 # Fuzzing (clang's libFuzzer): make fuzz runs FUZZ_RUNS inputs on each
