@@ -16,6 +16,7 @@ struct nvipcfix_import_block {
     uint64_t base;
     uint64_t size;
     atomic_uint_fast64_t refs; /* sum of its pointers' counts */
+    atomic_long idle;          /* its pointers whose count is zero */
     int self;
     struct nvipcfix_import_ptr *ptrs; /* the pointers returned into it */
     UT_hash_handle hh;
@@ -78,6 +79,25 @@ static void free_ptr(struct nvipcfix_import_table *t, struct nvipcfix_import_ptr
     HASH_DEL(t->ptrs, p);
     free(p);
     t->nptrs--;
+}
+
+/* Caller holds the lock exclusively. Frees closed pointers of b beyond the
+ * NVIPCFIX_IMPORT_IDLE_MAX most recently added ones. */
+static void trim_idle(struct nvipcfix_import_table *t, struct nvipcfix_import_block *b)
+{
+    long keep = NVIPCFIX_IMPORT_IDLE_MAX;
+    struct nvipcfix_import_ptr *p = b->ptrs, *next;
+    for (; p != NULL && atomic_load(&b->idle) > NVIPCFIX_IMPORT_IDLE_MAX; p = next) {
+        next = p->next_in_block;
+        if (atomic_load(&p->refs) != 0)
+            continue;
+        if (keep > 0) {
+            keep--;
+            continue;
+        }
+        free_ptr(t, p);
+        atomic_fetch_sub(&b->idle, 1);
+    }
 }
 
 /* Caller holds the lock exclusively. */
@@ -161,13 +181,17 @@ static enum nvipcfix_import_result take(struct nvipcfix_import_table *t,
         return NVIPCFIX_IMPORT_BAD_OFFSET;
     uint64_t addr = b->base + offset;
     struct nvipcfix_import_ptr *p = find_ptr(t, addr);
-    if (p == NULL) {
+    if (p != NULL) {
+        if (atomic_fetch_add(&p->refs, 1) == 0) /* a closed pointer, kept */
+            atomic_fetch_sub(&b->idle, 1);
+    } else {
         p = *spare;
         if (p == NULL)
             return NVIPCFIX_IMPORT_NOMEM;
         *spare = NULL;
         memset(p, 0, sizeof *p);
         p->ptr = addr;
+        p->refs = 1;
         p->block = b;
         p->next_in_block = b->ptrs;
         if (b->ptrs != NULL)
@@ -175,8 +199,8 @@ static enum nvipcfix_import_result take(struct nvipcfix_import_table *t,
         b->ptrs = p;
         HASH_ADD(hh, t->ptrs, ptr, sizeof p->ptr, p);
         t->nptrs++;
+        trim_idle(t, b);
     }
-    atomic_fetch_add(&p->refs, 1);
     atomic_fetch_add(&b->refs, 1);
     *ptr = addr;
     return NVIPCFIX_IMPORT_HIT;
@@ -201,7 +225,8 @@ nvipcfix_import_acquire(struct nvipcfix_import_table *t, const void *ctx,
         if (offset != 0 && offset >= b->size) {
             r = NVIPCFIX_IMPORT_BAD_OFFSET;
         } else if ((p = find_ptr(t, b->base + offset)) != NULL && p->block == b) {
-            atomic_fetch_add(&p->refs, 1);
+            if (atomic_fetch_add(&p->refs, 1) == 0) /* a closed pointer, kept */
+                atomic_fetch_sub(&b->idle, 1);
             atomic_fetch_add(&b->refs, 1);
             *ptr = p->ptr;
             r = NVIPCFIX_IMPORT_HIT;
@@ -300,6 +325,31 @@ nvipcfix_import_insert(struct nvipcfix_import_table *t, const void *ctx,
     return r;
 }
 
+/* Caller holds the lock shared. Drops one reference through p unless it
+ * would be its block's last; returns 1 if it did. A reference through p
+ * must exist (count above zero); a count that reaches zero keeps the entry
+ * (idle), for a quick re-open. */
+static int release_shared(struct nvipcfix_import_ptr *p)
+{
+    struct nvipcfix_import_block *b = p->block;
+    uint_fast64_t k = atomic_load(&p->refs);
+    do {
+        if (k == 0)
+            return 0; /* closed more often than opened: the exclusive path decides */
+    } while (!atomic_compare_exchange_weak(&p->refs, &k, k - 1));
+    if (k == 1)
+        atomic_fetch_add(&b->idle, 1);
+    uint_fast64_t m = atomic_load(&b->refs);
+    do {
+        if (m <= 1) { /* the block's last: undo, for the exclusive path */
+            if (atomic_fetch_add(&p->refs, 1) == 0)
+                atomic_fetch_sub(&b->idle, 1);
+            return 0;
+        }
+    } while (!atomic_compare_exchange_weak(&b->refs, &m, m - 1));
+    return 1;
+}
+
 enum nvipcfix_release_result
 nvipcfix_import_release(struct nvipcfix_import_table *t, uint64_t addr, int allow_last,
                         struct nvipcfix_released_block *out)
@@ -308,26 +358,19 @@ nvipcfix_import_release(struct nvipcfix_import_table *t, uint64_t addr, int allo
     struct nvipcfix_import_block *b;
     enum nvipcfix_release_result r;
     if (!allow_last) {
-        /* Shared: drop a reference of a returned pointer that has others. */
+        /* Shared: a returned pointer's reference, not the block's last. */
         pthread_rwlock_rdlock(&t->lock);
         p = find_ptr(t, addr);
         b = p != NULL ? p->block : find_range(t, addr);
-        r = b != NULL ? NVIPCFIX_RELEASE_WOULD_BE_LAST : NVIPCFIX_RELEASE_NOT_OURS;
-        if (p != NULL) {
-            uint_fast64_t refs = atomic_load(&p->refs);
-            while (refs > 1)
-                if (atomic_compare_exchange_weak(&p->refs, &refs, refs - 1)) {
-                    /* the block keeps at least this pointer's others */
-                    atomic_fetch_sub(&b->refs, 1);
-                    r = NVIPCFIX_RELEASE_DONE;
-                    break;
-                }
-        }
+        r = b == NULL                          ? NVIPCFIX_RELEASE_NOT_OURS
+            : p != NULL && release_shared(p) ? NVIPCFIX_RELEASE_DONE
+                                               : NVIPCFIX_RELEASE_WOULD_BE_LAST;
         pthread_rwlock_unlock(&t->lock);
         if (r != NVIPCFIX_RELEASE_WOULD_BE_LAST)
             return r;
     }
-    /* Exclusive: a pointer's or a block's count reaches zero only here. */
+    /* Exclusive: no shared operation runs; a block's count reaches zero,
+     * and entries are freed, only here. */
     pthread_rwlock_wrlock(&t->lock);
     p = find_ptr(t, addr);
     b = p != NULL ? p->block : find_range(t, addr);
@@ -336,16 +379,25 @@ nvipcfix_import_release(struct nvipcfix_import_table *t, uint64_t addr, int allo
     } else if (!allow_last && atomic_load(&b->refs) == 1) {
         r = NVIPCFIX_RELEASE_WOULD_BE_LAST;
     } else {
-        if (p == NULL) /* an address nvipcfix did not return: charge one pointer */
-            p = b->ptrs;
+        /* An address nvipcfix did not return, or a pointer closed more often
+         * than opened: one reference of the block, charged to a pointer that
+         * has one. */
+        if (p == NULL || atomic_load(&p->refs) == 0)
+            for (p = b->ptrs; p != NULL && atomic_load(&p->refs) == 0; p = p->next_in_block)
+                ;
+        if (p == NULL) { /* cannot be: a block's count is its pointers' sum */
+            pthread_rwlock_unlock(&t->lock);
+            return NVIPCFIX_RELEASE_NOT_OURS;
+        }
         if (atomic_fetch_sub(&p->refs, 1) == 1)
-            free_ptr(t, p);
+            atomic_fetch_add(&b->idle, 1);
         if (atomic_fetch_sub(&b->refs, 1) == 1) {
             out->base = b->base;
             out->self = b->self;
             remove_block(t, b);
             r = NVIPCFIX_RELEASE_LAST;
         } else {
+            trim_idle(t, b);
             r = NVIPCFIX_RELEASE_DONE;
         }
     }

@@ -1,18 +1,22 @@
 /* Import table: every block this process opened through nvipcfix, once per
  * (context, handle), with nvipcfix's own reference count, and every pointer
  * nvipcfix returned into it (block base + offset), each with a count of its
- * own. A block's count is the sum of its pointers' counts; a pointer's entry
- * is freed when its own count reaches zero, the block when its count does.
+ * own. A block's count is the sum of its pointers' counts; the block is
+ * freed when its count reaches zero. A pointer whose count reaches zero
+ * keeps its entry for a quick re-open, but a block keeps at most
+ * NVIPCFIX_IMPORT_IDLE_MAX such closed pointers (the most recent): opening
+ * and closing ever new offsets of a block kept open does not grow the table.
  *
  * A close is matched by the exact pointer first, else by address range: a
  * close of any address inside a block nvipcfix holds releases one reference
  * of that block (charged to one of its pointers), so it never reaches the
  * driver while nvipcfix still counts references.
  *
- * Locking: a read-write lock; re-opens, and closes that leave the pointer's
- * count above zero, take it shared and change the counts atomically, so
- * threads using the same block do not serialise. Adding a block or a
- * pointer, and freeing either, take it exclusively. */
+ * Locking: a read-write lock; re-opens of a known pointer, and closes that
+ * are not the block's last, take it shared and change the counts
+ * atomically, so threads using the same block do not serialise. Adding a
+ * block or a pointer, freeing either, and closes by address range take it
+ * exclusively. */
 #ifndef NVIPCFIX_IMPORT_TABLE_H
 #define NVIPCFIX_IMPORT_TABLE_H
 
@@ -21,6 +25,9 @@
 #include <stdint.h>
 
 #include "handle_tag.h"
+
+/* Closed pointers a block keeps for quick re-opens (112 bytes each). */
+#define NVIPCFIX_IMPORT_IDLE_MAX 64
 
 struct nvipcfix_import_block;
 struct nvipcfix_import_ptr;
