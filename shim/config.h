@@ -18,6 +18,7 @@ struct nvipcfix_config {
     char log_file[1024]; /* empty: stderr */
     int self_open;       /* answer opens of our own exports (default 1) */
     int stats;           /* one summary line at exit (default 0) */
+    int plain_tags;      /* NVIPCFIX_TAG=plain: tags a driver alone opens (default 0) */
     /* Problems found while parsing, to be logged once logging is set up. */
     int nwarnings;
     char warnings[NVIPCFIX_CONFIG_MAX_WARNINGS][160];

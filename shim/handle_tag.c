@@ -49,35 +49,81 @@ int nvipcfix_tail_is_zero(const unsigned char handle[NVIPCFIX_HANDLE_BYTES])
     return load64(handle + NVIPCFIX_TAIL_AT) == 0;
 }
 
-int nvipcfix_tag_encode(unsigned char handle[NVIPCFIX_HANDLE_BYTES], uint64_t offset)
+/* A guarded tag's check value is computed in its own domain (bit 63 of the
+ * offset word, never set in an offset). */
+#define GUARD_DOMAIN (UINT64_C(1) << 63)
+
+int nvipcfix_tag_encode_style(unsigned char handle[NVIPCFIX_HANDLE_BYTES], uint64_t offset,
+                              enum nvipcfix_tag_style style)
 {
     if (offset == 0 || offset > NVIPCFIX_MAX_OFFSET || !nvipcfix_tail_is_zero(handle))
         return -1;
-    uint64_t tail = offset | ((uint64_t)nvipcfix_tag_check(handle, offset) << 48);
+    int guarded = style == NVIPCFIX_TAG_GUARDED;
+    uint64_t tail = offset | (guarded ? NVIPCFIX_GUARD_FLAG : 0) |
+                    ((uint64_t)nvipcfix_tag_check(handle, offset | (guarded ? GUARD_DOMAIN : 0))
+                     << 48);
     store64(handle + NVIPCFIX_TAIL_AT, tail);
+    if (style == NVIPCFIX_TAG_GUARDED)
+        handle[NVIPCFIX_GUARD_BYTE] ^= NVIPCFIX_GUARD_MASK;
     return 0;
+}
+
+int nvipcfix_tag_encode(unsigned char handle[NVIPCFIX_HANDLE_BYTES], uint64_t offset)
+{
+    return nvipcfix_tag_encode_style(handle, offset, NVIPCFIX_TAG_PLAIN);
+}
+
+int nvipcfix_tag_can_guard(const unsigned char handle[NVIPCFIX_HANDLE_BYTES])
+{
+    uint64_t size = load64(handle + 16);
+    uint64_t pages = load64(handle + 24) & UINT64_C(0xffffffff);
+    return handle[32] == 0x06 && pages != 0 && pages < (UINT64_C(1) << 31) &&
+           pages * 4096 >= size;
+}
+
+enum nvipcfix_tag_kind nvipcfix_tag_decode_style(const unsigned char handle[NVIPCFIX_HANDLE_BYTES],
+                                                 uint64_t *offset,
+                                                 unsigned char native[NVIPCFIX_HANDLE_BYTES],
+                                                 enum nvipcfix_tag_style *style)
+{
+    uint64_t tail = load64(handle + NVIPCFIX_TAIL_AT);
+    uint64_t off = tail & NVIPCFIX_MAX_OFFSET;
+    uint16_t check = (uint16_t)(tail >> 48);
+    unsigned char restored[NVIPCFIX_HANDLE_BYTES];
+    enum nvipcfix_tag_kind kind = NVIPCFIX_TAG_FOREIGN;
+    enum nvipcfix_tag_style st = NVIPCFIX_TAG_PLAIN;
+
+    memcpy(restored, handle, NVIPCFIX_HANDLE_BYTES);
+    /* The flag says which style, so no tail can verify as both. */
+    if (tail == 0) {
+        kind = NVIPCFIX_TAG_NONE;
+    } else if (off != 0 && !(tail & NVIPCFIX_GUARD_FLAG)) {
+        if (check == nvipcfix_tag_check(handle, off))
+            kind = NVIPCFIX_TAG_OURS;
+    } else if (off != 0) {
+        restored[NVIPCFIX_GUARD_BYTE] ^= NVIPCFIX_GUARD_MASK;
+        if (check == nvipcfix_tag_check(restored, off | GUARD_DOMAIN)) {
+            kind = NVIPCFIX_TAG_OURS;
+            st = NVIPCFIX_TAG_GUARDED;
+        } else {
+            restored[NVIPCFIX_GUARD_BYTE] ^= NVIPCFIX_GUARD_MASK;
+        }
+    }
+
+    *offset = kind == NVIPCFIX_TAG_OURS ? off : 0;
+    if (style != NULL)
+        *style = st;
+    if (native != NULL) {
+        memcpy(native, restored, NVIPCFIX_HANDLE_BYTES);
+        if (kind == NVIPCFIX_TAG_OURS)
+            memset(native + NVIPCFIX_TAIL_AT, 0, NVIPCFIX_HANDLE_BYTES - NVIPCFIX_TAIL_AT);
+    }
+    return kind;
 }
 
 enum nvipcfix_tag_kind nvipcfix_tag_decode(const unsigned char handle[NVIPCFIX_HANDLE_BYTES],
                                            uint64_t *offset,
                                            unsigned char native[NVIPCFIX_HANDLE_BYTES])
 {
-    uint64_t tail = load64(handle + NVIPCFIX_TAIL_AT);
-    uint64_t off = tail & NVIPCFIX_MAX_OFFSET;
-    enum nvipcfix_tag_kind kind;
-
-    if (tail == 0)
-        kind = NVIPCFIX_TAG_NONE;
-    else if (off != 0 && (uint16_t)(tail >> 48) == nvipcfix_tag_check(handle, off))
-        kind = NVIPCFIX_TAG_OURS;
-    else
-        kind = NVIPCFIX_TAG_FOREIGN;
-
-    *offset = kind == NVIPCFIX_TAG_OURS ? off : 0;
-    if (native != NULL) {
-        memcpy(native, handle, NVIPCFIX_HANDLE_BYTES);
-        if (kind == NVIPCFIX_TAG_OURS)
-            memset(native + NVIPCFIX_TAIL_AT, 0, NVIPCFIX_HANDLE_BYTES - NVIPCFIX_TAIL_AT);
-    }
-    return kind;
+    return nvipcfix_tag_decode_style(handle, offset, native, NULL);
 }

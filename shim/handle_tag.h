@@ -2,8 +2,14 @@
  *
  * The driver leaves those 8 bytes zero. An exported interior pointer gets,
  * in them (little-endian 64-bit word):
- *   bits  0-47  the offset of the pointer from its block's base (1 .. 2^48-1)
+ *   bits  0-46  the offset of the pointer from its block's base (1 .. 2^47-1)
+ *   bit     47  set for a guarded tag
  *   bits 48-63  a check value computed from bytes 0-55 and the offset
+ * A guarded tag also flips the top bit of byte 27 (the driver's chunk size
+ * in pages, a field it checks): a driver without nvipcfix refuses such a
+ * handle with CUDA_ERROR_INVALID_VALUE instead of opening the block base,
+ * and nvipcfix restores the byte before any real call. The check value of a
+ * guarded tag is computed over the restored bytes, in its own domain.
  * docs/handle-format.md explains why a handle nvipcfix did not make is
  * never taken for a tagged one. */
 #ifndef NVIPCFIX_HANDLE_TAG_H
@@ -13,7 +19,15 @@
 
 #define NVIPCFIX_HANDLE_BYTES 64
 #define NVIPCFIX_TAIL_AT 56
-#define NVIPCFIX_MAX_OFFSET ((UINT64_C(1) << 48) - 1)
+#define NVIPCFIX_MAX_OFFSET ((UINT64_C(1) << 47) - 1)
+#define NVIPCFIX_GUARD_FLAG (UINT64_C(1) << 47)
+#define NVIPCFIX_GUARD_BYTE 27    /* top byte of the chunk size in pages */
+#define NVIPCFIX_GUARD_MASK 0x80u
+
+enum nvipcfix_tag_style {
+    NVIPCFIX_TAG_PLAIN = 0,   /* bytes 0-55 untouched */
+    NVIPCFIX_TAG_GUARDED = 1, /* byte 27 flipped: refused by a driver alone */
+};
 
 enum nvipcfix_tag_kind {
     NVIPCFIX_TAG_NONE = 0, /* tail all zero: a native handle, offset 0 */
@@ -27,16 +41,33 @@ uint16_t nvipcfix_tag_check(const unsigned char head[NVIPCFIX_TAIL_AT], uint64_t
 /* Nonzero when bytes 56-63 are all zero, i.e. free for a tag. */
 int nvipcfix_tail_is_zero(const unsigned char handle[NVIPCFIX_HANDLE_BYTES]);
 
-/* Writes the tag for offset into a handle whose tail is zero.
+/* Writes a plain tag for offset into a handle whose tail is zero.
  * Returns 0, or -1 (handle unchanged) if the tail is not zero or the offset
  * is 0 or above NVIPCFIX_MAX_OFFSET. */
 int nvipcfix_tag_encode(unsigned char handle[NVIPCFIX_HANDLE_BYTES], uint64_t offset);
 
+/* The same with a tag of the given style. */
+int nvipcfix_tag_encode_style(unsigned char handle[NVIPCFIX_HANDLE_BYTES], uint64_t offset,
+                              enum nvipcfix_tag_style style);
+
+/* Nonzero when a driver's handle has the layout measured on real drivers
+ * (type byte 0x06 at 32, a chunk of at least the allocation's size in
+ * bytes 24-27), so that a guarded tag is known to be refused by a driver
+ * without nvipcfix. */
+int nvipcfix_tag_can_guard(const unsigned char handle[NVIPCFIX_HANDLE_BYTES]);
+
 /* Classifies a handle. For NVIPCFIX_TAG_OURS, *offset gets the offset and
- * native (if not NULL) the handle as the driver wrote it (tail zeroed); for
- * the other kinds *offset is 0 and native gets the handle unchanged. */
+ * native (if not NULL) the handle as the driver wrote it (tail zeroed, a
+ * guarded byte restored); for the other kinds *offset is 0 and native gets
+ * the handle unchanged. */
 enum nvipcfix_tag_kind nvipcfix_tag_decode(const unsigned char handle[NVIPCFIX_HANDLE_BYTES],
                                            uint64_t *offset,
                                            unsigned char native[NVIPCFIX_HANDLE_BYTES]);
+
+/* The same, also telling the style of a tag of ours (style may be NULL). */
+enum nvipcfix_tag_kind nvipcfix_tag_decode_style(const unsigned char handle[NVIPCFIX_HANDLE_BYTES],
+                                                 uint64_t *offset,
+                                                 unsigned char native[NVIPCFIX_HANDLE_BYTES],
+                                                 enum nvipcfix_tag_style *style);
 
 #endif

@@ -148,8 +148,19 @@ CUresult nvipcfix_export(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CUdev
                            (ull)offset);
         return native_export(fix, handle, ptr);
     }
+    /* A guarded tag, which a driver without nvipcfix refuses, where the
+     * handle has the layout measured on real drivers; else a plain one. */
+    enum nvipcfix_tag_style style = NVIPCFIX_TAG_PLAIN;
+    if (!fix->config.plain_tags) {
+        if (nvipcfix_tag_can_guard(blk.handle))
+            style = NVIPCFIX_TAG_GUARDED;
+        else
+            NVIPCFIX_WARN_ONCE("this driver's IPC handles do not have the layout nvipcfix knows; "
+                               "tags are plain, so a receiver without nvipcfix would open the "
+                               "block base instead of failing");
+    }
     memcpy(handle->reserved, blk.handle, sizeof blk.handle);
-    nvipcfix_tag_encode((unsigned char *)handle->reserved, offset);
+    nvipcfix_tag_encode_style((unsigned char *)handle->reserved, offset, style);
     NVIPCFIX_STAT_ADD(&fix->stats, exports_tagged);
     NVIPCFIX_DEBUG("export of 0x%llx: block 0x%llx + %llu, tagged", (ull)ptr, (ull)blk.base,
                    (ull)offset);

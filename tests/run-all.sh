@@ -85,7 +85,7 @@ done_case() {
     fi
     unset LD_PRELOAD NVIPCFIX_LIBRARY SIMCUDA_OLD_DRIVER SIMCUDA_HANDLE_TAIL SIMCUDA_FAIL SIMCUDA_DEVICES SIMCUDA_VA_GIB NVIPCFIX_MODE \
         NVIPCFIX_LOG NVIPCFIX_STATS NVIPCFIX_SELF_OPEN NVIPCFIX_LOG_FILE LEGACY_IPC_DEVICE \
-        LEGACY_IPC_IMPORTER_DEVICE GPU_SHARE_LIMIT_MIB QUOTA_PROBE_NO_DLMOPEN 2>/dev/null
+        LEGACY_IPC_IMPORTER_DEVICE LEGACY_IPC_IMPORTER_NO_PRELOAD NVIPCFIX_TAG GPU_SHARE_LIMIT_MIB QUOTA_PROBE_NO_DLMOPEN 2>/dev/null
 }
 
 for road in direct dlsym procaddr procaddr-v1; do
@@ -124,6 +124,24 @@ expect_in err "nvipcfix\[[0-9]*\]: warning: this driver writes bytes 56-63"
 [ "$(grep -c 'did not write; it is passed to the driver unchanged' "$OUT/err")" -eq 1 ] ||
     { ok=0; why="not one warning in the importer"; }
 done_case
+# Only the exporter has nvipcfix (the likeliest mistake in a prefill/decode
+# deployment): the importer's driver refuses the guarded tag, a clean error
+# on every road, never the block's bytes.
+for road in direct dlsym procaddr procaddr-v1; do
+    PRE=$LIB check "$road: exporter with nvipcfix, importer without: a clean error" 2 \
+        LEGACY_IPC_IMPORTER_NO_PRELOAD=1 -- "$T/legacy_ipc" --road $road
+    # the 8 interior pointers fail to open; the 2 block bases (untagged) are
+    # right; nothing is written anywhere else
+    expect_in err "open failed: error 1\$"
+    expect_in out "read 2/10 right, written 2/10 right, 0 stray bytes, 8 failed calls"
+    done_case
+done
+PRE=$LIB check "NVIPCFIX_TAG=plain: the same deployment reads the block base (what guarded tags stop)" 1 \
+    NVIPCFIX_TAG=plain LEGACY_IPC_IMPORTER_NO_PRELOAD=1 -- "$T/legacy_ipc"
+expect_in out "WRONG"; done_case
+PRE=$LIB check "NVIPCFIX_TAG=plain: both sides with nvipcfix, right" 0 NVIPCFIX_TAG=plain -- \
+    "$T/legacy_ipc" --reopen
+expect_in out "CORRECT"; done_case
 PRE=$LIB check "mode off: pure pass-through" 1 NVIPCFIX_MODE=off -- "$T/legacy_ipc"
 expect_empty err; done_case
 PRE=$LIB check "mode audit: changes nothing, logs interior exports" 1 NVIPCFIX_MODE=audit \
@@ -306,8 +324,9 @@ for road in direct dlsym procaddr procaddr-v1; do
     done_case
 done
 # In the other order the layer answers the look-ups itself: nvipcfix cannot
-# fix what it never sees, and says why once in each process it does see.
-PRE="$GS $LIB" check "GPU-sharing layer before nvipcfix: a warning names it and the order" 1 \
+# fix what it never sees, and says why once in each process it does see;
+# the bypassed opens of guarded tags fail cleanly (exit 2), never wrong bytes.
+PRE="$GS $LIB" check "GPU-sharing layer before nvipcfix: a warning names it and the order" 2 \
     -- "$T/legacy_ipc" --road direct
 expect_in err "libgpu_share.so defines dlsym and is loaded before nvipcfix"
 [ "$(grep -c 'defines dlsym' "$OUT/err")" -eq 2 ] || { ok=0; why="not one warning per process"; }

@@ -20,8 +20,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (size < 64)
         return 0;
     memcpy(h, data, 64);
-    enum nvipcfix_tag_kind k = nvipcfix_tag_decode(h, &off, native);
-    REQUIRE(memcmp(native, h, 56) == 0); /* the driver's bytes never change */
+    enum nvipcfix_tag_style style = NVIPCFIX_TAG_PLAIN;
+    enum nvipcfix_tag_kind k = nvipcfix_tag_decode_style(h, &off, native, &style);
+    /* the driver's bytes never change, but a guarded byte restored */
+    for (int i = 0; i < 56; i++)
+        REQUIRE((native[i] ^ h[i]) ==
+                (k == NVIPCFIX_TAG_OURS && style == NVIPCFIX_TAG_GUARDED && i == NVIPCFIX_GUARD_BYTE
+                     ? NVIPCFIX_GUARD_MASK
+                     : 0));
     switch (k) {
     case NVIPCFIX_TAG_NONE:
         REQUIRE(nvipcfix_tail_is_zero(h) && off == 0 && memcmp(native, h, 64) == 0);
@@ -30,7 +36,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         /* a valid tag is exactly what encoding its offset gives */
         REQUIRE(off >= 1 && off <= NVIPCFIX_MAX_OFFSET && nvipcfix_tail_is_zero(native));
         memcpy(again, native, 64);
-        REQUIRE(nvipcfix_tag_encode(again, off) == 0 && memcmp(again, h, 64) == 0);
+        REQUIRE(nvipcfix_tag_encode_style(again, off, style) == 0 && memcmp(again, h, 64) == 0);
         break;
     case NVIPCFIX_TAG_FOREIGN:
         REQUIRE(!nvipcfix_tail_is_zero(h) && off == 0 && memcmp(native, h, 64) == 0);
@@ -44,9 +50,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         memcpy(&off2, data + 64, 8);
         memcpy(again, h, 56);
         memset(again + 56, 0, 8);
-        if (nvipcfix_tag_encode(again, off2) == 0) {
+        enum nvipcfix_tag_style want = data[64] & 1 ? NVIPCFIX_TAG_GUARDED : NVIPCFIX_TAG_PLAIN;
+        if (nvipcfix_tag_encode_style(again, off2, want) == 0) {
             REQUIRE(off2 >= 1 && off2 <= NVIPCFIX_MAX_OFFSET);
-            REQUIRE(nvipcfix_tag_decode(again, &off, NULL) == NVIPCFIX_TAG_OURS && off == off2);
+            REQUIRE(nvipcfix_tag_decode_style(again, &off, NULL, &style) == NVIPCFIX_TAG_OURS &&
+                    off == off2 && style == want);
         } else {
             REQUIRE(off2 == 0 || off2 > NVIPCFIX_MAX_OFFSET);
         }

@@ -22,7 +22,9 @@
  * --reopen: the child opens every handle twice and closes twice.
  * --self: no child; the exporter opens its own handles.
  * Environment: LEGACY_IPC_DEVICE (default 0) is the device both use;
- * LEGACY_IPC_IMPORTER_DEVICE, if set, the importer's.
+ * LEGACY_IPC_IMPORTER_DEVICE, if set, the importer's;
+ * LEGACY_IPC_IMPORTER_NO_PRELOAD=1 starts the importer without LD_PRELOAD
+ * (a deployment where only the exporter has nvipcfix).
  *
  * Prints one line. Exit status: 0 every byte right, 1 wrong bytes (the bug),
  * 2 a CUDA call failed. Runs on the simulated driver and on a real GPU. */
@@ -352,6 +354,8 @@ int main(int argc, char **argv)
         int to, from;
         char *args[] = {"legacy_ipc", "--child", "--road", (char *)road,
                         reopen ? "--reopen" : NULL, NULL};
+        if (getenv("LEGACY_IPC_IMPORTER_NO_PRELOAD") != NULL)
+            unsetenv("LD_PRELOAD"); /* this process keeps what it loaded */
         pid_t pid = tp_spawn(self_path, args, &to, &from);
         int failed = tp_write_full(to, &n, sizeof n);
         for (uint32_t k = 0; k < n && !failed; k++)

@@ -16,8 +16,11 @@
  *     context); bytes 56-63 of a handle are zero and ignored on open;
  *   - small allocations (up to 1 MiB) are packed into 2 MiB chunks at
  *     512-byte steps, each with its own range and handle;
- *   - a handle whose bytes 0-55 were changed does not open (a checksum in
- *     bytes 36-39 stands in for the driver's own records).
+ *   - a handle whose chunk size (bytes 24-27, in pages) is not the chunk's
+ *     is refused with CUDA_ERROR_INVALID_VALUE, as the real driver refuses
+ *     it (docs/handle-format.md has the per-byte table measured on an H100);
+ *     a handle whose other bytes 0-55 were changed does not open (a checksum
+ *     in bytes 36-39 stands in for the driver's own records).
  * Switches (environment, read at cuInit):
  *   SIMCUDA_DEVICES=N       number of devices (1..8, default 1)
  *   SIMCUDA_OLD_DRIVER=1    a second open of an open handle fails with
@@ -40,6 +43,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/random.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <uthash.h>
 
@@ -138,12 +142,13 @@ static uint64_t get64(const unsigned char *p)
     return v;
 }
 
-/* Checksum of bytes 0-55 but 36-39, where it is stored. */
+/* Checksum of bytes 0-55 but 36-39, where it is stored, and 24-27, which
+ * are checked against the chunk itself. */
 static uint32_t head_sum(const unsigned char *h)
 {
     uint32_t x = 2166136261u;
     for (int i = 0; i < 56; i++)
-        if (i < 36 || i >= 40)
+        if ((i < 36 || i >= 40) && (i < 24 || i >= 28))
             x = (x ^ h[i]) * 16777619u;
     return x;
 }
@@ -662,6 +667,12 @@ static CUresult ipc_open(CUdeviceptr *pdptr, CUipcMemHandle handle, unsigned int
     int fd = -1;
     if (n > 0 && strncmp(link, expect, elen) == 0 && (link[elen] == ' ' || link[elen] == '\0'))
         fd = open(path, O_RDWR | O_CLOEXEC);
+    struct stat st;
+    if (fd >= 0 && (fstat(fd, &st) != 0 || (uint64_t)st.st_size != pages * SIM_PAGE)) {
+        close(fd); /* the chunk size the handle gives is not the chunk's */
+        pthread_mutex_unlock(&lock);
+        return CUDA_ERROR_INVALID_VALUE;
+    }
     if (fd < 0 || off + size > pages * SIM_PAGE) {
         if (fd >= 0)
             close(fd);

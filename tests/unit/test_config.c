@@ -37,6 +37,7 @@ static void test_defaults(void **state)
     assert_string_equal(c.log_file, "");
     assert_int_equal(c.self_open, 1);
     assert_int_equal(c.stats, 0);
+    assert_int_equal(c.plain_tags, 0); /* guarded tags */
     assert_int_equal(c.nwarnings, 0);
 }
 
@@ -45,16 +46,19 @@ static void test_every_value(void **state)
     (void)state;
     struct nvipcfix_config c;
     const char *env1[] = {"NVIPCFIX_MODE=audit", "NVIPCFIX_LOG=debug", "NVIPCFIX_SELF_OPEN=0",
-                          "NVIPCFIX_STATS=1", "NVIPCFIX_LOG_FILE=/tmp/x.%p.log", NULL};
+                          "NVIPCFIX_STATS=1", "NVIPCFIX_LOG_FILE=/tmp/x.%p.log",
+                          "NVIPCFIX_TAG=plain", NULL};
     parse(&c, env1);
+    assert_int_equal(c.plain_tags, 1);
     assert_int_equal(c.mode, NVIPCFIX_MODE_AUDIT);
     assert_int_equal(c.log_level, NVIPCFIX_LOG_DEBUG);
     assert_int_equal(c.self_open, 0);
     assert_int_equal(c.stats, 1);
     assert_string_equal(c.log_file, "/tmp/x.%p.log");
     assert_int_equal(c.nwarnings, 0);
-    const char *env2[] = {"NVIPCFIX_MODE=off", "NVIPCFIX_LOG=error", NULL};
+    const char *env2[] = {"NVIPCFIX_MODE=off", "NVIPCFIX_LOG=error", "NVIPCFIX_TAG=guarded", NULL};
     parse(&c, env2);
+    assert_int_equal(c.plain_tags, 0);
     assert_int_equal(c.mode, NVIPCFIX_MODE_OFF);
     assert_int_equal(c.log_level, NVIPCFIX_LOG_ERROR);
     const char *env3[] = {"NVIPCFIX_MODE=fix", "NVIPCFIX_LOG=info", NULL};

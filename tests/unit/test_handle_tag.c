@@ -20,7 +20,7 @@ static void test_round_trip(void **state)
 {
     (void)state;
     const uint64_t offsets[] = {1, 2, 511, 512, 4097, UINT64_C(1) << 20, (UINT64_C(3) << 20) + 7,
-                                UINT64_C(1) << 40, UINT64_C(1) << 47, NVIPCFIX_MAX_OFFSET};
+                                UINT64_C(1) << 40, UINT64_C(1) << 46, NVIPCFIX_MAX_OFFSET};
     for (unsigned s = 0; s < 50; s++) {
         for (size_t i = 0; i < sizeof offsets / sizeof offsets[0]; i++) {
             unsigned char h[64], orig[64], native[64];
@@ -34,6 +34,55 @@ static void test_round_trip(void **state)
             assert_memory_equal(native, orig, 64); /* restored exactly */
         }
     }
+}
+
+/* A guarded tag: byte 27 (the chunk size's top byte) flipped, so that a
+ * driver alone refuses the handle; decoding restores every driver byte. */
+static void test_guarded_round_trip(void **state)
+{
+    (void)state;
+    for (unsigned s = 0; s < 50; s++) {
+        unsigned char h[64], orig[64], native[64], plain[64];
+        uint64_t off = 0;
+        enum nvipcfix_tag_style style = NVIPCFIX_TAG_PLAIN;
+        driver_handle(h, s);
+        memcpy(orig, h, 64);
+        memcpy(plain, h, 64);
+        assert_int_equal(nvipcfix_tag_encode_style(h, 4096 + s, NVIPCFIX_TAG_GUARDED), 0);
+        for (int i = 0; i < 56; i++)
+            assert_int_equal(h[i] ^ orig[i], i == NVIPCFIX_GUARD_BYTE ? NVIPCFIX_GUARD_MASK : 0);
+        assert_int_equal(nvipcfix_tag_decode_style(h, &off, native, &style), NVIPCFIX_TAG_OURS);
+        assert_true(off == 4096 + s && style == NVIPCFIX_TAG_GUARDED);
+        assert_memory_equal(native, orig, 64);
+        /* its own domain: not the plain tag's check value */
+        nvipcfix_tag_encode(plain, 4096 + s);
+        assert_memory_not_equal(plain + 56, h + 56, 8);
+        assert_int_equal(nvipcfix_tag_decode_style(plain, &off, NULL, &style), NVIPCFIX_TAG_OURS);
+        assert_int_equal(style, NVIPCFIX_TAG_PLAIN);
+        /* a guarded tag whose byte 27 was restored by someone else is foreign */
+        h[NVIPCFIX_GUARD_BYTE] ^= NVIPCFIX_GUARD_MASK;
+        assert_int_equal(nvipcfix_tag_decode(h, &off, NULL), NVIPCFIX_TAG_FOREIGN);
+    }
+}
+
+/* Guarded only where the handle has the measured layout. */
+static void test_can_guard(void **state)
+{
+    (void)state;
+    unsigned char h[64] = {0};
+    uint64_t size = 64u << 20, pages = (64u << 20) / 4096;
+    memcpy(h + 16, &size, 8);
+    memcpy(h + 24, &pages, 4);
+    h[32] = 0x06;
+    assert_true(nvipcfix_tag_can_guard(h));
+    h[32] = 0x07;
+    assert_false(nvipcfix_tag_can_guard(h));
+    h[32] = 0x06;
+    pages = 10; /* a chunk smaller than the allocation: not the layout */
+    memcpy(h + 24, &pages, 4);
+    assert_false(nvipcfix_tag_can_guard(h));
+    memset(h + 24, 0, 4);
+    assert_false(nvipcfix_tag_can_guard(h));
 }
 
 static void test_offset_zero_is_identity(void **state)
@@ -60,7 +109,7 @@ static void test_largest_offset(void **state)
     assert_true(nvipcfix_tail_is_zero(h));
     assert_int_equal(nvipcfix_tag_encode(h, NVIPCFIX_MAX_OFFSET), 0);
     assert_int_equal(nvipcfix_tag_decode(h, &off, native), NVIPCFIX_TAG_OURS);
-    assert_true(off == NVIPCFIX_MAX_OFFSET && off >= (UINT64_C(1) << 47));
+    assert_true(off == NVIPCFIX_MAX_OFFSET && off >= (UINT64_C(1) << 46)); /* 128 TiB */
 }
 
 static void test_foreign_tail_is_not_ours(void **state)
@@ -147,6 +196,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip),
+        cmocka_unit_test(test_guarded_round_trip),
+        cmocka_unit_test(test_can_guard),
         cmocka_unit_test(test_offset_zero_is_identity),
         cmocka_unit_test(test_largest_offset),
         cmocka_unit_test(test_foreign_tail_is_not_ours),

@@ -102,7 +102,8 @@ static void test_open_in_exporter_fails(void **state)
 }
 
 /* A forked child opens h: the base comes back, re-open is counted, close of
- * an interior pointer fails, byte 63 is ignored. Returns 0 when all hold. */
+ * an interior pointer fails, byte 63 is ignored, a changed chunk size is
+ * refused. Returns 0 when all hold. */
 static int importer(CUipcMemHandle h, uint64_t offset)
 {
     pid_t pid = fork();
@@ -122,6 +123,16 @@ static int importer(CUipcMemHandle h, uint64_t offset)
         h.reserved[63] = 0x7f; /* ignored by the driver */
         if (cuIpcOpenMemHandle(&o2, h, 1) != CUDA_SUCCESS || o2 != o1)
             _exit(15);
+        /* the chunk size (bytes 24-27) is checked: invalid value, as the
+         * real driver answers, whichever bit changed */
+        for (int i = 24; i < 28; i++)
+            for (int bit = 0; bit < 8; bit += 7) {
+                CUipcMemHandle m = h;
+                CUdeviceptr o3 = 0;
+                m.reserved[i] ^= (char)(1 << bit);
+                if (cuIpcOpenMemHandle(&o3, m, 1) != CUDA_ERROR_INVALID_VALUE || o3 != 0)
+                    _exit(18);
+            }
         for (int i = 0; i < 3; i++)
             if (cuIpcCloseMemHandle(o1) != CUDA_SUCCESS)
                 _exit(16);
