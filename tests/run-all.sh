@@ -228,7 +228,12 @@ PRE="" check "launcher: --help and --version" 0 -- sh -c "'$NV' --help && '$NV' 
 expect_in out "usage: nvipcfix"; expect_in out "^nvipcfix [0-9]"; done_case
 PRE="" check "doctor: a working driver, self-test passed" 0 "$L" "$P" -- "$NV" doctor
 expect_in out "GPU 0: .*handle bytes 56-63 free; self-test .*: passed"; expect_in out "All good"
-expect_in out "preload order: ok"; done_case
+expect_in out "preload order: ok"
+expect_in out "a receiver without nvipcfix, same handle: refused by the driver"; done_case
+PRE="" check "doctor: NVIPCFIX_TAG=plain says a receiver without nvipcfix reads the base" 0 "$L" \
+    "$P" NVIPCFIX_TAG=plain -- "$NV" doctor
+expect_in out "same handle: OPENS THE BLOCK BASE"; expect_in out "NVIPCFIX_TAG=plain: a receiver"
+done_case
 PRE="" check "doctor: a dlsym-defining library before nvipcfix in LD_PRELOAD (exit 8)" 8 "$L" \
     "LD_PRELOAD=$SAN_PRE${SAN_PRE:+ }$T/libgpu_share.so:$LIB" -- "$NV" doctor
 expect_in out "preload order: WRONG"; expect_in out "libgpu_share.so"

@@ -10,7 +10,9 @@
  *   6  the driver uses bytes 56-63 of IPC handles (nvipcfix cannot tag)
  *   7  nvipcfix is not loaded in this process (run it as `nvipcfix doctor`)
  *   8  a library that defines dlsym is loaded before nvipcfix (from
- *      LD_PRELOAD or /etc/ld.so.preload): look-ups it answers bypass nvipcfix */
+ *      LD_PRELOAD or /etc/ld.so.preload): look-ups it answers bypass nvipcfix
+ *   9  a receiver without nvipcfix opens a guarded tag (this driver does not
+ *      check the field guarded tags change): it would read wrong bytes */
 #include <cuda.h>
 
 #include <dlfcn.h>
@@ -110,14 +112,62 @@ static int import_side(int ordinal)
     return ok ? 0 : 1;
 }
 
+extern char **environ;
+
+/* Runs `self --import ORDINAL` with the handle on its stdin, with the
+ * environment as it is or (bare) without LD_PRELOAD, as a receiver without
+ * nvipcfix would run. Returns its exit status (100: killed, -1: the handle
+ * could not be sent). */
+static int run_importer(const char *self, int ordinal, const CUipcMemHandle *h, int bare)
+{
+    static char *env[512];
+    int k = 0;
+    for (char **e = environ; *e != NULL && k < 511; e++)
+        if (!bare || strncmp(*e, "LD_PRELOAD=", 11) != 0)
+            env[k++] = *e;
+    env[k] = NULL;
+    int fd[2];
+    if (pipe(fd))
+        return -1;
+    pid_t pid = fork();
+    if (pid == 0) {
+        dup2(fd[0], 0);
+        close(fd[1]);
+        char ord[16];
+        snprintf(ord, sizeof ord, "%d", ordinal);
+        execle(self, self, "--import", ord, (char *)NULL, env);
+        _exit(127);
+    }
+    close(fd[0]);
+    size_t w = 0;
+    while (w < sizeof *h) {
+        ssize_t r = write(fd[1], h->reserved + w, sizeof *h - w);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            break;
+        w += (size_t)r;
+    }
+    close(fd[1]);
+    int status = 0;
+    waitpid(pid, &status, 0);
+    if (w != sizeof *h)
+        return -1;
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 100;
+}
+
 /* A self-test on one GPU: returns 0 when the importer read and wrote the
  * right bytes at an interior pointer. *tail_used is set when the driver's
- * own handle of the block has non-zero bytes 56-63. */
-static int self_test(const char *self, int ordinal, int *tail_used, char *why, size_t n)
+ * own handle of the block has non-zero bytes 56-63; *bare_code to the exit
+ * status of an importer without nvipcfix given the same handle (3: it could
+ * not open it, as guarded tags intend; 1: it read the block base). */
+static int self_test(const char *self, int ordinal, int *tail_used, int *bare_code, char *why,
+                     size_t n)
 {
     static unsigned char host[BLOCK];
     CUdeviceptr base;
     CUipcMemHandle whole, inner;
+    *bare_code = -1;
     if (use_device(ordinal) || cu.alloc(&base, BLOCK)) {
         snprintf(why, n, "cannot allocate on the GPU");
         return -1;
@@ -133,37 +183,14 @@ static int self_test(const char *self, int ordinal, int *tail_used, char *why, s
     static const char zero[8];
     *tail_used = memcmp(whole.reserved + 56, zero, 8) != 0;
 
-    int fd[2];
-    if (pipe(fd))
-        return -1;
-    pid_t pid = fork();
-    if (pid == 0) {
-        dup2(fd[0], 0);
-        close(fd[1]);
-        char ord[16];
-        snprintf(ord, sizeof ord, "%d", ordinal);
-        execl(self, self, "--import", ord, (char *)NULL);
-        _exit(127);
-    }
-    close(fd[0]);
-    size_t w = 0;
-    while (w < sizeof inner) {
-        ssize_t r = write(fd[1], inner.reserved + w, sizeof inner - w);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            break;
-        w += (size_t)r;
-    }
-    close(fd[1]);
-    int status = 0;
-    waitpid(pid, &status, 0);
-    int code = WIFEXITED(status) ? WEXITSTATUS(status) : 100;
+    int code = run_importer(self, ordinal, &inner, 0);
     int written = cu.dtoh(host, base + OFFSET, 4096) == 0;
     for (size_t i = 0; written && i < 4096; i++)
         written = host[i] == (unsigned char)~pattern(OFFSET + i);
+    if (code == 0 && written)
+        *bare_code = run_importer(self, ordinal, &inner, 1);
     cu.free_(base);
-    if (w != sizeof inner || code != 0 || !written) {
+    if (code != 0 || !written) {
         snprintf(why, n, "%s",
                  code == 3   ? "the importer could not open the handle"
                  : code == 1 ? "the importer read wrong bytes (the offset bug is not fixed)"
@@ -275,20 +302,28 @@ int main(int argc, char **argv)
         printf("preload order: WRONG: loaded before nvipcfix, defining dlsym:\n%s", before);
     else
         printf("preload order: ok (no library loaded before nvipcfix defines dlsym)\n");
-    int failed = 0, tail = 0;
+    int failed = 0, tail = 0, unguarded = 0;
+    const char *tag = getenv("NVIPCFIX_TAG");
+    int plain = tag != NULL && strcmp(tag, "plain") == 0;
     for (int g = 0; g < ngpu; g++) {
         char name[128] = "?";
         CUdevice dev;
-        int tail_used = 0;
+        int tail_used = 0, bare = -1;
         if (cu.get(&dev, g) == 0)
             cu.name(name, sizeof name, dev);
-        int rc = self_test(self, g, &tail_used, why, sizeof why);
+        int rc = self_test(self, g, &tail_used, &bare, why, sizeof why);
         tail |= tail_used;
         printf("GPU %d:        %s: handle bytes 56-63 %s; self-test (export at +%u, open in "
                "another process): %s%s%s\n",
                g, name, tail_used ? "USED by the driver" : "free", OFFSET,
                rc == 0 ? "passed" : "FAILED", rc == 0 ? "" : ": ", rc == 0 ? "" : why);
         failed |= rc != 0;
+        if (rc == 0)
+            printf("              a receiver without nvipcfix, same handle: %s\n",
+                   bare == 3 ? "refused by the driver (a clean error, as intended)"
+                   : bare == 1 ? "OPENS THE BLOCK BASE and reads the wrong bytes, silently"
+                               : "its test failed");
+        unguarded |= rc == 0 && !tail_used && bare != 3;
     }
     if (shadowed) {
         printf("\nA library above defines dlsym and comes before nvipcfix in LD_PRELOAD or\n"
@@ -304,6 +339,16 @@ int main(int argc, char **argv)
                "driver version above.\n");
         return 6;
     }
+    if (unguarded && !plain) {
+        printf("\nThis driver opens a guarded tag without nvipcfix: a receiver that runs\n"
+               "without nvipcfix would read the wrong bytes, silently. Run every receiver\n"
+               "with nvipcfix, and please report the driver version above.\n");
+        return 9;
+    }
+    if (unguarded && plain)
+        printf("\nNVIPCFIX_TAG=plain: a receiver without nvipcfix reads the block base\n"
+               "silently. Leave NVIPCFIX_TAG unset (guarded tags) unless every receiver\n"
+               "runs an nvipcfix older than guarded tags.\n");
     if (failed) {
         printf("\nA self-test failed. Run it again with NVIPCFIX_LOG=debug to see each call,\n"
                "and see docs/troubleshooting.md.\n");
