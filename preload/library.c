@@ -4,6 +4,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include "call_site.h"
 #include "../shim/log.h"
 
 extern char **environ;
@@ -26,14 +27,33 @@ static void fork_child(void)
     nvipcfix_fix_forget_after_fork(&fix);
 }
 
-/* Each process its own counts; a forked child that made no IPC call says
- * nothing. */
-static void print_stats(void)
+/* At exit, in each process that made an IPC call (a forked child that made
+ * none says nothing): the mappings still open, the statistics line
+ * (NVIPCFIX_STATS=1), and in audit mode the verdict and its call sites. */
+static void at_exit(void)
 {
     char line[512];
+    size_t blocks;
+    uint64_t bytes;
     if (getpid() != setup_pid && !nvipcfix_stats_any(&fix.stats))
         return;
-    nvipcfix_log_line("stats", "%s", nvipcfix_stats_format(&fix.stats, line, sizeof line));
+    nvipcfix_import_usage(&fix.imports, &blocks, &bytes);
+    if (blocks > 0)
+        NVIPCFIX_INFO("at exit: %zu block%s (%.1f MiB) opened through nvipcfix still mapped "
+                      "(never closed, or closed fewer times than opened)",
+                      blocks, blocks == 1 ? "" : "s", (double)bytes / 1048576.0);
+    if (fix.config.stats)
+        nvipcfix_log_line("stats", "%s open at exit=%zu (%llu bytes)",
+                          nvipcfix_stats_format(&fix.stats, line, sizeof line), blocks,
+                          (unsigned long long)bytes);
+    if (fix.config.mode == NVIPCFIX_MODE_AUDIT) {
+        nvipcfix_log_line("audit", "%s", nvipcfix_audit_verdict(&fix.audit, line, sizeof line));
+        unsigned long count;
+        char where[NVIPCFIX_AUDIT_SITE_LEN];
+        for (int i = 0; i < 8 && nvipcfix_audit_site(&fix.audit, i, where, sizeof where, &count);
+             i++)
+            nvipcfix_log_line("audit", "  %lu from %s", count, where);
+    }
 }
 
 static void setup(void)
@@ -48,8 +68,9 @@ static void setup(void)
     nvipcfix_fix_init(&fix, &cfg, &real->ops);
     setup_pid = getpid();
     pthread_atfork(NULL, NULL, fork_child);
-    if (cfg.stats)
-        atexit(print_stats);
+    if (cfg.mode == NVIPCFIX_MODE_AUDIT)
+        fix.describe_caller = nvipcfix_describe_caller;
+    atexit(at_exit);
     const char *before = nvipcfix_dlsym_shadowed_by();
     if (before != NULL && cfg.mode != NVIPCFIX_MODE_OFF)
         nvipcfix_log(NVIPCFIX_LOG_WARN,

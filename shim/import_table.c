@@ -423,9 +423,16 @@ size_t nvipcfix_import_pointers(struct nvipcfix_import_table *t)
 
 void nvipcfix_import_usage(struct nvipcfix_import_table *t, size_t *blocks, uint64_t *bytes)
 {
+    struct nvipcfix_import_block *b, *tmp;
+    *blocks = 0;
+    *bytes = 0;
     pthread_rwlock_rdlock(&t->lock);
-    *blocks = t->nblocks;
-    *bytes = t->bytes;
+    HASH_ITER(hh, t->blocks, b, tmp) {
+        if (!b->self) { /* mappings; the exporter's own blocks are not */
+            (*blocks)++;
+            *bytes += b->size;
+        }
+    }
     pthread_rwlock_unlock(&t->lock);
 }
 

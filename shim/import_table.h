@@ -95,7 +95,8 @@ nvipcfix_import_release(struct nvipcfix_import_table *t, uint64_t addr, int allo
 size_t nvipcfix_import_blocks(struct nvipcfix_import_table *t);
 size_t nvipcfix_import_pointers(struct nvipcfix_import_table *t);
 
-/* Blocks still open and their total size, for the report at exit. */
+/* Blocks still mapped (opened from another process, not yet closed for
+ * the last time) and their total size, for the report at exit. */
 void nvipcfix_import_usage(struct nvipcfix_import_table *t, size_t *blocks, uint64_t *bytes);
 
 /* Reference count of the block that contains addr (0 if none). */

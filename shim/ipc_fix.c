@@ -18,6 +18,7 @@ void nvipcfix_fix_init(struct nvipcfix_fix *fix, const struct nvipcfix_config *c
     nvipcfix_export_cache_init(&fix->exports, block_is_live, fix);
     nvipcfix_import_table_init(&fix->imports);
     pthread_mutex_init(&fix->slow, NULL);
+    nvipcfix_audit_sites_init(&fix->audit);
 }
 
 void nvipcfix_fix_destroy(struct nvipcfix_fix *fix)
@@ -109,12 +110,19 @@ CUresult nvipcfix_export(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CUdev
 
     if (fix->config.mode == NVIPCFIX_MODE_AUDIT) {
         CUresult r = native_export(fix, handle, ptr);
-        if (offset != 0)
+        if (offset != 0) {
+            char where[NVIPCFIX_AUDIT_SITE_LEN] = "";
+            if (fix->describe_caller != NULL)
+                fix->describe_caller(where, sizeof where);
+            nvipcfix_audit_sites_add(&fix->audit, where);
+            NVIPCFIX_STAT_ADD(&fix->stats, exports_tagged); /* "with offset" */
             nvipcfix_log(NVIPCFIX_LOG_INFO,
                          "audit: export of 0x%llx is %llu bytes into block 0x%llx "
-                         "(size %llu): a receiver will get the block base, not this pointer",
-                         (ull)ptr, (ull)offset, (ull)blk.base, (ull)blk.size);
-        else
+                         "(size %llu): a receiver will get the block base, not this pointer; "
+                         "called from %s",
+                         (ull)ptr, (ull)offset, (ull)blk.base, (ull)blk.size,
+                         where[0] ? where : "(not known)");
+        } else
             NVIPCFIX_DEBUG("audit: export of block base 0x%llx (size %llu)", (ull)ptr,
                            (ull)blk.size);
         return r;
@@ -366,6 +374,7 @@ CUresult nvipcfix_close(struct nvipcfix_fix *fix, CUdeviceptr ptr)
 
 void nvipcfix_fix_forget_after_fork(struct nvipcfix_fix *fix)
 {
+    nvipcfix_audit_sites_init(&fix->audit);
     nvipcfix_export_cache_forget(&fix->exports);
     nvipcfix_import_table_forget(&fix->imports);
     pthread_mutex_init(&fix->slow, NULL);

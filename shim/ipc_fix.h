@@ -6,6 +6,7 @@
 #include <cuda.h>
 #include <pthread.h>
 
+#include "audit_sites.h"
 #include "config.h"
 #include "export_cache.h"
 #include "import_table.h"
@@ -35,6 +36,10 @@ struct nvipcfix_fix {
      * of the same block. Never held on the fast paths. */
     pthread_mutex_t slow;
     struct nvipcfix_stats stats;
+    /* Audit mode: where interior exports come from. describe_caller, if
+     * set (the library sets it), writes the calling module and symbol. */
+    struct nvipcfix_audit_sites audit;
+    void (*describe_caller)(char *buf, size_t n);
 };
 
 void nvipcfix_fix_init(struct nvipcfix_fix *fix, const struct nvipcfix_config *config,

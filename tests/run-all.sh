@@ -148,6 +148,19 @@ PRE=$LIB check "mode audit: changes nothing, logs interior exports" 1 NVIPCFIX_M
     NVIPCFIX_LOG=info -- "$T/legacy_ipc"
 expect_in err "audit: export of 0x[0-9a-f]* is 512 bytes into block"
 expect_in err "audit: open of a native handle"; done_case
+PRE=$LIB check "audit mode: the call site of the interior exports and one verdict per process" 1 \
+    NVIPCFIX_MODE=audit NVIPCFIX_STATS=1 -- "$T/legacy_ipc"
+expect_in err "audit: this process exported 8 interior pointers from 1 call site: affected"
+expect_in err "audit:   8 from legacy_ipc+0x[0-9a-f]*$"
+expect_in err "audit: this process exported no interior pointer: not affected"
+expect_in err "stats: exports=10 (with offset 8)"
+[ "$(grep -c 'audit: this process' "$OUT/err")" -eq 2 ] || { ok=0; why="not one verdict per process"; }
+done_case
+PRE=$LIB check "mappings still open at exit: counted in the stats line, reported at info" 0 \
+    NVIPCFIX_STATS=1 NVIPCFIX_LOG=info -- "$T/ipc_faults" --leave-open
+expect_in out "2 blocks held at exit"
+expect_in err "info: at exit: 2 blocks (2.0 MiB) opened through nvipcfix still mapped"
+expect_in err "stats: exports=0 .* open at exit=2 (2097152 bytes)"; done_case
 PRE=$LIB check "bad setting: one warning, default kept" 0 NVIPCFIX_MODE=fixed -- "$T/legacy_ipc"
 expect_in err "NVIPCFIX_MODE='fixed' is not one of the accepted values; using 'fix'"
 [ "$(grep -c "NVIPCFIX_MODE='fixed'" "$OUT/err")" -eq 2 ] || { ok=0; why="not one warning per process"; }

@@ -309,6 +309,18 @@ int main(int argc, char **argv)
     self_path = argv[0];
     if (argc == 2 && strcmp(argv[1], "--exporter") == 0)
         return exporter();
+    if (argc == 2 && strcmp(argv[1], "--leave-open") == 0) {
+        /* opens one pointer in each of the two blocks and exits holding
+         * both: what the library reports at exit */
+        CUdeviceptr a, b;
+        if (tp_use_primary_context(0, &ctx))
+            return 2;
+        struct peer x = start_exporter();
+        int r = cuIpcOpenMemHandle(&a, x.h[1], 1) || cuIpcOpenMemHandle(&b, x.h[NH + 2], 1);
+        stop_exporter(&x);
+        printf("leave-open: %s\n", r ? "FAILED" : "2 blocks held at exit");
+        return r;
+    }
     if (tp_use_primary_context(0, &ctx))
         return 2;
     exporter_dies();
