@@ -11,26 +11,42 @@
 #include <stdio.h>
 #include <string.h>
 
-static int is_cuda_or_ours(const char *path)
+static const char *base_name(const char *path)
 {
     const char *base = strrchr(path, '/');
-    base = base != NULL ? base + 1 : path;
-    return strncmp(base, "libnvipcfix", 11) == 0 || strncmp(base, "libcuda.so", 10) == 0 ||
-           strncmp(base, "libcudart", 9) == 0;
+    return base != NULL ? base + 1 : path;
+}
+
+static int is_cuda(const char *path)
+{
+    const char *base = base_name(path);
+    return strncmp(base, "libcuda.so", 10) == 0 || strncmp(base, "libcudart", 9) == 0;
+}
+
+/* This function's own module: frames in it are nvipcfix's. */
+static int is_ours(const Dl_info *info)
+{
+    Dl_info self;
+    return dladdr((void *)nvipcfix_describe_caller, &self) != 0 &&
+           info->dli_fbase == self.dli_fbase;
 }
 
 void nvipcfix_describe_caller(char *buf, size_t n)
 {
     void *frames[32];
-    int depth = backtrace(frames, 32);
+    int depth = backtrace(frames, 32), i = 0;
+    Dl_info info;
     buf[0] = '\0';
-    for (int i = 0; i < depth; i++) {
-        Dl_info info;
-        if (dladdr(frames[i], &info) == 0 || info.dli_fname == NULL ||
-            is_cuda_or_ours(info.dli_fname))
+    /* past nvipcfix's own frames (and whatever came before them: a
+     * sanitizer's interceptor of backtrace itself) */
+    while (i < depth && !(dladdr(frames[i], &info) && is_ours(&info)))
+        i++;
+    while (i < depth && dladdr(frames[i], &info) && is_ours(&info))
+        i++;
+    for (; i < depth; i++) {
+        if (dladdr(frames[i], &info) == 0 || info.dli_fname == NULL || is_cuda(info.dli_fname))
             continue;
-        const char *base = strrchr(info.dli_fname, '/');
-        base = base != NULL ? base + 1 : info.dli_fname;
+        const char *base = base_name(info.dli_fname);
         /* a return address: the call is the instruction before it */
         uintptr_t at = (uintptr_t)frames[i] - 1;
         if (info.dli_sname != NULL)

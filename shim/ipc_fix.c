@@ -4,6 +4,7 @@
 
 #include "handle_tag.h"
 #include "log.h"
+#include "open_errors.h"
 
 typedef unsigned long long ull;
 
@@ -215,6 +216,23 @@ static CUresult import_error(struct nvipcfix_fix *fix, enum nvipcfix_import_resu
     return counted(fix, CUDA_ERROR_OUT_OF_MEMORY);
 }
 
+/* One warning per cause when a real open fails: what most likely happened. */
+static void explain_open_failure(struct nvipcfix_fix *fix, CUresult r, CUcontext ctx,
+                                 const unsigned char native[NVIPCFIX_HANDLE_BYTES])
+{
+    static atomic_flag said[NVIPCFIX_CAUSE_COUNT];
+    struct nvipcfix_export_block own;
+    struct nvipcfix_open_facts f;
+    char why[512];
+    f.has_context = ctx != NULL;
+    f.exporter_pid = nvipcfix_handle_exporter_pid(native);
+    f.exporter_visible = nvipcfix_pid_visible(f.exporter_pid);
+    f.own_export = nvipcfix_export_cache_find_handle(&fix->exports, native, &own);
+    enum nvipcfix_open_cause c = nvipcfix_open_error_cause(r, &f, why, sizeof why);
+    if (c != NVIPCFIX_CAUSE_NONE && !atomic_flag_test_and_set(&said[c]))
+        nvipcfix_log(NVIPCFIX_LOG_WARN, "%s", why);
+}
+
 /* The import table's answer for (ctx, handle), or for the process's own
  * exports, recorded without a context. */
 static enum nvipcfix_import_result acquire(struct nvipcfix_fix *fix, CUcontext ctx,
@@ -275,6 +293,7 @@ static CUresult open_block(struct nvipcfix_fix *fix, nvipcfix_open_fn real_open,
         NVIPCFIX_DEBUG("open of this process's own export: block 0x%llx", (ull)base);
     } else {
         pthread_mutex_unlock(&fix->slow);
+        explain_open_failure(fix, r, ctx, native);
         return counted(fix, r);
     }
 
