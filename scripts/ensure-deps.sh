@@ -4,6 +4,8 @@
 #   ensure-deps.sh          building the library: uthash-dev, CUDA headers
 #   ensure-deps.sh test     the CPU test tier: libcmocka-dev, valgrind, strace, python3
 #   ensure-deps.sh fuzz     clang with libFuzzer
+#   ensure-deps.sh aarch64  the aarch64 cross compiler, qemu-user and Debian's
+#                           arm64 cmocka (multiarch)
 missing=""
 need() { # COMMAND PACKAGE
     command -v "$1" >/dev/null 2>&1 || missing="$missing $2"
@@ -31,6 +33,17 @@ fuzz)
     need clang clang
     [ -n "$(find /usr/lib/llvm-*/lib/clang -name 'libclang_rt.fuzzer-x86_64.a' 2>/dev/null | head -n 1)" ] ||
         missing="$missing libclang-rt-dev"
+    ;;
+aarch64)
+    need aarch64-linux-gnu-gcc gcc-aarch64-linux-gnu
+    [ -f /usr/aarch64-linux-gnu/include/stdio.h ] || missing="$missing libc6-dev-arm64-cross"
+    need qemu-aarch64 qemu-user
+    need_header cmocka.h libcmocka-dev
+    [ -f /usr/lib/aarch64-linux-gnu/libcmocka.so ] || missing="$missing libcmocka-dev:arm64"
+    case $missing in
+    *:arm64*) [ "$(id -u)" = 0 ] && ! dpkg --print-foreign-architectures | grep -qx arm64 &&
+        dpkg --add-architecture arm64 ;;
+    esac
     ;;
 esac
 [ -z "$missing" ] && exit 0

@@ -22,6 +22,11 @@ if [ -n "$SAN_PRE" ]; then
     export TSAN_OPTIONS=${TSAN_OPTIONS:-halt_on_error=1:report_signal_unsafe=0}
     export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 fi
+# make test-aarch64: every aarch64 program starts through an emulator
+# (qemu-user), which gets LD_PRELOAD and LD_LIBRARY_PATH with -E, never in
+# its own environment; test programs do the same for their children.
+RUNNER=${TEST_RUNNER:-}
+[ -n "$RUNNER" ] && export TEST_PROGRAM_RUNNER="$RUNNER" SIMCUDA_VA_GIB=1
 skip() { # NAME WHY
     skipped=$((skipped + 1))
     echo "[ SKIPPED ] integration: $1: $2"
@@ -29,7 +34,11 @@ skip() { # NAME WHY
 
 # ---- unit tests (cmocka) ------------------------------------------------
 for t in "$T"/test_*; do
-    LD_LIBRARY_PATH=$SIM "$t" >"$OUT/unit.log" 2>&1
+    if [ -n "$RUNNER" ]; then
+        $RUNNER -E LD_LIBRARY_PATH="$SIM" "$t" >"$OUT/unit.log" 2>&1
+    else
+        LD_LIBRARY_PATH=$SIM "$t" >"$OUT/unit.log" 2>&1
+    fi
     rc=$?
     cat "$OUT/unit.log"
     p=$(sed -n 's/.*\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$OUT/unit.log" | tail -n 1)
@@ -45,9 +54,10 @@ for t in "$T"/test_*; do
 done
 
 # ---- integration --------------------------------------------------------
-# check NAME EXPECTED_STATUS [VAR=VALUE ...] -- COMMAND...
-# Runs COMMAND with the variables set; stdout and stderr land in
-# $OUT/out and $OUT/err for the extra assertions that follow.
+# check NAME EXPECTED_STATUS [VAR=VALUE ...] -- [timeout SECONDS] COMMAND...
+# Runs COMMAND with the variables set (LIBPATH: the library path, default
+# the simulated driver's); stdout and stderr land in $OUT/out and $OUT/err
+# for the extra assertions that follow.
 current=""
 check() {
     current=$1
@@ -58,7 +68,18 @@ check() {
         shift
     done
     shift
-    env LD_LIBRARY_PATH="$SIM" ${PRE:+LD_PRELOAD="$SAN_PRE${SAN_PRE:+ }$PRE"} "$@" >"$OUT/out" 2>"$OUT/err"
+    limit=""
+    if [ "$1" = timeout ]; then
+        limit="timeout $2"
+        shift 2
+    fi
+    lp=${LIBPATH:-$SIM}
+    case $RUNNER:$1 in
+    :*|*:) set -- env LD_LIBRARY_PATH="$lp" ${PRE:+LD_PRELOAD="$SAN_PRE${SAN_PRE:+ }$PRE"} "$@" ;;
+    *:"$B"/*) set -- $RUNNER -E LD_LIBRARY_PATH="$lp" ${PRE:+-E LD_PRELOAD="$PRE"} "$@" ;;
+    *) set -- env LD_LIBRARY_PATH="$lp" "$@" ;; # a host program: nothing of ours to preload
+    esac
+    $limit "$@" >"$OUT/out" 2>"$OUT/err"
     rc=$?
     if [ "$rc" -eq "$expect" ]; then
         ok=1
@@ -85,7 +106,7 @@ done_case() {
     fi
     unset LD_PRELOAD NVIPCFIX_LIBRARY SIMCUDA_OLD_DRIVER SIMCUDA_HANDLE_TAIL SIMCUDA_FAIL SIMCUDA_DEVICES SIMCUDA_VA_GIB NVIPCFIX_MODE \
         NVIPCFIX_LOG NVIPCFIX_STATS NVIPCFIX_SELF_OPEN NVIPCFIX_LOG_FILE LEGACY_IPC_DEVICE \
-        LEGACY_IPC_IMPORTER_DEVICE LEGACY_IPC_IMPORTER_NO_PRELOAD NVIPCFIX_TAG GPU_SHARE_LIMIT_MIB QUOTA_PROBE_NO_DLMOPEN 2>/dev/null
+        LIBPATH LEGACY_IPC_IMPORTER_DEVICE LEGACY_IPC_IMPORTER_NO_PRELOAD NVIPCFIX_TAG GPU_SHARE_LIMIT_MIB QUOTA_PROBE_NO_DLMOPEN 2>/dev/null
 }
 
 for road in direct dlsym procaddr procaddr-v1; do
@@ -174,6 +195,12 @@ cp "$OUT/out" "$OUT/native"; expect_in out "next=2"; done_case
 PRE=$LIB check "dlsym(RTLD_NEXT) resolves relative to the real caller" 0 -- "$T/rtld_next"
 cmp -s "$OUT/out" "$OUT/native" || { ok=0; why="output differs from native"; }
 expect_empty err; done_case
+# Host programs and scripts that start the test programs themselves cannot
+# run an aarch64 build without binfmt: under the emulator they are left to
+# make test.
+if [ -n "$RUNNER" ]; then
+    skip "a process without CUDA; scripts/regress" "host programs cannot load the aarch64 library"
+else
 PRE="" check "a process without CUDA: reference run" 0 -- sh -c 'ls / | wc -l; echo done'
 cp "$OUT/out" "$OUT/native"; done_case
 PRE=$LIB check "a process without CUDA: same output, nothing printed" 0 -- \
@@ -188,6 +215,7 @@ expect_in out "with nvipcfix:    exit 0, output differs from the run without"
 expect_in out "2 process(es): exports 10 (8 with an offset), opens 10"
 expect_in out "audit mode:       exit 1; 8 exports of interior pointers (offsets: 512 4096 65537"
 done_case
+fi
 
 PRE="" check "scripts/regress: a program that cannot start is a failure, with its stderr" 127 -- \
     "$ROOT/scripts/regress" --lib "$LIB" --audit -- "$T/nonexistent-program"
@@ -214,8 +242,9 @@ fi
 # The launcher is a shell script: ThreadSanitizer's runtime cannot be
 # preloaded into an uninstrumented shell (it crashes), so under make
 # test-tsan these cases are left to make test and make test-asan.
-case $SAN_PRE in
-*tsan*) skip "the launcher, the doctor, make install" "a shell cannot run under ThreadSanitizer" ;;
+case $SAN_PRE:$RUNNER in
+*tsan*:*) skip "the launcher, the doctor, make install" "a shell cannot run under ThreadSanitizer" ;;
+*:?*) skip "the launcher, the doctor, make install" "the launcher execs the program: binfmt under qemu" ;;
 *)
 NV=$ROOT/tools/nvipcfix
 L="NVIPCFIX_LIBRARY=$LIB"
@@ -298,10 +327,13 @@ current="faults: a close of the block base releases one reference, never unmaps 
 ok=1; expect_in out "close-inside: ok"; done_case
 current="faults: the exporter's own live block still opens after 70,000 other exports"
 ok=1; expect_in out "cache-full: ok"; done_case
+# (Under the emulator each fork stops every emulated thread first: fewer.)
+FORKS=300
+[ -n "$RUNNER" ] && FORKS=8
 for order in ipc-first driver-first; do
     PRE=$LIB check "fork while threads open and close, first IPC call $order: no deadlock" 0 -- \
-        "$T/fork_safety" --deadlock $order
-    expect_in out "300 forks, children ok, 0 errors"; done_case
+        "$T/fork_safety" --deadlock $order $FORKS
+    expect_in out "$FORKS forks, children ok, 0 errors"; done_case
 done
 PRE=$LIB check "NVIPCFIX_STATS=1: a forked child does not print its parent's counts" 0 \
     NVIPCFIX_STATS=1 -- "$T/fork_safety" --stats-child
@@ -364,13 +396,13 @@ for order in "other first" "nvipcfix first"; do
         expect_in out "CORRECT"; expect_in err "other_preload: [1-9][0-9]* calls seen"; done_case
     done
 done
-PRE="" check "no libcuda.so.1: the entry point is not there natively" 0 -- \
-    env LD_LIBRARY_PATH=/nonexistent "$T/no_driver"
+PRE="" check "no libcuda.so.1: the entry point is not there natively" 0 LIBPATH=/nonexistent -- \
+    "$T/no_driver"
 expect_in out "no cuIpcGetMemHandle"; done_case
 mkdir -p "$OUT/broken" && : >"$OUT/broken/libcuda.so.1"
 for dir in /nonexistent "$OUT/broken"; do
-    PRE=$LIB check "no usable libcuda.so.1 ($dir): an error, one warning" 0 -- \
-        env LD_LIBRARY_PATH="$dir" "$T/no_driver"
+    PRE=$LIB check "no usable libcuda.so.1 ($dir): an error, one warning" 0 LIBPATH="$dir" -- \
+        "$T/no_driver"
     expect_in out "cuIpcGetMemHandle -> 3"; expect_in out "again -> 3"
     [ "$(grep -c nvipcfix "$OUT/err")" -eq 1 ] || { ok=0; why="not exactly one warning"; }
     done_case
@@ -389,6 +421,9 @@ done_case
 
 # Harmlessness: ordinary programs, with and without the preload. (Under a
 # sanitizer build, the leaks of those programs themselves are not ours.)
+if [ -n "$RUNNER" ]; then
+    skip "harmless programs" "host programs cannot load the aarch64 library"
+else
 saved_asan=${ASAN_OPTIONS:-}
 [ -n "$SAN_PRE" ] && export ASAN_OPTIONS="$ASAN_OPTIONS:detect_leaks=0"
 i=0
@@ -408,9 +443,12 @@ python3 -c 'import threading, hashlib; r=[]; t=[threading.Thread(target=lambda i
 python3 -c 'import ctypes, ctypes.util, json, sqlite3, zlib, ssl, decimal, math, _struct; print(ctypes.CDLL(ctypes.util.find_library("m")).cos is not None, zlib.crc32(b"x"))'
 CMDS
 [ -n "$SAN_PRE" ] && export ASAN_OPTIONS="$saved_asan"
+fi
 
 # Security: fix mode creates no files, sockets or shared memory of its own.
-if [ -n "$SAN_PRE" ]; then
+if [ -n "$RUNNER" ]; then
+    skip "fix mode creates no files" "strace would trace the emulator"
+elif [ -n "$SAN_PRE" ]; then
     skip "fix mode creates no files" "a sanitizer runtime creates files of its own"
 elif command -v strace >/dev/null 2>&1; then
     created() { # the system calls that could create something, by kind
@@ -432,7 +470,9 @@ else
 fi
 
 # valgrind memcheck on the two-process program, both processes.
-if [ -n "$SAN_PRE" ]; then
+if [ -n "$RUNNER" ]; then
+    skip "valgrind memcheck" "valgrind cannot run an aarch64 program here"
+elif [ -n "$SAN_PRE" ]; then
     skip "valgrind memcheck" "not with a sanitizer build"
 elif command -v valgrind >/dev/null 2>&1; then
     PRE=$LIB check "valgrind memcheck: no errors, no definite leaks" 0 SIMCUDA_VA_GIB=1 -- \

@@ -7,6 +7,7 @@
 #include <cuda.h>
 
 #include <errno.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <sys/types.h>
 #include <unistd.h>
@@ -39,6 +40,47 @@ static inline int tp_write_full(int fd, const void *buf, size_t n)
     return 0;
 }
 
+/* execv(path, argv), or through the emulator named by
+ * TEST_PROGRAM_RUNNER (e.g. "qemu-aarch64", as make test-aarch64 sets it; no
+ * binfmt is needed): LD_PRELOAD and
+ * LD_LIBRARY_PATH are handed to the emulated program with -E and kept out
+ * of the emulator's own environment. Returns only on failure. */
+static inline void tp_exec(const char *path, char *const argv[])
+{
+    const char *runner = getenv("TEST_PROGRAM_RUNNER");
+    if (runner == NULL || runner[0] == '\0') {
+        execv(path, argv);
+        return;
+    }
+    static char words[512], env[2][4096];
+    static const char *const names[2] = {"LD_PRELOAD", "LD_LIBRARY_PATH"};
+    char *args[96];
+    int n = 0;
+    snprintf(words, sizeof words, "%s", runner);
+    for (char *w = words; *w != '\0' && n < 16;) {
+        while (*w == ' ')
+            *w++ = '\0';
+        if (*w != '\0')
+            args[n++] = w;
+        while (*w != '\0' && *w != ' ')
+            w++;
+    }
+    for (int i = 0; i < 2; i++) {
+        const char *v = getenv(names[i]);
+        if (v == NULL)
+            continue;
+        snprintf(env[i], sizeof env[i], "%s=%s", names[i], v);
+        args[n++] = "-E";
+        args[n++] = env[i];
+        unsetenv(names[i]);
+    }
+    args[n++] = (char *)path;
+    for (int i = 1; argv[i] != NULL && n < 95; i++)
+        args[n++] = argv[i];
+    args[n] = NULL;
+    execvp(args[0], args);
+}
+
 /* Runs path with argv, its stdin fed from *to and its stdout read from
  * *from. path should be argv[0] of this program rather than
  * /proc/self/exe, which under valgrind is valgrind. */
@@ -53,7 +95,7 @@ static inline pid_t tp_spawn(const char *path, char *const argv[], int *to, int 
         dup2(b[1], 1);
         close(a[1]);
         close(b[0]);
-        execv(path, argv);
+        tp_exec(path, argv);
         _exit(127);
     }
     close(a[0]);

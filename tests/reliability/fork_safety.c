@@ -1,14 +1,14 @@
 /* fork_safety: fork() in a process whose threads are busy in the library.
  *
- *   --deadlock ipc-first|driver-first
+ *   --deadlock ipc-first|driver-first [FORKS]
  *       Worker threads open and close handles of another process (every open
- *       a real one) while the main thread forks 300 times. ipc-first makes
+ *       a real one) while the main thread forks FORKS times (default 300). ipc-first makes
  *       the first IPC call before cuInit, so nvipcfix's fork handlers (if it
  *       has any) are registered before the driver's; driver-first the other
  *       way. No lock may be held across fork() that a worker needs to
  *       release a lock the driver's own fork handler takes. A deadlock is
  *       ended by alarm() after 60 s (exit by SIGALRM). Prints
- *       "deadlock ORDER: 300 forks, children ok, N errors" and exits 0 when
+ *       "deadlock ORDER: FORKS forks, children ok, N errors" and exits 0 when
  *       nothing hung and every child exited; N counts the workers' failed
  *       calls (the real driver, without nvipcfix, fails some concurrent
  *       opens and closes of one handle; the tests assert N where it
@@ -106,11 +106,11 @@ int main(int argc, char **argv)
 {
     if (argc == 2 && strcmp(argv[1], "--exporter") == 0)
         return exporter();
-    int deadlock = argc == 3 && strcmp(argv[1], "--deadlock") == 0;
+    int deadlock = (argc == 3 || argc == 4) && strcmp(argv[1], "--deadlock") == 0;
     int bench = argc == 4 && strcmp(argv[1], "--bench") == 0;
     int stats_child = argc == 2 && strcmp(argv[1], "--stats-child") == 0;
     if (!deadlock && !bench && !stats_child) {
-        fprintf(stderr, "usage: fork_safety --deadlock ipc-first|driver-first | "
+        fprintf(stderr, "usage: fork_safety --deadlock ipc-first|driver-first [FORKS] | "
                         "--bench THREADS FORKS | --stats-child\n");
         return 2;
     }
@@ -141,7 +141,8 @@ int main(int argc, char **argv)
         return 2;
     close(from);
 
-    int nthreads = bench ? atoi(argv[2]) : 4, nforks = bench ? atoi(argv[3]) : 300;
+    int nthreads = bench ? atoi(argv[2]) : 4;
+    int nforks = bench ? atoi(argv[3]) : argc == 4 ? atoi(argv[3]) : 300;
     if (nthreads < 1 || nthreads > 64 || nforks < 1)
         return 2;
     CUdeviceptr held[NH];
