@@ -112,7 +112,6 @@ static void remove_block(struct nvipcfix_import_table *t, struct nvipcfix_import
         memmove(&t->ranges[i - 1], &t->ranges[i], (t->nblocks - i) * sizeof t->ranges[0]);
     }
     HASH_DEL(t->blocks, b);
-    t->bytes -= b->size;
     free(b);
     t->nblocks--;
 }
@@ -315,7 +314,6 @@ nvipcfix_import_insert(struct nvipcfix_import_table *t, const void *ctx,
         index_block(t, fresh);
         HASH_ADD_BYHASHVALUE(hh, t->blocks, key, sizeof fresh->key, l.hash, fresh);
         t->nblocks++;
-        t->bytes += size;
         r = take(t, fresh, offset, &spare, ptr); /* offset checked above */
         fresh = NULL;
     }

@@ -38,7 +38,6 @@ struct nvipcfix_import_table {
     struct nvipcfix_import_ptr *ptrs;     /* by returned pointer */
     struct nvipcfix_import_block **ranges; /* by base address, sorted */
     size_t nblocks, nptrs, ranges_cap;
-    uint64_t bytes; /* total size of the blocks */
     size_t stale;   /* blocks dropped because a new one overlapped them */
 };
 
