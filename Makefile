@@ -25,7 +25,7 @@ UNIT_BIN  := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 INTEG_BIN := $(BUILD)/tests/legacy_ipc $(BUILD)/tests/rtld_next $(BUILD)/tests/ipc_stress \
              $(BUILD)/tests/ipc_faults $(BUILD)/tests/no_driver $(BUILD)/tests/libother_preload.so \
              $(BUILD)/tests/fork_safety $(BUILD)/tests/libgpu_share.so $(BUILD)/tests/quota_probe \
-             $(BUILD)/tests/libcuda_proxy.so
+             $(BUILD)/tests/libcuda_proxy.so $(BUILD)/tests/vmm_ipc
 
 # The verification copy path tool, when nvcc is here.
 NVCC      ?= $(shell command -v nvcc 2>/dev/null || ls $(CUDA_HOME)/bin/nvcc 2>/dev/null)
@@ -72,6 +72,10 @@ TEST_COMMON := tests/common/test_process.h
 $(BUILD)/tests/legacy_ipc: tests/integration/legacy_ipc.c $(TEST_COMMON) $(SIM)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $< -L$(BUILD)/sim -l:libcuda.so.1 -ldl
+
+$(BUILD)/tests/vmm_ipc: tests/integration/vmm_ipc.c shim/vmm_ticket.c $(TEST_COMMON) $(SIM)
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -o $@ $< shim/vmm_ticket.c -L$(BUILD)/sim -l:libcuda.so.1
 
 test: $(LIB) $(SIM) $(UNIT_BIN) $(INTEG_BIN) $(BUILD)/nvipcfix-doctor | test-deps
 	@SANITIZER_PRELOAD="$(if $(SANITIZER_RUNTIME),$(shell $(CC) -print-file-name=lib$(SANITIZER_RUNTIME).so))" \

@@ -35,6 +35,7 @@ static void at_exit(void)
     char line[512];
     size_t blocks;
     uint64_t bytes;
+    nvipcfix_fix_stop(&fix);
     if (getpid() != setup_pid && !nvipcfix_stats_any(&fix.stats))
         return;
     nvipcfix_import_usage(&fix.imports, &blocks, &bytes);
@@ -78,8 +79,8 @@ static void setup(void)
                      "itself never reach nvipcfix, so IPC through them is not fixed; load "
                      "libnvipcfix.so first in LD_PRELOAD (nvipcfix doctor checks the order)",
                      before);
-    NVIPCFIX_INFO("active: mode %s, self-open %s", nvipcfix_mode_name(cfg.mode),
-                  cfg.self_open ? "on" : "off");
+    NVIPCFIX_INFO("active: mode %s, self-open %s, VMM export %s", nvipcfix_mode_name(cfg.mode),
+                  cfg.self_open ? "on" : "off", cfg.vmm ? "on" : "off");
 }
 
 struct nvipcfix_fix *nvipcfix_library(void)

@@ -37,6 +37,19 @@ static void load(void)
     LOOKUP(real.ops.ctx_get_current, "cuCtxGetCurrent");
     LOOKUP(real.ops.ipc_get_mem_handle, "cuIpcGetMemHandle");
     LOOKUP(real.ops.ipc_close_mem_handle, "cuIpcCloseMemHandle");
+    LOOKUP(real.ops.ctx_set_current, "cuCtxSetCurrent");
+    LOOKUP(real.ops.ctx_get_device, "cuCtxGetDevice");
+    LOOKUP(real.ops.mem_retain_allocation_handle, "cuMemRetainAllocationHandle");
+    LOOKUP(real.ops.mem_get_allocation_properties_from_handle,
+           "cuMemGetAllocationPropertiesFromHandle");
+    LOOKUP(real.ops.mem_release, "cuMemRelease");
+    LOOKUP(real.ops.mem_export_to_shareable_handle, "cuMemExportToShareableHandle");
+    LOOKUP(real.ops.mem_import_from_shareable_handle, "cuMemImportFromShareableHandle");
+    LOOKUP(real.ops.mem_address_reserve, "cuMemAddressReserve");
+    LOOKUP(real.ops.mem_address_free, "cuMemAddressFree");
+    LOOKUP(real.ops.mem_map, "cuMemMap");
+    LOOKUP(real.ops.mem_unmap, "cuMemUnmap");
+    LOOKUP(real.ops.mem_set_access, "cuMemSetAccess");
 }
 
 int nvipcfix_real_driver_owns(const char *name, void *fn)

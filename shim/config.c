@@ -51,7 +51,7 @@ static const char *const tag_names[] = {"guarded", "plain"};
 
 static const char *const known_vars[] = {
     "NVIPCFIX_MODE", "NVIPCFIX_LOG", "NVIPCFIX_LOG_FILE", "NVIPCFIX_SELF_OPEN",
-    "NVIPCFIX_STATS", "NVIPCFIX_TAG", "NVIPCFIX_LIBRARY" /* the launcher's */,
+    "NVIPCFIX_STATS", "NVIPCFIX_TAG", "NVIPCFIX_VMM", "NVIPCFIX_LIBRARY" /* the launcher's */,
 };
 
 void nvipcfix_config_parse(struct nvipcfix_config *cfg,
@@ -59,7 +59,7 @@ void nvipcfix_config_parse(struct nvipcfix_config *cfg,
 {
     memset(cfg, 0, sizeof *cfg);
     int mode = NVIPCFIX_MODE_FIX, level = NVIPCFIX_LOG_WARN, self_open = 1, stats = 0;
-    int plain_tags = 0;
+    int plain_tags = 0, vmm = 0;
 
     parse_choice(cfg, "NVIPCFIX_MODE", getenv_fn("NVIPCFIX_MODE"), mode_names, 3, &mode);
     parse_choice(cfg, "NVIPCFIX_LOG", getenv_fn("NVIPCFIX_LOG"), level_names, 4, &level);
@@ -67,6 +67,7 @@ void nvipcfix_config_parse(struct nvipcfix_config *cfg,
                  &self_open);
     parse_choice(cfg, "NVIPCFIX_STATS", getenv_fn("NVIPCFIX_STATS"), bool_names, 2, &stats);
     parse_choice(cfg, "NVIPCFIX_TAG", getenv_fn("NVIPCFIX_TAG"), tag_names, 2, &plain_tags);
+    parse_choice(cfg, "NVIPCFIX_VMM", getenv_fn("NVIPCFIX_VMM"), bool_names, 2, &vmm);
 
     const char *file = getenv_fn("NVIPCFIX_LOG_FILE");
     if (file != NULL && file[0] != '\0') {
@@ -81,6 +82,7 @@ void nvipcfix_config_parse(struct nvipcfix_config *cfg,
     cfg->self_open = self_open;
     cfg->stats = stats;
     cfg->plain_tags = plain_tags;
+    cfg->vmm = vmm;
 
     for (char *const *e = envp; e != NULL && *e != NULL; e++) {
         if (strncmp(*e, "NVIPCFIX_", 9) != 0)

@@ -19,6 +19,7 @@ struct nvipcfix_config {
     int self_open;       /* answer opens of our own exports (default 1) */
     int stats;           /* one summary line at exit (default 0) */
     int plain_tags;      /* NVIPCFIX_TAG=plain: tags a driver alone opens (default 0) */
+    int vmm;             /* NVIPCFIX_VMM=1: export VMM memory as tickets (default 0) */
     /* Problems found while parsing, to be logged once logging is set up. */
     int nwarnings;
     char warnings[NVIPCFIX_CONFIG_MAX_WARNINGS][160];

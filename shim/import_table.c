@@ -17,7 +17,7 @@ struct nvipcfix_import_block {
     uint64_t size;
     atomic_uint_fast64_t refs; /* sum of its pointers' counts */
     atomic_long idle;          /* its pointers whose count is zero */
-    int self;
+    int origin; /* enum nvipcfix_import_origin */
     struct nvipcfix_import_ptr *ptrs; /* the pointers returned into it */
     UT_hash_handle hh;
 };
@@ -281,7 +281,7 @@ static int reserve_range(struct nvipcfix_import_table *t)
 enum nvipcfix_import_result
 nvipcfix_import_insert(struct nvipcfix_import_table *t, const void *ctx,
                        const unsigned char handle[NVIPCFIX_HANDLE_BYTES], uint64_t base,
-                       uint64_t size, int self, uint64_t offset, uint64_t *ptr, int *existed)
+                       uint64_t size, int origin, uint64_t offset, uint64_t *ptr, int *existed)
 {
     struct lookup l;
     struct nvipcfix_import_block *b, *fresh;
@@ -301,7 +301,7 @@ nvipcfix_import_insert(struct nvipcfix_import_table *t, const void *ctx,
     fresh->key = l.key;
     fresh->base = base;
     fresh->size = size;
-    fresh->self = self;
+    fresh->origin = origin;
 
     pthread_rwlock_wrlock(&t->lock);
     b = find_block(t, &l);
@@ -391,7 +391,8 @@ nvipcfix_import_release(struct nvipcfix_import_table *t, uint64_t addr, int allo
             atomic_fetch_add(&b->idle, 1);
         if (atomic_fetch_sub(&b->refs, 1) == 1) {
             out->base = b->base;
-            out->self = b->self;
+            out->size = b->size;
+            out->origin = b->origin;
             remove_block(t, b);
             r = NVIPCFIX_RELEASE_LAST;
         } else {
@@ -426,7 +427,7 @@ void nvipcfix_import_usage(struct nvipcfix_import_table *t, size_t *blocks, uint
     *bytes = 0;
     pthread_rwlock_rdlock(&t->lock);
     HASH_ITER(hh, t->blocks, b, tmp) {
-        if (!b->self) { /* mappings; the exporter's own blocks are not */
+        if (b->origin != NVIPCFIX_ORIGIN_SELF) { /* mappings; the exporter's own blocks are not */
             (*blocks)++;
             *bytes += b->size;
         }

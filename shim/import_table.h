@@ -55,10 +55,17 @@ enum nvipcfix_release_result {
     NVIPCFIX_RELEASE_LAST,          /* last reference dropped, block removed */
 };
 
+/* Where a block came from, so its last close undoes the right thing. */
+enum nvipcfix_import_origin {
+    NVIPCFIX_ORIGIN_DRIVER = 0, /* the driver's IPC open: closed in the driver */
+    NVIPCFIX_ORIGIN_SELF = 1,   /* this process's own export: nothing to close */
+    NVIPCFIX_ORIGIN_VMM = 2,    /* VMM chunks nvipcfix mapped: unmapped, range freed */
+};
+
 /* What a caller needs to close a block for real. */
 struct nvipcfix_released_block {
-    uint64_t base;
-    int self; /* opened from our own export: nothing to close in the driver */
+    uint64_t base, size;
+    int origin; /* enum nvipcfix_import_origin */
 };
 
 void nvipcfix_import_table_init(struct nvipcfix_import_table *t);
@@ -72,7 +79,7 @@ nvipcfix_import_acquire(struct nvipcfix_import_table *t, const void *ctx,
                         uint64_t *ptr);
 
 /* Records a block just opened (base, size; size 0 when unknown, allowing
- * offset 0 only) with one reference, and sets *ptr to base + offset. If the
+ * offset 0 only; origin: enum nvipcfix_import_origin) with one reference, and sets *ptr to base + offset. If the
  * block is already there, takes a reference of that one instead and sets
  * *existed, so the caller can undo its own open. A block already recorded
  * whose range overlaps the new one was unmapped behind nvipcfix's back (the
@@ -81,7 +88,7 @@ nvipcfix_import_acquire(struct nvipcfix_import_table *t, const void *ctx,
 enum nvipcfix_import_result
 nvipcfix_import_insert(struct nvipcfix_import_table *t, const void *ctx,
                        const unsigned char handle[NVIPCFIX_HANDLE_BYTES], uint64_t base,
-                       uint64_t size, int self, uint64_t offset, uint64_t *ptr, int *existed);
+                       uint64_t size, int origin, uint64_t offset, uint64_t *ptr, int *existed);
 
 /* Drops one reference of the block that contains addr (a pointer nvipcfix
  * returned, or any address inside such a block). Unless allow_last, the

@@ -1,5 +1,6 @@
 #include "ipc_fix.h"
 
+#include <stdio.h>
 #include <string.h>
 
 #include "handle_tag.h"
@@ -20,13 +21,20 @@ void nvipcfix_fix_init(struct nvipcfix_fix *fix, const struct nvipcfix_config *c
     nvipcfix_import_table_init(&fix->imports);
     pthread_mutex_init(&fix->slow, NULL);
     nvipcfix_audit_sites_init(&fix->audit);
+    nvipcfix_vmm_init(&fix->vmm, driver);
 }
 
 void nvipcfix_fix_destroy(struct nvipcfix_fix *fix)
 {
+    nvipcfix_vmm_destroy(&fix->vmm);
     nvipcfix_export_cache_destroy(&fix->exports);
     nvipcfix_import_table_destroy(&fix->imports);
     pthread_mutex_destroy(&fix->slow);
+}
+
+void nvipcfix_fix_stop(struct nvipcfix_fix *fix)
+{
+    nvipcfix_vmm_stop(&fix->vmm);
 }
 
 static CUresult counted(struct nvipcfix_fix *fix, CUresult r)
@@ -95,46 +103,120 @@ static CUresult native_export(struct nvipcfix_fix *fix, CUipcMemHandle *handle,
     return counted(fix, fix->driver->ipc_get_mem_handle(handle, ptr));
 }
 
+static void warn_vmm_export(enum nvipcfix_vmm_error e)
+{
+    static atomic_flag said[NVIPCFIX_VMM_ERROR_COUNT];
+    static const char *const why[NVIPCFIX_VMM_ERROR_COUNT] = {
+        [NVIPCFIX_VMM_NOT_SHAREABLE] = "this VMM memory was allocated without POSIX file "
+                                       "descriptor handles (CU_MEM_HANDLE_TYPE_POSIX_FILE_"
+                                       "DESCRIPTOR), so it cannot be shared",
+        [NVIPCFIX_VMM_NO_DRIVER] = "this driver lacks the VMM calls nvipcfix needs",
+        [NVIPCFIX_VMM_NO_SERVER] = "the descriptor server (a Unix socket in the abstract "
+                                   "namespace) could not start",
+        [NVIPCFIX_VMM_NOMEM] = "out of memory",
+    };
+    if (why[e] != NULL && !atomic_flag_test_and_set(&said[e]))
+        nvipcfix_log(NVIPCFIX_LOG_WARN,
+                     "cannot export VMM memory (cuMemCreate, PyTorch expandable segments) "
+                     "through legacy IPC: %s; the driver's error stands",
+                     why[e]);
+}
+
+/* The driver refused a legacy handle: VMM memory gets a ticket when
+ * NVIPCFIX_VMM=1, else one hint that it could. */
+static CUresult export_vmm(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CUdeviceptr ptr,
+                           CUresult native)
+{
+    static atomic_flag hinted;
+    const struct nvipcfix_driver *d = fix->driver;
+    if (!fix->config.vmm) {
+        CUmemGenericAllocationHandle h;
+        if (d->mem_retain_allocation_handle != NULL && d->mem_release != NULL &&
+            d->mem_retain_allocation_handle(&h, (void *)(uintptr_t)ptr) == CUDA_SUCCESS) {
+            d->mem_release(h);
+            if (!atomic_flag_test_and_set(&hinted))
+                nvipcfix_log(NVIPCFIX_LOG_WARN,
+                             "cudaIpcGetMemHandle on VMM memory (cuMemCreate, PyTorch "
+                             "expandable segments) fails in the driver; NVIPCFIX_VMM=1 makes "
+                             "nvipcfix share it (docs/usage.md)");
+        }
+        return native;
+    }
+    CUcontext ctx = NULL;
+    if (d->ctx_get_current == NULL || d->ctx_get_current(&ctx) != CUDA_SUCCESS)
+        ctx = NULL;
+    unsigned char ticket[NVIPCFIX_TICKET_BYTES];
+    enum nvipcfix_vmm_error e = nvipcfix_vmm_export(&fix->vmm, ctx, ptr, ticket);
+    if (e != NVIPCFIX_VMM_OK) {
+        warn_vmm_export(e);
+        return native;
+    }
+    memcpy(handle->reserved, ticket, sizeof ticket);
+    NVIPCFIX_STAT_ADD(&fix->stats, vmm_exports);
+    NVIPCFIX_DEBUG("export of VMM memory 0x%llx: ticket", (ull)ptr);
+    return CUDA_SUCCESS;
+}
+
+static CUresult export_fixed(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CUdeviceptr ptr);
+static CUresult export_audit(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CUdeviceptr ptr);
+
 CUresult nvipcfix_export(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CUdeviceptr ptr)
 {
-    const struct nvipcfix_driver *d = fix->driver;
     NVIPCFIX_STAT_ADD(&fix->stats, exports);
     if (fix->config.mode == NVIPCFIX_MODE_OFF || handle == NULL)
         return native_export(fix, handle, ptr);
+    if (fix->config.mode == NVIPCFIX_MODE_AUDIT)
+        return export_audit(fix, handle, ptr);
+    CUresult r = export_fixed(fix, handle, ptr);
+    if (r == CUDA_ERROR_INVALID_VALUE)
+        r = export_vmm(fix, handle, ptr, r);
+    return counted(fix, r);
+}
 
+/* Audit mode: the native call, and a record of interior exports. */
+static CUresult export_audit(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CUdeviceptr ptr)
+{
+    struct nvipcfix_export_block blk;
+    if (find_block(fix->driver, ptr, &blk) != 0)
+        return native_export(fix, handle, ptr);
+    uint64_t offset = ptr - blk.base;
+    CUresult r = native_export(fix, handle, ptr);
+    if (offset != 0) {
+        char where[NVIPCFIX_AUDIT_SITE_LEN] = "";
+        if (fix->describe_caller != NULL)
+            fix->describe_caller(where, sizeof where);
+        nvipcfix_audit_sites_add(&fix->audit, where);
+        NVIPCFIX_STAT_ADD(&fix->stats, exports_tagged); /* "with offset" */
+        nvipcfix_log(NVIPCFIX_LOG_INFO,
+                     "audit: export of 0x%llx is %llu bytes into block 0x%llx "
+                     "(size %llu): a receiver will get the block base, not this pointer; "
+                     "called from %s",
+                     (ull)ptr, (ull)offset, (ull)blk.base, (ull)blk.size,
+                     where[0] ? where : "(not known)");
+    } else
+        NVIPCFIX_DEBUG("audit: export of block base 0x%llx (size %llu)", (ull)ptr,
+                       (ull)blk.size);
+    return r;
+}
+
+/* Fix mode: the block's handle, tagged with the offset. Errors are not
+ * counted here (the caller counts what it returns). */
+static CUresult export_fixed(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CUdeviceptr ptr)
+{
+    const struct nvipcfix_driver *d = fix->driver;
     struct nvipcfix_export_block blk;
     if (find_block(d, ptr, &blk) != 0) {
         NVIPCFIX_DEBUG("export of 0x%llx: no allocation found; native call", (ull)ptr);
-        return native_export(fix, handle, ptr);
+        return d->ipc_get_mem_handle(handle, ptr);
     }
     uint64_t offset = ptr - blk.base;
-
-    if (fix->config.mode == NVIPCFIX_MODE_AUDIT) {
-        CUresult r = native_export(fix, handle, ptr);
-        if (offset != 0) {
-            char where[NVIPCFIX_AUDIT_SITE_LEN] = "";
-            if (fix->describe_caller != NULL)
-                fix->describe_caller(where, sizeof where);
-            nvipcfix_audit_sites_add(&fix->audit, where);
-            NVIPCFIX_STAT_ADD(&fix->stats, exports_tagged); /* "with offset" */
-            nvipcfix_log(NVIPCFIX_LOG_INFO,
-                         "audit: export of 0x%llx is %llu bytes into block 0x%llx "
-                         "(size %llu): a receiver will get the block base, not this pointer; "
-                         "called from %s",
-                         (ull)ptr, (ull)offset, (ull)blk.base, (ull)blk.size,
-                         where[0] ? where : "(not known)");
-        } else
-            NVIPCFIX_DEBUG("audit: export of block base 0x%llx (size %llu)", (ull)ptr,
-                           (ull)blk.size);
-        return r;
-    }
 
     if (blk.buffer_id == 0 ||
         !nvipcfix_export_cache_get(&fix->exports, blk.base, blk.buffer_id, blk.handle)) {
         CUipcMemHandle h;
         CUresult r = d->ipc_get_mem_handle(&h, blk.base);
         if (r != CUDA_SUCCESS)
-            return counted(fix, r);
+            return r;
         memcpy(blk.handle, h.reserved, sizeof blk.handle);
         if (blk.buffer_id != 0 && nvipcfix_export_cache_put(&fix->exports, &blk) != 0)
             NVIPCFIX_WARN_ONCE("out of memory for the export cache; handles are fetched "
@@ -150,12 +232,12 @@ CUresult nvipcfix_export(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CUdev
         NVIPCFIX_WARN_ONCE("this driver writes bytes 56-63 of IPC handles, where nvipcfix "
                            "carries offsets; interior pointers are exported natively "
                            "(receivers will get the block base)");
-        return native_export(fix, handle, ptr);
+        return d->ipc_get_mem_handle(handle, ptr);
     }
     if (offset > NVIPCFIX_MAX_OFFSET) {
         NVIPCFIX_WARN_ONCE("offset %llu is too large to carry in a handle; exported natively",
                            (ull)offset);
-        return native_export(fix, handle, ptr);
+        return d->ipc_get_mem_handle(handle, ptr);
     }
     /* A guarded tag, which a driver without nvipcfix refuses, where the
      * handle has the layout measured on real drivers; else a plain one. */
@@ -318,6 +400,88 @@ static CUresult open_block(struct nvipcfix_fix *fix, nvipcfix_open_fn real_open,
     return CUDA_SUCCESS;
 }
 
+static void warn_vmm_open(enum nvipcfix_vmm_error e, const char *why)
+{
+    static atomic_flag said[NVIPCFIX_VMM_ERROR_COUNT];
+    if (!atomic_flag_test_and_set(&said[e]))
+        nvipcfix_log(NVIPCFIX_LOG_WARN, "%s", why);
+}
+
+/* The mapping for a VMM ticket: this process's own chunks, or chunks the
+ * exporter hands over and nvipcfix maps. Called with fix->slow held. */
+static CUresult map_ticket(struct nvipcfix_fix *fix, const struct nvipcfix_vmm_ticket *tk,
+                           uint64_t *base, uint64_t *size, int *origin)
+{
+    char why[512];
+    CUresult r;
+    if (nvipcfix_vmm_own(&fix->vmm, tk, base, size)) {
+        *origin = NVIPCFIX_ORIGIN_SELF;
+        if (!fix->config.self_open)
+            return CUDA_ERROR_INVALID_CONTEXT; /* what the driver says to its own handles */
+        if (*size == 0) {
+            snprintf(why, sizeof why, "this process opened its own VMM ticket, but the memory "
+                                      "was freed or remapped since the export "
+                                      "(CUDA_ERROR_INVALID_HANDLE)");
+            warn_vmm_open(NVIPCFIX_VMM_CHANNEL, why);
+            return CUDA_ERROR_INVALID_HANDLE;
+        }
+        return CUDA_SUCCESS;
+    }
+    *origin = NVIPCFIX_ORIGIN_VMM;
+    enum nvipcfix_vmm_error e = nvipcfix_vmm_map(&fix->vmm, tk, base, size, &r, why, sizeof why);
+    if (e != NVIPCFIX_VMM_OK) {
+        warn_vmm_open(e, why);
+        return r;
+    }
+    NVIPCFIX_STAT_ADD(&fix->stats, vmm_maps);
+    return CUDA_SUCCESS;
+}
+
+/* Open of a VMM ticket: from the table when its export is mapped already,
+ * else mapped now. The key is the ticket without its offset. */
+static CUresult open_ticket(struct nvipcfix_fix *fix, const struct nvipcfix_vmm_ticket *tk,
+                            unsigned int flags, CUdeviceptr *pdptr)
+{
+    if ((flags & ~(unsigned)CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS) != 0)
+        return counted(fix, CUDA_ERROR_INVALID_VALUE);
+    CUcontext ctx = NULL;
+    if (fix->driver->ctx_get_current == NULL ||
+        fix->driver->ctx_get_current(&ctx) != CUDA_SUCCESS)
+        ctx = NULL;
+    unsigned char key[NVIPCFIX_TICKET_BYTES];
+    nvipcfix_vmm_ticket_key(tk, key);
+    uint64_t p = 0, base = 0, size = 0;
+    int origin = NVIPCFIX_ORIGIN_VMM, existed = 0;
+
+    enum nvipcfix_import_result ir = acquire(fix, ctx, key, tk->offset, &p);
+    if (ir == NVIPCFIX_IMPORT_HIT) {
+        NVIPCFIX_STAT_ADD(&fix->stats, table_hits);
+        *pdptr = p;
+        return CUDA_SUCCESS;
+    }
+    pthread_mutex_lock(&fix->slow);
+    ir = acquire(fix, ctx, key, tk->offset, &p);
+    if (ir == NVIPCFIX_IMPORT_MISS) {
+        CUresult r = map_ticket(fix, tk, &base, &size, &origin);
+        if (r != CUDA_SUCCESS) {
+            pthread_mutex_unlock(&fix->slow);
+            return counted(fix, r);
+        }
+        NVIPCFIX_STAT_ADD(&fix->stats, real_opens);
+        ir = nvipcfix_import_insert(&fix->imports, origin == NVIPCFIX_ORIGIN_SELF ? NULL : ctx,
+                                    key, base, size, origin, tk->offset, &p, &existed);
+        if (ir != NVIPCFIX_IMPORT_HIT && origin == NVIPCFIX_ORIGIN_VMM)
+            nvipcfix_vmm_unmap(&fix->vmm, base, size);
+    } else if (ir == NVIPCFIX_IMPORT_HIT)
+        NVIPCFIX_STAT_ADD(&fix->stats, table_hits);
+    pthread_mutex_unlock(&fix->slow);
+    if (ir != NVIPCFIX_IMPORT_HIT)
+        return import_error(fix, ir, tk->offset);
+    NVIPCFIX_DEBUG("open of a VMM ticket: 0x%llx", (ull)p);
+    *pdptr = p;
+    return CUDA_SUCCESS;
+}
+
 CUresult nvipcfix_open(struct nvipcfix_fix *fix, nvipcfix_open_fn real_open, CUdeviceptr *pdptr,
                        CUipcMemHandle handle, unsigned int flags)
 {
@@ -337,6 +501,9 @@ CUresult nvipcfix_open(struct nvipcfix_fix *fix, nvipcfix_open_fn real_open, CUd
                      r == CUDA_SUCCESS ? (ull)*pdptr : 0ULL, (int)r);
         return r;
     }
+    struct nvipcfix_vmm_ticket ticket;
+    if (nvipcfix_vmm_ticket_decode((const unsigned char *)handle.reserved, &ticket) == 0)
+        return open_ticket(fix, &ticket, flags, pdptr);
     if (kind == NVIPCFIX_TAG_FOREIGN) {
         NVIPCFIX_WARN_ONCE("an IPC handle has non-zero bytes 56-63 that nvipcfix did not "
                            "write; it is passed to the driver unchanged");
@@ -380,8 +547,15 @@ CUresult nvipcfix_close(struct nvipcfix_fix *fix, CUdeviceptr ptr)
         CUresult r = CUDA_SUCCESS;
         pthread_mutex_lock(&fix->slow);
         rr = nvipcfix_import_release(&fix->imports, ptr, 1, &out);
-        if (rr == NVIPCFIX_RELEASE_LAST && !out.self)
+        if (rr == NVIPCFIX_RELEASE_LAST && out.origin == NVIPCFIX_ORIGIN_DRIVER)
             r = real_close(fix, out.base);
+        else if (rr == NVIPCFIX_RELEASE_LAST && out.origin == NVIPCFIX_ORIGIN_VMM) {
+            NVIPCFIX_STAT_ADD(&fix->stats, real_closes);
+            r = nvipcfix_vmm_unmap(&fix->vmm, out.base, out.size);
+            if (r != CUDA_SUCCESS)
+                NVIPCFIX_WARN_ONCE("unmapping VMM memory at 0x%llx failed in the driver "
+                                   "(error %d)", (ull)out.base, (int)r);
+        }
         pthread_mutex_unlock(&fix->slow);
         if (rr != NVIPCFIX_RELEASE_NOT_OURS)
             return counted(fix, r);
@@ -396,6 +570,7 @@ void nvipcfix_fix_forget_after_fork(struct nvipcfix_fix *fix)
     nvipcfix_audit_sites_init(&fix->audit);
     nvipcfix_export_cache_forget(&fix->exports);
     nvipcfix_import_table_forget(&fix->imports);
+    nvipcfix_vmm_forget_after_fork(&fix->vmm);
     pthread_mutex_init(&fix->slow, NULL);
     nvipcfix_stats_reset(&fix->stats);
 }

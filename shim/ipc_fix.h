@@ -8,23 +8,15 @@
 
 #include "audit_sites.h"
 #include "config.h"
+#include "driver_table.h"
 #include "export_cache.h"
 #include "import_table.h"
 #include "stats.h"
+#include "vmm_share.h"
 
 typedef CUresult (*nvipcfix_open_fn)(CUdeviceptr *pdptr, CUipcMemHandle handle,
                                      unsigned int flags);
 
-/* The driver functions the fix needs. Any may be NULL (an old or partial
- * driver); the fix then falls back to the native call. */
-struct nvipcfix_driver {
-    CUresult (*pointer_get_attributes)(unsigned int n, CUpointer_attribute *attrs, void **data,
-                                       CUdeviceptr ptr);
-    CUresult (*mem_get_address_range)(CUdeviceptr *base, size_t *size, CUdeviceptr ptr);
-    CUresult (*ctx_get_current)(CUcontext *ctx);
-    CUresult (*ipc_get_mem_handle)(CUipcMemHandle *handle, CUdeviceptr ptr);
-    CUresult (*ipc_close_mem_handle)(CUdeviceptr ptr);
-};
 
 struct nvipcfix_fix {
     struct nvipcfix_config config;
@@ -40,11 +32,17 @@ struct nvipcfix_fix {
      * set (the library sets it), writes the calling module and symbol. */
     struct nvipcfix_audit_sites audit;
     void (*describe_caller)(char *buf, size_t n);
+    /* VMM memory shared through tickets (NVIPCFIX_VMM=1 to export; tickets
+     * from others are always opened). */
+    struct nvipcfix_vmm vmm;
 };
 
 void nvipcfix_fix_init(struct nvipcfix_fix *fix, const struct nvipcfix_config *config,
                        const struct nvipcfix_driver *driver);
 void nvipcfix_fix_destroy(struct nvipcfix_fix *fix);
+
+/* At exit: VMM memory is no longer handed to other processes. */
+void nvipcfix_fix_stop(struct nvipcfix_fix *fix);
 
 /* cuIpcGetMemHandle */
 CUresult nvipcfix_export(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CUdeviceptr ptr);

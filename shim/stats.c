@@ -1,6 +1,7 @@
 #include "stats.h"
 
 #include <stdio.h>
+#include <string.h>
 
 static unsigned long get(const atomic_ulong *v)
 {
@@ -10,7 +11,8 @@ static unsigned long get(const atomic_ulong *v)
 void nvipcfix_stats_reset(struct nvipcfix_stats *s)
 {
     atomic_ulong *all[] = {&s->exports,   &s->exports_tagged, &s->opens,       &s->real_opens,
-                           &s->table_hits, &s->closes,        &s->real_closes, &s->errors};
+                           &s->table_hits, &s->closes,        &s->real_closes, &s->errors,
+                           &s->vmm_exports, &s->vmm_maps};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         atomic_store_explicit(all[i], 0, memory_order_relaxed);
 }
@@ -27,5 +29,9 @@ char *nvipcfix_stats_format(const struct nvipcfix_stats *s, char *buf, size_t bu
              "closes=%lu (real %lu) errors=%lu",
              get(&s->exports), get(&s->exports_tagged), get(&s->opens), get(&s->real_opens),
              get(&s->table_hits), get(&s->closes), get(&s->real_closes), get(&s->errors));
+    size_t len = strlen(buf);
+    if ((get(&s->vmm_exports) || get(&s->vmm_maps)) && len < bufsz)
+        snprintf(buf + len, bufsz - len, " vmm exports=%lu vmm maps=%lu", get(&s->vmm_exports),
+                 get(&s->vmm_maps));
     return buf;
 }

@@ -15,6 +15,8 @@ struct nvipcfix_stats {
     atomic_ulong closes;       /* close calls seen */
     atomic_ulong real_closes;  /* closes that reached the driver */
     atomic_ulong errors;       /* calls that returned an error */
+    atomic_ulong vmm_exports;  /* exports answered with a VMM ticket */
+    atomic_ulong vmm_maps;     /* VMM tickets mapped from another process */
 };
 
 #define NVIPCFIX_STAT_ADD(stats, field) \

@@ -16,6 +16,17 @@
  *     context); bytes 56-63 of a handle are zero and ignored on open;
  *   - small allocations (up to 1 MiB) are packed into 2 MiB chunks at
  *     512-byte steps, each with its own range and handle;
+ *   - VMM memory (cuMemCreate, cuMemAddressReserve, cuMemMap,
+ *     cuMemSetAccess) is a memfd per allocation; as measured on an H100:
+ *     cuIpcGetMemHandle on it fails with CUDA_ERROR_INVALID_VALUE, the
+ *     RANGE_START_ADDR/RANGE_SIZE attributes give the whole reservation,
+ *     cuMemGetAddressRange gives the one mapping (NOT_FOUND before access is
+ *     granted), BUFFER_ID is new for every mapping, allocation handles are
+ *     process-wide values that cuMemRetainAllocationHandle returns again,
+ *     and an allocation created without CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR
+ *     cannot be exported (CUDA_ERROR_INVALID_VALUE). Exported descriptors
+ *     are duplicates of the memfd, so two processes really share the bytes;
+ *     there is no peer access between simulated devices;
  *   - a handle whose chunk size (bytes 24-27, in pages) is not the chunk's
  *     is refused with CUDA_ERROR_INVALID_VALUE, as the real driver refuses
  *     it (docs/handle-format.md has the per-byte table measured on an H100);
@@ -90,6 +101,26 @@ struct import {
     struct import *next;
 };
 
+/* VMM: a physical allocation (a memfd), referenced by its handles and its
+ * mappings. */
+struct vmm_alloc {
+    uint64_t handle;
+    int fd, device;
+    uint64_t size;
+    unsigned types; /* requested handle types */
+    int refs;
+    struct vmm_alloc *next;
+};
+
+/* A reservation, or a mapping inside one. */
+struct vmm_range {
+    uint64_t va, size;
+    struct vmm_alloc *alloc; /* mappings only */
+    uint64_t buffer_id;
+    int access;
+    struct vmm_range *next;
+};
+
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static int initialized;
 static int ndevices = 1, old_driver, handle_tail;
@@ -102,6 +133,9 @@ static struct chunk *chunks;
 static struct chunk *small_chunk[SIM_MAX_DEVICES];
 static struct alloc *allocs, *allocs_by_base;
 static struct import *imports;
+static struct vmm_alloc *vmm_allocs;
+static struct vmm_range *vmm_reserved, *vmm_maps;
+static uint64_t next_vmm_handle = 0x5a0000001000;
 static uint64_t next_object_id = 1;
 static uint32_t next_chunk_id = 1;
 static long real_opens, real_closes;
@@ -180,13 +214,39 @@ static struct import *find_import(uint64_t p)
 }
 
 /* Nonzero if [p, p+n) is device memory this process may touch. */
+static struct vmm_range *find_range(struct vmm_range *list, uint64_t p)
+{
+    for (struct vmm_range *r = list; r != NULL; r = r->next)
+        if (p >= r->va && p - r->va < r->size)
+            return r;
+    return NULL;
+}
+
+/* Nonzero if [p, p+n) lies in VMM mappings this process may access. */
+static int vmm_accessible(uint64_t p, uint64_t n)
+{
+    while (n > 0) {
+        struct vmm_range *m = find_range(vmm_maps, p);
+        if (m == NULL || !m->access)
+            return 0;
+        uint64_t left = m->size - (p - m->va);
+        if (left >= n)
+            return 1;
+        p += left;
+        n -= left;
+    }
+    return 1;
+}
+
 static int accessible(uint64_t p, uint64_t n)
 {
     struct alloc *a = find_alloc(p);
     if (a != NULL)
         return n <= a->size - (p - a->base);
     struct import *m = find_import(p);
-    return m != NULL && n <= m->size - (p - m->ptr);
+    if (m != NULL)
+        return n <= m->size - (p - m->ptr);
+    return vmm_accessible(p, n);
 }
 
 /* ---- init, devices, contexts ------------------------------------------ */
@@ -507,6 +567,12 @@ SIM_EXPORT CUresult cuMemGetAddressRange_v2(CUdeviceptr *pbase, size_t *psize, C
     } else if (m != NULL) {
         base = m->ptr;
         size = m->size;
+    } else {
+        struct vmm_range *map = find_range(vmm_maps, p);
+        if (map != NULL && map->access) { /* the one mapping, once accessible */
+            base = map->va;
+            size = map->size;
+        }
     }
     pthread_mutex_unlock(&lock);
     if (base == 0)
@@ -519,10 +585,49 @@ SIM_EXPORT CUresult cuMemGetAddressRange_v2(CUdeviceptr *pbase, size_t *psize, C
 }
 
 /* Caller holds the lock. Returns 0, or -1 for an attribute not simulated. */
+/* The attributes of VMM memory, as measured: the reservation's range, the
+ * mapping's buffer id (0 where nothing is mapped). */
+static int vmm_attribute(CUpointer_attribute attr, void *data, uint64_t p,
+                         const struct vmm_range *res)
+{
+    const struct vmm_range *map = find_range(vmm_maps, p);
+    switch (attr) {
+    case CU_POINTER_ATTRIBUTE_CONTEXT:
+        *(CUcontext *)data = map != NULL ? &primary[map->alloc->device] : NULL;
+        return 0;
+    case CU_POINTER_ATTRIBUTE_MEMORY_TYPE:
+        *(unsigned int *)data = CU_MEMORYTYPE_DEVICE;
+        return 0;
+    case CU_POINTER_ATTRIBUTE_DEVICE_POINTER:
+        *(CUdeviceptr *)data = p;
+        return 0;
+    case CU_POINTER_ATTRIBUTE_BUFFER_ID:
+        *(unsigned long long *)data = map != NULL ? map->buffer_id : 0;
+        return 0;
+    case CU_POINTER_ATTRIBUTE_RANGE_START_ADDR:
+        *(CUdeviceptr *)data = res->va;
+        return 0;
+    case CU_POINTER_ATTRIBUTE_RANGE_SIZE:
+        *(size_t *)data = res->size;
+        return 0;
+    case CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL:
+        *(int *)data = map != NULL ? map->alloc->device : -2;
+        return 0;
+    case CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE:
+        *(int *)data = 0;
+        return 0;
+    default:
+        return -1;
+    }
+}
+
 static int attribute(CUpointer_attribute attr, void *data, uint64_t p)
 {
     struct alloc *a = find_alloc(p);
     struct import *m = a == NULL ? find_import(p) : NULL;
+    struct vmm_range *res = a == NULL && m == NULL ? find_range(vmm_reserved, p) : NULL;
+    if (res != NULL)
+        return vmm_attribute(attr, data, p, res);
     int known = a != NULL || m != NULL;
     uint64_t base = a != NULL ? a->base : m != NULL ? m->ptr : 0;
     uint64_t size = a != NULL ? a->size : m != NULL ? m->size : 0;
@@ -564,7 +669,8 @@ SIM_EXPORT CUresult cuPointerGetAttribute(void *data, CUpointer_attribute attr, 
     if (data == NULL)
         return CUDA_ERROR_INVALID_VALUE;
     pthread_mutex_lock(&lock);
-    int known = find_alloc(p) != NULL || find_import(p) != NULL;
+    int known = find_alloc(p) != NULL || find_import(p) != NULL ||
+                find_range(vmm_reserved, p) != NULL;
     int r = known ? attribute(attr, data, p) : -1;
     pthread_mutex_unlock(&lock);
     return r == 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
@@ -739,6 +845,339 @@ SIM_EXPORT CUresult cuIpcCloseMemHandle(CUdeviceptr p)
     return CUDA_ERROR_INVALID_VALUE;
 }
 
+/* ---- VMM: cuMemCreate and friends ---------------------------------------- */
+
+#define SIM_VMM_GRANULARITY SIM_CHUNK
+
+static struct vmm_alloc *find_vmm_alloc(uint64_t handle)
+{
+    for (struct vmm_alloc *a = vmm_allocs; a != NULL; a = a->next)
+        if (a->handle == handle)
+            return a;
+    return NULL;
+}
+
+/* Caller holds the lock. */
+static void vmm_unref(struct vmm_alloc *a)
+{
+    if (--a->refs > 0)
+        return;
+    for (struct vmm_alloc **pp = &vmm_allocs; *pp != NULL; pp = &(*pp)->next)
+        if (*pp == a) {
+            *pp = a->next;
+            break;
+        }
+    close(a->fd);
+    free(a);
+}
+
+/* Caller holds the lock. Takes ownership of fd. */
+static struct vmm_alloc *vmm_new_alloc(int fd, uint64_t size, int device, unsigned types)
+{
+    struct vmm_alloc *a = calloc(1, sizeof *a);
+    if (a == NULL)
+        return NULL;
+    a->handle = next_vmm_handle;
+    next_vmm_handle += 0x9d0; /* handles look like heap addresses, as measured */
+    a->fd = fd;
+    a->size = size;
+    a->device = device;
+    a->types = types;
+    a->refs = 1;
+    a->next = vmm_allocs;
+    vmm_allocs = a;
+    return a;
+}
+
+SIM_EXPORT CUresult cuMemGetAllocationGranularity(size_t *granularity,
+                                                  const CUmemAllocationProp *prop,
+                                                  CUmemAllocationGranularity_flags option)
+{
+    ENTER("cuMemGetAllocationGranularity");
+    (void)option;
+    if (granularity == NULL || prop == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    *granularity = SIM_VMM_GRANULARITY;
+    return CUDA_SUCCESS;
+}
+
+SIM_EXPORT CUresult cuMemCreate(CUmemGenericAllocationHandle *handle, size_t size,
+                                const CUmemAllocationProp *prop, unsigned long long flags)
+{
+    ENTER("cuMemCreate");
+    if (!initialized)
+        return CUDA_ERROR_NOT_INITIALIZED;
+    if (handle == NULL || prop == NULL || flags != 0 || size == 0 ||
+        size % SIM_VMM_GRANULARITY != 0 || prop->type != CU_MEM_ALLOCATION_TYPE_PINNED ||
+        prop->location.type != CU_MEM_LOCATION_TYPE_DEVICE)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (prop->location.id < 0 || prop->location.id >= ndevices)
+        return CUDA_ERROR_INVALID_DEVICE;
+    char name[64];
+    pthread_mutex_lock(&lock);
+    snprintf(name, sizeof name, "simcuda-vmm-%d-%llx", prop->location.id,
+             (unsigned long long)next_vmm_handle);
+    int fd = memfd_create(name, MFD_CLOEXEC);
+    struct vmm_alloc *a = NULL;
+    if (fd >= 0 && ftruncate(fd, (off_t)size) == 0)
+        a = vmm_new_alloc(fd, size, prop->location.id, prop->requestedHandleTypes);
+    if (a == NULL) {
+        if (fd >= 0)
+            close(fd);
+        pthread_mutex_unlock(&lock);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    *handle = a->handle;
+    pthread_mutex_unlock(&lock);
+    return CUDA_SUCCESS;
+}
+
+SIM_EXPORT CUresult cuMemRelease(CUmemGenericAllocationHandle handle)
+{
+    ENTER("cuMemRelease");
+    pthread_mutex_lock(&lock);
+    struct vmm_alloc *a = find_vmm_alloc(handle);
+    if (a != NULL)
+        vmm_unref(a);
+    pthread_mutex_unlock(&lock);
+    return a != NULL ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+SIM_EXPORT CUresult cuMemAddressReserve(CUdeviceptr *ptr, size_t size, size_t alignment,
+                                        CUdeviceptr addr, unsigned long long flags)
+{
+    ENTER("cuMemAddressReserve");
+    (void)addr; /* a hint only */
+    if (ptr == NULL || size == 0 || size % SIM_VMM_GRANULARITY != 0 || flags != 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    uint64_t align = alignment > SIM_VMM_GRANULARITY ? alignment : SIM_VMM_GRANULARITY;
+    /* Reserve more and trim, so the range is aligned as the driver's is. */
+    uint8_t *raw = mmap(NULL, size + align, PROT_NONE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (raw == MAP_FAILED)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    uint64_t start = ((uint64_t)raw + align - 1) / align * align;
+    if (start > (uint64_t)raw)
+        munmap(raw, start - (uint64_t)raw);
+    munmap((void *)(start + size), (uint64_t)raw + size + align - (start + size));
+    struct vmm_range *r = calloc(1, sizeof *r);
+    if (r == NULL) {
+        munmap((void *)start, size);
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    r->va = start;
+    r->size = size;
+    pthread_mutex_lock(&lock);
+    r->next = vmm_reserved;
+    vmm_reserved = r;
+    pthread_mutex_unlock(&lock);
+    *ptr = start;
+    return CUDA_SUCCESS;
+}
+
+SIM_EXPORT CUresult cuMemAddressFree(CUdeviceptr ptr, size_t size)
+{
+    ENTER("cuMemAddressFree");
+    pthread_mutex_lock(&lock);
+    for (struct vmm_range **pp = &vmm_reserved; *pp != NULL; pp = &(*pp)->next) {
+        struct vmm_range *r = *pp;
+        if (r->va != ptr || r->size != size)
+            continue;
+        for (struct vmm_range *m = vmm_maps; m != NULL; m = m->next)
+            if (m->va >= r->va && m->va - r->va < r->size) {
+                pthread_mutex_unlock(&lock);
+                return CUDA_ERROR_INVALID_VALUE; /* still mapped */
+            }
+        *pp = r->next;
+        munmap((void *)r->va, r->size);
+        free(r);
+        pthread_mutex_unlock(&lock);
+        return CUDA_SUCCESS;
+    }
+    pthread_mutex_unlock(&lock);
+    return CUDA_ERROR_INVALID_VALUE;
+}
+
+SIM_EXPORT CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset,
+                             CUmemGenericAllocationHandle handle, unsigned long long flags)
+{
+    ENTER("cuMemMap");
+    if (offset != 0 || flags != 0 || size == 0 || ptr % SIM_VMM_GRANULARITY != 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&lock);
+    struct vmm_alloc *a = find_vmm_alloc(handle);
+    struct vmm_range *res = find_range(vmm_reserved, ptr);
+    CUresult r = CUDA_SUCCESS;
+    if (a == NULL || res == NULL || size != a->size || size > res->size - (ptr - res->va))
+        r = CUDA_ERROR_INVALID_VALUE;
+    for (struct vmm_range *m = vmm_maps; r == CUDA_SUCCESS && m != NULL; m = m->next)
+        if (ptr < m->va + m->size && m->va < ptr + size)
+            r = CUDA_ERROR_ALREADY_MAPPED;
+    struct vmm_range *m = r == CUDA_SUCCESS ? calloc(1, sizeof *m) : NULL;
+    if (r == CUDA_SUCCESS && (m == NULL || mmap((void *)ptr, size, PROT_NONE,
+                                                MAP_SHARED | MAP_FIXED, a->fd, 0) == MAP_FAILED)) {
+        free(m);
+        r = CUDA_ERROR_OUT_OF_MEMORY;
+    }
+    if (r == CUDA_SUCCESS) {
+        m->va = ptr;
+        m->size = size;
+        m->alloc = a;
+        m->buffer_id = next_object_id++;
+        m->next = vmm_maps;
+        vmm_maps = m;
+        a->refs++;
+    }
+    pthread_mutex_unlock(&lock);
+    return r;
+}
+
+SIM_EXPORT CUresult cuMemUnmap(CUdeviceptr ptr, size_t size)
+{
+    ENTER("cuMemUnmap");
+    CUresult r = CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&lock);
+    for (struct vmm_range **pp = &vmm_maps; *pp != NULL;) {
+        struct vmm_range *m = *pp;
+        if (m->va < ptr || m->va + m->size > ptr + size) {
+            pp = &m->next;
+            continue;
+        }
+        *pp = m->next;
+        mmap((void *)m->va, m->size, PROT_NONE,
+             MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_FIXED, -1, 0);
+        vmm_unref(m->alloc);
+        free(m);
+        r = CUDA_SUCCESS;
+    }
+    pthread_mutex_unlock(&lock);
+    return r;
+}
+
+/* Every byte of [ptr, ptr+size) must be mapped; access is per device, and
+ * simulated devices have no peer access to each other's memory. */
+SIM_EXPORT CUresult cuMemSetAccess(CUdeviceptr ptr, size_t size, const CUmemAccessDesc *desc,
+                                   size_t count)
+{
+    ENTER("cuMemSetAccess");
+    if (desc == NULL || count == 0 || size == 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&lock);
+    CUresult r = CUDA_SUCCESS;
+    for (uint64_t p = ptr; r == CUDA_SUCCESS && p < ptr + size;) {
+        struct vmm_range *m = find_range(vmm_maps, p);
+        if (m == NULL) {
+            r = CUDA_ERROR_INVALID_VALUE;
+            break;
+        }
+        for (size_t i = 0; i < count; i++)
+            if (desc[i].location.type != CU_MEM_LOCATION_TYPE_DEVICE ||
+                desc[i].location.id < 0 || desc[i].location.id >= ndevices)
+                r = CUDA_ERROR_INVALID_DEVICE;
+            else if (desc[i].location.id != m->alloc->device)
+                r = CUDA_ERROR_PEER_ACCESS_UNSUPPORTED;
+        p = m->va + m->size;
+    }
+    for (uint64_t p = ptr; r == CUDA_SUCCESS && p < ptr + size;) {
+        struct vmm_range *m = find_range(vmm_maps, p);
+        int rw = desc[0].flags == CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+        mprotect((void *)m->va, m->size, rw ? PROT_READ | PROT_WRITE : PROT_READ);
+        m->access = 1;
+        p = m->va + m->size;
+    }
+    pthread_mutex_unlock(&lock);
+    return r;
+}
+
+SIM_EXPORT CUresult cuMemRetainAllocationHandle(CUmemGenericAllocationHandle *handle, void *addr)
+{
+    ENTER("cuMemRetainAllocationHandle");
+    if (handle == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&lock);
+    struct vmm_range *m = find_range(vmm_maps, (uint64_t)addr);
+    if (m != NULL) {
+        m->alloc->refs++;
+        *handle = m->alloc->handle;
+    }
+    pthread_mutex_unlock(&lock);
+    return m != NULL ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+SIM_EXPORT CUresult cuMemGetAllocationPropertiesFromHandle(CUmemAllocationProp *prop,
+                                                           CUmemGenericAllocationHandle handle)
+{
+    ENTER("cuMemGetAllocationPropertiesFromHandle");
+    if (prop == NULL)
+        return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&lock);
+    struct vmm_alloc *a = find_vmm_alloc(handle);
+    if (a != NULL) {
+        memset(prop, 0, sizeof *prop);
+        prop->type = CU_MEM_ALLOCATION_TYPE_PINNED;
+        prop->requestedHandleTypes = (CUmemAllocationHandleType)a->types;
+        prop->location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+        prop->location.id = a->device;
+    }
+    pthread_mutex_unlock(&lock);
+    return a != NULL ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+SIM_EXPORT CUresult cuMemExportToShareableHandle(void *shareable,
+                                                 CUmemGenericAllocationHandle handle,
+                                                 CUmemAllocationHandleType type,
+                                                 unsigned long long flags)
+{
+    ENTER("cuMemExportToShareableHandle");
+    if (shareable == NULL || flags != 0 || type != CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR)
+        return CUDA_ERROR_INVALID_VALUE;
+    pthread_mutex_lock(&lock);
+    struct vmm_alloc *a = find_vmm_alloc(handle);
+    CUresult r = CUDA_ERROR_INVALID_VALUE;
+    if (a != NULL && (a->types & CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR)) {
+        /* A new descriptor, as the driver gives; not inherited across exec. */
+        int fd = fcntl(a->fd, F_DUPFD_CLOEXEC, 0);
+        r = fd >= 0 ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
+        if (fd >= 0)
+            *(int *)shareable = fd;
+    }
+    pthread_mutex_unlock(&lock);
+    return r;
+}
+
+/* The descriptor stays the caller's. Anything but a simulated allocation's
+ * memfd is refused. */
+SIM_EXPORT CUresult cuMemImportFromShareableHandle(CUmemGenericAllocationHandle *handle,
+                                                   void *os_handle,
+                                                   CUmemAllocationHandleType type)
+{
+    ENTER("cuMemImportFromShareableHandle");
+    if (handle == NULL || type != CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR)
+        return CUDA_ERROR_INVALID_VALUE;
+    int fd = (int)(intptr_t)os_handle, device = -1;
+    char path[64], link[256];
+    unsigned long long id;
+    snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(path, link, sizeof link - 1);
+    link[n > 0 ? n : 0] = '\0';
+    struct stat st;
+    if (sscanf(link, "/memfd:simcuda-vmm-%d-%llx", &device, &id) != 2 || device < 0 ||
+        device >= ndevices || fstat(fd, &st) != 0 || st.st_size <= 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    int own = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    if (own < 0)
+        return CUDA_ERROR_OUT_OF_MEMORY;
+    pthread_mutex_lock(&lock);
+    struct vmm_alloc *a =
+        vmm_new_alloc(own, (uint64_t)st.st_size, device, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
+    if (a != NULL)
+        *handle = a->handle;
+    pthread_mutex_unlock(&lock);
+    if (a == NULL)
+        close(own);
+    return a != NULL ? CUDA_SUCCESS : CUDA_ERROR_OUT_OF_MEMORY;
+}
+
 /* ---- errors and entry-point look-up ------------------------------------ */
 
 static const struct {
@@ -754,6 +1193,8 @@ static const struct {
     {CUDA_ERROR_ALREADY_MAPPED, "CUDA_ERROR_ALREADY_MAPPED", "resource already mapped"},
     {CUDA_ERROR_INVALID_HANDLE, "CUDA_ERROR_INVALID_HANDLE", "invalid resource handle"},
     {CUDA_ERROR_NOT_FOUND, "CUDA_ERROR_NOT_FOUND", "named symbol not found"},
+    {CUDA_ERROR_PEER_ACCESS_UNSUPPORTED, "CUDA_ERROR_PEER_ACCESS_UNSUPPORTED",
+     "peer access is not supported between these two devices"},
     {CUDA_ERROR_UNKNOWN, "CUDA_ERROR_UNKNOWN", "unknown error"},
 };
 
@@ -815,6 +1256,19 @@ static const struct {
     {"cuIpcOpenMemHandle", 11000, (void *)cuIpcOpenMemHandle_v2},
     {"cuIpcOpenMemHandle", 4010, (void *)cuIpcOpenMemHandle},
     {"cuIpcCloseMemHandle", 4010, (void *)cuIpcCloseMemHandle},
+    {"cuMemGetAllocationGranularity", 10020, (void *)cuMemGetAllocationGranularity},
+    {"cuMemCreate", 10020, (void *)cuMemCreate},
+    {"cuMemRelease", 10020, (void *)cuMemRelease},
+    {"cuMemAddressReserve", 10020, (void *)cuMemAddressReserve},
+    {"cuMemAddressFree", 10020, (void *)cuMemAddressFree},
+    {"cuMemMap", 10020, (void *)cuMemMap},
+    {"cuMemUnmap", 10020, (void *)cuMemUnmap},
+    {"cuMemSetAccess", 10020, (void *)cuMemSetAccess},
+    {"cuMemRetainAllocationHandle", 11000, (void *)cuMemRetainAllocationHandle},
+    {"cuMemGetAllocationPropertiesFromHandle", 10020,
+     (void *)cuMemGetAllocationPropertiesFromHandle},
+    {"cuMemExportToShareableHandle", 10020, (void *)cuMemExportToShareableHandle},
+    {"cuMemImportFromShareableHandle", 10020, (void *)cuMemImportFromShareableHandle},
     {"cuGetErrorName", 6000, (void *)cuGetErrorName},
     {"cuGetErrorString", 6000, (void *)cuGetErrorString},
     {"cuGetProcAddress", 12000, (void *)cuGetProcAddress_v2},
@@ -870,4 +1324,21 @@ SIM_EXPORT void simcuda_counts(long *open_mappings, long *opens, long *closes)
     *opens = real_opens;
     *closes = real_closes;
     pthread_mutex_unlock(&lock);
+}
+
+/* VMM mappings, physical allocations and reservations this process holds. */
+SIM_EXPORT void simcuda_vmm_counts(long *maps, long *allocs, long *reservations)
+{
+    long n[3] = {0, 0, 0};
+    pthread_mutex_lock(&lock);
+    for (struct vmm_range *m = vmm_maps; m != NULL; m = m->next)
+        n[0]++;
+    for (struct vmm_alloc *a = vmm_allocs; a != NULL; a = a->next)
+        n[1]++;
+    for (struct vmm_range *r = vmm_reserved; r != NULL; r = r->next)
+        n[2]++;
+    pthread_mutex_unlock(&lock);
+    *maps = n[0];
+    *allocs = n[1];
+    *reservations = n[2];
 }

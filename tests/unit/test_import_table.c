@@ -82,7 +82,7 @@ static void test_many_pointers_one_block(void **state)
                      NVIPCFIX_RELEASE_WOULD_BE_LAST);
     assert_int_equal(nvipcfix_import_refs(t, 0x20000), 1);
     assert_int_equal(nvipcfix_import_release(t, 0x20000, 1, &out), NVIPCFIX_RELEASE_LAST);
-    assert_true(out.base == 0x20000 && out.self == 0);
+    assert_true(out.base == 0x20000 && out.origin == NVIPCFIX_ORIGIN_DRIVER);
     assert_int_equal(nvipcfix_import_blocks(t), 0);
     assert_int_equal(nvipcfix_import_pointers(t), 0);
     /* once the block is closed, none of its pointers is ours any more */
@@ -128,7 +128,7 @@ static void test_insert_existing(void **state)
     assert_true(existed == 1 && p == 0x50008);
     assert_int_equal(nvipcfix_import_release(t, 0x50008, 1, &out), NVIPCFIX_RELEASE_DONE);
     assert_int_equal(nvipcfix_import_release(t, 0x50000, 1, &out), NVIPCFIX_RELEASE_LAST);
-    assert_int_equal(out.self, 1);
+    assert_int_equal(out.origin, NVIPCFIX_ORIGIN_SELF);
 }
 
 /* A close of an address nvipcfix did not return, inside a block it holds:

@@ -147,7 +147,13 @@ static CUresult f_close(CUdeviceptr p)
     return r;
 }
 
-static const struct nvipcfix_driver driver = {f_attrs, f_range, f_ctx, f_get, f_close};
+static const struct nvipcfix_driver driver = {
+    .pointer_get_attributes = f_attrs,
+    .mem_get_address_range = f_range,
+    .ctx_get_current = f_ctx,
+    .ipc_get_mem_handle = f_get,
+    .ipc_close_mem_handle = f_close,
+};
 
 /* ---- fixture ---------------------------------------------------------------- */
 

@@ -1,0 +1,374 @@
+#include "fd_channel.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <time.h>
+#include <unistd.h>
+
+#define REQUEST_MAGIC 0x71766e4du /* "Mnvq" */
+#define REPLY_MAGIC 0x72766e4du   /* "Mnvr" */
+#define FDS_PER_MESSAGE 250       /* under the kernel's SCM_MAX_FD (253) */
+#define SERVER_TIMEOUT_MS 5000    /* a client that stalls cannot hold the server */
+
+struct request {
+    uint32_t magic, version;
+    uint64_t secret, export_id;
+};
+
+struct reply_head {
+    uint32_t magic;
+    int32_t status, driver_error;
+    uint32_t n;
+};
+
+static const char *const status_names[] = {
+    "ok", "no such export", "memory freed since the export", "refused",
+    "the exporter's driver failed", "no exporter listening", "not the exporter",
+    "connection failed",
+};
+
+const char *nvipcfix_fd_status_name(int status)
+{
+    if (status < 0 || status >= (int)(sizeof status_names / sizeof status_names[0]))
+        return "unknown";
+    return status_names[status];
+}
+
+void nvipcfix_fd_reply_free(struct nvipcfix_fd_reply *r)
+{
+    for (uint32_t i = 0; r->fds != NULL && i < r->n; i++)
+        if (r->fds[i] >= 0)
+            close(r->fds[i]);
+    free(r->fds);
+    free(r->sizes);
+    r->fds = NULL;
+    r->sizes = NULL;
+    r->n = 0;
+}
+
+/* The socket's name: "\0nvipcfix-vmm-PID-SECRET". Returns its length. */
+static socklen_t address(struct sockaddr_un *a, pid_t pid, uint64_t secret)
+{
+    memset(a, 0, sizeof *a);
+    a->sun_family = AF_UNIX;
+    int n = snprintf(a->sun_path + 1, sizeof a->sun_path - 1, "nvipcfix-vmm-%d-%016llx",
+                     (int)pid, (unsigned long long)secret);
+    return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n);
+}
+
+static void set_timeouts(int fd, int ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+}
+
+static int send_full(int fd, const void *buf, size_t n)
+{
+    const char *p = buf;
+    while (n > 0) {
+        ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return -1;
+        p += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+static int recv_full(int fd, void *buf, size_t n)
+{
+    char *p = buf;
+    while (n > 0) {
+        ssize_t k = recv(fd, p, n, 0);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return -1;
+        p += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+/* One byte carrying up to FDS_PER_MESSAGE descriptors. */
+static int send_fds(int sock, const int *fds, size_t n)
+{
+    char byte = 'F';
+    struct iovec iov = {&byte, 1};
+    union {
+        char buf[CMSG_SPACE(FDS_PER_MESSAGE * sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    struct msghdr m = {0};
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    m.msg_control = u.buf;
+    m.msg_controllen = CMSG_SPACE(n * sizeof(int));
+    struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(n * sizeof(int));
+    memcpy(CMSG_DATA(c), fds, n * sizeof(int));
+    for (;;) {
+        ssize_t k = sendmsg(sock, &m, MSG_NOSIGNAL);
+        if (k == 1)
+            return 0;
+        if (k < 0 && errno == EINTR)
+            continue;
+        return -1;
+    }
+}
+
+/* Receives one byte and its descriptors into fds[*got..want). */
+static int recv_fds(int sock, int *fds, uint32_t *got, uint32_t want)
+{
+    char byte;
+    struct iovec iov = {&byte, 1};
+    union {
+        char buf[CMSG_SPACE(FDS_PER_MESSAGE * sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    struct msghdr m = {0};
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    m.msg_control = u.buf;
+    m.msg_controllen = sizeof u.buf;
+    ssize_t k;
+    do
+        k = recvmsg(sock, &m, MSG_CMSG_CLOEXEC);
+    while (k < 0 && errno == EINTR);
+    if (k != 1)
+        return -1;
+    int bad = (m.msg_flags & MSG_CTRUNC) != 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c != NULL; c = CMSG_NXTHDR(&m, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+            continue;
+        size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        int *in = (int *)CMSG_DATA(c);
+        for (size_t i = 0; i < n; i++) {
+            int fd;
+            memcpy(&fd, in + i, sizeof fd);
+            if (*got < want)
+                fds[(*got)++] = fd;
+            else {
+                close(fd); /* more than announced */
+                bad = 1;
+            }
+        }
+    }
+    return bad ? -1 : 0;
+}
+
+static void send_reply(int sock, struct nvipcfix_fd_reply *r)
+{
+    struct reply_head h = {REPLY_MAGIC, r->status, r->driver_error,
+                           r->status == NVIPCFIX_FD_OK ? r->n : 0};
+    if (send_full(sock, &h, sizeof h) != 0 || h.n == 0)
+        return;
+    if (send_full(sock, r->sizes, h.n * sizeof(uint64_t)) != 0)
+        return;
+    for (uint32_t i = 0; i < h.n; i += FDS_PER_MESSAGE) {
+        uint32_t k = h.n - i < FDS_PER_MESSAGE ? h.n - i : FDS_PER_MESSAGE;
+        if (send_fds(sock, r->fds + i, k) != 0)
+            return;
+    }
+}
+
+static void serve_one(struct nvipcfix_fd_server *s, int sock)
+{
+    struct request q;
+    struct nvipcfix_fd_reply r = {0};
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    set_timeouts(sock, SERVER_TIMEOUT_MS);
+    if (recv_full(sock, &q, sizeof q) != 0)
+        return;
+    int same_user = getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 &&
+                    (cred.uid == geteuid() || cred.uid == 0);
+    if (q.magic != REQUEST_MAGIC || q.version != 1 || q.secret != s->secret || !same_user) {
+        r.status = NVIPCFIX_FD_REFUSED;
+        atomic_fetch_add(&s->refused, 1);
+    } else {
+        s->serve(s->arg, q.export_id, &r);
+        if (r.status == NVIPCFIX_FD_OK && r.n > NVIPCFIX_FD_MAX)
+            r.status = NVIPCFIX_FD_FAILED;
+        atomic_fetch_add(&s->served, 1);
+    }
+    send_reply(sock, &r);
+    nvipcfix_fd_reply_free(&r);
+}
+
+static void *server_main(void *arg)
+{
+    struct nvipcfix_fd_server *s = arg;
+    int listen_fd = s->fd;
+    while (!atomic_load(&s->stopping)) {
+        int c = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
+        if (c < 0) {
+            if (errno == EINTR || errno == ECONNABORTED || errno == EMFILE || errno == ENFILE ||
+                errno == ENOBUFS || errno == ENOMEM) {
+                if (errno != EINTR && errno != ECONNABORTED) {
+                    struct timespec pause = {0, 10 * 1000 * 1000};
+                    nanosleep(&pause, NULL);
+                }
+                continue;
+            }
+            break; /* shut down */
+        }
+        if (!atomic_load(&s->stopping))
+            serve_one(s, c);
+        close(c);
+    }
+    return NULL;
+}
+
+void nvipcfix_fd_server_init(struct nvipcfix_fd_server *s, nvipcfix_fd_serve_fn serve,
+                             void *arg)
+{
+    memset(s, 0, sizeof *s);
+    pthread_mutex_init(&s->lock, NULL);
+    s->fd = -1;
+    s->serve = serve;
+    s->arg = arg;
+}
+
+int nvipcfix_fd_server_start(struct nvipcfix_fd_server *s, pid_t *pid, uint64_t *secret)
+{
+    int err = 0;
+    pthread_mutex_lock(&s->lock);
+    if (s->fd < 0 && !atomic_load(&s->stopping)) {
+        uint64_t sec = 0;
+        while (sec == 0)
+            if (getrandom(&sec, sizeof sec, 0) != (ssize_t)sizeof sec) {
+                err = errno != 0 ? errno : EIO;
+                break;
+            }
+        int fd = err == 0 ? socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0) : -1;
+        struct sockaddr_un a;
+        socklen_t alen = address(&a, getpid(), sec);
+        if (err == 0 && (fd < 0 || bind(fd, (struct sockaddr *)&a, alen) != 0 ||
+                         listen(fd, 64) != 0))
+            err = errno;
+        if (err == 0) {
+            s->fd = fd;
+            s->pid = getpid();
+            s->secret = sec;
+            /* The thread takes no signal meant for the program's threads. */
+            sigset_t all, old;
+            sigfillset(&all);
+            pthread_sigmask(SIG_SETMASK, &all, &old);
+            err = pthread_create(&s->thread, NULL, server_main, s);
+            pthread_sigmask(SIG_SETMASK, &old, NULL);
+            if (err != 0)
+                s->fd = -1;
+            else
+                s->running = 1;
+        }
+        if (err != 0 && fd >= 0)
+            close(fd);
+    } else if (s->fd < 0)
+        err = ESHUTDOWN;
+    *pid = s->pid;
+    *secret = s->secret;
+    pthread_mutex_unlock(&s->lock);
+    return err;
+}
+
+void nvipcfix_fd_server_stop(struct nvipcfix_fd_server *s)
+{
+    pthread_mutex_lock(&s->lock);
+    atomic_store(&s->stopping, 1);
+    if (s->fd >= 0)
+        shutdown(s->fd, SHUT_RDWR); /* wakes the thread; the descriptor stays */
+    pthread_mutex_unlock(&s->lock);
+}
+
+void nvipcfix_fd_server_destroy(struct nvipcfix_fd_server *s)
+{
+    nvipcfix_fd_server_stop(s);
+    if (s->running)
+        pthread_join(s->thread, NULL);
+    if (s->fd >= 0)
+        close(s->fd);
+    s->fd = -1;
+    s->running = 0;
+    pthread_mutex_destroy(&s->lock);
+}
+
+void nvipcfix_fd_server_forget(struct nvipcfix_fd_server *s)
+{
+    if (s->fd >= 0)
+        close(s->fd); /* the parent's socket; its thread is not in the child */
+    nvipcfix_fd_server_init(s, s->serve, s->arg);
+}
+
+int nvipcfix_fd_request(pid_t pid, uint64_t secret, uint64_t export_id, int timeout_ms,
+                        struct nvipcfix_fd_reply *out)
+{
+    memset(out, 0, sizeof *out);
+    out->status = NVIPCFIX_FD_BROKEN;
+    int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (sock < 0)
+        return out->status;
+    struct sockaddr_un a;
+    socklen_t alen = address(&a, pid, secret);
+    set_timeouts(sock, timeout_ms);
+    int r;
+    do
+        r = connect(sock, (struct sockaddr *)&a, alen);
+    while (r != 0 && errno == EINTR);
+    if (r != 0) {
+        if (errno == ECONNREFUSED || errno == ENOENT)
+            out->status = NVIPCFIX_FD_NO_EXPORTER;
+        close(sock);
+        return out->status;
+    }
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.pid != pid) {
+        out->status = NVIPCFIX_FD_IMPOSTOR;
+        close(sock);
+        return out->status;
+    }
+    struct request q = {REQUEST_MAGIC, 1, secret, export_id};
+    struct reply_head h;
+    if (send_full(sock, &q, sizeof q) != 0 || recv_full(sock, &h, sizeof h) != 0 ||
+        h.magic != REPLY_MAGIC || h.n > NVIPCFIX_FD_MAX) {
+        close(sock);
+        return out->status;
+    }
+    if (h.status != NVIPCFIX_FD_OK) {
+        out->status = h.status >= NVIPCFIX_FD_UNKNOWN && h.status <= NVIPCFIX_FD_FAILED
+                          ? h.status
+                          : NVIPCFIX_FD_BROKEN;
+        out->driver_error = h.driver_error;
+        close(sock);
+        return out->status;
+    }
+    out->sizes = calloc(h.n ? h.n : 1, sizeof *out->sizes);
+    out->fds = calloc(h.n ? h.n : 1, sizeof *out->fds);
+    int ok = out->sizes != NULL && out->fds != NULL &&
+             recv_full(sock, out->sizes, h.n * sizeof(uint64_t)) == 0;
+    uint32_t got = 0;
+    while (ok && got < h.n)
+        ok = recv_fds(sock, out->fds, &got, h.n) == 0;
+    close(sock);
+    out->n = got;
+    if (!ok || got != h.n || h.n == 0) {
+        nvipcfix_fd_reply_free(out);
+        out->status = NVIPCFIX_FD_BROKEN;
+        return out->status;
+    }
+    out->status = NVIPCFIX_FD_OK;
+    return out->status;
+}

@@ -1,0 +1,494 @@
+#include "vmm_share.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <uthash.h>
+
+#define TIMEOUT_MS 60000 /* the exporter exports about 1 ms per chunk (H100) */
+#define SWEEP_FIRST 256
+
+struct chunk {
+    uint64_t va, size, buffer_id;
+};
+
+struct nvipcfix_vmm_export {
+    uint64_t id, first;
+    CUcontext ctx;
+    int device, in_first;
+    size_t n;
+    UT_hash_handle hh_id, hh_first;
+    struct chunk chunks[];
+};
+
+static uint32_t own_pid_ns(void)
+{
+    struct stat st;
+    return stat("/proc/self/ns/pid", &st) == 0 ? (uint32_t)st.st_ino : 0;
+}
+
+/* FNV-1a of the kernel's boot id: the same for every process of one boot. */
+static uint64_t own_boot(void)
+{
+    char buf[64];
+    int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
+    ssize_t n = fd >= 0 ? read(fd, buf, sizeof buf) : -1;
+    if (fd >= 0)
+        close(fd);
+    if (n <= 0)
+        return 0;
+    uint64_t x = UINT64_C(14695981039346656037);
+    for (ssize_t i = 0; i < n; i++)
+        x = (x ^ (unsigned char)buf[i]) * UINT64_C(1099511628211);
+    return x | 1;
+}
+
+static void serve(void *arg, uint64_t export_id, struct nvipcfix_fd_reply *out);
+
+void nvipcfix_vmm_init(struct nvipcfix_vmm *v, const struct nvipcfix_driver *driver)
+{
+    memset(v, 0, sizeof *v);
+    v->driver = driver;
+    pthread_mutex_init(&v->lock, NULL);
+    v->next_id = 1;
+    v->sweep_at = SWEEP_FIRST;
+    nvipcfix_fd_server_init(&v->server, serve, v);
+    v->pid_ns = own_pid_ns();
+    v->boot = own_boot();
+    v->timeout_ms = TIMEOUT_MS;
+}
+
+static int has_vmm_calls(const struct nvipcfix_driver *d)
+{
+    return d->mem_get_address_range != NULL && d->pointer_get_attributes != NULL &&
+           d->mem_retain_allocation_handle != NULL &&
+           d->mem_get_allocation_properties_from_handle != NULL && d->mem_release != NULL &&
+           d->mem_export_to_shareable_handle != NULL &&
+           d->mem_import_from_shareable_handle != NULL && d->mem_address_reserve != NULL &&
+           d->mem_address_free != NULL && d->mem_map != NULL && d->mem_unmap != NULL &&
+           d->mem_set_access != NULL && d->ctx_get_device != NULL;
+}
+
+/* The mapping that contains va: its range and buffer id, and its device. */
+static int chunk_at(const struct nvipcfix_driver *d, uint64_t va, struct chunk *c, int *device)
+{
+    CUdeviceptr base = 0;
+    size_t size = 0;
+    unsigned long long id = 0;
+    int ordinal = -1;
+    CUpointer_attribute attrs[2] = {CU_POINTER_ATTRIBUTE_BUFFER_ID,
+                                    CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL};
+    void *data[2] = {&id, &ordinal};
+    if (d->mem_get_address_range(&base, &size, va) != CUDA_SUCCESS || base == 0 || size == 0 ||
+        d->pointer_get_attributes(2, attrs, data, va) != CUDA_SUCCESS || id == 0)
+        return -1;
+    c->va = base;
+    c->size = size;
+    c->buffer_id = id;
+    *device = ordinal;
+    return 0;
+}
+
+/* Nonzero while the mapping recorded as c is still there. */
+static int chunk_unchanged(const struct nvipcfix_driver *d, const struct chunk *c)
+{
+    struct chunk now;
+    int device;
+    return chunk_at(d, c->va, &now, &device) == 0 && now.va == c->va && now.size == c->size &&
+           now.buffer_id == c->buffer_id;
+}
+
+/* Caller holds v->lock. */
+static void drop(struct nvipcfix_vmm *v, struct nvipcfix_vmm_export *e)
+{
+    HASH_DELETE(hh_id, v->by_id, e);
+    if (e->in_first)
+        HASH_DELETE(hh_first, v->by_first, e);
+    free(e);
+    v->count--;
+}
+
+/* Caller holds v->lock: forgets exports whose first chunk is gone. */
+static void sweep(struct nvipcfix_vmm *v)
+{
+    struct nvipcfix_vmm_export *e, *tmp;
+    HASH_ITER(hh_id, v->by_id, e, tmp)
+        if (!chunk_unchanged(v->driver, &e->chunks[0]))
+            drop(v, e);
+    v->sweep_at = v->count * 2 > SWEEP_FIRST ? v->count * 2 : SWEEP_FIRST;
+}
+
+/* The export id for these chunks: the last one made for the same chunks,
+ * else a new one. 0 when out of memory. */
+static uint64_t record(struct nvipcfix_vmm *v, CUcontext ctx, int device,
+                       const struct chunk *chunks, size_t n)
+{
+    struct nvipcfix_vmm_export *e;
+    uint64_t id = 0;
+    pthread_mutex_lock(&v->lock);
+    HASH_FIND(hh_first, v->by_first, &chunks[0].va, sizeof chunks[0].va, e);
+    if (e != NULL && e->n == n && e->ctx == ctx &&
+        memcmp(e->chunks, chunks, n * sizeof *chunks) == 0) {
+        id = e->id;
+        pthread_mutex_unlock(&v->lock);
+        return id;
+    }
+    if (e != NULL) { /* older chunks at this place: only their id finds them now */
+        HASH_DELETE(hh_first, v->by_first, e);
+        e->in_first = 0;
+    }
+    if (v->count >= v->sweep_at)
+        sweep(v);
+    e = malloc(sizeof *e + n * sizeof *chunks);
+    if (e != NULL) {
+        memset(e, 0, sizeof *e);
+        e->id = id = v->next_id++;
+        e->first = chunks[0].va;
+        e->ctx = ctx;
+        e->device = device;
+        e->n = n;
+        e->in_first = 1;
+        memcpy(e->chunks, chunks, n * sizeof *chunks);
+        HASH_ADD(hh_id, v->by_id, id, sizeof e->id, e);
+        HASH_ADD(hh_first, v->by_first, first, sizeof e->first, e);
+        v->count++;
+    }
+    pthread_mutex_unlock(&v->lock);
+    return id;
+}
+
+enum nvipcfix_vmm_error nvipcfix_vmm_export(struct nvipcfix_vmm *v, CUcontext ctx,
+                                            CUdeviceptr ptr,
+                                            unsigned char ticket[NVIPCFIX_TICKET_BYTES])
+{
+    const struct nvipcfix_driver *d = v->driver;
+    if (!has_vmm_calls(d))
+        return NVIPCFIX_VMM_NO_DRIVER;
+    CUmemGenericAllocationHandle h;
+    CUmemAllocationProp prop;
+    memset(&prop, 0, sizeof prop);
+    if (d->mem_retain_allocation_handle(&h, (void *)(uintptr_t)ptr) != CUDA_SUCCESS)
+        return NVIPCFIX_VMM_NOT_VMM;
+    CUresult r = d->mem_get_allocation_properties_from_handle(&prop, h);
+    d->mem_release(h);
+    if (r != CUDA_SUCCESS)
+        return NVIPCFIX_VMM_NOT_VMM;
+    if (!(prop.requestedHandleTypes & CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR))
+        return NVIPCFIX_VMM_NOT_SHAREABLE;
+
+    /* The pointer's mapping and those right after it, on the same device. */
+    size_t n = 1, cap = 16;
+    int device, next_device;
+    struct chunk *chunks = malloc(cap * sizeof *chunks), c;
+    if (chunks == NULL)
+        return NVIPCFIX_VMM_NOMEM;
+    if (chunk_at(d, ptr, &chunks[0], &device) != 0) {
+        free(chunks);
+        return NVIPCFIX_VMM_NOT_VMM;
+    }
+    while (n < NVIPCFIX_FD_MAX) {
+        uint64_t next = chunks[n - 1].va + chunks[n - 1].size;
+        if (chunk_at(d, next, &c, &next_device) != 0 || c.va != next || next_device != device)
+            break;
+        if (n == cap) {
+            struct chunk *more = realloc(chunks, 2 * cap * sizeof *chunks);
+            if (more == NULL)
+                break; /* the export covers fewer chunks */
+            chunks = more;
+            cap *= 2;
+        }
+        chunks[n++] = c;
+    }
+
+    pid_t pid;
+    uint64_t secret;
+    if (nvipcfix_fd_server_start(&v->server, &pid, &secret) != 0) {
+        free(chunks);
+        return NVIPCFIX_VMM_NO_SERVER;
+    }
+    uint64_t id = record(v, ctx, device, chunks, n);
+    struct nvipcfix_vmm_ticket t = {
+        .pid = (uint64_t)pid,
+        .export_id = id,
+        .pid_ns = v->pid_ns,
+        .secret = secret,
+        .offset = ptr - chunks[0].va,
+        .boot = v->boot,
+        .device = (uint8_t)device,
+    };
+    free(chunks);
+    if (id == 0)
+        return NVIPCFIX_VMM_NOMEM;
+    nvipcfix_vmm_ticket_encode(ticket, &t);
+    return NVIPCFIX_VMM_OK;
+}
+
+/* A copy of export id's chunks (malloc'd), or NULL. */
+static struct chunk *find_export(struct nvipcfix_vmm *v, uint64_t id, size_t *n, CUcontext *ctx)
+{
+    struct nvipcfix_vmm_export *e;
+    struct chunk *copy = NULL;
+    pthread_mutex_lock(&v->lock);
+    HASH_FIND(hh_id, v->by_id, &id, sizeof id, e);
+    if (e != NULL && (copy = malloc(e->n * sizeof *copy)) != NULL) {
+        memcpy(copy, e->chunks, e->n * sizeof *copy);
+        *n = e->n;
+        *ctx = e->ctx;
+    }
+    pthread_mutex_unlock(&v->lock);
+    return copy;
+}
+
+/* On the server's thread: a descriptor for each chunk still as exported,
+ * from the first one on. The allocation is retained before the check, so
+ * the descriptor is of the mapping checked (buffer ids are never reused). */
+static void serve(void *arg, uint64_t export_id, struct nvipcfix_fd_reply *out)
+{
+    struct nvipcfix_vmm *v = arg;
+    const struct nvipcfix_driver *d = v->driver;
+    size_t n = 0;
+    CUcontext ctx = NULL;
+    struct chunk *chunks = find_export(v, export_id, &n, &ctx);
+    if (chunks == NULL) {
+        out->status = NVIPCFIX_FD_UNKNOWN;
+        return;
+    }
+    if (ctx != NULL && d->ctx_set_current != NULL)
+        d->ctx_set_current(ctx);
+    out->sizes = calloc(n, sizeof *out->sizes);
+    out->fds = calloc(n, sizeof *out->fds);
+    if (out->sizes == NULL || out->fds == NULL) {
+        out->status = NVIPCFIX_FD_FAILED;
+        out->driver_error = CUDA_ERROR_OUT_OF_MEMORY;
+        free(chunks);
+        return;
+    }
+    size_t i;
+    for (i = 0; i < n; i++) {
+        CUmemGenericAllocationHandle h;
+        int fd = -1;
+        CUresult r = d->mem_retain_allocation_handle(&h, (void *)(uintptr_t)chunks[i].va);
+        if (r != CUDA_SUCCESS)
+            break;
+        if (!chunk_unchanged(d, &chunks[i])) {
+            d->mem_release(h);
+            break;
+        }
+        r = d->mem_export_to_shareable_handle(&fd, h, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0);
+        d->mem_release(h);
+        if (r != CUDA_SUCCESS) {
+            if (i == 0) {
+                out->status = NVIPCFIX_FD_FAILED;
+                out->driver_error = r;
+                free(chunks);
+                return;
+            }
+            break;
+        }
+        out->fds[i] = fd;
+        out->sizes[i] = chunks[i].size;
+        out->n = (uint32_t)(i + 1);
+    }
+    free(chunks);
+    out->status = i == 0 ? NVIPCFIX_FD_FREED : NVIPCFIX_FD_OK;
+}
+
+int nvipcfix_vmm_own(struct nvipcfix_vmm *v, const struct nvipcfix_vmm_ticket *t,
+                     uint64_t *base, uint64_t *size)
+{
+    pthread_mutex_lock(&v->server.lock);
+    int own = v->server.fd >= 0 && t->pid == (uint64_t)v->server.pid &&
+              t->secret == v->server.secret;
+    pthread_mutex_unlock(&v->server.lock);
+    if (!own)
+        return 0;
+    size_t n = 0, i;
+    CUcontext ctx;
+    struct chunk *chunks = find_export(v, t->export_id, &n, &ctx);
+    *base = chunks != NULL ? chunks[0].va : 0;
+    *size = 0;
+    for (i = 0; i < n && chunk_unchanged(v->driver, &chunks[i]); i++)
+        *size += chunks[i].size;
+    free(chunks);
+    return 1;
+}
+
+static const char *const channel_advice[] = {
+    [NVIPCFIX_FD_UNKNOWN] = "it has no such export (its memory was freed and the export "
+                            "forgotten)",
+    [NVIPCFIX_FD_FREED] = "the exported memory was freed or remapped since the export; "
+                          "nvipcfix never maps newer memory at the same place",
+    [NVIPCFIX_FD_REFUSED] = "it refused: this process runs as another user, or the ticket "
+                            "was altered",
+    [NVIPCFIX_FD_FAILED] = "its driver could not export the memory as a file descriptor",
+    [NVIPCFIX_FD_NO_EXPORTER] = "nothing answers for it: the exporter has exited, or runs in "
+                                "another network namespace (container)",
+    [NVIPCFIX_FD_IMPOSTOR] = "another process answered in its name; nothing was taken from it",
+    [NVIPCFIX_FD_BROKEN] = "the connection failed or timed out (out of file descriptors?)",
+};
+
+static void unmap_partial(const struct nvipcfix_driver *d, uint64_t va, uint64_t mapped,
+                          uint64_t reserved)
+{
+    if (mapped > 0)
+        d->mem_unmap(va, mapped);
+    d->mem_address_free(va, reserved);
+}
+
+enum nvipcfix_vmm_error nvipcfix_vmm_map(struct nvipcfix_vmm *v,
+                                         const struct nvipcfix_vmm_ticket *t, uint64_t *base,
+                                         uint64_t *size, CUresult *r, char *why, size_t n)
+{
+    const struct nvipcfix_driver *d = v->driver;
+    *r = CUDA_ERROR_INVALID_HANDLE;
+    if (!has_vmm_calls(d)) {
+        *r = CUDA_ERROR_NOT_SUPPORTED;
+        snprintf(why, n, "this driver lacks the VMM calls needed to open a VMM ticket");
+        return NVIPCFIX_VMM_NO_DRIVER;
+    }
+    if (t->boot != 0 && v->boot != 0 && t->boot != v->boot) {
+        snprintf(why, n, "a VMM ticket from another machine (or an earlier boot) cannot be "
+                         "opened here (CUDA_ERROR_INVALID_HANDLE)");
+        return NVIPCFIX_VMM_OTHER_MACHINE;
+    }
+    if (t->pid_ns != 0 && v->pid_ns != 0 && t->pid_ns != v->pid_ns) {
+        snprintf(why, n, "a VMM ticket from process %llu of another PID namespace (container) "
+                         "cannot be opened here: run both processes in one PID namespace "
+                         "(CUDA_ERROR_INVALID_HANDLE)",
+                 (unsigned long long)t->pid);
+        return NVIPCFIX_VMM_OTHER_NS;
+    }
+    CUdevice dev;
+    CUresult e = d->ctx_get_device(&dev);
+    if (e != CUDA_SUCCESS) {
+        *r = e;
+        snprintf(why, n, "opening a VMM ticket needs a current context (error %d)", (int)e);
+        return NVIPCFIX_VMM_IMPORT;
+    }
+
+    struct nvipcfix_fd_reply rep;
+    int st = nvipcfix_fd_request((pid_t)t->pid, t->secret, t->export_id, v->timeout_ms, &rep);
+    if (st != NVIPCFIX_FD_OK) {
+        if (st == NVIPCFIX_FD_FAILED)
+            snprintf(why, n, "exporting process %llu could not hand over VMM memory: %s "
+                             "(its error %d) (CUDA_ERROR_INVALID_HANDLE)",
+                     (unsigned long long)t->pid, channel_advice[st], (int)rep.driver_error);
+        else
+            snprintf(why, n, "exporting process %llu did not hand over VMM memory: %s "
+                             "(CUDA_ERROR_INVALID_HANDLE)",
+                     (unsigned long long)t->pid, channel_advice[st]);
+        return NVIPCFIX_VMM_CHANNEL;
+    }
+
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < rep.n; i++)
+        total += rep.sizes[i];
+    if (t->offset >= total) {
+        *r = CUDA_ERROR_INVALID_VALUE;
+        snprintf(why, n, "a VMM ticket's offset %llu is beyond the %llu bytes its exporter "
+                         "still has (corrupted ticket, or memory freed since)",
+                 (unsigned long long)t->offset, (unsigned long long)total);
+        nvipcfix_fd_reply_free(&rep);
+        return NVIPCFIX_VMM_BAD_OFFSET;
+    }
+    CUdeviceptr va = 0;
+    uint64_t mapped = 0;
+    int where = -1;
+    e = d->mem_address_reserve(&va, total, 0, 0, 0);
+    for (uint32_t i = 0; e == CUDA_SUCCESS && i < rep.n; i++) {
+        CUmemGenericAllocationHandle h;
+        e = d->mem_import_from_shareable_handle(&h, (void *)(intptr_t)rep.fds[i],
+                                                CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
+        if (e != CUDA_SUCCESS)
+            break;
+        if (i == 0) {
+            CUmemAllocationProp prop;
+            memset(&prop, 0, sizeof prop);
+            if (d->mem_get_allocation_properties_from_handle(&prop, h) == CUDA_SUCCESS)
+                where = prop.location.id;
+        }
+        e = d->mem_map(va + mapped, rep.sizes[i], 0, h, 0);
+        d->mem_release(h); /* the mapping keeps the memory */
+        if (e == CUDA_SUCCESS)
+            mapped += rep.sizes[i];
+    }
+    nvipcfix_fd_reply_free(&rep);
+    if (e != CUDA_SUCCESS) {
+        if (va != 0)
+            unmap_partial(d, va, mapped, total);
+        *r = e;
+        snprintf(why, n, "importing VMM memory from process %llu failed in the driver "
+                         "(error %d)",
+                 (unsigned long long)t->pid, (int)e);
+        return NVIPCFIX_VMM_IMPORT;
+    }
+    CUmemAccessDesc access;
+    memset(&access, 0, sizeof access);
+    access.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    access.location.id = dev;
+    access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+    e = d->mem_set_access(va, total, &access, 1);
+    if (e != CUDA_SUCCESS) {
+        unmap_partial(d, va, mapped, total);
+        *r = e;
+        snprintf(why, n, "the VMM memory lives on device %d (as this process numbers it); the "
+                         "driver refused access from device %d, current here (error %d): "
+                         "open it with that device current, or enable peer access",
+                 where, (int)dev, (int)e);
+        return NVIPCFIX_VMM_ACCESS;
+    }
+    *base = va;
+    *size = total;
+    return NVIPCFIX_VMM_OK;
+}
+
+CUresult nvipcfix_vmm_unmap(struct nvipcfix_vmm *v, uint64_t base, uint64_t size)
+{
+    CUresult r = v->driver->mem_unmap(base, size);
+    CUresult f = v->driver->mem_address_free(base, size);
+    return r != CUDA_SUCCESS ? r : f;
+}
+
+void nvipcfix_vmm_destroy(struct nvipcfix_vmm *v)
+{
+    struct nvipcfix_vmm_export *e, *tmp;
+    nvipcfix_fd_server_destroy(&v->server);
+    HASH_ITER(hh_id, v->by_id, e, tmp)
+        drop(v, e);
+    pthread_mutex_destroy(&v->lock);
+}
+
+void nvipcfix_vmm_stop(struct nvipcfix_vmm *v)
+{
+    nvipcfix_fd_server_stop(&v->server);
+}
+
+/* A child's copy of its parent's records, left behind but still reachable
+ * (so leak checkers do not report them). */
+static void *volatile left_behind;
+
+void nvipcfix_vmm_forget_after_fork(struct nvipcfix_vmm *v)
+{
+    /* The parent's records are left behind (another thread may have been
+     * changing them); the child starts empty. */
+    left_behind = v->by_id;
+    nvipcfix_fd_server_forget(&v->server);
+    pthread_mutex_init(&v->lock, NULL);
+    v->by_id = v->by_first = NULL;
+    v->count = 0;
+    v->next_id = 1;
+    v->sweep_at = SWEEP_FIRST;
+}
+
+void nvipcfix_vmm_counts(struct nvipcfix_vmm *v, size_t *exports, unsigned long *served,
+                         unsigned long *refused)
+{
+    pthread_mutex_lock(&v->lock);
+    *exports = v->count;
+    pthread_mutex_unlock(&v->lock);
+    *served = atomic_load(&v->server.served);
+    *refused = atomic_load(&v->server.refused);
+}

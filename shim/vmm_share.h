@@ -1,0 +1,98 @@
+/* Sharing VMM memory (cuMemCreate/cuMemMap: PyTorch's expandable segments)
+ * through the legacy IPC calls, which the driver refuses for it.
+ *
+ * Export: the pointer's mapping and the mappings after it, side by side up
+ * to the first gap (a tensor may span several: PyTorch maps 2 MiB or 20 MiB
+ * chunks next to each other), are recorded under an export id, and a
+ * ticket naming it stands in for the handle. Nothing is held: the record
+ * keeps addresses, sizes and each mapping's buffer id (new for every
+ * mapping, as measured), so memory freed later is not kept alive, and a
+ * mapping replaced since the export is noticed.
+ *
+ * Open: the importer asks the exporting process for the chunks' POSIX file
+ * descriptors (fd_channel.h), imports them, reserves exactly their total
+ * size, maps them in order and grants the current device access. Only the
+ * chunks still as they were at the export are served (a prefix that starts
+ * with the exported pointer's own chunk): newer memory at the same place
+ * is never mapped. */
+#ifndef NVIPCFIX_VMM_SHARE_H
+#define NVIPCFIX_VMM_SHARE_H
+
+#include <cuda.h>
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "driver_table.h"
+#include "fd_channel.h"
+#include "vmm_ticket.h"
+
+struct nvipcfix_vmm_export;
+
+struct nvipcfix_vmm {
+    const struct nvipcfix_driver *driver;
+    pthread_mutex_t lock;
+    struct nvipcfix_vmm_export *by_id, *by_first;
+    uint64_t next_id;
+    size_t count, sweep_at;
+    struct nvipcfix_fd_server server;
+    uint32_t pid_ns; /* this process's PID namespace (0: not known) */
+    uint64_t boot;   /* hash of this machine's boot id (0: not known) */
+    int timeout_ms;
+};
+
+/* Why an export or an open did not go through. */
+enum nvipcfix_vmm_error {
+    NVIPCFIX_VMM_OK = 0,
+    NVIPCFIX_VMM_NOT_VMM,        /* export: not mapped VMM memory */
+    NVIPCFIX_VMM_NOT_SHAREABLE,  /* export: allocated without POSIX descriptors */
+    NVIPCFIX_VMM_NO_DRIVER,      /* the driver lacks a VMM call */
+    NVIPCFIX_VMM_NO_SERVER,      /* export: the descriptor server could not start */
+    NVIPCFIX_VMM_NOMEM,
+    NVIPCFIX_VMM_OTHER_MACHINE,  /* open: the ticket comes from another boot */
+    NVIPCFIX_VMM_OTHER_NS,       /* open: from another PID namespace */
+    NVIPCFIX_VMM_CHANNEL,        /* open: the exporter did not hand the descriptors */
+    NVIPCFIX_VMM_BAD_OFFSET,     /* open: offset beyond what was served */
+    NVIPCFIX_VMM_IMPORT,         /* open: import or map failed in the driver */
+    NVIPCFIX_VMM_ACCESS,         /* open: access for the current device refused */
+    NVIPCFIX_VMM_ERROR_COUNT,
+};
+
+void nvipcfix_vmm_init(struct nvipcfix_vmm *v, const struct nvipcfix_driver *driver);
+
+/* Exports ptr as a ticket. ctx is the exporter's current context (the
+ * server uses it). Returns NVIPCFIX_VMM_OK or why not. */
+enum nvipcfix_vmm_error nvipcfix_vmm_export(struct nvipcfix_vmm *v, CUcontext ctx,
+                                            CUdeviceptr ptr,
+                                            unsigned char ticket[NVIPCFIX_TICKET_BYTES]);
+
+/* Nonzero when the ticket is one this process made (it must not ask
+ * itself over the socket); *base and *size then give the exported chunks
+ * still as they were, or *size is 0 when they are not. */
+int nvipcfix_vmm_own(struct nvipcfix_vmm *v, const struct nvipcfix_vmm_ticket *t,
+                     uint64_t *base, uint64_t *size);
+
+/* Maps the export a ticket names into this process for the current
+ * context. On NVIPCFIX_VMM_OK, [*base, *base + *size) is the new mapping;
+ * else *r is the CUDA error to return and why (n bytes) says it in words. */
+enum nvipcfix_vmm_error nvipcfix_vmm_map(struct nvipcfix_vmm *v,
+                                         const struct nvipcfix_vmm_ticket *t, uint64_t *base,
+                                         uint64_t *size, CUresult *r, char *why, size_t n);
+
+/* Undoes nvipcfix_vmm_map. */
+CUresult nvipcfix_vmm_unmap(struct nvipcfix_vmm *v, uint64_t base, uint64_t size);
+
+/* Stops the server (waiting for its thread) and frees the records. */
+void nvipcfix_vmm_destroy(struct nvipcfix_vmm *v);
+
+/* At exit: no more descriptors are handed out. */
+void nvipcfix_vmm_stop(struct nvipcfix_vmm *v);
+
+/* In a child after fork(): no records, the parent's socket closed. */
+void nvipcfix_vmm_forget_after_fork(struct nvipcfix_vmm *v);
+
+/* Exports recorded and requests served and refused, for the statistics. */
+void nvipcfix_vmm_counts(struct nvipcfix_vmm *v, size_t *exports, unsigned long *served,
+                         unsigned long *refused);
+
+#endif

@@ -1,0 +1,299 @@
+/* vmm_ipc: legacy IPC on VMM memory, as PyTorch's expandable segments have
+ * it. The exporter reserves a range, maps three 2 MiB chunks side by side
+ * (cuMemCreate with POSIX file descriptor handles, as PyTorch does) and
+ * exports five "tensors" with cuIpcGetMemHandle: two sharing the first
+ * chunk, one spanning chunks 0-1, one spanning chunks 1-2, one alone in
+ * chunk 2. A child opens every handle, checks every byte, writes the
+ * complement back and closes; the exporter checks that every write landed
+ * where it should and nowhere else. Without nvipcfix (or without
+ * NVIPCFIX_VMM=1) the export itself fails, as natively.
+ *
+ * Cases (first argument, default none):
+ *   --reopen          the child opens every handle twice (same pointer) and
+ *                     closes twice; after the last close the mapping is gone
+ *   --self            no child: the exporter opens its own handles
+ *   --freed           after the export, chunk 0 is unmapped, released and
+ *                     replaced by new memory at the same address: the three
+ *                     tensors in it must not open, the other two must
+ *   --exporter-exits  the exporter exits before the child opens
+ *   --no-fd           the chunks are created without POSIX descriptors
+ * Environment: VMM_IPC_IMPORTER_DEVICE (device the child uses, default 0),
+ * VMM_IPC_IMPORTER_NO_PRELOAD=1 (child without LD_PRELOAD),
+ * VMM_IPC_TICKET_EDIT=ns|boot (the child alters each ticket's PID
+ * namespace or boot field, re-sealed, as a ticket from another namespace or
+ * machine would be), VMM_IPC_IMPORTER_UID=N (the child, if root, becomes
+ * user N first).
+ *
+ * Prints "right R/5, failed F, wrong W, stray S" and exits 0 when all five
+ * were right, 1 when any byte was wrong, else 2 (a CUDA call failed). */
+#include <cuda.h>
+
+#include "../common/test_process.h"
+#include "../../shim/vmm_ticket.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define CHUNK (UINT64_C(2) << 20)
+#define NCHUNKS 3
+#define NT 5
+
+static const struct {
+    uint64_t offset, len;
+} tensors[NT] = {
+    {0, 1000},
+    {1024, 3000},
+    {CHUNK - 4096, 8192},
+    {CHUNK + 8192, CHUNK},
+    {2 * CHUNK + 16384, 4096},
+};
+
+struct record {
+    CUipcMemHandle handle;
+    int32_t exported; /* the export's CUresult */
+};
+
+/* What the child found for one tensor: 0 right, 1 wrong, 2 open failed. */
+struct result {
+    int32_t status;
+};
+
+static unsigned char pattern(uint64_t i)
+{
+    return (unsigned char)(i * 131 + (i >> 12) * 7 + 0x5a);
+}
+
+static int env_int(const char *name, int dflt)
+{
+    const char *v = getenv(name);
+    return v != NULL && v[0] != '\0' ? atoi(v) : dflt;
+}
+
+static CUresult create_chunk(CUdeviceptr at, int fd_handles, CUmemGenericAllocationHandle *h)
+{
+    CUmemAllocationProp prop;
+    memset(&prop, 0, sizeof prop);
+    prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+    prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    prop.location.id = 0;
+    prop.requestedHandleTypes =
+        fd_handles ? CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR : CU_MEM_HANDLE_TYPE_NONE;
+    CUmemAccessDesc access;
+    memset(&access, 0, sizeof access);
+    access.location = prop.location;
+    access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+    CUresult r = cuMemCreate(h, CHUNK, &prop, 0);
+    if (r == CUDA_SUCCESS)
+        r = cuMemMap(at, CHUNK, 0, *h, 0);
+    if (r == CUDA_SUCCESS)
+        r = cuMemSetAccess(at, CHUNK, &access, 1);
+    return r;
+}
+
+/* Opens, checks and writes back one tensor. */
+static int import_one(const struct record *rec, int k, int reopen, CUdeviceptr *seen)
+{
+    CUdeviceptr p = 0, q = 0;
+    CUresult r = cuIpcOpenMemHandle(&p, rec->handle, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS);
+    if (r != CUDA_SUCCESS) {
+        fprintf(stderr, "vmm_ipc: open of tensor %d failed: error %d\n", k, (int)r);
+        return 2;
+    }
+    if (reopen && (cuIpcOpenMemHandle(&q, rec->handle, 0) != CUDA_SUCCESS || q != p)) {
+        fprintf(stderr, "vmm_ipc: second open of tensor %d gave another pointer\n", k);
+        return 2;
+    }
+    uint64_t n = tensors[k].len;
+    unsigned char *buf = malloc(n);
+    int status = 0;
+    if (buf == NULL || cuMemcpyDtoH(buf, p, n) != CUDA_SUCCESS) {
+        fprintf(stderr, "vmm_ipc: read of tensor %d failed\n", k);
+        status = 2;
+    }
+    for (uint64_t i = 0; status == 0 && i < n; i++)
+        if (buf[i] != pattern(tensors[k].offset + i)) {
+            fprintf(stderr, "vmm_ipc: tensor %d byte %llu: 0x%02x, expected 0x%02x\n", k,
+                    (unsigned long long)i, buf[i], pattern(tensors[k].offset + i));
+            status = 1;
+        }
+    if (status == 0) {
+        for (uint64_t i = 0; i < n; i++)
+            buf[i] = (unsigned char)~pattern(tensors[k].offset + i);
+        if (cuMemcpyHtoD(p, buf, n) != CUDA_SUCCESS || cuCtxSynchronize() != CUDA_SUCCESS)
+            status = 2;
+    }
+    free(buf);
+    if (cuIpcCloseMemHandle(p) != CUDA_SUCCESS ||
+        (reopen && cuIpcCloseMemHandle(q) != CUDA_SUCCESS)) {
+        fprintf(stderr, "vmm_ipc: close of tensor %d failed\n", k);
+        return 2;
+    }
+    *seen = p;
+    return status;
+}
+
+/* Re-seals a ticket with its PID namespace or boot field changed. */
+static void edit_ticket(CUipcMemHandle *h, const char *what)
+{
+    struct nvipcfix_vmm_ticket t;
+    if (what == NULL || nvipcfix_vmm_ticket_decode((unsigned char *)h->reserved, &t) != 0)
+        return;
+    if (strcmp(what, "ns") == 0)
+        t.pid_ns += 1;
+    else if (strcmp(what, "boot") == 0)
+        t.boot ^= 2;
+    nvipcfix_vmm_ticket_encode((unsigned char *)h->reserved, &t);
+}
+
+static int importer(int reopen)
+{
+    struct record recs[NT];
+    struct result res[NT];
+    if (tp_read_full(0, recs, sizeof recs) != 0)
+        return 2;
+    int uid = env_int("VMM_IPC_IMPORTER_UID", -1);
+    if (uid >= 0 && geteuid() == 0 && setuid((uid_t)uid) != 0)
+        return 2;
+    if (tp_use_primary_context(env_int("VMM_IPC_IMPORTER_DEVICE", 0), NULL) != 0)
+        return 2;
+    int closed_ok = 1;
+    for (int k = 0; k < NT; k++) {
+        CUdeviceptr seen = 0;
+        edit_ticket(&recs[k].handle, getenv("VMM_IPC_TICKET_EDIT"));
+        res[k].status = import_one(&recs[k], k, reopen, &seen);
+        /* After the last close nothing is mapped there any more. */
+        CUdeviceptr base;
+        size_t size;
+        if (res[k].status == 0 && cuMemGetAddressRange(&base, &size, seen) == CUDA_SUCCESS) {
+            fprintf(stderr, "vmm_ipc: tensor %d still mapped after its last close\n", k);
+            closed_ok = 0;
+        }
+    }
+    if (!closed_ok)
+        res[0].status = 2;
+    return tp_write_full(1, res, sizeof res) == 0 ? 0 : 2;
+}
+
+/* Exports every tensor; returns the number that failed. */
+static int export_all(CUdeviceptr va, struct record *recs)
+{
+    int failed = 0;
+    for (int k = 0; k < NT; k++) {
+        recs[k].exported = cuIpcGetMemHandle(&recs[k].handle, va + tensors[k].offset);
+        if (recs[k].exported != CUDA_SUCCESS) {
+            fprintf(stderr, "vmm_ipc: cuIpcGetMemHandle of tensor %d: error %d\n", k,
+                    (int)recs[k].exported);
+            failed++;
+        }
+    }
+    return failed;
+}
+
+int main(int argc, char **argv)
+{
+    const char *mode = argc > 1 ? argv[1] : "";
+    if (strcmp(mode, "--importer") == 0)
+        return importer(argc > 2 && strcmp(argv[2], "--reopen") == 0);
+    int reopen = strcmp(mode, "--reopen") == 0, self = strcmp(mode, "--self") == 0;
+    int freed = strcmp(mode, "--freed") == 0, exits = strcmp(mode, "--exporter-exits") == 0;
+    int fd_handles = strcmp(mode, "--no-fd") != 0;
+    struct record recs[NT];
+    struct result res[NT];
+    int to_exporter[2] = {-1, -1};
+    pid_t exporter = 0;
+
+    /* --exporter-exits: a child exports and exits; this process only
+     * passes the tickets on. */
+    if (exits) {
+        if (pipe(to_exporter) != 0 || (exporter = fork()) < 0)
+            return 2;
+        close(to_exporter[exporter == 0 ? 0 : 1]);
+    }
+    CUdeviceptr va = 0;
+    unsigned char *host = malloc(NCHUNKS * CHUNK);
+    if (host == NULL)
+        return 2;
+    if (!exits || exporter == 0) {
+        CUmemGenericAllocationHandle h[NCHUNKS];
+        if (tp_use_primary_context(0, NULL) != 0 ||
+            cuMemAddressReserve(&va, 32 * CHUNK, 0, 0, 0) != CUDA_SUCCESS)
+            return 2;
+        for (int c = 0; c < NCHUNKS; c++)
+            if (create_chunk(va + c * CHUNK, fd_handles, &h[c]) != CUDA_SUCCESS) {
+                fprintf(stderr, "vmm_ipc: cannot create VMM memory\n");
+                return 2;
+            }
+        for (uint64_t i = 0; i < NCHUNKS * CHUNK; i++)
+            host[i] = pattern(i);
+        if (cuMemcpyHtoD(va, host, NCHUNKS * CHUNK) != CUDA_SUCCESS)
+            return 2;
+        if (export_all(va, recs) != 0) {
+            printf("right 0/%d, export failed\n", NT);
+            return 2;
+        }
+        if (freed) { /* new memory where chunk 0 was, never to be seen */
+            if (cuMemUnmap(va, CHUNK) != CUDA_SUCCESS || cuMemRelease(h[0]) != CUDA_SUCCESS ||
+                create_chunk(va, fd_handles, &h[0]) != CUDA_SUCCESS ||
+                cuMemsetD8(va, 0xEE, CHUNK) != CUDA_SUCCESS)
+                return 2;
+            for (uint64_t i = 0; i < CHUNK; i++)
+                host[i] = 0xEE;
+        }
+        if (exits)
+            return tp_write_full(to_exporter[1], recs, sizeof recs) == 0 ? 0 : 2;
+    } else {
+        int st;
+        if (tp_read_full(to_exporter[0], recs, sizeof recs) != 0 ||
+            waitpid(exporter, &st, 0) != exporter || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+            return 2;
+    }
+
+    if (self) {
+        for (int k = 0; k < NT; k++) {
+            CUdeviceptr seen;
+            res[k].status = import_one(&recs[k], k, 1, &seen);
+        }
+    } else {
+        int to, from, st;
+        if (getenv("VMM_IPC_IMPORTER_NO_PRELOAD") != NULL)
+            unsetenv("LD_PRELOAD");
+        char *args[] = {argv[0], "--importer", reopen ? "--reopen" : "", NULL};
+        pid_t child = tp_spawn(argv[0], args, &to, &from);
+        if (tp_write_full(to, recs, sizeof recs) != 0 ||
+            tp_read_full(from, res, sizeof res) != 0) {
+            fprintf(stderr, "vmm_ipc: the importer did not answer\n");
+            return 2;
+        }
+        waitpid(child, &st, 0);
+        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
+            return 2;
+    }
+
+    int right = 0, failed = 0, wrong = 0;
+    long stray = 0;
+    unsigned char *now = malloc(NCHUNKS * CHUNK);
+    for (int k = 0; k < NT; k++) {
+        right += res[k].status == 0;
+        wrong += res[k].status == 1;
+        failed += res[k].status == 2;
+        if (res[k].status == 0 && !exits)
+            for (uint64_t i = 0; i < tensors[k].len; i++)
+                host[tensors[k].offset + i] = (unsigned char)~host[tensors[k].offset + i];
+    }
+    if (!exits) { /* every byte of the exporter's memory is what it should be */
+        if (now == NULL || cuMemcpyDtoH(now, va, NCHUNKS * CHUNK) != CUDA_SUCCESS)
+            return 2;
+        for (uint64_t i = 0; i < NCHUNKS * CHUNK; i++)
+            stray += now[i] != host[i];
+    }
+    printf("right %d/%d, failed %d, wrong %d, stray %ld\n", right, NT, failed, wrong, stray);
+    free(now);
+    free(host);
+    if (wrong > 0 || stray > 0)
+        return 1;
+    return right == NT ? 0 : 2;
+}
