@@ -106,7 +106,8 @@ done_case() {
     fi
     unset LD_PRELOAD NVIPCFIX_LIBRARY SIMCUDA_OLD_DRIVER SIMCUDA_HANDLE_TAIL SIMCUDA_FAIL SIMCUDA_DEVICES SIMCUDA_VA_GIB NVIPCFIX_MODE \
         NVIPCFIX_LOG NVIPCFIX_STATS NVIPCFIX_SELF_OPEN NVIPCFIX_LOG_FILE LEGACY_IPC_DEVICE \
-        LIBPATH LEGACY_IPC_IMPORTER_DEVICE LEGACY_IPC_IMPORTER_NO_PRELOAD NVIPCFIX_TAG GPU_SHARE_LIMIT_MIB QUOTA_PROBE_NO_DLMOPEN 2>/dev/null
+        LIBPATH LEGACY_IPC_IMPORTER_DEVICE LEGACY_IPC_IMPORTER_NO_PRELOAD NVIPCFIX_TAG GPU_SHARE_LIMIT_MIB QUOTA_PROBE_NO_DLMOPEN \
+        NVIPCFIX_VMM VMM_IPC_IMPORTER_DEVICE VMM_IPC_IMPORTER_NO_PRELOAD VMM_IPC_TICKET_EDIT VMM_IPC_IMPORTER_UID 2>/dev/null
 }
 
 for road in direct dlsym procaddr procaddr-v1; do
@@ -118,6 +119,50 @@ for road in direct dlsym procaddr procaddr-v1; do
 done
 PRE=$LIB check "open twice, close twice" 0 -- "$T/legacy_ipc" --reopen
 done_case
+
+# ---- VMM memory (cuMemCreate chunks side by side, as PyTorch's expandable
+# segments): the export fails natively; NVIPCFIX_VMM=1 shares it.
+PRE="" check "VMM: the export fails without the preload" 2 -- "$T/vmm_ipc"
+expect_in err "cuIpcGetMemHandle of tensor 0: error 1"; done_case
+PRE=$LIB check "VMM: without NVIPCFIX_VMM=1 the export still fails, with one hint" 2 -- "$T/vmm_ipc"
+expect_in err "NVIPCFIX_VMM=1 makes nvipcfix share it"; done_case
+PRE=$LIB check "VMM: every byte right in another process, silent" 0 NVIPCFIX_VMM=1 -- "$T/vmm_ipc"
+expect_in out "right 5/5, failed 0, wrong 0, stray 0"; expect_empty err; done_case
+PRE=$LIB check "VMM: open twice (one mapping), close twice, nothing left mapped" 0 \
+    NVIPCFIX_VMM=1 NVIPCFIX_STATS=1 -- "$T/vmm_ipc" --reopen
+expect_in err "opens=10 (real 5, table hits 5) closes=10 (real 5) errors=0 vmm exports=0 vmm maps=5 open at exit=0"
+done_case
+PRE=$LIB check "VMM: the exporter opens its own tickets" 0 NVIPCFIX_VMM=1 -- "$T/vmm_ipc" --self
+expect_in out "right 5/5"; done_case
+PRE=$LIB check "VMM: chunk freed since the export is never mapped" 2 NVIPCFIX_VMM=1 -- \
+    "$T/vmm_ipc" --freed
+expect_in out "right 2/5, failed 3, wrong 0, stray 0"
+expect_in err "freed or remapped since the export"; done_case
+PRE=$LIB check "VMM: exporter gone, a clear error" 2 NVIPCFIX_VMM=1 -- "$T/vmm_ipc" --exporter-exits
+expect_in out "right 0/5, failed 5, wrong 0"; expect_in err "the exporter has exited"; done_case
+PRE=$LIB check "VMM: importer on another device, a clear error" 2 NVIPCFIX_VMM=1 SIMCUDA_DEVICES=2 \
+    VMM_IPC_IMPORTER_DEVICE=1 -- "$T/vmm_ipc"
+expect_in out "wrong 0, stray 0"; expect_in err "lives on device 0 (as this process numbers it)"
+done_case
+PRE=$LIB check "VMM: ticket from another PID namespace refused" 2 NVIPCFIX_VMM=1 \
+    VMM_IPC_TICKET_EDIT=ns -- "$T/vmm_ipc"
+expect_in out "wrong 0, stray 0"; expect_in err "of another PID namespace"; done_case
+PRE=$LIB check "VMM: ticket from another machine refused" 2 NVIPCFIX_VMM=1 \
+    VMM_IPC_TICKET_EDIT=boot -- "$T/vmm_ipc"
+expect_in out "wrong 0, stray 0"; expect_in err "from another machine"; done_case
+PRE=$LIB check "VMM: importer without nvipcfix gets an error, not bytes" 2 NVIPCFIX_VMM=1 \
+    VMM_IPC_IMPORTER_NO_PRELOAD=1 -- "$T/vmm_ipc"
+expect_in out "right 0/5, failed 5, wrong 0, stray 0"; done_case
+PRE=$LIB check "VMM: chunks without POSIX descriptors: the native error, one warning" 2 \
+    NVIPCFIX_VMM=1 -- "$T/vmm_ipc" --no-fd
+expect_in err "allocated without POSIX file descriptor handles"; done_case
+if [ "$(id -u)" = 0 ]; then
+    PRE=$LIB check "VMM: a process of another user is refused the descriptors" 2 NVIPCFIX_VMM=1 \
+        VMM_IPC_IMPORTER_UID=65534 -- "$T/vmm_ipc"
+    expect_in out "right 0/5, failed 5, wrong 0"; expect_in err "runs as another user"; done_case
+else
+    skip "VMM: another user is refused" "needs root to start the importer as another user"
+fi
 PRE="" check "two devices: exporter on 1, importer on 0, bug without" 1 SIMCUDA_DEVICES=2 \
     LEGACY_IPC_DEVICE=1 LEGACY_IPC_IMPORTER_DEVICE=0 -- "$T/legacy_ipc"
 done_case

@@ -31,6 +31,7 @@
 #include "../common/test_process.h"
 #include "../../shim/vmm_ticket.h"
 
+#include <dlfcn.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -172,6 +173,17 @@ static int importer(int reopen)
             fprintf(stderr, "vmm_ipc: tensor %d still mapped after its last close\n", k);
             closed_ok = 0;
         }
+    }
+    /* On the simulated driver: no mapping, allocation or reservation left. */
+    void (*vmm_counts)(long *, long *, long *) =
+        (void (*)(long *, long *, long *))dlsym(RTLD_DEFAULT, "simcuda_vmm_counts");
+    long maps = 0, allocs = 0, reserved = 0;
+    if (vmm_counts != NULL)
+        vmm_counts(&maps, &allocs, &reserved);
+    if (maps != 0 || allocs != 0 || reserved != 0) {
+        fprintf(stderr, "vmm_ipc: left behind: %ld mappings, %ld allocations, %ld ranges\n", maps,
+                allocs, reserved);
+        closed_ok = 0;
     }
     if (!closed_ok)
         res[0].status = 2;
