@@ -63,6 +63,10 @@ $(BUILD)/tests/test_%: tests/unit/test_%.c $(SHIM_SRC) $(wildcard shim/*.h tests
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $< $(SHIM_SRC) -lcmocka
 
+$(BUILD)/tests/test_vmm_share: tests/unit/test_vmm_share.c $(SHIM_SRC) $(wildcard shim/*.h) $(SIM) | test-deps
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -o $@ $< $(SHIM_SRC) -L$(BUILD)/sim -l:libcuda.so.1 -lcmocka
+
 $(BUILD)/tests/test_simdrv: tests/unit/test_simdrv.c $(SIM) | test-deps
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $< -L$(BUILD)/sim -l:libcuda.so.1 -lcmocka

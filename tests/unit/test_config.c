@@ -38,6 +38,7 @@ static void test_defaults(void **state)
     assert_int_equal(c.self_open, 1);
     assert_int_equal(c.stats, 0);
     assert_int_equal(c.plain_tags, 0); /* guarded tags */
+    assert_int_equal(c.vmm, 0);        /* no descriptor server unless asked */
     assert_int_equal(c.nwarnings, 0);
 }
 
@@ -47,9 +48,10 @@ static void test_every_value(void **state)
     struct nvipcfix_config c;
     const char *env1[] = {"NVIPCFIX_MODE=audit", "NVIPCFIX_LOG=debug", "NVIPCFIX_SELF_OPEN=0",
                           "NVIPCFIX_STATS=1", "NVIPCFIX_LOG_FILE=/tmp/x.%p.log",
-                          "NVIPCFIX_TAG=plain", NULL};
+                          "NVIPCFIX_TAG=plain", "NVIPCFIX_VMM=1", NULL};
     parse(&c, env1);
     assert_int_equal(c.plain_tags, 1);
+    assert_int_equal(c.vmm, 1);
     assert_int_equal(c.mode, NVIPCFIX_MODE_AUDIT);
     assert_int_equal(c.log_level, NVIPCFIX_LOG_DEBUG);
     assert_int_equal(c.self_open, 0);

@@ -157,6 +157,64 @@ static void test_importer_sees_the_bug(void **state)
     cuMemFree(p);
 }
 
+/* VMM memory as measured on an H100 (cuda-ipc-facts.md and
+ * docs/handle-format.md): no legacy handle; the range attributes give the
+ * reservation, cuMemGetAddressRange the mapping (once accessible); a new
+ * buffer id for every mapping; retain gives the creating handle back;
+ * memory created without POSIX descriptors cannot be exported. */
+static void test_vmm_memory_as_measured(void **state)
+{
+    (void)state;
+    CUdeviceptr va, start = 0, base = 0;
+    size_t rsize = 0, size = 0;
+    unsigned long long id1 = 0, id2 = 0;
+    const size_t C = 2u << 20;
+    CUmemGenericAllocationHandle h, again, none;
+    CUmemAllocationProp prop;
+    memset(&prop, 0, sizeof prop);
+    prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+    prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    prop.requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
+    CUmemAccessDesc acc = {prop.location, CU_MEM_ACCESS_FLAGS_PROT_READWRITE};
+    assert_int_equal(cuMemAddressReserve(&va, 32 * C, 0, 0, 0), CUDA_SUCCESS);
+    assert_int_equal(cuMemCreate(&h, C, &prop, 0), CUDA_SUCCESS);
+    assert_int_equal(cuMemMap(va + C, C, 0, h, 0), CUDA_SUCCESS);
+    assert_int_equal(cuMemGetAddressRange(&base, &size, va + C + 5), CUDA_ERROR_NOT_FOUND);
+    assert_int_equal(cuMemSetAccess(va + C, C, &acc, 1), CUDA_SUCCESS);
+    CUipcMemHandle ih;
+    assert_int_equal(cuIpcGetMemHandle(&ih, va + C + 5), CUDA_ERROR_INVALID_VALUE);
+    CUpointer_attribute a[3] = {CU_POINTER_ATTRIBUTE_RANGE_START_ADDR,
+                                CU_POINTER_ATTRIBUTE_RANGE_SIZE, CU_POINTER_ATTRIBUTE_BUFFER_ID};
+    void *d[3] = {&start, &rsize, &id1};
+    assert_int_equal(cuPointerGetAttributes(3, a, d, va + C + 5), CUDA_SUCCESS);
+    assert_true(start == va && rsize == 32 * C && id1 != 0);
+    assert_int_equal(cuMemGetAddressRange(&base, &size, va + C + 5), CUDA_SUCCESS);
+    assert_true(base == va + C && size == C);
+    assert_int_equal(cuMemRetainAllocationHandle(&again, (void *)(va + C + 7)), CUDA_SUCCESS);
+    assert_true(again == h);
+    assert_int_equal(cuMemRelease(again), CUDA_SUCCESS);
+    /* unmapped and mapped again: a new buffer id */
+    assert_int_equal(cuMemUnmap(va + C, C), CUDA_SUCCESS);
+    assert_int_equal(cuMemMap(va + C, C, 0, h, 0), CUDA_SUCCESS);
+    assert_int_equal(cuMemSetAccess(va + C, C, &acc, 1), CUDA_SUCCESS);
+    d[2] = &id2;
+    assert_int_equal(cuPointerGetAttributes(3, a, d, va + C), CUDA_SUCCESS);
+    assert_true(id2 != 0 && id2 != id1);
+    int fd = -1;
+    assert_int_equal(cuMemExportToShareableHandle(&fd, h, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0),
+                     CUDA_SUCCESS);
+    assert_true(fd >= 0);
+    close(fd);
+    prop.requestedHandleTypes = CU_MEM_HANDLE_TYPE_NONE;
+    assert_int_equal(cuMemCreate(&none, C, &prop, 0), CUDA_SUCCESS);
+    assert_int_equal(cuMemExportToShareableHandle(&fd, none, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0),
+                     CUDA_ERROR_INVALID_VALUE);
+    assert_int_equal(cuMemRelease(none), CUDA_SUCCESS);
+    assert_int_equal(cuMemUnmap(va + C, C), CUDA_SUCCESS);
+    assert_int_equal(cuMemRelease(h), CUDA_SUCCESS);
+    assert_int_equal(cuMemAddressFree(va, 32 * C), CUDA_SUCCESS);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -165,6 +223,7 @@ int main(void)
         cmocka_unit_test(test_buffer_ids_and_reuse_of_addresses),
         cmocka_unit_test(test_open_in_exporter_fails),
         cmocka_unit_test(test_importer_sees_the_bug),
+        cmocka_unit_test(test_vmm_memory_as_measured),
     };
     return cmocka_run_group_tests_name("simulated_driver", tests, setup, NULL);
 }

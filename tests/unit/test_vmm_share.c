@@ -1,0 +1,243 @@
+/* Unit tests of shim/vmm_share.c against the simulated driver: what an
+ * export records, what is served, and the mapping another process makes
+ * (a forked child, a separate process as the driver sees it). */
+#include <cuda.h>
+
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "../../shim/vmm_share.h"
+
+void simcuda_vmm_counts(long *maps, long *allocs, long *reservations);
+
+#define CHUNK (UINT64_C(2) << 20)
+
+static const struct nvipcfix_driver driver = {
+    .pointer_get_attributes = cuPointerGetAttributes,
+    .mem_get_address_range = cuMemGetAddressRange,
+    .ctx_get_current = cuCtxGetCurrent,
+    .ipc_get_mem_handle = cuIpcGetMemHandle,
+    .ipc_close_mem_handle = cuIpcCloseMemHandle,
+    .ctx_set_current = cuCtxSetCurrent,
+    .ctx_get_device = cuCtxGetDevice,
+    .mem_retain_allocation_handle = cuMemRetainAllocationHandle,
+    .mem_get_allocation_properties_from_handle = cuMemGetAllocationPropertiesFromHandle,
+    .mem_release = cuMemRelease,
+    .mem_export_to_shareable_handle = cuMemExportToShareableHandle,
+    .mem_import_from_shareable_handle = cuMemImportFromShareableHandle,
+    .mem_address_reserve = cuMemAddressReserve,
+    .mem_address_free = cuMemAddressFree,
+    .mem_map = cuMemMap,
+    .mem_unmap = cuMemUnmap,
+    .mem_set_access = cuMemSetAccess,
+};
+
+static struct nvipcfix_vmm vmm;
+static CUcontext ctx;
+static CUdeviceptr va;
+static CUmemGenericAllocationHandle chunk[3];
+
+static CUresult map_chunk(int c, int fd_handles)
+{
+    CUmemAllocationProp prop;
+    memset(&prop, 0, sizeof prop);
+    prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+    prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    prop.requestedHandleTypes =
+        fd_handles ? CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR : CU_MEM_HANDLE_TYPE_NONE;
+    CUmemAccessDesc a;
+    memset(&a, 0, sizeof a);
+    a.location = prop.location;
+    a.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+    CUresult r = cuMemCreate(&chunk[c], CHUNK, &prop, 0);
+    if (r == CUDA_SUCCESS)
+        r = cuMemMap(va + c * CHUNK, CHUNK, 0, chunk[c], 0);
+    if (r == CUDA_SUCCESS)
+        r = cuMemSetAccess(va + c * CHUNK, CHUNK, &a, 1);
+    if (r == CUDA_SUCCESS)
+        r = cuMemsetD8(va + c * CHUNK, (unsigned char)(0x10 + c), CHUNK);
+    return r;
+}
+
+static void unmap_chunk(int c)
+{
+    assert_int_equal(cuMemUnmap(va + c * CHUNK, CHUNK), CUDA_SUCCESS);
+    assert_int_equal(cuMemRelease(chunk[c]), CUDA_SUCCESS);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    CUdevice dev;
+    if (cuInit(0) || cuDeviceGet(&dev, 0) || cuDevicePrimaryCtxRetain(&ctx, dev) ||
+        cuCtxSetCurrent(ctx) || cuMemAddressReserve(&va, 16 * CHUNK, 0, 0, 0))
+        return -1;
+    for (int c = 0; c < 3; c++)
+        if (map_chunk(c, 1) != CUDA_SUCCESS)
+            return -1;
+    nvipcfix_vmm_init(&vmm, &driver);
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    nvipcfix_vmm_destroy(&vmm);
+    return 0;
+}
+
+static struct nvipcfix_vmm_ticket export(CUdeviceptr p)
+{
+    unsigned char b[64];
+    struct nvipcfix_vmm_ticket t;
+    assert_int_equal(nvipcfix_vmm_export(&vmm, ctx, p, b), NVIPCFIX_VMM_OK);
+    assert_int_equal(nvipcfix_vmm_ticket_decode(b, &t), 0);
+    return t;
+}
+
+static void test_export_records_the_run_from_the_pointer(void **state)
+{
+    (void)state;
+    struct nvipcfix_vmm_ticket a = export(va + 100), b = export(va + 5000),
+                               c = export(va + CHUNK + 7);
+    uint64_t base, size;
+    assert_int_equal(a.pid, getpid());
+    assert_int_equal(a.offset, 100);
+    assert_int_equal(b.offset, 5000);
+    assert_int_equal(a.export_id, b.export_id); /* one chunk, one export */
+    assert_int_not_equal(a.export_id, c.export_id);
+    assert_int_equal(c.offset, 7);
+    /* its own tickets: the chunks from the pointer's to the end of the run */
+    assert_true(nvipcfix_vmm_own(&vmm, &a, &base, &size));
+    assert_true(base == va && size == 3 * CHUNK);
+    assert_true(nvipcfix_vmm_own(&vmm, &c, &base, &size));
+    assert_true(base == va + CHUNK && size == 2 * CHUNK);
+}
+
+static void test_not_vmm_or_not_shareable(void **state)
+{
+    (void)state;
+    unsigned char b[64];
+    CUdeviceptr legacy;
+    assert_int_equal(cuMemAlloc(&legacy, 4096), CUDA_SUCCESS);
+    assert_int_equal(nvipcfix_vmm_export(&vmm, ctx, legacy + 8, b), NVIPCFIX_VMM_NOT_VMM);
+    assert_int_equal(nvipcfix_vmm_export(&vmm, ctx, va + 10 * CHUNK, b), NVIPCFIX_VMM_NOT_VMM);
+    cuMemFree(legacy);
+    assert_int_equal(map_chunk(5, 0), CUDA_SUCCESS);
+    assert_int_equal(nvipcfix_vmm_export(&vmm, ctx, va + 5 * CHUNK, b),
+                     NVIPCFIX_VMM_NOT_SHAREABLE);
+    unmap_chunk(5);
+}
+
+/* In a child: map the ticket, check the bytes, unmap, nothing left. */
+static int child_maps(const struct nvipcfix_vmm_ticket *t, uint64_t expect_size,
+                      unsigned char first_byte)
+{
+    struct nvipcfix_vmm mine;
+    uint64_t base = 0, size = 0;
+    CUresult r;
+    char why[512];
+    unsigned char byte = 0;
+    long maps, allocs, ranges;
+    nvipcfix_vmm_init(&mine, &driver);
+    if (nvipcfix_vmm_map(&mine, t, &base, &size, &r, why, sizeof why) != NVIPCFIX_VMM_OK)
+        return 10 + (int)r % 100;
+    if (size != expect_size)
+        return 2;
+    if (cuMemcpyDtoH(&byte, base + t->offset, 1) != CUDA_SUCCESS || byte != first_byte)
+        return 3;
+    if (nvipcfix_vmm_unmap(&mine, base, size) != CUDA_SUCCESS)
+        return 4;
+    simcuda_vmm_counts(&maps, &allocs, &ranges);
+    /* the child's copies of the parent's own mappings stay counted */
+    return maps == 3 && ranges == 1 ? 0 : 5;
+}
+
+static int run_child(const struct nvipcfix_vmm_ticket *t, uint64_t expect_size,
+                     unsigned char first_byte)
+{
+    pid_t child = fork();
+    if (child == 0)
+        _exit(child_maps(t, expect_size, first_byte));
+    int st;
+    assert_int_equal(waitpid(child, &st, 0), child);
+    assert_true(WIFEXITED(st));
+    return WEXITSTATUS(st);
+}
+
+static void test_another_process_maps_what_was_exported(void **state)
+{
+    (void)state;
+    struct nvipcfix_vmm_ticket t = export(va + CHUNK + 9);
+    assert_int_equal(run_child(&t, 2 * CHUNK, 0x11), 0);
+}
+
+/* Only chunks still as exported are served, from the pointer's own on. */
+static void test_replaced_chunks_are_never_served(void **state)
+{
+    (void)state;
+    struct nvipcfix_vmm_ticket t0 = export(va + 1), t1 = export(va + CHUNK + 1);
+    uint64_t base, size;
+    unmap_chunk(1);
+    assert_int_equal(map_chunk(1, 1), CUDA_SUCCESS); /* new memory, same place */
+    assert_int_equal(run_child(&t0, CHUNK, 0x10), 0); /* chunk 0 alone */
+    assert_true(nvipcfix_vmm_own(&vmm, &t1, &base, &size));
+    assert_int_equal(size, 0);
+    /* the child's error: the exporter says freed */
+    assert_int_equal(run_child(&t1, 0, 0), 10 + CUDA_ERROR_INVALID_HANDLE % 100);
+    /* a new export of the new chunk is a new export id */
+    struct nvipcfix_vmm_ticket t2 = export(va + CHUNK + 1);
+    assert_int_not_equal(t2.export_id, t1.export_id);
+}
+
+/* Exports of memory freed since are forgotten: the records do not grow. */
+static void test_records_of_freed_memory_are_swept(void **state)
+{
+    (void)state;
+    for (int i = 0; i < 1000; i++) {
+        assert_int_equal(map_chunk(6, 1), CUDA_SUCCESS);
+        export(va + 6 * CHUNK);
+        unmap_chunk(6);
+    }
+    size_t n;
+    unsigned long served, refused;
+    nvipcfix_vmm_counts(&vmm, &n, &served, &refused);
+    assert_true(n <= 300);
+}
+
+static void test_ticket_of_another_machine_or_namespace(void **state)
+{
+    (void)state;
+    struct nvipcfix_vmm_ticket t = export(va + 3);
+    uint64_t base, size;
+    CUresult r;
+    char why[512];
+    t.pid_ns ^= 1;
+    assert_int_equal(nvipcfix_vmm_map(&vmm, &t, &base, &size, &r, why, sizeof why),
+                     NVIPCFIX_VMM_OTHER_NS);
+    assert_int_equal(r, CUDA_ERROR_INVALID_HANDLE);
+    t.pid_ns ^= 1;
+    t.boot ^= 2;
+    assert_int_equal(nvipcfix_vmm_map(&vmm, &t, &base, &size, &r, why, sizeof why),
+                     NVIPCFIX_VMM_OTHER_MACHINE);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_export_records_the_run_from_the_pointer),
+        cmocka_unit_test(test_not_vmm_or_not_shareable),
+        cmocka_unit_test(test_another_process_maps_what_was_exported),
+        cmocka_unit_test(test_replaced_chunks_are_never_served),
+        cmocka_unit_test(test_records_of_freed_memory_are_swept),
+        cmocka_unit_test(test_ticket_of_another_machine_or_namespace),
+    };
+    return cmocka_run_group_tests_name("vmm_share", tests, setup, teardown);
+}
