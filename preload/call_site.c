@@ -37,12 +37,11 @@ void nvipcfix_describe_caller(char *buf, size_t n)
     int depth = backtrace(frames, 32), i = 0;
     Dl_info info;
     buf[0] = '\0';
-    /* past nvipcfix's own frames (and whatever came before them: a
-     * sanitizer's interceptor of backtrace itself) */
-    while (i < depth && !(dladdr(frames[i], &info) && is_ours(&info)))
-        i++;
-    while (i < depth && dladdr(frames[i], &info) && is_ours(&info))
-        i++;
+    /* past the last of nvipcfix's own frames (whatever came before or
+     * between them: a sanitizer's interceptor of backtrace itself) */
+    for (int j = 0; j < depth; j++)
+        if (dladdr(frames[j], &info) && is_ours(&info))
+            i = j + 1;
     for (; i < depth; i++) {
         if (dladdr(frames[i], &info) == 0 || info.dli_fname == NULL || is_cuda(info.dli_fname))
             continue;

@@ -50,6 +50,7 @@ static void load(void)
     LOOKUP(real.ops.mem_map, "cuMemMap");
     LOOKUP(real.ops.mem_unmap, "cuMemUnmap");
     LOOKUP(real.ops.mem_set_access, "cuMemSetAccess");
+    LOOKUP(real.ops.mem_get_allocation_granularity, "cuMemGetAllocationGranularity");
 }
 
 int nvipcfix_real_driver_owns(const char *name, void *fn)

@@ -24,11 +24,15 @@ if nvidia-smi -L >/dev/null 2>&1; then
     cc -O2 -std=c11 -D_GNU_SOURCE -pthread -I"$CUDA_HOME/include" tests/bench/ipc_bench.c \
         -o "$B/bench/ipc_bench" -L"$CUDA_HOME/lib64/stubs" -lcuda -ldl || exit 2
     BENCH=$B/bench/ipc_bench
+    cc -O2 -std=c11 -D_GNU_SOURCE -I"$CUDA_HOME/include" tests/integration/vmm_ipc.c \
+        shim/vmm_ticket.c -o "$B/bench/vmm_ipc" -L"$CUDA_HOME/lib64/stubs" -lcuda -ldl || exit 2
+    VMM=$B/bench/vmm_ipc
     gpu=1
 else
     where="no GPU: the simulated driver (tests/simdrv), so native times are the simulator's"
     export LD_LIBRARY_PATH="$B/sim${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     BENCH=$B/tests/ipc_bench
+    VMM=$B/tests/vmm_ipc
     gpu=0
 fi
 
@@ -50,6 +54,10 @@ for run in 1 2 3; do
     b=$(LD_PRELOAD=$LIB "$B/tests/fork_safety" --bench 8 300 | med)
     echo "| $run | $a | $b | $(awk -v a="$a" -v b="$b" 'BEGIN { if (a > 0) printf "%.3f", b / a }') |"
 done
+echo
+echo "## VMM memory (NVIPCFIX_VMM=1) against legacy IPC, both through nvipcfix (median of 30)"
+echo
+NVIPCFIX_VMM=1 LD_PRELOAD=$LIB "$VMM" --bench | sed 's/^BENCH /    /'
 echo
 echo "## memory of the tables (heap bytes, glibc malloc)"
 echo

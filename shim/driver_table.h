@@ -34,6 +34,9 @@ struct nvipcfix_driver {
     CUresult (*mem_unmap)(CUdeviceptr ptr, size_t size);
     CUresult (*mem_set_access)(CUdeviceptr ptr, size_t size, const CUmemAccessDesc *desc,
                                size_t count);
+    CUresult (*mem_get_allocation_granularity)(size_t *granularity,
+                                               const CUmemAllocationProp *prop,
+                                               CUmemAllocationGranularity_flags option);
 };
 
 #endif

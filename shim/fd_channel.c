@@ -48,8 +48,10 @@ void nvipcfix_fd_reply_free(struct nvipcfix_fd_reply *r)
             close(r->fds[i]);
     free(r->fds);
     free(r->sizes);
+    free(r->offsets);
     r->fds = NULL;
     r->sizes = NULL;
+    r->offsets = NULL;
     r->n = 0;
 }
 
@@ -175,7 +177,8 @@ static void send_reply(int sock, struct nvipcfix_fd_reply *r)
                            r->status == NVIPCFIX_FD_OK ? r->n : 0};
     if (send_full(sock, &h, sizeof h) != 0 || h.n == 0)
         return;
-    if (send_full(sock, r->sizes, h.n * sizeof(uint64_t)) != 0)
+    if (send_full(sock, r->sizes, h.n * sizeof(uint64_t)) != 0 ||
+        send_full(sock, r->offsets, h.n * sizeof(uint64_t)) != 0)
         return;
     for (uint32_t i = 0; i < h.n; i += FDS_PER_MESSAGE) {
         uint32_t k = h.n - i < FDS_PER_MESSAGE ? h.n - i : FDS_PER_MESSAGE;
@@ -356,9 +359,11 @@ int nvipcfix_fd_request(pid_t pid, uint64_t secret, uint64_t export_id, int time
         return out->status;
     }
     out->sizes = calloc(h.n ? h.n : 1, sizeof *out->sizes);
+    out->offsets = calloc(h.n ? h.n : 1, sizeof *out->offsets);
     out->fds = calloc(h.n ? h.n : 1, sizeof *out->fds);
-    int ok = out->sizes != NULL && out->fds != NULL &&
-             recv_full(sock, out->sizes, h.n * sizeof(uint64_t)) == 0;
+    int ok = out->sizes != NULL && out->offsets != NULL && out->fds != NULL &&
+             recv_full(sock, out->sizes, h.n * sizeof(uint64_t)) == 0 &&
+             recv_full(sock, out->offsets, h.n * sizeof(uint64_t)) == 0;
     uint32_t got = 0;
     while (ok && got < h.n)
         ok = recv_fds(sock, out->fds, &got, h.n) == 0;

@@ -36,8 +36,9 @@ struct nvipcfix_fd_reply {
     int32_t status;       /* enum nvipcfix_fd_status */
     int32_t driver_error; /* NVIPCFIX_FD_FAILED: the exporter's driver's error */
     uint32_t n;
-    uint64_t *sizes; /* n sizes, malloc'd */
-    int *fds;        /* n descriptors, malloc'd */
+    uint64_t *sizes;   /* n sizes, malloc'd */
+    uint64_t *offsets; /* n places, from the first one's, malloc'd */
+    int *fds;          /* n descriptors, malloc'd */
 };
 
 /* Closes every descriptor still in the reply (those not set to -1) and

@@ -15,6 +15,15 @@ struct chunk {
     uint64_t va, size, buffer_id;
 };
 
+/* A mapping this process made from another's chunks: where each chunk
+ * went, so the last close unmaps them one by one. */
+struct nvipcfix_vmm_import {
+    uint64_t base, size;
+    size_t n;
+    UT_hash_handle hh;
+    uint64_t offsets[];  /* then n sizes */
+};
+
 struct nvipcfix_vmm_export {
     uint64_t id, first;
     CUcontext ctx;
@@ -69,7 +78,8 @@ static int has_vmm_calls(const struct nvipcfix_driver *d)
            d->mem_export_to_shareable_handle != NULL &&
            d->mem_import_from_shareable_handle != NULL && d->mem_address_reserve != NULL &&
            d->mem_address_free != NULL && d->mem_map != NULL && d->mem_unmap != NULL &&
-           d->mem_set_access != NULL && d->ctx_get_device != NULL;
+           d->mem_set_access != NULL && d->ctx_get_device != NULL &&
+           d->mem_get_allocation_granularity != NULL;
 }
 
 /* The mapping that contains va: its range and buffer id, and its device. */
@@ -179,8 +189,11 @@ enum nvipcfix_vmm_error nvipcfix_vmm_export(struct nvipcfix_vmm *v, CUcontext ct
     if (!(prop.requestedHandleTypes & CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR))
         return NVIPCFIX_VMM_NOT_SHAREABLE;
 
-    /* The pointer's mapping and those right after it, on the same device. */
-    size_t n = 1, cap = 16;
+    /* The pointer's mapping and those right after it, on the same device.
+     * An export of the reservation's start (what RANGE_START_ADDR gives,
+     * and what programs that send offsets themselves export) covers every
+     * chunk mapped in the reservation, at its place, gaps included. */
+    size_t n = 1, cap = 16, step = 0;
     int device, next_device;
     struct chunk *chunks = malloc(cap * sizeof *chunks), c;
     if (chunks == NULL)
@@ -189,9 +202,27 @@ enum nvipcfix_vmm_error nvipcfix_vmm_export(struct nvipcfix_vmm *v, CUcontext ct
         free(chunks);
         return NVIPCFIX_VMM_NOT_VMM;
     }
-    while (n < NVIPCFIX_FD_MAX) {
-        uint64_t next = chunks[n - 1].va + chunks[n - 1].size;
-        if (chunk_at(d, next, &c, &next_device) != 0 || c.va != next || next_device != device)
+    CUdeviceptr res_start = 0;
+    size_t res_size = 0;
+    CUpointer_attribute attrs[2] = {CU_POINTER_ATTRIBUTE_RANGE_START_ADDR,
+                                    CU_POINTER_ATTRIBUTE_RANGE_SIZE};
+    void *data[2] = {&res_start, &res_size};
+    uint64_t end = 0;
+    if (ptr == chunks[0].va && d->pointer_get_attributes(2, attrs, data, ptr) == CUDA_SUCCESS &&
+        res_start == ptr &&
+        d->mem_get_allocation_granularity(&step, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM) ==
+            CUDA_SUCCESS &&
+        step > 0)
+        end = res_start + res_size;
+    for (uint64_t next = chunks[0].va + chunks[0].size; n < NVIPCFIX_FD_MAX;) {
+        if (chunk_at(d, next, &c, &next_device) != 0) {
+            if (next + step < end) { /* a gap inside the reservation */
+                next += step;
+                continue;
+            }
+            break;
+        }
+        if (c.va != next || next_device != device)
             break;
         if (n == cap) {
             struct chunk *more = realloc(chunks, 2 * cap * sizeof *chunks);
@@ -201,6 +232,7 @@ enum nvipcfix_vmm_error nvipcfix_vmm_export(struct nvipcfix_vmm *v, CUcontext ct
             cap *= 2;
         }
         chunks[n++] = c;
+        next = c.va + c.size;
     }
 
     pid_t pid;
@@ -259,8 +291,9 @@ static void serve(void *arg, uint64_t export_id, struct nvipcfix_fd_reply *out)
     if (ctx != NULL && d->ctx_set_current != NULL)
         d->ctx_set_current(ctx);
     out->sizes = calloc(n, sizeof *out->sizes);
+    out->offsets = calloc(n, sizeof *out->offsets);
     out->fds = calloc(n, sizeof *out->fds);
-    if (out->sizes == NULL || out->fds == NULL) {
+    if (out->sizes == NULL || out->offsets == NULL || out->fds == NULL) {
         out->status = NVIPCFIX_FD_FAILED;
         out->driver_error = CUDA_ERROR_OUT_OF_MEMORY;
         free(chunks);
@@ -290,6 +323,7 @@ static void serve(void *arg, uint64_t export_id, struct nvipcfix_fd_reply *out)
         }
         out->fds[i] = fd;
         out->sizes[i] = chunks[i].size;
+        out->offsets[i] = chunks[i].va - chunks[0].va;
         out->n = (uint32_t)(i + 1);
     }
     free(chunks);
@@ -311,7 +345,7 @@ int nvipcfix_vmm_own(struct nvipcfix_vmm *v, const struct nvipcfix_vmm_ticket *t
     *base = chunks != NULL ? chunks[0].va : 0;
     *size = 0;
     for (i = 0; i < n && chunk_unchanged(v->driver, &chunks[i]); i++)
-        *size += chunks[i].size;
+        *size = chunks[i].va + chunks[i].size - chunks[0].va;
     free(chunks);
     return 1;
 }
@@ -330,12 +364,16 @@ static const char *const channel_advice[] = {
     [NVIPCFIX_FD_BROKEN] = "the connection failed or timed out (out of file descriptors?)",
 };
 
-static void unmap_partial(const struct nvipcfix_driver *d, uint64_t va, uint64_t mapped,
-                          uint64_t reserved)
+/* Unmaps each chunk mapped and frees the whole range: the first error. */
+static CUresult unmap_all(const struct nvipcfix_driver *d, const struct nvipcfix_vmm_import *im)
 {
-    if (mapped > 0)
-        d->mem_unmap(va, mapped);
-    d->mem_address_free(va, reserved);
+    CUresult r = CUDA_SUCCESS, e;
+    for (size_t i = 0; i < im->n; i++)
+        if ((e = d->mem_unmap(im->base + im->offsets[i], im->offsets[im->n + i])) != CUDA_SUCCESS &&
+            r == CUDA_SUCCESS)
+            r = e;
+    e = d->mem_address_free(im->base, im->size);
+    return r != CUDA_SUCCESS ? r : e;
 }
 
 enum nvipcfix_vmm_error nvipcfix_vmm_map(struct nvipcfix_vmm *v,
@@ -383,9 +421,19 @@ enum nvipcfix_vmm_error nvipcfix_vmm_map(struct nvipcfix_vmm *v,
         return NVIPCFIX_VMM_CHANNEL;
     }
 
+    /* The chunks' places: in order, apart, the first at 0. */
     uint64_t total = 0;
-    for (uint32_t i = 0; i < rep.n; i++)
-        total += rep.sizes[i];
+    for (uint32_t i = 0; i < rep.n; i++) {
+        if (rep.offsets[i] < total || (i == 0 && rep.offsets[0] != 0) || rep.sizes[i] == 0 ||
+            rep.offsets[i] + rep.sizes[i] < rep.offsets[i]) {
+            snprintf(why, n, "exporting process %llu described its VMM chunks inconsistently; "
+                             "nothing was mapped (CUDA_ERROR_INVALID_HANDLE)",
+                     (unsigned long long)t->pid);
+            nvipcfix_fd_reply_free(&rep);
+            return NVIPCFIX_VMM_CHANNEL;
+        }
+        total = rep.offsets[i] + rep.sizes[i];
+    }
     if (t->offset >= total) {
         *r = CUDA_ERROR_INVALID_VALUE;
         snprintf(why, n, "a VMM ticket's offset %llu is beyond the %llu bytes its exporter "
@@ -394,8 +442,15 @@ enum nvipcfix_vmm_error nvipcfix_vmm_map(struct nvipcfix_vmm *v,
         nvipcfix_fd_reply_free(&rep);
         return NVIPCFIX_VMM_BAD_OFFSET;
     }
+    struct nvipcfix_vmm_import *im = malloc(sizeof *im + 2 * rep.n * sizeof(uint64_t));
+    if (im == NULL) {
+        *r = CUDA_ERROR_OUT_OF_MEMORY;
+        snprintf(why, n, "out of memory for a VMM mapping");
+        nvipcfix_fd_reply_free(&rep);
+        return NVIPCFIX_VMM_IMPORT;
+    }
+    im->n = 0;
     CUdeviceptr va = 0;
-    uint64_t mapped = 0;
     int where = -1;
     e = d->mem_address_reserve(&va, total, 0, 0, 0);
     for (uint32_t i = 0; e == CUDA_SUCCESS && i < rep.n; i++) {
@@ -410,15 +465,24 @@ enum nvipcfix_vmm_error nvipcfix_vmm_map(struct nvipcfix_vmm *v,
             if (d->mem_get_allocation_properties_from_handle(&prop, h) == CUDA_SUCCESS)
                 where = prop.location.id;
         }
-        e = d->mem_map(va + mapped, rep.sizes[i], 0, h, 0);
+        e = d->mem_map(va + rep.offsets[i], rep.sizes[i], 0, h, 0);
         d->mem_release(h); /* the mapping keeps the memory */
-        if (e == CUDA_SUCCESS)
-            mapped += rep.sizes[i];
+        if (e == CUDA_SUCCESS) {
+            im->offsets[i] = rep.offsets[i];
+            im->offsets[rep.n + i] = rep.sizes[i];
+            im->n = i + 1;
+        }
     }
+    size_t chunks_n = rep.n;
     nvipcfix_fd_reply_free(&rep);
+    /* sizes follow the offsets: move them next to the ones mapped */
+    memmove(im->offsets + im->n, im->offsets + chunks_n, im->n * sizeof(uint64_t));
+    im->base = va;
+    im->size = total;
     if (e != CUDA_SUCCESS) {
         if (va != 0)
-            unmap_partial(d, va, mapped, total);
+            unmap_all(d, im);
+        free(im);
         *r = e;
         snprintf(why, n, "importing VMM memory from process %llu failed in the driver "
                          "(error %d)",
@@ -430,9 +494,11 @@ enum nvipcfix_vmm_error nvipcfix_vmm_map(struct nvipcfix_vmm *v,
     access.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
     access.location.id = dev;
     access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-    e = d->mem_set_access(va, total, &access, 1);
+    for (size_t i = 0; e == CUDA_SUCCESS && i < im->n; i++)
+        e = d->mem_set_access(va + im->offsets[i], im->offsets[im->n + i], &access, 1);
     if (e != CUDA_SUCCESS) {
-        unmap_partial(d, va, mapped, total);
+        unmap_all(d, im);
+        free(im);
         *r = e;
         snprintf(why, n, "the VMM memory lives on device %d (as this process numbers it); the "
                          "driver refused access from device %d, current here (error %d): "
@@ -440,6 +506,9 @@ enum nvipcfix_vmm_error nvipcfix_vmm_map(struct nvipcfix_vmm *v,
                  where, (int)dev, (int)e);
         return NVIPCFIX_VMM_ACCESS;
     }
+    pthread_mutex_lock(&v->lock);
+    HASH_ADD(hh, v->imports, base, sizeof im->base, im);
+    pthread_mutex_unlock(&v->lock);
     *base = va;
     *size = total;
     return NVIPCFIX_VMM_OK;
@@ -447,17 +516,32 @@ enum nvipcfix_vmm_error nvipcfix_vmm_map(struct nvipcfix_vmm *v,
 
 CUresult nvipcfix_vmm_unmap(struct nvipcfix_vmm *v, uint64_t base, uint64_t size)
 {
-    CUresult r = v->driver->mem_unmap(base, size);
-    CUresult f = v->driver->mem_address_free(base, size);
-    return r != CUDA_SUCCESS ? r : f;
+    struct nvipcfix_vmm_import *im;
+    pthread_mutex_lock(&v->lock);
+    HASH_FIND(hh, v->imports, &base, sizeof base, im);
+    if (im != NULL)
+        HASH_DEL(v->imports, im);
+    pthread_mutex_unlock(&v->lock);
+    if (im == NULL || im->size != size) {
+        free(im);
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    CUresult r = unmap_all(v->driver, im);
+    free(im);
+    return r;
 }
 
 void nvipcfix_vmm_destroy(struct nvipcfix_vmm *v)
 {
     struct nvipcfix_vmm_export *e, *tmp;
     nvipcfix_fd_server_destroy(&v->server);
+    struct nvipcfix_vmm_import *im, *itmp;
     HASH_ITER(hh_id, v->by_id, e, tmp)
         drop(v, e);
+    HASH_ITER(hh, v->imports, im, itmp) {
+        HASH_DEL(v->imports, im);
+        free(im);
+    }
     pthread_mutex_destroy(&v->lock);
 }
 
@@ -468,16 +552,18 @@ void nvipcfix_vmm_stop(struct nvipcfix_vmm *v)
 
 /* A child's copy of its parent's records, left behind but still reachable
  * (so leak checkers do not report them). */
-static void *volatile left_behind;
+static void *volatile left_behind, *volatile left_behind_imports;
 
 void nvipcfix_vmm_forget_after_fork(struct nvipcfix_vmm *v)
 {
     /* The parent's records are left behind (another thread may have been
      * changing them); the child starts empty. */
     left_behind = v->by_id;
+    left_behind_imports = v->imports;
     nvipcfix_fd_server_forget(&v->server);
     pthread_mutex_init(&v->lock, NULL);
     v->by_id = v->by_first = NULL;
+    v->imports = NULL;
     v->count = 0;
     v->next_id = 1;
     v->sweep_at = SWEEP_FIRST;

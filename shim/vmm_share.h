@@ -3,15 +3,17 @@
  *
  * Export: the pointer's mapping and the mappings after it, side by side up
  * to the first gap (a tensor may span several: PyTorch maps 2 MiB or 20 MiB
- * chunks next to each other), are recorded under an export id, and a
+ * chunks next to each other), or, for an export of the reservation's start
+ * (programs that send offsets themselves), every chunk mapped in the
+ * reservation at its place, are recorded under an export id, and a
  * ticket naming it stands in for the handle. Nothing is held: the record
  * keeps addresses, sizes and each mapping's buffer id (new for every
  * mapping, as measured), so memory freed later is not kept alive, and a
  * mapping replaced since the export is noticed.
  *
  * Open: the importer asks the exporting process for the chunks' POSIX file
- * descriptors (fd_channel.h), imports them, reserves exactly their total
- * size, maps them in order and grants the current device access. Only the
+ * descriptors (fd_channel.h), imports them, reserves exactly the span
+ * they cover, maps each at its place and grants the current device access. Only the
  * chunks still as they were at the export are served (a prefix that starts
  * with the exported pointer's own chunk): newer memory at the same place
  * is never mapped. */
@@ -28,11 +30,13 @@
 #include "vmm_ticket.h"
 
 struct nvipcfix_vmm_export;
+struct nvipcfix_vmm_import;
 
 struct nvipcfix_vmm {
     const struct nvipcfix_driver *driver;
     pthread_mutex_t lock;
     struct nvipcfix_vmm_export *by_id, *by_first;
+    struct nvipcfix_vmm_import *imports; /* mappings made here, by base */
     uint64_t next_id;
     size_t count, sweep_at;
     struct nvipcfix_fd_server server;

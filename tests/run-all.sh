@@ -127,19 +127,22 @@ expect_in err "cuIpcGetMemHandle of tensor 0: error 1"; done_case
 PRE=$LIB check "VMM: without NVIPCFIX_VMM=1 the export still fails, with one hint" 2 -- "$T/vmm_ipc"
 expect_in err "NVIPCFIX_VMM=1 makes nvipcfix share it"; done_case
 PRE=$LIB check "VMM: every byte right in another process, silent" 0 NVIPCFIX_VMM=1 -- "$T/vmm_ipc"
-expect_in out "right 5/5, failed 0, wrong 0, stray 0"; expect_empty err; done_case
+expect_in out "right 6/6, failed 0, wrong 0, stray 0"; expect_empty err; done_case
 PRE=$LIB check "VMM: open twice (one mapping), close twice, nothing left mapped" 0 \
     NVIPCFIX_VMM=1 NVIPCFIX_STATS=1 -- "$T/vmm_ipc" --reopen
-expect_in err "opens=10 (real 5, table hits 5) closes=10 (real 5) errors=0 vmm exports=0 vmm maps=5 open at exit=0"
+expect_in err "opens=12 (real 6, table hits 6) closes=12 (real 6) errors=0 vmm exports=0 vmm maps=6 open at exit=0"
 done_case
+PRE=$LIB check "VMM: export of the range's start, offsets added by the receiver, past a gap" 0 \
+    NVIPCFIX_VMM=1 -- "$T/vmm_ipc" --base
+expect_in out "right 6/6, failed 0, wrong 0, stray 0"; done_case
 PRE=$LIB check "VMM: the exporter opens its own tickets" 0 NVIPCFIX_VMM=1 -- "$T/vmm_ipc" --self
-expect_in out "right 5/5"; done_case
+expect_in out "right 6/6"; done_case
 PRE=$LIB check "VMM: chunk freed since the export is never mapped" 2 NVIPCFIX_VMM=1 -- \
     "$T/vmm_ipc" --freed
-expect_in out "right 2/5, failed 3, wrong 0, stray 0"
+expect_in out "right 3/6, failed 3, wrong 0, stray 0"
 expect_in err "freed or remapped since the export"; done_case
 PRE=$LIB check "VMM: exporter gone, a clear error" 2 NVIPCFIX_VMM=1 -- "$T/vmm_ipc" --exporter-exits
-expect_in out "right 0/5, failed 5, wrong 0"; expect_in err "the exporter has exited"; done_case
+expect_in out "right 0/6, failed 6, wrong 0"; expect_in err "the exporter has exited"; done_case
 PRE=$LIB check "VMM: importer on another device, a clear error" 2 NVIPCFIX_VMM=1 SIMCUDA_DEVICES=2 \
     VMM_IPC_IMPORTER_DEVICE=1 -- "$T/vmm_ipc"
 expect_in out "wrong 0, stray 0"; expect_in err "lives on device 0 (as this process numbers it)"
@@ -152,14 +155,14 @@ PRE=$LIB check "VMM: ticket from another machine refused" 2 NVIPCFIX_VMM=1 \
 expect_in out "wrong 0, stray 0"; expect_in err "from another machine"; done_case
 PRE=$LIB check "VMM: importer without nvipcfix gets an error, not bytes" 2 NVIPCFIX_VMM=1 \
     VMM_IPC_IMPORTER_NO_PRELOAD=1 -- "$T/vmm_ipc"
-expect_in out "right 0/5, failed 5, wrong 0, stray 0"; done_case
+expect_in out "right 0/6, failed 6, wrong 0, stray 0"; done_case
 PRE=$LIB check "VMM: chunks without POSIX descriptors: the native error, one warning" 2 \
     NVIPCFIX_VMM=1 -- "$T/vmm_ipc" --no-fd
 expect_in err "allocated without POSIX file descriptor handles"; done_case
 if [ "$(id -u)" = 0 ]; then
     PRE=$LIB check "VMM: a process of another user is refused the descriptors" 2 NVIPCFIX_VMM=1 \
         VMM_IPC_IMPORTER_UID=65534 -- "$T/vmm_ipc"
-    expect_in out "right 0/5, failed 5, wrong 0"; expect_in err "runs as another user"; done_case
+    expect_in out "right 0/6, failed 6, wrong 0"; expect_in err "runs as another user"; done_case
 else
     skip "VMM: another user is refused" "needs root to start the importer as another user"
 fi

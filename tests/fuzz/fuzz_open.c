@@ -54,6 +54,7 @@ static const struct nvipcfix_driver driver = {
     .mem_map = cuMemMap,
     .mem_unmap = cuMemUnmap,
     .mem_set_access = cuMemSetAccess,
+    .mem_get_allocation_granularity = cuMemGetAllocationGranularity,
 };
 static CUipcMemHandle known[NKNOWN];
 static long inputs, opened, refused;

@@ -1,9 +1,9 @@
 /* vmm_ipc: legacy IPC on VMM memory, as PyTorch's expandable segments have
- * it. The exporter reserves a range, maps three 2 MiB chunks side by side
- * (cuMemCreate with POSIX file descriptor handles, as PyTorch does) and
- * exports five "tensors" with cuIpcGetMemHandle: two sharing the first
- * chunk, one spanning chunks 0-1, one spanning chunks 1-2, one alone in
- * chunk 2. A child opens every handle, checks every byte, writes the
+ * it. The exporter reserves a range, maps 2 MiB chunks (cuMemCreate with
+ * POSIX file descriptor handles, as PyTorch does) at places 0, 1, 2 and 5
+ * (a gap where memory was given back) and exports six "tensors" with
+ * cuIpcGetMemHandle: two sharing the first chunk, one spanning chunks 0-1,
+ * one spanning chunks 1-2, one alone in chunk 2, one past the gap. A child opens every handle, checks every byte, writes the
  * complement back and closes; the exporter checks that every write landed
  * where it should and nowhere else. Without nvipcfix (or without
  * NVIPCFIX_VMM=1) the export itself fails, as natively.
@@ -17,6 +17,13 @@
  *                     tensors in it must not open, the other two must
  *   --exporter-exits  the exporter exits before the child opens
  *   --no-fd           the chunks are created without POSIX descriptors
+ *   --base            as vLLM's custom all-reduce does: every export is of
+ *                     the range's start (RANGE_START_ADDR), and the child
+ *                     adds each tensor's offset to what it opens
+ *   --bench           no check: what a VMM export, first open, re-open and
+ *                     last close cost against legacy IPC of cuMemAlloc
+ *                     blocks of the same sizes (median of 30, us; run with
+ *                     the preload and NVIPCFIX_VMM=1)
  * Environment: VMM_IPC_IMPORTER_DEVICE (device the child uses, default 0),
  * VMM_IPC_IMPORTER_NO_PRELOAD=1 (child without LD_PRELOAD),
  * VMM_IPC_TICKET_EDIT=ns|boot (the child alters each ticket's PID
@@ -32,16 +39,19 @@
 #include "../../shim/vmm_ticket.h"
 
 #include <dlfcn.h>
+#include <errno.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #define CHUNK (UINT64_C(2) << 20)
-#define NCHUNKS 3
-#define NT 5
+#define NCHUNKS 4
+#define SPAN 6 /* places 0-5, chunks at 0, 1, 2, 5 */
+#define NT 6
 
 static const struct {
     uint64_t offset, len;
@@ -51,11 +61,21 @@ static const struct {
     {CHUNK - 4096, 8192},
     {CHUNK + 8192, CHUNK},
     {2 * CHUNK + 16384, 4096},
+    {5 * CHUNK + 100, 5000},
 };
+
+static const int place[NCHUNKS] = {0, 1, 2, 5};
+
+static int mapped(uint64_t at)
+{
+    uint64_t c = at / CHUNK;
+    return c <= 2 || c == 5;
+}
 
 struct record {
     CUipcMemHandle handle;
     int32_t exported; /* the export's CUresult */
+    uint64_t add;     /* what the importer adds to the pointer it opens */
 };
 
 /* What the child found for one tensor: 0 right, 1 wrong, 2 open failed. */
@@ -111,7 +131,8 @@ static int import_one(const struct record *rec, int k, int reopen, CUdeviceptr *
     uint64_t n = tensors[k].len;
     unsigned char *buf = malloc(n);
     int status = 0;
-    if (buf == NULL || cuMemcpyDtoH(buf, p, n) != CUDA_SUCCESS) {
+    CUdeviceptr t = p + rec->add;
+    if (buf == NULL || cuMemcpyDtoH(buf, t, n) != CUDA_SUCCESS) {
         fprintf(stderr, "vmm_ipc: read of tensor %d failed\n", k);
         status = 2;
     }
@@ -124,7 +145,7 @@ static int import_one(const struct record *rec, int k, int reopen, CUdeviceptr *
     if (status == 0) {
         for (uint64_t i = 0; i < n; i++)
             buf[i] = (unsigned char)~pattern(tensors[k].offset + i);
-        if (cuMemcpyHtoD(p, buf, n) != CUDA_SUCCESS || cuCtxSynchronize() != CUDA_SUCCESS)
+        if (cuMemcpyHtoD(t, buf, n) != CUDA_SUCCESS || cuCtxSynchronize() != CUDA_SUCCESS)
             status = 2;
     }
     free(buf);
@@ -190,12 +211,14 @@ static int importer(int reopen)
     return tp_write_full(1, res, sizeof res) == 0 ? 0 : 2;
 }
 
-/* Exports every tensor; returns the number that failed. */
-static int export_all(CUdeviceptr va, struct record *recs)
+/* Exports every tensor (base: the range's start for each, and the offset
+ * for the importer to add); returns the number that failed. */
+static int export_all(CUdeviceptr va, struct record *recs, int base)
 {
     int failed = 0;
     for (int k = 0; k < NT; k++) {
-        recs[k].exported = cuIpcGetMemHandle(&recs[k].handle, va + tensors[k].offset);
+        recs[k].add = base ? tensors[k].offset : 0;
+        recs[k].exported = cuIpcGetMemHandle(&recs[k].handle, base ? va : va + tensors[k].offset);
         if (recs[k].exported != CUDA_SUCCESS) {
             fprintf(stderr, "vmm_ipc: cuIpcGetMemHandle of tensor %d: error %d\n", k,
                     (int)recs[k].exported);
@@ -205,14 +228,140 @@ static int export_all(CUdeviceptr va, struct record *recs)
     return failed;
 }
 
+/* ---- --bench ------------------------------------------------------------ */
+
+#define BENCH_N 30
+
+static double now_us(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e6 + t.tv_nsec / 1e3;
+}
+
+static int cmp_double(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+    return (x > y) - (x < y);
+}
+
+static double median(double *v)
+{
+    qsort(v, BENCH_N, sizeof *v, cmp_double);
+    return v[BENCH_N / 2];
+}
+
+/* Handles for the importer: legacy 2 MiB, legacy 16 MiB, VMM 1 chunk, VMM
+ * 8 chunks; each exported at +4096. */
+#define BENCH_KINDS 4
+static const char *const bench_kind[BENCH_KINDS] = {"legacy 2 MiB", "legacy 16 MiB",
+                                                    "VMM 1 chunk (2 MiB)",
+                                                    "VMM 8 chunks (16 MiB)"};
+
+static int bench_importer(void)
+{
+    CUipcMemHandle h[BENCH_KINDS];
+    if (tp_read_full(0, h, sizeof h) != 0 || tp_use_primary_context(0, NULL) != 0)
+        return 2;
+    for (int k = 0; k < BENCH_KINDS; k++) {
+        double first[BENCH_N], again[BENCH_N], last[BENCH_N];
+        for (int i = 0; i < BENCH_N; i++) {
+            CUdeviceptr p, q;
+            double t0 = now_us();
+            if (cuIpcOpenMemHandle(&p, h[k], 1) != CUDA_SUCCESS)
+                return 2;
+            double t1 = now_us();
+            if (cuIpcOpenMemHandle(&q, h[k], 1) != CUDA_SUCCESS || cuIpcCloseMemHandle(q))
+                return 2;
+            double t2 = now_us();
+            if (cuIpcCloseMemHandle(p) != CUDA_SUCCESS)
+                return 2;
+            double t3 = now_us();
+            first[i] = t1 - t0;
+            again[i] = t2 - t1;
+            last[i] = t3 - t2;
+        }
+        printf("BENCH %-22s first open %9.1f us | open+close while held %6.2f us | last close "
+               "%8.1f us\n",
+               bench_kind[k], median(first), median(again), median(last));
+    }
+    fflush(stdout);
+    return 0;
+}
+
+static int bench(char *self)
+{
+    CUdeviceptr va, blocks[BENCH_N], l2, l16;
+    CUmemGenericAllocationHandle hh[40];
+    double legacy[BENCH_N], vmm[BENCH_N], legacy_again[BENCH_N], vmm_again[BENCH_N];
+    CUipcMemHandle h[BENCH_KINDS], x;
+    if (tp_use_primary_context(0, NULL) != 0 ||
+        cuMemAddressReserve(&va, 128 * CHUNK, 0, 0, 0) != CUDA_SUCCESS)
+        return 2;
+    /* fresh blocks and fresh chunks, each exported once, then again */
+    for (int i = 0; i < BENCH_N; i++) {
+        if (cuMemAlloc(&blocks[i], CHUNK) != CUDA_SUCCESS ||
+            create_chunk(va + (uint64_t)(2 * i) * CHUNK, 1, &hh[i]) != CUDA_SUCCESS)
+            return 2;
+    }
+    for (int i = 0; i < BENCH_N; i++) {
+        double t0 = now_us();
+        CUresult a = cuIpcGetMemHandle(&x, blocks[i] + 4096);
+        double t1 = now_us();
+        CUresult b = cuIpcGetMemHandle(&x, va + (uint64_t)(2 * i) * CHUNK + 4096);
+        double t2 = now_us();
+        CUresult c = cuIpcGetMemHandle(&x, blocks[i] + 8192);
+        double t3 = now_us();
+        CUresult d = cuIpcGetMemHandle(&x, va + (uint64_t)(2 * i) * CHUNK + 8192);
+        double t4 = now_us();
+        if (a || b || c || d) {
+            fprintf(stderr, "vmm_ipc: bench export failed (%d %d %d %d)\n", a, b, c, d);
+            return 2;
+        }
+        legacy[i] = t1 - t0;
+        vmm[i] = t2 - t1;
+        legacy_again[i] = t3 - t2;
+        vmm_again[i] = t4 - t3;
+    }
+    printf("BENCH export of a new block/chunk: legacy %.2f us, VMM %.2f us; again: legacy %.2f "
+           "us, VMM %.2f us\n",
+           median(legacy), median(vmm), median(legacy_again), median(vmm_again));
+    /* for the importer: 8 chunks side by side at 64..71 */
+    for (int c = 0; c < 8; c++)
+        if (create_chunk(va + (64 + c) * CHUNK, 1, &hh[32 + c]) != CUDA_SUCCESS)
+            return 2;
+    if (cuMemAlloc(&l2, CHUNK) || cuMemAlloc(&l16, 8 * CHUNK) ||
+        cuIpcGetMemHandle(&h[0], l2 + 4096) || cuIpcGetMemHandle(&h[1], l16 + 4096) ||
+        cuIpcGetMemHandle(&h[2], va + 4096) || cuIpcGetMemHandle(&h[3], va + 64 * CHUNK + 4096))
+        return 2;
+    fflush(stdout);
+    int to, from, st;
+    char *args[] = {self, "--bench-importer", NULL};
+    pid_t child = tp_spawn(self, args, &to, &from);
+    if (tp_write_full(to, h, sizeof h) != 0)
+        return 2;
+    close(to);
+    char buf[4096];
+    ssize_t n;
+    while ((n = read(from, buf, sizeof buf)) > 0 || (n < 0 && errno == EINTR))
+        if (n > 0 && tp_write_full(1, buf, (size_t)n) != 0)
+            return 2;
+    waitpid(child, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 2;
+}
+
 int main(int argc, char **argv)
 {
     const char *mode = argc > 1 ? argv[1] : "";
     if (strcmp(mode, "--importer") == 0)
         return importer(argc > 2 && strcmp(argv[2], "--reopen") == 0);
+    if (strcmp(mode, "--bench-importer") == 0)
+        return bench_importer();
+    if (strcmp(mode, "--bench") == 0)
+        return bench(argv[0]);
     int reopen = strcmp(mode, "--reopen") == 0, self = strcmp(mode, "--self") == 0;
     int freed = strcmp(mode, "--freed") == 0, exits = strcmp(mode, "--exporter-exits") == 0;
-    int fd_handles = strcmp(mode, "--no-fd") != 0;
+    int fd_handles = strcmp(mode, "--no-fd") != 0, base = strcmp(mode, "--base") == 0;
     struct record recs[NT];
     struct result res[NT];
     int to_exporter[2] = {-1, -1};
@@ -226,24 +375,23 @@ int main(int argc, char **argv)
         close(to_exporter[exporter == 0 ? 0 : 1]);
     }
     CUdeviceptr va = 0;
-    unsigned char *host = malloc(NCHUNKS * CHUNK);
-    if (host == NULL)
-        return 2;
+    static unsigned char host[SPAN * CHUNK], now[SPAN * CHUNK];
     if (!exits || exporter == 0) {
         CUmemGenericAllocationHandle h[NCHUNKS];
         if (tp_use_primary_context(0, NULL) != 0 ||
             cuMemAddressReserve(&va, 32 * CHUNK, 0, 0, 0) != CUDA_SUCCESS)
             return 2;
         for (int c = 0; c < NCHUNKS; c++)
-            if (create_chunk(va + c * CHUNK, fd_handles, &h[c]) != CUDA_SUCCESS) {
+            if (create_chunk(va + place[c] * CHUNK, fd_handles, &h[c]) != CUDA_SUCCESS) {
                 fprintf(stderr, "vmm_ipc: cannot create VMM memory\n");
                 return 2;
             }
-        for (uint64_t i = 0; i < NCHUNKS * CHUNK; i++)
+        for (uint64_t i = 0; i < SPAN * CHUNK; i++)
             host[i] = pattern(i);
-        if (cuMemcpyHtoD(va, host, NCHUNKS * CHUNK) != CUDA_SUCCESS)
-            return 2;
-        if (export_all(va, recs) != 0) {
+        for (int c = 0; c < NCHUNKS; c++)
+            if (cuMemcpyHtoD(va + place[c] * CHUNK, host + place[c] * CHUNK, CHUNK))
+                return 2;
+        if (export_all(va, recs, base) != 0) {
             printf("right 0/%d, export failed\n", NT);
             return 2;
         }
@@ -287,7 +435,6 @@ int main(int argc, char **argv)
 
     int right = 0, failed = 0, wrong = 0;
     long stray = 0;
-    unsigned char *now = malloc(NCHUNKS * CHUNK);
     for (int k = 0; k < NT; k++) {
         right += res[k].status == 0;
         wrong += res[k].status == 1;
@@ -297,14 +444,13 @@ int main(int argc, char **argv)
                 host[tensors[k].offset + i] = (unsigned char)~host[tensors[k].offset + i];
     }
     if (!exits) { /* every byte of the exporter's memory is what it should be */
-        if (now == NULL || cuMemcpyDtoH(now, va, NCHUNKS * CHUNK) != CUDA_SUCCESS)
-            return 2;
-        for (uint64_t i = 0; i < NCHUNKS * CHUNK; i++)
-            stray += now[i] != host[i];
+        for (int c = 0; c < NCHUNKS; c++)
+            if (cuMemcpyDtoH(now + place[c] * CHUNK, va + place[c] * CHUNK, CHUNK))
+                return 2;
+        for (uint64_t i = 0; i < SPAN * CHUNK; i++)
+            stray += mapped(i) && now[i] != host[i];
     }
     printf("right %d/%d, failed %d, wrong %d, stray %ld\n", right, NT, failed, wrong, stray);
-    free(now);
-    free(host);
     if (wrong > 0 || stray > 0)
         return 1;
     return right == NT ? 0 : 2;

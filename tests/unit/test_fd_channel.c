@@ -25,12 +25,14 @@ static void serve(void *arg, uint64_t id, struct nvipcfix_fd_reply *out)
         return;
     }
     out->sizes = calloc(id, sizeof *out->sizes);
+    out->offsets = calloc(id, sizeof *out->offsets);
     out->fds = calloc(id, sizeof *out->fds);
     for (uint64_t i = 0; i < id; i++) {
         unsigned char b = (unsigned char)i;
         out->fds[i] = memfd_create("fd-channel-test", MFD_CLOEXEC);
         assert_true(out->fds[i] >= 0 && write(out->fds[i], &b, 1) == 1);
         out->sizes[i] = 4096 + i;
+        out->offsets[i] = 8192 * i;
     }
     out->n = (uint32_t)id;
     out->status = NVIPCFIX_FD_OK;
@@ -62,6 +64,7 @@ static void check_reply(const struct nvipcfix_fd_reply *r, uint32_t n)
         assert_int_equal(pread(r->fds[i], &b, 1, 0), 1);
         assert_int_equal(b, (unsigned char)i);
         assert_int_equal(r->sizes[i], 4096 + i);
+        assert_int_equal(r->offsets[i], 8192 * i);
     }
 }
 

@@ -37,12 +37,13 @@ static const struct nvipcfix_driver driver = {
     .mem_map = cuMemMap,
     .mem_unmap = cuMemUnmap,
     .mem_set_access = cuMemSetAccess,
+    .mem_get_allocation_granularity = cuMemGetAllocationGranularity,
 };
 
 static struct nvipcfix_vmm vmm;
 static CUcontext ctx;
 static CUdeviceptr va;
-static CUmemGenericAllocationHandle chunk[3];
+static CUmemGenericAllocationHandle chunk[8];
 
 static CUresult map_chunk(int c, int fd_handles)
 {
@@ -119,6 +120,20 @@ static void test_export_records_the_run_from_the_pointer(void **state)
     assert_true(base == va && size == 3 * CHUNK);
     assert_true(nvipcfix_vmm_own(&vmm, &c, &base, &size));
     assert_true(base == va + CHUNK && size == 2 * CHUNK);
+}
+
+/* The reservation's start: every chunk mapped in it, at its place. */
+static void test_export_of_the_start_covers_gaps(void **state)
+{
+    (void)state;
+    uint64_t base, size;
+    assert_int_equal(map_chunk(4, 1), CUDA_SUCCESS); /* 0 1 2 _ 4 */
+    struct nvipcfix_vmm_ticket whole = export(va), first = export(va + 1);
+    assert_true(nvipcfix_vmm_own(&vmm, &whole, &base, &size));
+    assert_true(base == va && size == 5 * CHUNK);
+    assert_true(nvipcfix_vmm_own(&vmm, &first, &base, &size)); /* an interior pointer */
+    assert_true(base == va && size == 3 * CHUNK);
+    unmap_chunk(4);
 }
 
 static void test_not_vmm_or_not_shareable(void **state)
@@ -233,6 +248,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_export_records_the_run_from_the_pointer),
+        cmocka_unit_test(test_export_of_the_start_covers_gaps),
         cmocka_unit_test(test_not_vmm_or_not_shareable),
         cmocka_unit_test(test_another_process_maps_what_was_exported),
         cmocka_unit_test(test_replaced_chunks_are_never_served),
