@@ -232,6 +232,7 @@ static void *server_main(void *arg)
             serve_one(s, c);
         close(c);
     }
+    atomic_store(&s->running, 0); /* s is not touched after this */
     return NULL;
 }
 
@@ -268,14 +269,22 @@ int nvipcfix_fd_server_start(struct nvipcfix_fd_server *s, pid_t *pid, uint64_t 
             s->secret = sec;
             /* The thread takes no signal meant for the program's threads. */
             sigset_t all, old;
+            /* Detached: at exit it ends when the socket is shut down, and
+             * nothing waits for it. */
+            pthread_attr_t attr;
+            pthread_t thread;
             sigfillset(&all);
             pthread_sigmask(SIG_SETMASK, &all, &old);
-            err = pthread_create(&s->thread, NULL, server_main, s);
+            pthread_attr_init(&attr);
+            pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+            atomic_store(&s->running, 1);
+            err = pthread_create(&thread, &attr, server_main, s);
+            pthread_attr_destroy(&attr);
             pthread_sigmask(SIG_SETMASK, &old, NULL);
-            if (err != 0)
+            if (err != 0) {
+                atomic_store(&s->running, 0);
                 s->fd = -1;
-            else
-                s->running = 1;
+            }
         }
         if (err != 0 && fd >= 0)
             close(fd);
@@ -298,13 +307,13 @@ void nvipcfix_fd_server_stop(struct nvipcfix_fd_server *s)
 
 void nvipcfix_fd_server_destroy(struct nvipcfix_fd_server *s)
 {
+    struct timespec pause = {0, 1000 * 1000};
     nvipcfix_fd_server_stop(s);
-    if (s->running)
-        pthread_join(s->thread, NULL);
+    while (atomic_load(&s->running))
+        nanosleep(&pause, NULL);
     if (s->fd >= 0)
         close(s->fd);
     s->fd = -1;
-    s->running = 0;
     pthread_mutex_destroy(&s->lock);
 }
 

@@ -59,8 +59,7 @@ struct nvipcfix_fd_server {
     void *arg;
     atomic_int stopping;
     atomic_ulong served, refused;
-    pthread_t thread;
-    int running;
+    atomic_int running; /* the thread has not ended yet */
 };
 
 void nvipcfix_fd_server_init(struct nvipcfix_fd_server *s, nvipcfix_fd_serve_fn serve,
@@ -70,7 +69,8 @@ void nvipcfix_fd_server_init(struct nvipcfix_fd_server *s, nvipcfix_fd_serve_fn 
  * *secret get what a client needs to reach it. */
 int nvipcfix_fd_server_start(struct nvipcfix_fd_server *s, pid_t *pid, uint64_t *secret);
 
-/* No request is served after this (at exit; the thread is not waited for). */
+/* No request is served after this (at exit; the thread, detached, ends on
+ * its own and is not waited for). */
 void nvipcfix_fd_server_stop(struct nvipcfix_fd_server *s);
 
 /* Stops the server, waits for its thread and closes its socket. */
