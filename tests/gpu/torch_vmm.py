@@ -5,7 +5,9 @@ argument); with nvipcfix and NVIPCFIX_VMM=1 a fresh process opens every
 handle, checks every byte, writes the complement back and closes.
 
 Tensors: two small ones sharing one 2 MiB chunk, one of 30 MiB spanning two
-20 MiB chunks. The same big tensor also goes to the child through PyTorch's
+20 MiB chunks; and, as vLLM's custom all-reduce does, the start of the big
+tensor's segment (RANGE_START_ADDR) exported, with the child adding the
+tensor's offset and reading it through that mapping. The same big tensor also goes to the child through PyTorch's
 own sharing (torch.multiprocessing), which must still work, and the child
 times a device-to-device copy out of both mappings of it: through
 nvipcfix's and through PyTorch's native VMM import.
@@ -64,25 +66,28 @@ def copy_gbps(lib, src, n):
 def child(records, shared, q_out):
     lib = cudart()
     out, gbps = [], [0.0, 0.0]
-    for k, (hexh, n) in enumerate(records):
+    # records: (handle, bytes, offset to add, pattern number, write back)
+    for hexh, n, add, k, write in records:
         h = Handle.from_buffer_copy(bytes.fromhex(hexh))
         p = ctypes.c_void_p()
         r = lib.cudaIpcOpenMemHandle(ctypes.byref(p), h, 1)
         if r != 0:
             out.append("error %d" % r)
             continue
+        t = p.value + add
         got = torch.empty(n, dtype=torch.uint8)
-        lib.cudaMemcpy(got.data_ptr(), p, n, 2)
+        lib.cudaMemcpy(got.data_ptr(), t, n, 2)
         ok = bool(torch.equal(got, pattern(k, n)))
-        if k == len(records) - 1:  # the big one, before it is written
-            gbps = [copy_gbps(lib, p, n), copy_gbps(lib, shared.data_ptr(), n)]
-        back = (255 - pattern(k, n)).contiguous()
-        lib.cudaMemcpy(p, back.data_ptr(), n, 1)
+        if write and n == BIG:  # the big one, before it is written
+            gbps = [copy_gbps(lib, t, n), copy_gbps(lib, shared.data_ptr(), n)]
+        if write:
+            back = (255 - pattern(k, n)).contiguous()
+            lib.cudaMemcpy(t, back.data_ptr(), n, 1)
         r = lib.cudaIpcCloseMemHandle(p)
         out.append("ok" if ok and r == 0 else ("error %d" % r if r else "wrong"))
     # PyTorch's own sharing of the big tensor: it sees the complement now.
     torch.cuda.synchronize()
-    theirs = bool(torch.equal(shared.cpu(), 255 - pattern(len(records) - 1, BIG)))
+    theirs = bool(torch.equal(shared.cpu(), 255 - pattern(len(SMALL), BIG)))
     q_out.put((out, theirs, gbps))
 
 
@@ -100,13 +105,24 @@ def main():
     print("torch_vmm: small tensors in chunk %s and %s; big one in chunks of %d MiB, %s" % (
         hex(chunk_of(a)[0]), hex(chunk_of(b)[0]), first[1] >> 20,
         "spanning two" if first != last else "in one"))
-    for t in tensors:
+    # vLLM-style first (read only): the segment's start, the offset sent aside
+    cu = ctypes.CDLL("libcuda.so.1")
+    start = ctypes.c_uint64()
+    cu.cuPointerGetAttribute(ctypes.byref(start), 11, ctypes.c_uint64(big))  # RANGE_START_ADDR
+    exports = [(start.value, BIG, big - start.value, len(SMALL), False)]
+    exports += [(t.data_ptr(), t.numel(), 0, k, True) for k, t in enumerate(tensors)]
+    for ptr, n, add, k, write in exports:
         h = Handle()
-        r = lib.cudaIpcGetMemHandle(ctypes.byref(h), t.data_ptr())
+        t0 = time.perf_counter()
+        r = lib.cudaIpcGetMemHandle(ctypes.byref(h), ptr)
+        dt = time.perf_counter() - t0
         if r != 0:
             print("torch_vmm: cudaIpcGetMemHandle failed with error %d" % r)
             return 2
-        records.append((bytes(h).hex(), t.numel()))
+        if add:
+            print("torch_vmm: export of the segment's start (tensor at +%d MiB): %.3f ms" % (
+                add >> 20, dt * 1e3))
+        records.append((bytes(h).hex(), n, add, k, write))
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     p = ctx.Process(target=child, args=(records, tensors[-1], q))
@@ -122,9 +138,9 @@ def main():
                   for k, (t, n) in enumerate(zip(tensors, sizes)))
     read = out.count("ok")
     errors = sum(r.startswith("error") for r in out)
-    right = read == len(sizes) and written == len(sizes) and theirs
-    print("torch_vmm: %d tensors: read %d right, written back %d right, %d errors; "
-          "PyTorch's own sharing %s -> %s" % (len(sizes), read, written, errors,
+    right = read == len(records) and written == len(sizes) and theirs
+    print("torch_vmm: %d handles (3 tensors, 1 segment start): read %d right, written back %d "
+          "right, %d errors; PyTorch's own sharing %s -> %s" % (len(records), read, written, errors,
                                               "right" if theirs else "WRONG",
                                               "CORRECT" if right else "WRONG"))
     if gbps[1] > 0:
