@@ -170,7 +170,8 @@ $(BUILD)/tests/table_memory: tests/bench/table_memory.c $(SHIM_SRC) | deps
 	$(CC) $(CFLAGS) -o $@ $< $(SHIM_SRC)
 
 .PHONY: bench
-bench: $(LIB) $(SIM) $(BUILD)/tests/ipc_bench $(BUILD)/tests/table_memory $(BUILD)/tests/fork_safety
+bench: $(LIB) $(SIM) $(BUILD)/tests/ipc_bench $(BUILD)/tests/table_memory $(BUILD)/tests/fork_safety \
+       $(BUILD)/tests/vmm_ipc
 	@sh scripts/bench.sh $(BUILD) $(BENCH_ARGS)
 
 # Fuzzing (clang's libFuzzer): make fuzz runs FUZZ_RUNS inputs on each

@@ -439,8 +439,9 @@ static CUresult map_ticket(struct nvipcfix_fix *fix, const struct nvipcfix_vmm_t
 
 /* Open of a VMM ticket: from the table when its export is mapped already,
  * else mapped now. The key is the ticket without its offset. */
-static CUresult open_ticket(struct nvipcfix_fix *fix, const struct nvipcfix_vmm_ticket *tk,
-                            unsigned int flags, CUdeviceptr *pdptr)
+static CUresult open_ticket(struct nvipcfix_fix *fix, const unsigned char *raw,
+                            const struct nvipcfix_vmm_ticket *tk, unsigned int flags,
+                            CUdeviceptr *pdptr)
 {
     if ((flags & ~(unsigned)CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS) != 0)
         return counted(fix, CUDA_ERROR_INVALID_VALUE);
@@ -449,7 +450,7 @@ static CUresult open_ticket(struct nvipcfix_fix *fix, const struct nvipcfix_vmm_
         fix->driver->ctx_get_current(&ctx) != CUDA_SUCCESS)
         ctx = NULL;
     unsigned char key[NVIPCFIX_TICKET_BYTES];
-    nvipcfix_vmm_ticket_key(tk, key);
+    nvipcfix_vmm_ticket_key(raw, key);
     uint64_t p = 0, base = 0, size = 0;
     int origin = NVIPCFIX_ORIGIN_VMM, existed = 0;
 
@@ -489,10 +490,15 @@ CUresult nvipcfix_open(struct nvipcfix_fix *fix, nvipcfix_open_fn real_open, CUd
     if (fix->config.mode == NVIPCFIX_MODE_OFF || pdptr == NULL)
         return counted(fix, real_open(pdptr, handle, flags));
 
+    /* A VMM ticket (its magic is compared first: cheap for other handles). */
+    struct nvipcfix_vmm_ticket ticket;
+    const unsigned char *raw = (const unsigned char *)handle.reserved;
+    if (fix->config.mode == NVIPCFIX_MODE_FIX && nvipcfix_vmm_ticket_decode(raw, &ticket) == 0)
+        return open_ticket(fix, raw, &ticket, flags, pdptr);
+
     unsigned char native[NVIPCFIX_HANDLE_BYTES];
     uint64_t offset;
-    enum nvipcfix_tag_kind kind =
-        nvipcfix_tag_decode((const unsigned char *)handle.reserved, &offset, native);
+    enum nvipcfix_tag_kind kind = nvipcfix_tag_decode(raw, &offset, native);
 
     if (fix->config.mode == NVIPCFIX_MODE_AUDIT) {
         CUresult r = counted(fix, real_open(pdptr, handle, flags));
@@ -501,9 +507,6 @@ CUresult nvipcfix_open(struct nvipcfix_fix *fix, nvipcfix_open_fn real_open, CUd
                      r == CUDA_SUCCESS ? (ull)*pdptr : 0ULL, (int)r);
         return r;
     }
-    struct nvipcfix_vmm_ticket ticket;
-    if (nvipcfix_vmm_ticket_decode((const unsigned char *)handle.reserved, &ticket) == 0)
-        return open_ticket(fix, &ticket, flags, pdptr);
     if (kind == NVIPCFIX_TAG_FOREIGN) {
         NVIPCFIX_WARN_ONCE("an IPC handle has non-zero bytes 56-63 that nvipcfix did not "
                            "write; it is passed to the driver unchanged");

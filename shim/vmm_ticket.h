@@ -16,7 +16,7 @@
  *   48-55 hash of the exporter's kernel boot id (the machine)
  *   56    exporter's device ordinal (for messages)
  *   57-59 zero
- *   60-63 check: FNV-1a of bytes 0-59 */
+ *   60-63 check of bytes 0-59 */
 #ifndef NVIPCFIX_VMM_TICKET_H
 #define NVIPCFIX_VMM_TICKET_H
 
@@ -41,9 +41,9 @@ void nvipcfix_vmm_ticket_encode(unsigned char out[NVIPCFIX_TICKET_BYTES],
 int nvipcfix_vmm_ticket_decode(const unsigned char in[NVIPCFIX_TICKET_BYTES],
                                struct nvipcfix_vmm_ticket *t);
 
-/* The ticket without its offset: every pointer into one export has the
- * same key, so the import table maps the export once. */
-void nvipcfix_vmm_ticket_key(const struct nvipcfix_vmm_ticket *t,
+/* A well-formed ticket without its offset (and check): every pointer into
+ * one export has the same key, so the import table maps the export once. */
+void nvipcfix_vmm_ticket_key(const unsigned char ticket[NVIPCFIX_TICKET_BYTES],
                              unsigned char key[NVIPCFIX_TICKET_BYTES]);
 
 #endif

@@ -67,13 +67,16 @@ static void test_key_ignores_the_offset_only(void **state)
 {
     (void)state;
     struct nvipcfix_vmm_ticket a = sample, b = sample;
-    unsigned char ka[64], kb[64];
+    unsigned char ta[64], tb[64], ka[64], kb[64];
     b.offset = 12;
-    nvipcfix_vmm_ticket_key(&a, ka);
-    nvipcfix_vmm_ticket_key(&b, kb);
+    nvipcfix_vmm_ticket_encode(ta, &a);
+    nvipcfix_vmm_ticket_encode(tb, &b);
+    nvipcfix_vmm_ticket_key(ta, ka);
+    nvipcfix_vmm_ticket_key(tb, kb);
     assert_memory_equal(ka, kb, 64);
     b.export_id = 8;
-    nvipcfix_vmm_ticket_key(&b, kb);
+    nvipcfix_vmm_ticket_encode(tb, &b);
+    nvipcfix_vmm_ticket_key(tb, kb);
     assert_memory_not_equal(ka, kb, 64);
 }
 
