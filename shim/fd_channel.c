@@ -14,7 +14,7 @@
 
 #define REQUEST_MAGIC 0x71766e4du /* "Mnvq" */
 #define REPLY_MAGIC 0x72766e4du   /* "Mnvr" */
-#define FDS_PER_MESSAGE 250       /* under the kernel's SCM_MAX_FD (253) */
+#define FDS_PER_MESSAGE NVIPCFIX_FD_BATCH /* under the kernel's SCM_MAX_FD (253) */
 #define SERVER_TIMEOUT_MS 5000    /* a client that stalls cannot hold the server */
 
 struct request {
@@ -43,16 +43,17 @@ const char *nvipcfix_fd_status_name(int status)
 
 void nvipcfix_fd_reply_free(struct nvipcfix_fd_reply *r)
 {
-    for (uint32_t i = 0; r->fds != NULL && i < r->n; i++)
-        if (r->fds[i] >= 0)
-            close(r->fds[i]);
-    free(r->fds);
     free(r->sizes);
     free(r->offsets);
-    r->fds = NULL;
     r->sizes = NULL;
     r->offsets = NULL;
     r->n = 0;
+}
+
+static void close_all(const int *fds, uint32_t k)
+{
+    for (uint32_t i = 0; i < k; i++)
+        close(fds[i]);
 }
 
 /* The socket's name: "\0nvipcfix-vmm-PID-SECRET". Returns its length. */
@@ -102,10 +103,10 @@ static int recv_full(int fd, void *buf, size_t n)
     return 0;
 }
 
-/* One byte carrying up to FDS_PER_MESSAGE descriptors. */
-static int send_fds(int sock, const int *fds, size_t n)
+/* One byte carrying up to FDS_PER_MESSAGE descriptors: 'F' more may
+ * follow, 'E' the last batch. */
+static int send_fds(int sock, char byte, const int *fds, size_t n)
 {
-    char byte = 'F';
     struct iovec iov = {&byte, 1};
     union {
         char buf[CMSG_SPACE(FDS_PER_MESSAGE * sizeof(int))];
@@ -114,13 +115,15 @@ static int send_fds(int sock, const int *fds, size_t n)
     struct msghdr m = {0};
     m.msg_iov = &iov;
     m.msg_iovlen = 1;
-    m.msg_control = u.buf;
-    m.msg_controllen = CMSG_SPACE(n * sizeof(int));
-    struct cmsghdr *c = CMSG_FIRSTHDR(&m);
-    c->cmsg_level = SOL_SOCKET;
-    c->cmsg_type = SCM_RIGHTS;
-    c->cmsg_len = CMSG_LEN(n * sizeof(int));
-    memcpy(CMSG_DATA(c), fds, n * sizeof(int));
+    if (n > 0) {
+        m.msg_control = u.buf;
+        m.msg_controllen = CMSG_SPACE(n * sizeof(int));
+        struct cmsghdr *c = CMSG_FIRSTHDR(&m);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(n * sizeof(int));
+        memcpy(CMSG_DATA(c), fds, n * sizeof(int));
+    }
     for (;;) {
         ssize_t k = sendmsg(sock, &m, MSG_NOSIGNAL);
         if (k == 1)
@@ -131,10 +134,12 @@ static int send_fds(int sock, const int *fds, size_t n)
     }
 }
 
-/* Receives one byte and its descriptors into fds[*got..want). */
-static int recv_fds(int sock, int *fds, uint32_t *got, uint32_t want)
+/* Receives one batch: its byte into *tag and up to want descriptors into
+ * fds (*got of them). -1 on a broken or surplus batch (all closed). */
+static int recv_fds(int sock, char *tag, int *fds, uint32_t *got, uint32_t want)
 {
     char byte;
+    *got = 0;
     struct iovec iov = {&byte, 1};
     union {
         char buf[CMSG_SPACE(FDS_PER_MESSAGE * sizeof(int))];
@@ -151,7 +156,8 @@ static int recv_fds(int sock, int *fds, uint32_t *got, uint32_t want)
     while (k < 0 && errno == EINTR);
     if (k != 1)
         return -1;
-    int bad = (m.msg_flags & MSG_CTRUNC) != 0;
+    *tag = byte;
+    int bad = (m.msg_flags & MSG_CTRUNC) != 0 || (byte != 'F' && byte != 'E');
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c != NULL; c = CMSG_NXTHDR(&m, c)) {
         if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
             continue;
@@ -168,22 +174,47 @@ static int recv_fds(int sock, int *fds, uint32_t *got, uint32_t want)
             }
         }
     }
+    if (bad) {
+        close_all(fds, *got);
+        *got = 0;
+    }
     return bad ? -1 : 0;
 }
 
-static void send_reply(int sock, struct nvipcfix_fd_reply *r)
+/* The offer, then the descriptors batch by batch as they are made: no more
+ * than one batch is open here at a time. */
+static void send_reply(struct nvipcfix_fd_server *s, int sock, uint64_t id,
+                       struct nvipcfix_fd_reply *r)
 {
+    const struct nvipcfix_fd_service *sv = &s->service;
+    int fds[FDS_PER_MESSAGE];
+    uint32_t k = 0;
+    if (r->status == NVIPCFIX_FD_OK && (r->n == 0 || r->n > NVIPCFIX_FD_MAX))
+        r->status = NVIPCFIX_FD_FAILED;
+    if (r->status == NVIPCFIX_FD_OK) { /* the first batch decides the status */
+        k = sv->export_fds(sv->arg, id, 0, r->n < FDS_PER_MESSAGE ? r->n : FDS_PER_MESSAGE, fds,
+                           &r->driver_error);
+        if (k == 0)
+            r->status = r->driver_error != 0 ? NVIPCFIX_FD_FAILED : NVIPCFIX_FD_FREED;
+    }
     struct reply_head h = {REPLY_MAGIC, r->status, r->driver_error,
                            r->status == NVIPCFIX_FD_OK ? r->n : 0};
-    if (send_full(sock, &h, sizeof h) != 0 || h.n == 0)
-        return;
-    if (send_full(sock, r->sizes, h.n * sizeof(uint64_t)) != 0 ||
-        send_full(sock, r->offsets, h.n * sizeof(uint64_t)) != 0)
-        return;
-    for (uint32_t i = 0; i < h.n; i += FDS_PER_MESSAGE) {
-        uint32_t k = h.n - i < FDS_PER_MESSAGE ? h.n - i : FDS_PER_MESSAGE;
-        if (send_fds(sock, r->fds + i, k) != 0)
-            return;
+    int ok = send_full(sock, &h, sizeof h) == 0 && h.n > 0 &&
+             send_full(sock, r->sizes, h.n * sizeof(uint64_t)) == 0 &&
+             send_full(sock, r->offsets, h.n * sizeof(uint64_t)) == 0;
+    if (!ok)
+        close_all(fds, k); /* the offer did not go out */
+    for (uint32_t first = 0; ok;) {
+        uint32_t want = h.n - first < FDS_PER_MESSAGE ? h.n - first : FDS_PER_MESSAGE;
+        int last = k < want || first + k == h.n;
+        ok = send_fds(sock, last ? 'E' : 'F', fds, k) == 0;
+        close_all(fds, k);
+        if (last)
+            break;
+        first += k;
+        want = h.n - first < FDS_PER_MESSAGE ? h.n - first : FDS_PER_MESSAGE;
+        int32_t unused = 0;
+        k = sv->export_fds(sv->arg, id, first, want, fds, &unused);
     }
 }
 
@@ -202,12 +233,10 @@ static void serve_one(struct nvipcfix_fd_server *s, int sock)
         r.status = NVIPCFIX_FD_REFUSED;
         atomic_fetch_add(&s->refused, 1);
     } else {
-        s->serve(s->arg, q.export_id, &r);
-        if (r.status == NVIPCFIX_FD_OK && r.n > NVIPCFIX_FD_MAX)
-            r.status = NVIPCFIX_FD_FAILED;
+        s->service.describe(s->service.arg, q.export_id, &r);
         atomic_fetch_add(&s->served, 1);
     }
-    send_reply(sock, &r);
+    send_reply(s, sock, q.export_id, &r);
     nvipcfix_fd_reply_free(&r);
 }
 
@@ -236,14 +265,13 @@ static void *server_main(void *arg)
     return NULL;
 }
 
-void nvipcfix_fd_server_init(struct nvipcfix_fd_server *s, nvipcfix_fd_serve_fn serve,
-                             void *arg)
+void nvipcfix_fd_server_init(struct nvipcfix_fd_server *s,
+                             const struct nvipcfix_fd_service *service)
 {
     memset(s, 0, sizeof *s);
     pthread_mutex_init(&s->lock, NULL);
     s->fd = -1;
-    s->serve = serve;
-    s->arg = arg;
+    s->service = *service;
 }
 
 int nvipcfix_fd_server_start(struct nvipcfix_fd_server *s, pid_t *pid, uint64_t *secret)
@@ -321,17 +349,19 @@ void nvipcfix_fd_server_forget(struct nvipcfix_fd_server *s)
 {
     if (s->fd >= 0)
         close(s->fd); /* the parent's socket; its thread is not in the child */
-    nvipcfix_fd_server_init(s, s->serve, s->arg);
+    struct nvipcfix_fd_service service = s->service;
+    nvipcfix_fd_server_init(s, &service);
 }
 
 int nvipcfix_fd_request(pid_t pid, uint64_t secret, uint64_t export_id, int timeout_ms,
-                        struct nvipcfix_fd_reply *out)
+                        const struct nvipcfix_fd_taker *taker, uint32_t *served,
+                        int32_t *driver_error)
 {
-    memset(out, 0, sizeof *out);
-    out->status = NVIPCFIX_FD_BROKEN;
+    *served = 0;
+    *driver_error = 0;
     int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (sock < 0)
-        return out->status;
+        return NVIPCFIX_FD_BROKEN;
     struct sockaddr_un a;
     socklen_t alen = address(&a, pid, secret);
     set_timeouts(sock, timeout_ms);
@@ -340,49 +370,53 @@ int nvipcfix_fd_request(pid_t pid, uint64_t secret, uint64_t export_id, int time
         r = connect(sock, (struct sockaddr *)&a, alen);
     while (r != 0 && errno == EINTR);
     if (r != 0) {
-        if (errno == ECONNREFUSED || errno == ENOENT)
-            out->status = NVIPCFIX_FD_NO_EXPORTER;
+        int gone = errno == ECONNREFUSED || errno == ENOENT;
         close(sock);
-        return out->status;
+        return gone ? NVIPCFIX_FD_NO_EXPORTER : NVIPCFIX_FD_BROKEN;
     }
     struct ucred cred;
     socklen_t len = sizeof cred;
     if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.pid != pid) {
-        out->status = NVIPCFIX_FD_IMPOSTOR;
         close(sock);
-        return out->status;
+        return NVIPCFIX_FD_IMPOSTOR;
     }
     struct request q = {REQUEST_MAGIC, 1, secret, export_id};
     struct reply_head h;
     if (send_full(sock, &q, sizeof q) != 0 || recv_full(sock, &h, sizeof h) != 0 ||
         h.magic != REPLY_MAGIC || h.n > NVIPCFIX_FD_MAX) {
         close(sock);
-        return out->status;
+        return NVIPCFIX_FD_BROKEN;
     }
-    if (h.status != NVIPCFIX_FD_OK) {
-        out->status = h.status >= NVIPCFIX_FD_UNKNOWN && h.status <= NVIPCFIX_FD_FAILED
-                          ? h.status
-                          : NVIPCFIX_FD_BROKEN;
-        out->driver_error = h.driver_error;
+    if (h.status != NVIPCFIX_FD_OK || h.n == 0) {
         close(sock);
-        return out->status;
+        *driver_error = h.driver_error;
+        return h.status >= NVIPCFIX_FD_UNKNOWN && h.status <= NVIPCFIX_FD_FAILED
+                   ? h.status
+                   : NVIPCFIX_FD_BROKEN;
     }
-    out->sizes = calloc(h.n ? h.n : 1, sizeof *out->sizes);
-    out->offsets = calloc(h.n ? h.n : 1, sizeof *out->offsets);
-    out->fds = calloc(h.n ? h.n : 1, sizeof *out->fds);
-    int ok = out->sizes != NULL && out->offsets != NULL && out->fds != NULL &&
-             recv_full(sock, out->sizes, h.n * sizeof(uint64_t)) == 0 &&
-             recv_full(sock, out->offsets, h.n * sizeof(uint64_t)) == 0;
-    uint32_t got = 0;
-    while (ok && got < h.n)
-        ok = recv_fds(sock, out->fds, &got, h.n) == 0;
+    struct nvipcfix_fd_reply offer = {h.status, h.driver_error, h.n, NULL, NULL};
+    offer.sizes = calloc(h.n, sizeof *offer.sizes);
+    offer.offsets = calloc(h.n, sizeof *offer.offsets);
+    int status = NVIPCFIX_FD_BROKEN;
+    if (offer.sizes != NULL && offer.offsets != NULL &&
+        recv_full(sock, offer.sizes, h.n * sizeof(uint64_t)) == 0 &&
+        recv_full(sock, offer.offsets, h.n * sizeof(uint64_t)) == 0 &&
+        taker->begin(taker->arg, &offer) == 0) {
+        int fds[FDS_PER_MESSAGE];
+        char tag = 'F';
+        while (tag == 'F' && *served < h.n) {
+            uint32_t want = h.n - *served < FDS_PER_MESSAGE ? h.n - *served : FDS_PER_MESSAGE;
+            uint32_t k = 0;
+            if (recv_fds(sock, &tag, fds, &k, want) != 0 || (k < want && tag != 'E'))
+                break;
+            if (k > 0 && taker->take(taker->arg, *served, fds, k) != 0)
+                break;
+            *served += k;
+        }
+        if (tag == 'E' || *served == h.n)
+            status = *served > 0 ? NVIPCFIX_FD_OK : NVIPCFIX_FD_FREED;
+    }
+    nvipcfix_fd_reply_free(&offer);
     close(sock);
-    out->n = got;
-    if (!ok || got != h.n || h.n == 0) {
-        nvipcfix_fd_reply_free(out);
-        out->status = NVIPCFIX_FD_BROKEN;
-        return out->status;
-    }
-    out->status = NVIPCFIX_FD_OK;
-    return out->status;
+    return status;
 }

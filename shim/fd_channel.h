@@ -16,8 +16,9 @@
 #include <stdint.h>
 #include <sys/types.h>
 
-/* The most descriptors one answer carries. */
-#define NVIPCFIX_FD_MAX (1u << 16)
+/* The most descriptors one answer offers, and how many travel together. */
+#define NVIPCFIX_FD_MAX (1u << 20)
+#define NVIPCFIX_FD_BATCH 250
 
 enum nvipcfix_fd_status {
     NVIPCFIX_FD_OK = 0,
@@ -32,38 +33,55 @@ enum nvipcfix_fd_status {
     NVIPCFIX_FD_BROKEN = 7,      /* connection failed, timed out or was cut short */
 };
 
+/* What the exporter says about an export: how many descriptors it offers,
+ * and each one's size and place. */
 struct nvipcfix_fd_reply {
     int32_t status;       /* enum nvipcfix_fd_status */
     int32_t driver_error; /* NVIPCFIX_FD_FAILED: the exporter's driver's error */
-    uint32_t n;
-    uint64_t *sizes;   /* n sizes, malloc'd */
-    uint64_t *offsets; /* n places, from the first one's, malloc'd */
-    int *fds;          /* n descriptors, malloc'd */
+    uint32_t n;           /* offered; the client learns at the end how many came */
+    uint64_t *sizes;      /* n sizes, malloc'd */
+    uint64_t *offsets;    /* n places, from the first one's, malloc'd */
 };
 
-/* Closes every descriptor still in the reply (those not set to -1) and
- * frees its arrays. */
+/* Frees the reply's arrays. */
 void nvipcfix_fd_reply_free(struct nvipcfix_fd_reply *r);
 
-/* Fills out for the export asked for; the channel sends the descriptors,
- * then closes them and frees the arrays. Runs on the server's thread. */
-typedef void (*nvipcfix_fd_serve_fn)(void *arg, uint64_t export_id,
-                                     struct nvipcfix_fd_reply *out);
+/* The exporter's side, on the server's thread. describe fills out for the
+ * export (status; for NVIPCFIX_FD_OK n, sizes, offsets). export_fds writes
+ * the descriptors of items [first, first + count) into fds, in order, and
+ * returns how many it made: fewer means the rest is not to be handed over
+ * (with none for item 0, *driver_error may say why). The channel sends them
+ * in batches as they are made and closes them, so neither side ever holds
+ * more than one batch. */
+struct nvipcfix_fd_service {
+    void (*describe)(void *arg, uint64_t export_id, struct nvipcfix_fd_reply *out);
+    uint32_t (*export_fds)(void *arg, uint64_t export_id, uint32_t first, uint32_t count,
+                           int *fds, int32_t *driver_error);
+    void *arg;
+};
+
+/* The asking side: begin is called once with the offer (nonzero: give up);
+ * take with each batch of descriptors, items [first, first + k), which it
+ * owns from then on (nonzero: stop, the rest is not received). */
+struct nvipcfix_fd_taker {
+    int (*begin)(void *arg, const struct nvipcfix_fd_reply *offer);
+    int (*take)(void *arg, uint32_t first, const int *fds, uint32_t k);
+    void *arg;
+};
 
 struct nvipcfix_fd_server {
     pthread_mutex_t lock;
     int fd; /* listening socket; -1 before the start */
     pid_t pid;
     uint64_t secret;
-    nvipcfix_fd_serve_fn serve;
-    void *arg;
+    struct nvipcfix_fd_service service;
     atomic_int stopping;
     atomic_ulong served, refused;
     atomic_int running; /* the thread has not ended yet */
 };
 
-void nvipcfix_fd_server_init(struct nvipcfix_fd_server *s, nvipcfix_fd_serve_fn serve,
-                             void *arg);
+void nvipcfix_fd_server_init(struct nvipcfix_fd_server *s,
+                             const struct nvipcfix_fd_service *service);
 
 /* Starts the server if it is not running: 0, or an errno value. *pid and
  * *secret get what a client needs to reach it. */
@@ -80,11 +98,12 @@ void nvipcfix_fd_server_destroy(struct nvipcfix_fd_server *s);
  * child's own starts on its first use. Takes no lock. */
 void nvipcfix_fd_server_forget(struct nvipcfix_fd_server *s);
 
-/* Asks process pid for export_id's descriptors. Returns out->status; on
- * NVIPCFIX_FD_OK the caller owns out (nvipcfix_fd_reply_free). timeout_ms
- * bounds every wait for the other side. */
+/* Asks process pid for export_id's descriptors. Returns the status; on
+ * NVIPCFIX_FD_OK, *served is how many descriptors were handed to the taker
+ * (at least one). timeout_ms bounds every wait for the other side. */
 int nvipcfix_fd_request(pid_t pid, uint64_t secret, uint64_t export_id, int timeout_ms,
-                        struct nvipcfix_fd_reply *out);
+                        const struct nvipcfix_fd_taker *taker, uint32_t *served,
+                        int32_t *driver_error);
 
 const char *nvipcfix_fd_status_name(int status);
 

@@ -18,10 +18,10 @@ struct chunk {
 /* A mapping this process made from another's chunks: where each chunk
  * went, so the last close unmaps them one by one. */
 struct nvipcfix_vmm_import {
-    uint64_t base, size;
-    size_t n;
+    uint64_t base, size, reserved; /* reserved: the range's size, size: what is mapped */
+    size_t n, cap;                  /* chunks mapped, room for */
     UT_hash_handle hh;
-    uint64_t offsets[];  /* then n sizes */
+    uint64_t offsets[];             /* cap places, then cap sizes */
 };
 
 struct nvipcfix_vmm_export {
@@ -55,7 +55,9 @@ static uint64_t own_boot(void)
     return x | 1;
 }
 
-static void serve(void *arg, uint64_t export_id, struct nvipcfix_fd_reply *out);
+static void describe(void *arg, uint64_t export_id, struct nvipcfix_fd_reply *out);
+static uint32_t export_fds(void *arg, uint64_t export_id, uint32_t first, uint32_t count,
+                           int *fds, int32_t *driver_error);
 
 void nvipcfix_vmm_init(struct nvipcfix_vmm *v, const struct nvipcfix_driver *driver)
 {
@@ -64,7 +66,8 @@ void nvipcfix_vmm_init(struct nvipcfix_vmm *v, const struct nvipcfix_driver *dri
     pthread_mutex_init(&v->lock, NULL);
     v->next_id = 1;
     v->sweep_at = SWEEP_FIRST;
-    nvipcfix_fd_server_init(&v->server, serve, v);
+    struct nvipcfix_fd_service service = {describe, export_fds, v};
+    nvipcfix_fd_server_init(&v->server, &service);
     v->pid_ns = own_pid_ns();
     v->boot = own_boot();
     v->timeout_ms = TIMEOUT_MS;
@@ -258,76 +261,94 @@ enum nvipcfix_vmm_error nvipcfix_vmm_export(struct nvipcfix_vmm *v, CUcontext ct
     return NVIPCFIX_VMM_OK;
 }
 
-/* A copy of export id's chunks (malloc'd), or NULL. */
-static struct chunk *find_export(struct nvipcfix_vmm *v, uint64_t id, size_t *n, CUcontext *ctx)
+/* A copy of chunks [first, first + *n) of export id (fewer where it has
+ * fewer: *n is set to how many), malloc'd; NULL when there is no such
+ * export or none from first on. */
+static struct chunk *find_export(struct nvipcfix_vmm *v, uint64_t id, size_t first, size_t *n,
+                                 CUcontext *ctx)
 {
     struct nvipcfix_vmm_export *e;
     struct chunk *copy = NULL;
     pthread_mutex_lock(&v->lock);
     HASH_FIND(hh_id, v->by_id, &id, sizeof id, e);
-    if (e != NULL && (copy = malloc(e->n * sizeof *copy)) != NULL) {
-        memcpy(copy, e->chunks, e->n * sizeof *copy);
-        *n = e->n;
+    if (e != NULL && first < e->n) {
+        if (*n > e->n - first)
+            *n = e->n - first;
+        if ((copy = malloc(*n * sizeof *copy)) != NULL)
+            memcpy(copy, e->chunks + first, *n * sizeof *copy);
         *ctx = e->ctx;
     }
     pthread_mutex_unlock(&v->lock);
     return copy;
 }
 
-/* On the server's thread: a descriptor for each chunk still as exported,
- * from the first one on. The allocation is retained before the check, so
- * the descriptor is of the mapping checked (buffer ids are never reused). */
-static void serve(void *arg, uint64_t export_id, struct nvipcfix_fd_reply *out)
+/* On the server's thread: what export id offers (every chunk recorded; the
+ * descriptors say how many are still as exported). */
+static void describe(void *arg, uint64_t export_id, struct nvipcfix_fd_reply *out)
 {
     struct nvipcfix_vmm *v = arg;
-    const struct nvipcfix_driver *d = v->driver;
-    size_t n = 0;
+    size_t n = NVIPCFIX_FD_MAX;
     CUcontext ctx = NULL;
-    struct chunk *chunks = find_export(v, export_id, &n, &ctx);
+    struct chunk *chunks = find_export(v, export_id, 0, &n, &ctx);
     if (chunks == NULL) {
         out->status = NVIPCFIX_FD_UNKNOWN;
         return;
     }
-    if (ctx != NULL && d->ctx_set_current != NULL)
-        d->ctx_set_current(ctx);
     out->sizes = calloc(n, sizeof *out->sizes);
     out->offsets = calloc(n, sizeof *out->offsets);
-    out->fds = calloc(n, sizeof *out->fds);
-    if (out->sizes == NULL || out->offsets == NULL || out->fds == NULL) {
+    if (out->sizes == NULL || out->offsets == NULL) {
         out->status = NVIPCFIX_FD_FAILED;
         out->driver_error = CUDA_ERROR_OUT_OF_MEMORY;
         free(chunks);
         return;
     }
-    size_t i;
-    for (i = 0; i < n; i++) {
+    for (size_t i = 0; i < n; i++) {
+        out->sizes[i] = chunks[i].size;
+        out->offsets[i] = chunks[i].va - chunks[0].va;
+    }
+    out->n = (uint32_t)n;
+    out->status = NVIPCFIX_FD_OK;
+    free(chunks);
+}
+
+/* On the server's thread: a descriptor for each chunk still as exported,
+ * in order, stopping at the first that is not. The allocation is retained
+ * before the check, so the descriptor is of the mapping checked (buffer
+ * ids are never reused). */
+static uint32_t export_fds(void *arg, uint64_t export_id, uint32_t first, uint32_t count,
+                           int *fds, int32_t *driver_error)
+{
+    struct nvipcfix_vmm *v = arg;
+    const struct nvipcfix_driver *d = v->driver;
+    size_t n = count;
+    CUcontext ctx = NULL;
+    struct chunk *chunks = find_export(v, export_id, first, &n, &ctx);
+    if (chunks == NULL)
+        return 0;
+    if (first == 0 && ctx != NULL && d->ctx_set_current != NULL)
+        d->ctx_set_current(ctx);
+    uint32_t k;
+    for (k = 0; k < n; k++) {
         CUmemGenericAllocationHandle h;
         int fd = -1;
-        CUresult r = d->mem_retain_allocation_handle(&h, (void *)(uintptr_t)chunks[i].va);
+        CUresult r = d->mem_retain_allocation_handle(&h, (void *)(uintptr_t)chunks[k].va);
         if (r != CUDA_SUCCESS)
             break;
-        if (!chunk_unchanged(d, &chunks[i])) {
+        if (!chunk_unchanged(d, &chunks[k])) {
             d->mem_release(h);
             break;
         }
         r = d->mem_export_to_shareable_handle(&fd, h, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0);
         d->mem_release(h);
         if (r != CUDA_SUCCESS) {
-            if (i == 0) {
-                out->status = NVIPCFIX_FD_FAILED;
-                out->driver_error = r;
-                free(chunks);
-                return;
-            }
+            if (k == 0)
+                *driver_error = r;
             break;
         }
-        out->fds[i] = fd;
-        out->sizes[i] = chunks[i].size;
-        out->offsets[i] = chunks[i].va - chunks[0].va;
-        out->n = (uint32_t)(i + 1);
+        fds[k] = fd;
     }
     free(chunks);
-    out->status = i == 0 ? NVIPCFIX_FD_FREED : NVIPCFIX_FD_OK;
+    return k;
 }
 
 int nvipcfix_vmm_own(struct nvipcfix_vmm *v, const struct nvipcfix_vmm_ticket *t,
@@ -339,9 +360,11 @@ int nvipcfix_vmm_own(struct nvipcfix_vmm *v, const struct nvipcfix_vmm_ticket *t
     pthread_mutex_unlock(&v->server.lock);
     if (!own)
         return 0;
-    size_t n = 0, i;
+    size_t n = NVIPCFIX_FD_MAX, i;
     CUcontext ctx;
-    struct chunk *chunks = find_export(v, t->export_id, &n, &ctx);
+    struct chunk *chunks = find_export(v, t->export_id, 0, &n, &ctx);
+    if (chunks == NULL)
+        n = 0;
     *base = chunks != NULL ? chunks[0].va : 0;
     *size = 0;
     for (i = 0; i < n && chunk_unchanged(v->driver, &chunks[i]); i++)
@@ -369,11 +392,83 @@ static CUresult unmap_all(const struct nvipcfix_driver *d, const struct nvipcfix
 {
     CUresult r = CUDA_SUCCESS, e;
     for (size_t i = 0; i < im->n; i++)
-        if ((e = d->mem_unmap(im->base + im->offsets[i], im->offsets[im->n + i])) != CUDA_SUCCESS &&
+        if ((e = d->mem_unmap(im->base + im->offsets[i], im->offsets[im->cap + i])) !=
+                CUDA_SUCCESS &&
             r == CUDA_SUCCESS)
             r = e;
-    e = d->mem_address_free(im->base, im->size);
+    e = d->mem_address_free(im->base, im->reserved);
     return r != CUDA_SUCCESS ? r : e;
+}
+
+/* An open in progress: the range reserved for the offer, and the chunks
+ * mapped into it as their descriptors arrive (each closed at once). */
+struct map_job {
+    const struct nvipcfix_driver *d;
+    struct nvipcfix_vmm_import *im;
+    int where; /* the memory's device, as this process numbers it */
+    int bad_offer;
+    CUresult e;
+};
+
+/* The offer: places in order, apart, the first at 0; a range reserved for
+ * exactly the span they cover. */
+static int begin_map(void *arg, const struct nvipcfix_fd_reply *offer)
+{
+    struct map_job *job = arg;
+    uint64_t total = 0;
+    for (uint32_t i = 0; i < offer->n; i++) {
+        if (offer->offsets[i] < total || (i == 0 && offer->offsets[0] != 0) ||
+            offer->sizes[i] == 0 || offer->offsets[i] + offer->sizes[i] < offer->offsets[i]) {
+            job->bad_offer = 1;
+            return -1;
+        }
+        total = offer->offsets[i] + offer->sizes[i];
+    }
+    job->where = -1;
+    job->im = calloc(1, sizeof *job->im + 2 * (size_t)offer->n * sizeof(uint64_t));
+    if (job->im == NULL) {
+        job->e = CUDA_ERROR_OUT_OF_MEMORY;
+        return -1;
+    }
+    job->im->cap = offer->n;
+    memcpy(job->im->offsets, offer->offsets, offer->n * sizeof(uint64_t));
+    memcpy(job->im->offsets + offer->n, offer->sizes, offer->n * sizeof(uint64_t));
+    CUdeviceptr va = 0;
+    job->e = job->d->mem_address_reserve(&va, total, 0, 0, 0);
+    job->im->base = va;
+    job->im->reserved = total;
+    return job->e != CUDA_SUCCESS ? -1 : 0;
+}
+
+/* A batch of descriptors: imported, mapped at their places, closed. */
+static int take_chunks(void *arg, uint32_t first, const int *fds, uint32_t k)
+{
+    struct map_job *job = arg;
+    struct nvipcfix_vmm_import *im = job->im;
+    const struct nvipcfix_driver *d = job->d;
+    for (uint32_t j = 0; j < k; j++) {
+        uint32_t i = first + j;
+        CUmemGenericAllocationHandle h;
+        if (job->e == CUDA_SUCCESS)
+            job->e = d->mem_import_from_shareable_handle(
+                &h, (void *)(intptr_t)fds[j], CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
+        close(fds[j]);
+        if (job->e != CUDA_SUCCESS)
+            continue; /* the rest are closed too */
+        if (i == 0) {
+            CUmemAllocationProp prop;
+            memset(&prop, 0, sizeof prop);
+            if (d->mem_get_allocation_properties_from_handle(&prop, h) == CUDA_SUCCESS)
+                job->where = prop.location.id;
+        }
+        job->e = d->mem_map(im->base + im->offsets[i], im->offsets[im->cap + i], 0, h, 0);
+        d->mem_release(h); /* the mapping keeps the memory */
+        if (job->e == CUDA_SUCCESS) {
+            im->n = i + 1;
+            im->size = im->offsets[i] + im->offsets[im->cap + i];
+        }
+    }
+    return job->e != CUDA_SUCCESS ? -1 : 0;
 }
 
 enum nvipcfix_vmm_error nvipcfix_vmm_map(struct nvipcfix_vmm *v,
@@ -407,110 +502,69 @@ enum nvipcfix_vmm_error nvipcfix_vmm_map(struct nvipcfix_vmm *v,
         return NVIPCFIX_VMM_IMPORT;
     }
 
-    struct nvipcfix_fd_reply rep;
-    int st = nvipcfix_fd_request((pid_t)t->pid, t->secret, t->export_id, v->timeout_ms, &rep);
-    if (st != NVIPCFIX_FD_OK) {
+    struct map_job job = {.d = d};
+    struct nvipcfix_fd_taker taker = {begin_map, take_chunks, &job};
+    uint32_t served = 0;
+    int32_t driver_error = 0;
+    int st = nvipcfix_fd_request((pid_t)t->pid, t->secret, t->export_id, v->timeout_ms, &taker,
+                                 &served, &driver_error);
+    struct nvipcfix_vmm_import *im = job.im;
+    enum nvipcfix_vmm_error err = NVIPCFIX_VMM_OK;
+    if (job.bad_offer) {
+        snprintf(why, n, "exporting process %llu described its VMM chunks inconsistently; "
+                         "nothing was mapped (CUDA_ERROR_INVALID_HANDLE)",
+                 (unsigned long long)t->pid);
+        err = NVIPCFIX_VMM_CHANNEL;
+    } else if (job.e != CUDA_SUCCESS) {
+        *r = job.e;
+        snprintf(why, n, "importing VMM memory from process %llu failed in the driver "
+                         "(error %d)",
+                 (unsigned long long)t->pid, (int)job.e);
+        err = NVIPCFIX_VMM_IMPORT;
+    } else if (st != NVIPCFIX_FD_OK) {
         if (st == NVIPCFIX_FD_FAILED)
             snprintf(why, n, "exporting process %llu could not hand over VMM memory: %s "
                              "(its error %d) (CUDA_ERROR_INVALID_HANDLE)",
-                     (unsigned long long)t->pid, channel_advice[st], (int)rep.driver_error);
+                     (unsigned long long)t->pid, channel_advice[st], (int)driver_error);
         else
             snprintf(why, n, "exporting process %llu did not hand over VMM memory: %s "
                              "(CUDA_ERROR_INVALID_HANDLE)",
                      (unsigned long long)t->pid, channel_advice[st]);
-        return NVIPCFIX_VMM_CHANNEL;
-    }
-
-    /* The chunks' places: in order, apart, the first at 0. */
-    uint64_t total = 0;
-    for (uint32_t i = 0; i < rep.n; i++) {
-        if (rep.offsets[i] < total || (i == 0 && rep.offsets[0] != 0) || rep.sizes[i] == 0 ||
-            rep.offsets[i] + rep.sizes[i] < rep.offsets[i]) {
-            snprintf(why, n, "exporting process %llu described its VMM chunks inconsistently; "
-                             "nothing was mapped (CUDA_ERROR_INVALID_HANDLE)",
-                     (unsigned long long)t->pid);
-            nvipcfix_fd_reply_free(&rep);
-            return NVIPCFIX_VMM_CHANNEL;
-        }
-        total = rep.offsets[i] + rep.sizes[i];
-    }
-    if (t->offset >= total) {
+        err = NVIPCFIX_VMM_CHANNEL;
+    } else if (t->offset >= im->size) {
         *r = CUDA_ERROR_INVALID_VALUE;
         snprintf(why, n, "a VMM ticket's offset %llu is beyond the %llu bytes its exporter "
                          "still has (corrupted ticket, or memory freed since)",
-                 (unsigned long long)t->offset, (unsigned long long)total);
-        nvipcfix_fd_reply_free(&rep);
-        return NVIPCFIX_VMM_BAD_OFFSET;
-    }
-    struct nvipcfix_vmm_import *im = malloc(sizeof *im + 2 * rep.n * sizeof(uint64_t));
-    if (im == NULL) {
-        *r = CUDA_ERROR_OUT_OF_MEMORY;
-        snprintf(why, n, "out of memory for a VMM mapping");
-        nvipcfix_fd_reply_free(&rep);
-        return NVIPCFIX_VMM_IMPORT;
-    }
-    im->n = 0;
-    CUdeviceptr va = 0;
-    int where = -1;
-    e = d->mem_address_reserve(&va, total, 0, 0, 0);
-    for (uint32_t i = 0; e == CUDA_SUCCESS && i < rep.n; i++) {
-        CUmemGenericAllocationHandle h;
-        e = d->mem_import_from_shareable_handle(&h, (void *)(intptr_t)rep.fds[i],
-                                                CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
-        if (e != CUDA_SUCCESS)
-            break;
-        if (i == 0) {
-            CUmemAllocationProp prop;
-            memset(&prop, 0, sizeof prop);
-            if (d->mem_get_allocation_properties_from_handle(&prop, h) == CUDA_SUCCESS)
-                where = prop.location.id;
-        }
-        e = d->mem_map(va + rep.offsets[i], rep.sizes[i], 0, h, 0);
-        d->mem_release(h); /* the mapping keeps the memory */
-        if (e == CUDA_SUCCESS) {
-            im->offsets[i] = rep.offsets[i];
-            im->offsets[rep.n + i] = rep.sizes[i];
-            im->n = i + 1;
-        }
-    }
-    size_t chunks_n = rep.n;
-    nvipcfix_fd_reply_free(&rep);
-    /* sizes follow the offsets: move them next to the ones mapped */
-    memmove(im->offsets + im->n, im->offsets + chunks_n, im->n * sizeof(uint64_t));
-    im->base = va;
-    im->size = total;
-    if (e != CUDA_SUCCESS) {
-        if (va != 0)
-            unmap_all(d, im);
-        free(im);
-        *r = e;
-        snprintf(why, n, "importing VMM memory from process %llu failed in the driver "
-                         "(error %d)",
-                 (unsigned long long)t->pid, (int)e);
-        return NVIPCFIX_VMM_IMPORT;
+                 (unsigned long long)t->offset, (unsigned long long)im->size);
+        err = NVIPCFIX_VMM_BAD_OFFSET;
     }
     CUmemAccessDesc access;
     memset(&access, 0, sizeof access);
     access.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
     access.location.id = dev;
     access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-    for (size_t i = 0; e == CUDA_SUCCESS && i < im->n; i++)
-        e = d->mem_set_access(va + im->offsets[i], im->offsets[im->n + i], &access, 1);
-    if (e != CUDA_SUCCESS) {
-        unmap_all(d, im);
+    for (size_t i = 0; err == NVIPCFIX_VMM_OK && i < im->n; i++) {
+        e = d->mem_set_access(im->base + im->offsets[i], im->offsets[im->cap + i], &access, 1);
+        if (e != CUDA_SUCCESS) {
+            *r = e;
+            snprintf(why, n, "the VMM memory lives on device %d (as this process numbers it); "
+                             "the driver refused access from device %d, current here (error "
+                             "%d): open it with that device current, or enable peer access",
+                     job.where, (int)dev, (int)e);
+            err = NVIPCFIX_VMM_ACCESS;
+        }
+    }
+    if (err != NVIPCFIX_VMM_OK) {
+        if (im != NULL && im->base != 0)
+            unmap_all(d, im);
         free(im);
-        *r = e;
-        snprintf(why, n, "the VMM memory lives on device %d (as this process numbers it); the "
-                         "driver refused access from device %d, current here (error %d): "
-                         "open it with that device current, or enable peer access",
-                 where, (int)dev, (int)e);
-        return NVIPCFIX_VMM_ACCESS;
+        return err;
     }
     pthread_mutex_lock(&v->lock);
     HASH_ADD(hh, v->imports, base, sizeof im->base, im);
     pthread_mutex_unlock(&v->lock);
-    *base = va;
-    *size = total;
+    *base = im->base;
+    *size = im->size;
     return NVIPCFIX_VMM_OK;
 }
 
@@ -523,7 +577,11 @@ CUresult nvipcfix_vmm_unmap(struct nvipcfix_vmm *v, uint64_t base, uint64_t size
         HASH_DEL(v->imports, im);
     pthread_mutex_unlock(&v->lock);
     if (im == NULL || im->size != size) {
-        free(im);
+        if (im != NULL) { /* not the mapping the caller thinks: leave it */
+            pthread_mutex_lock(&v->lock);
+            HASH_ADD(hh, v->imports, base, sizeof im->base, im);
+            pthread_mutex_unlock(&v->lock);
+        }
         return CUDA_ERROR_INVALID_VALUE;
     }
     CUresult r = unmap_all(v->driver, im);

@@ -227,6 +227,56 @@ static void test_records_of_freed_memory_are_swept(void **state)
     assert_true(n <= 300);
 }
 
+/* More chunks than one batch of descriptors: all mapped, in order. */
+static void test_many_chunks_arrive_in_batches(void **state)
+{
+    (void)state;
+    enum { N = 300 };
+    CUdeviceptr big;
+    CUmemGenericAllocationHandle h;
+    CUmemAllocationProp prop;
+    memset(&prop, 0, sizeof prop);
+    prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+    prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    prop.requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
+    CUmemAccessDesc a = {prop.location, CU_MEM_ACCESS_FLAGS_PROT_READWRITE};
+    assert_int_equal(cuMemAddressReserve(&big, N * CHUNK, 0, 0, 0), CUDA_SUCCESS);
+    for (int c = 0; c < N; c++) {
+        assert_int_equal(cuMemCreate(&h, CHUNK, &prop, 0), CUDA_SUCCESS);
+        assert_int_equal(cuMemMap(big + c * CHUNK, CHUNK, 0, h, 0), CUDA_SUCCESS);
+        assert_int_equal(cuMemRelease(h), CUDA_SUCCESS);
+        assert_int_equal(cuMemSetAccess(big + c * CHUNK, CHUNK, &a, 1), CUDA_SUCCESS);
+        unsigned char b = (unsigned char)c;
+        assert_int_equal(cuMemcpyHtoD(big + c * CHUNK + 5, &b, 1), CUDA_SUCCESS);
+    }
+    struct nvipcfix_vmm_ticket t = export(big + (N - 1) * CHUNK + 5);
+    assert_int_equal(t.offset, 5); /* the last chunk alone */
+    t = export(big + 5);
+    pid_t child = fork();
+    if (child == 0) {
+        struct nvipcfix_vmm mine;
+        uint64_t base = 0, size = 0;
+        CUresult r;
+        char why[512];
+        nvipcfix_vmm_init(&mine, &driver);
+        if (nvipcfix_vmm_map(&mine, &t, &base, &size, &r, why, sizeof why) != NVIPCFIX_VMM_OK ||
+            size != N * CHUNK)
+            _exit(1);
+        for (int c = 0; c < N; c++) {
+            unsigned char b = 0;
+            if (cuMemcpyDtoH(&b, base + c * CHUNK + 5, 1) != CUDA_SUCCESS || b != (unsigned char)c)
+                _exit(2);
+        }
+        _exit(nvipcfix_vmm_unmap(&mine, base, size) == CUDA_SUCCESS ? 0 : 3);
+    }
+    int st;
+    assert_int_equal(waitpid(child, &st, 0), child);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+    assert_int_equal(cuMemUnmap(big, N * CHUNK), CUDA_SUCCESS);
+    assert_int_equal(cuMemAddressFree(big, N * CHUNK), CUDA_SUCCESS);
+}
+
 static void test_ticket_of_another_machine_or_namespace(void **state)
 {
     (void)state;
@@ -253,6 +303,7 @@ int main(void)
         cmocka_unit_test(test_another_process_maps_what_was_exported),
         cmocka_unit_test(test_replaced_chunks_are_never_served),
         cmocka_unit_test(test_records_of_freed_memory_are_swept),
+        cmocka_unit_test(test_many_chunks_arrive_in_batches),
         cmocka_unit_test(test_ticket_of_another_machine_or_namespace),
     };
     return cmocka_run_group_tests_name("vmm_share", tests, setup, teardown);
