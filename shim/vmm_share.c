@@ -39,7 +39,8 @@ static uint32_t own_pid_ns(void)
     return stat("/proc/self/ns/pid", &st) == 0 ? (uint32_t)st.st_ino : 0;
 }
 
-/* FNV-1a of the kernel's boot id: the same for every process of one boot. */
+/* A hash (FNV-1a) of the kernel's boot id: the same for every process of
+ * one boot of one machine. */
 static uint64_t own_boot(void)
 {
     char buf[64];
@@ -68,9 +69,22 @@ void nvipcfix_vmm_init(struct nvipcfix_vmm *v, const struct nvipcfix_driver *dri
     v->sweep_at = SWEEP_FIRST;
     struct nvipcfix_fd_service service = {describe, export_fds, v};
     nvipcfix_fd_server_init(&v->server, &service);
-    v->pid_ns = own_pid_ns();
-    v->boot = own_boot();
     v->timeout_ms = TIMEOUT_MS;
+}
+
+/* This process's PID namespace and machine, read on first use (so a
+ * process that never shares VMM memory reads nothing), again after fork. */
+static void identity(struct nvipcfix_vmm *v, uint32_t *pid_ns, uint64_t *boot)
+{
+    pthread_mutex_lock(&v->lock);
+    if (!v->have_identity) {
+        v->pid_ns = own_pid_ns();
+        v->boot = own_boot();
+        v->have_identity = 1;
+    }
+    *pid_ns = v->pid_ns;
+    *boot = v->boot;
+    pthread_mutex_unlock(&v->lock);
 }
 
 static int has_vmm_calls(const struct nvipcfix_driver *d)
@@ -248,12 +262,11 @@ enum nvipcfix_vmm_error nvipcfix_vmm_export(struct nvipcfix_vmm *v, CUcontext ct
     struct nvipcfix_vmm_ticket t = {
         .pid = (uint64_t)pid,
         .export_id = id,
-        .pid_ns = v->pid_ns,
         .secret = secret,
         .offset = ptr - chunks[0].va,
-        .boot = v->boot,
         .device = (uint8_t)device,
     };
+    identity(v, &t.pid_ns, &t.boot);
     free(chunks);
     if (id == 0)
         return NVIPCFIX_VMM_NOMEM;
@@ -482,12 +495,15 @@ enum nvipcfix_vmm_error nvipcfix_vmm_map(struct nvipcfix_vmm *v,
         snprintf(why, n, "this driver lacks the VMM calls needed to open a VMM ticket");
         return NVIPCFIX_VMM_NO_DRIVER;
     }
-    if (t->boot != 0 && v->boot != 0 && t->boot != v->boot) {
+    uint32_t pid_ns;
+    uint64_t boot;
+    identity(v, &pid_ns, &boot);
+    if (t->boot != 0 && boot != 0 && t->boot != boot) {
         snprintf(why, n, "a VMM ticket from another machine (or an earlier boot) cannot be "
                          "opened here (CUDA_ERROR_INVALID_HANDLE)");
         return NVIPCFIX_VMM_OTHER_MACHINE;
     }
-    if (t->pid_ns != 0 && v->pid_ns != 0 && t->pid_ns != v->pid_ns) {
+    if (t->pid_ns != 0 && pid_ns != 0 && t->pid_ns != pid_ns) {
         snprintf(why, n, "a VMM ticket from process %llu of another PID namespace (container) "
                          "cannot be opened here: run both processes in one PID namespace "
                          "(CUDA_ERROR_INVALID_HANDLE)",
@@ -622,6 +638,7 @@ void nvipcfix_vmm_forget_after_fork(struct nvipcfix_vmm *v)
     pthread_mutex_init(&v->lock, NULL);
     v->by_id = v->by_first = NULL;
     v->imports = NULL;
+    v->have_identity = 0; /* a child may be in a new PID namespace */
     v->count = 0;
     v->next_id = 1;
     v->sweep_at = SWEEP_FIRST;

@@ -40,8 +40,9 @@ struct nvipcfix_vmm {
     uint64_t next_id;
     size_t count, sweep_at;
     struct nvipcfix_fd_server server;
-    uint32_t pid_ns; /* this process's PID namespace (0: not known) */
-    uint64_t boot;   /* hash of this machine's boot id (0: not known) */
+    int have_identity; /* pid_ns and boot read (under lock) */
+    uint32_t pid_ns;   /* this process's PID namespace (0: not known) */
+    uint64_t boot;     /* hash of this machine's boot id (0: not known) */
     int timeout_ms;
 };
 
