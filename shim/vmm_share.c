@@ -8,6 +8,8 @@
 #include <unistd.h>
 #include <uthash.h>
 
+#include "log.h"
+
 #define TIMEOUT_MS 60000 /* the exporter exports about 1 ms per chunk (H100) */
 #define SWEEP_FIRST 256
 
@@ -598,6 +600,10 @@ enum nvipcfix_vmm_error nvipcfix_vmm_map(struct nvipcfix_vmm *v,
     pthread_mutex_lock(&v->lock);
     HASH_ADD(hh, v->imports, base, sizeof im->base, im);
     pthread_mutex_unlock(&v->lock);
+    NVIPCFIX_DEBUG("VMM ticket of process %llu: %zu chunk%s (%llu bytes) received over its "
+                   "socket (SCM_RIGHTS) and mapped at 0x%llx",
+                   (unsigned long long)t->pid, im->n, im->n == 1 ? "" : "s",
+                   (unsigned long long)im->size, (unsigned long long)im->base);
     *base = im->base;
     *size = im->size;
     return NVIPCFIX_VMM_OK;
