@@ -21,6 +21,7 @@ LIB         := $(BUILD)/libnvipcfix.so
 SIM         := $(BUILD)/sim/libcuda.so.1
 
 UNIT_SRC  := $(wildcard tests/unit/test_*.c)
+TEST_COMMON := tests/common/test_process.h tests/common/sim_driver_table.h
 UNIT_BIN  := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 INTEG_BIN := $(BUILD)/tests/legacy_ipc $(BUILD)/tests/rtld_next $(BUILD)/tests/ipc_stress \
              $(BUILD)/tests/ipc_faults $(BUILD)/tests/no_driver $(BUILD)/tests/libother_preload.so \
@@ -63,15 +64,13 @@ $(BUILD)/tests/test_%: tests/unit/test_%.c $(SHIM_SRC) $(wildcard shim/*.h tests
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $< $(SHIM_SRC) -lcmocka
 
-$(BUILD)/tests/test_vmm_share: tests/unit/test_vmm_share.c $(SHIM_SRC) $(wildcard shim/*.h) $(SIM) | test-deps
+$(BUILD)/tests/test_vmm_share: tests/unit/test_vmm_share.c $(TEST_COMMON) $(SHIM_SRC) $(wildcard shim/*.h) $(SIM) | test-deps
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $< $(SHIM_SRC) -L$(BUILD)/sim -l:libcuda.so.1 -lcmocka
 
 $(BUILD)/tests/test_simdrv: tests/unit/test_simdrv.c $(SIM) | test-deps
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $< -L$(BUILD)/sim -l:libcuda.so.1 -lcmocka
-
-TEST_COMMON := tests/common/test_process.h
 
 $(BUILD)/tests/legacy_ipc: tests/integration/legacy_ipc.c $(TEST_COMMON) $(SIM)
 	@mkdir -p $(@D)

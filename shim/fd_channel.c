@@ -28,19 +28,6 @@ struct reply_head {
     uint32_t n;
 };
 
-static const char *const status_names[] = {
-    "ok", "no such export", "memory freed since the export", "refused",
-    "the exporter's driver failed", "no exporter listening", "not the exporter",
-    "connection failed",
-};
-
-const char *nvipcfix_fd_status_name(int status)
-{
-    if (status < 0 || status >= (int)(sizeof status_names / sizeof status_names[0]))
-        return "unknown";
-    return status_names[status];
-}
-
 void nvipcfix_fd_reply_free(struct nvipcfix_fd_reply *r)
 {
     free(r->sizes);

@@ -105,6 +105,5 @@ int nvipcfix_fd_request(pid_t pid, uint64_t secret, uint64_t export_id, int time
                         const struct nvipcfix_fd_taker *taker, uint32_t *served,
                         int32_t *driver_error);
 
-const char *nvipcfix_fd_status_name(int status);
 
 #endif

@@ -29,7 +29,7 @@ struct nvipcfix_vmm_import {
 struct nvipcfix_vmm_export {
     uint64_t id, first;
     CUcontext ctx;
-    int device, in_first;
+    int in_first;
     size_t n;
     UT_hash_handle hh_id, hh_first;
     struct chunk chunks[];
@@ -71,7 +71,6 @@ void nvipcfix_vmm_init(struct nvipcfix_vmm *v, const struct nvipcfix_driver *dri
     v->sweep_at = SWEEP_FIRST;
     struct nvipcfix_fd_service service = {describe, export_fds, v};
     nvipcfix_fd_server_init(&v->server, &service);
-    v->timeout_ms = TIMEOUT_MS;
 }
 
 /* This process's PID namespace and machine, read on first use (so a
@@ -161,8 +160,8 @@ static void sweep(struct nvipcfix_vmm *v)
 
 /* The export id for these chunks: the last one made for the same chunks,
  * else a new one. 0 when out of memory. */
-static uint64_t record(struct nvipcfix_vmm *v, CUcontext ctx, int device,
-                       const struct chunk *chunks, size_t n)
+static uint64_t record(struct nvipcfix_vmm *v, CUcontext ctx, const struct chunk *chunks,
+                       size_t n)
 {
     struct nvipcfix_vmm_export *e;
     uint64_t id = 0;
@@ -186,7 +185,6 @@ static uint64_t record(struct nvipcfix_vmm *v, CUcontext ctx, int device,
         e->id = id = v->next_id++;
         e->first = chunks[0].va;
         e->ctx = ctx;
-        e->device = device;
         e->n = n;
         e->in_first = 1;
         memcpy(e->chunks, chunks, n * sizeof *chunks);
@@ -243,18 +241,11 @@ enum nvipcfix_vmm_error nvipcfix_vmm_export(struct nvipcfix_vmm *v, CUcontext ct
         step > 0)
         end = res_start + res_size;
     for (uint64_t next = chunks[0].va + chunks[0].size; n < NVIPCFIX_FD_MAX;) {
-        /* In a gap, only the buffer id is asked (0: nothing mapped there):
-         * 0.14 us a probe on the H100, where a failing cuMemGetAddressRange
-         * takes 0.94 us. */
-        if (end != 0 && !mapped_at(d, next)) {
+        /* In a reservation's gaps only the buffer id is asked (0: nothing
+         * mapped there): 0.14 us a probe on the H100, where a failing
+         * cuMemGetAddressRange takes 0.94 us. */
+        if ((end != 0 && !mapped_at(d, next)) || chunk_at(d, next, &c, &next_device) != 0) {
             if (next + step < end) {
-                next += step;
-                continue;
-            }
-            break;
-        }
-        if (chunk_at(d, next, &c, &next_device) != 0) {
-            if (next + step < end) { /* a gap inside the reservation */
                 next += step;
                 continue;
             }
@@ -279,7 +270,7 @@ enum nvipcfix_vmm_error nvipcfix_vmm_export(struct nvipcfix_vmm *v, CUcontext ct
         free(chunks);
         return NVIPCFIX_VMM_NO_SERVER;
     }
-    uint64_t id = record(v, ctx, device, chunks, n);
+    uint64_t id = record(v, ctx, chunks, n);
     struct nvipcfix_vmm_ticket t = {
         .pid = (uint64_t)pid,
         .export_id = id,
@@ -543,7 +534,7 @@ enum nvipcfix_vmm_error nvipcfix_vmm_map(struct nvipcfix_vmm *v,
     struct nvipcfix_fd_taker taker = {begin_map, take_chunks, &job};
     uint32_t served = 0;
     int32_t driver_error = 0;
-    int st = nvipcfix_fd_request((pid_t)t->pid, t->secret, t->export_id, v->timeout_ms, &taker,
+    int st = nvipcfix_fd_request((pid_t)t->pid, t->secret, t->export_id, TIMEOUT_MS, &taker,
                                  &served, &driver_error);
     struct nvipcfix_vmm_import *im = job.im;
     enum nvipcfix_vmm_error err = NVIPCFIX_VMM_OK;

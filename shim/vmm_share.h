@@ -43,7 +43,6 @@ struct nvipcfix_vmm {
     int have_identity; /* pid_ns and boot read (under lock) */
     uint32_t pid_ns;   /* this process's PID namespace (0: not known) */
     uint64_t boot;     /* hash of this machine's boot id (0: not known) */
-    int timeout_ms;
 };
 
 /* Why an export or an open did not go through. */

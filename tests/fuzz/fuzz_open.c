@@ -23,6 +23,7 @@
 
 #include "../../shim/ipc_fix.h"
 #include "../common/test_process.h"
+#include "../common/sim_driver_table.h"
 
 void simcuda_counts(long *open_mappings, long *opens, long *closes);
 
@@ -36,26 +37,6 @@ void simcuda_counts(long *open_mappings, long *opens, long *closes);
 #define BLOCK (1u << 20)
 
 static struct nvipcfix_fix fix;
-static const struct nvipcfix_driver driver = {
-    .pointer_get_attributes = cuPointerGetAttributes,
-    .mem_get_address_range = cuMemGetAddressRange,
-    .ctx_get_current = cuCtxGetCurrent,
-    .ipc_get_mem_handle = cuIpcGetMemHandle,
-    .ipc_close_mem_handle = cuIpcCloseMemHandle,
-    .ctx_set_current = cuCtxSetCurrent,
-    .ctx_get_device = cuCtxGetDevice,
-    .mem_retain_allocation_handle = cuMemRetainAllocationHandle,
-    .mem_get_allocation_properties_from_handle = cuMemGetAllocationPropertiesFromHandle,
-    .mem_release = cuMemRelease,
-    .mem_export_to_shareable_handle = cuMemExportToShareableHandle,
-    .mem_import_from_shareable_handle = cuMemImportFromShareableHandle,
-    .mem_address_reserve = cuMemAddressReserve,
-    .mem_address_free = cuMemAddressFree,
-    .mem_map = cuMemMap,
-    .mem_unmap = cuMemUnmap,
-    .mem_set_access = cuMemSetAccess,
-    .mem_get_allocation_granularity = cuMemGetAllocationGranularity,
-};
 static CUipcMemHandle known[NKNOWN];
 static long inputs, opened, refused;
 
@@ -79,7 +60,7 @@ static void setup(void)
     cfg.log_level = NVIPCFIX_LOG_ERROR;
     cfg.self_open = 1;
     nvipcfix_log_open(NVIPCFIX_LOG_ERROR, NULL);
-    nvipcfix_fix_init(&fix, &cfg, &driver);
+    nvipcfix_fix_init(&fix, &cfg, &linked_driver);
 
     int fd[2];
     REQUIRE(pipe(fd) == 0);

@@ -21,23 +21,11 @@ os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
 import torch  # noqa: E402
 import torch.multiprocessing as mp  # noqa: E402
 
+from torch_ipc import Handle, cudart  # noqa: E402  (the same ctypes set-up)
+
 SMALL = [1000, 3000]
 BIG = 30 << 20
 REPEATS = 50
-
-
-class Handle(ctypes.Structure):
-    _fields_ = [("reserved", ctypes.c_ubyte * 64)]
-
-
-def cudart():
-    torch.cuda.init()
-    lib = ctypes.CDLL("libcudart.so." + torch.version.cuda.split(".")[0])
-    lib.cudaIpcGetMemHandle.argtypes = [ctypes.POINTER(Handle), ctypes.c_void_p]
-    lib.cudaIpcOpenMemHandle.argtypes = [ctypes.POINTER(ctypes.c_void_p), Handle, ctypes.c_uint]
-    lib.cudaIpcCloseMemHandle.argtypes = [ctypes.c_void_p]
-    lib.cudaMemcpy.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    return lib
 
 
 def chunk_of(p):

@@ -584,57 +584,41 @@ SIM_EXPORT CUresult cuMemGetAddressRange_v2(CUdeviceptr *pbase, size_t *psize, C
     return CUDA_SUCCESS;
 }
 
-/* Caller holds the lock. Returns 0, or -1 for an attribute not simulated. */
-/* The attributes of VMM memory, as measured: the reservation's range, the
- * mapping's buffer id (0 where nothing is mapped). */
-static int vmm_attribute(CUpointer_attribute attr, void *data, uint64_t p,
-                         const struct vmm_range *res)
-{
-    const struct vmm_range *map = find_range(vmm_maps, p);
-    switch (attr) {
-    case CU_POINTER_ATTRIBUTE_CONTEXT:
-        *(CUcontext *)data = map != NULL ? &primary[map->alloc->device] : NULL;
-        return 0;
-    case CU_POINTER_ATTRIBUTE_MEMORY_TYPE:
-        *(unsigned int *)data = CU_MEMORYTYPE_DEVICE;
-        return 0;
-    case CU_POINTER_ATTRIBUTE_DEVICE_POINTER:
-        *(CUdeviceptr *)data = p;
-        return 0;
-    case CU_POINTER_ATTRIBUTE_BUFFER_ID:
-        *(unsigned long long *)data = map != NULL ? map->buffer_id : 0;
-        return 0;
-    case CU_POINTER_ATTRIBUTE_RANGE_START_ADDR:
-        *(CUdeviceptr *)data = res->va;
-        return 0;
-    case CU_POINTER_ATTRIBUTE_RANGE_SIZE:
-        *(size_t *)data = res->size;
-        return 0;
-    case CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL:
-        *(int *)data = map != NULL ? map->alloc->device : -2;
-        return 0;
-    case CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE:
-        *(int *)data = 0;
-        return 0;
-    default:
-        return -1;
-    }
-}
-
+/* Caller holds the lock. Returns 0, or -1 for an attribute not simulated.
+ * VMM memory as measured: the reservation's range, the mapping's buffer id
+ * (0 where nothing is mapped), never legacy-IPC capable. */
 static int attribute(CUpointer_attribute attr, void *data, uint64_t p)
 {
     struct alloc *a = find_alloc(p);
     struct import *m = a == NULL ? find_import(p) : NULL;
     struct vmm_range *res = a == NULL && m == NULL ? find_range(vmm_reserved, p) : NULL;
-    if (res != NULL)
-        return vmm_attribute(attr, data, p, res);
-    int known = a != NULL || m != NULL;
-    uint64_t base = a != NULL ? a->base : m != NULL ? m->ptr : 0;
-    uint64_t size = a != NULL ? a->size : m != NULL ? m->size : 0;
+    struct vmm_range *map = res != NULL ? find_range(vmm_maps, p) : NULL;
+    int known = a != NULL || m != NULL || res != NULL;
+    CUcontext ctx = NULL;
+    uint64_t base = 0, size = 0, id = 0;
+    int ordinal = -1;
+    if (a != NULL) {
+        ctx = &primary[a->chunk->device];
+        base = a->base;
+        size = a->size;
+        id = a->object_id;
+        ordinal = a->chunk->device;
+    } else if (m != NULL) {
+        ctx = m->ctx;
+        base = m->ptr;
+        size = m->size;
+        id = m->buffer_id;
+        ordinal = m->ctx->device;
+    } else if (res != NULL) {
+        ctx = map != NULL ? &primary[map->alloc->device] : NULL;
+        base = res->va;
+        size = res->size;
+        id = map != NULL ? map->buffer_id : 0;
+        ordinal = map != NULL ? map->alloc->device : -2;
+    }
     switch (attr) {
     case CU_POINTER_ATTRIBUTE_CONTEXT:
-        *(CUcontext *)data =
-            a != NULL ? &primary[a->chunk->device] : m != NULL ? m->ctx : NULL;
+        *(CUcontext *)data = ctx;
         return 0;
     case CU_POINTER_ATTRIBUTE_MEMORY_TYPE:
         *(unsigned int *)data = known ? CU_MEMORYTYPE_DEVICE : 0;
@@ -643,8 +627,7 @@ static int attribute(CUpointer_attribute attr, void *data, uint64_t p)
         *(CUdeviceptr *)data = known ? p : 0;
         return 0;
     case CU_POINTER_ATTRIBUTE_BUFFER_ID:
-        *(unsigned long long *)data =
-            a != NULL ? a->object_id : m != NULL ? m->buffer_id : 0;
+        *(unsigned long long *)data = id;
         return 0;
     case CU_POINTER_ATTRIBUTE_RANGE_START_ADDR:
         *(CUdeviceptr *)data = base;
@@ -653,7 +636,7 @@ static int attribute(CUpointer_attribute attr, void *data, uint64_t p)
         *(size_t *)data = size;
         return 0;
     case CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL:
-        *(int *)data = a != NULL ? a->chunk->device : m != NULL ? m->ctx->device : -1;
+        *(int *)data = ordinal;
         return 0;
     case CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE:
         *(int *)data = a != NULL;

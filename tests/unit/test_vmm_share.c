@@ -14,31 +14,12 @@
 #include <cmocka.h>
 
 #include "../../shim/vmm_share.h"
+#include "../common/sim_driver_table.h"
 
 void simcuda_vmm_counts(long *maps, long *allocs, long *reservations);
 
 #define CHUNK (UINT64_C(2) << 20)
 
-static const struct nvipcfix_driver driver = {
-    .pointer_get_attributes = cuPointerGetAttributes,
-    .mem_get_address_range = cuMemGetAddressRange,
-    .ctx_get_current = cuCtxGetCurrent,
-    .ipc_get_mem_handle = cuIpcGetMemHandle,
-    .ipc_close_mem_handle = cuIpcCloseMemHandle,
-    .ctx_set_current = cuCtxSetCurrent,
-    .ctx_get_device = cuCtxGetDevice,
-    .mem_retain_allocation_handle = cuMemRetainAllocationHandle,
-    .mem_get_allocation_properties_from_handle = cuMemGetAllocationPropertiesFromHandle,
-    .mem_release = cuMemRelease,
-    .mem_export_to_shareable_handle = cuMemExportToShareableHandle,
-    .mem_import_from_shareable_handle = cuMemImportFromShareableHandle,
-    .mem_address_reserve = cuMemAddressReserve,
-    .mem_address_free = cuMemAddressFree,
-    .mem_map = cuMemMap,
-    .mem_unmap = cuMemUnmap,
-    .mem_set_access = cuMemSetAccess,
-    .mem_get_allocation_granularity = cuMemGetAllocationGranularity,
-};
 
 static struct nvipcfix_vmm vmm;
 static CUcontext ctx;
@@ -83,7 +64,7 @@ static int setup(void **state)
     for (int c = 0; c < 3; c++)
         if (map_chunk(c, 1) != CUDA_SUCCESS)
             return -1;
-    nvipcfix_vmm_init(&vmm, &driver);
+    nvipcfix_vmm_init(&vmm, &linked_driver);
     return 0;
 }
 
@@ -161,7 +142,7 @@ static int child_maps(const struct nvipcfix_vmm_ticket *t, uint64_t expect_size,
     char why[512];
     unsigned char byte = 0;
     long maps, allocs, ranges;
-    nvipcfix_vmm_init(&mine, &driver);
+    nvipcfix_vmm_init(&mine, &linked_driver);
     if (nvipcfix_vmm_map(&mine, t, &base, &size, &r, why, sizeof why) != NVIPCFIX_VMM_OK)
         return 10 + (int)r % 100;
     if (size != expect_size)
@@ -258,7 +239,7 @@ static void test_many_chunks_arrive_in_batches(void **state)
         uint64_t base = 0, size = 0;
         CUresult r;
         char why[512];
-        nvipcfix_vmm_init(&mine, &driver);
+        nvipcfix_vmm_init(&mine, &linked_driver);
         if (nvipcfix_vmm_map(&mine, &t, &base, &size, &r, why, sizeof why) != NVIPCFIX_VMM_OK ||
             size != N * CHUNK)
             _exit(1);
