@@ -76,9 +76,10 @@ $(BUILD)/tests/legacy_ipc: tests/integration/legacy_ipc.c $(TEST_COMMON) $(SIM)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $< -L$(BUILD)/sim -l:libcuda.so.1 -ldl
 
-$(BUILD)/tests/vmm_ipc: tests/integration/vmm_ipc.c shim/vmm_ticket.c $(TEST_COMMON) $(SIM)
+VMM_IPC_SHIM := shim/vmm_ticket.c shim/fd_channel.c shim/keyed_hash.c
+$(BUILD)/tests/vmm_ipc: tests/integration/vmm_ipc.c $(VMM_IPC_SHIM) $(TEST_COMMON) $(SIM)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -o $@ $< shim/vmm_ticket.c -L$(BUILD)/sim -l:libcuda.so.1 -ldl
+	$(CC) $(CFLAGS) -o $@ $< $(VMM_IPC_SHIM) -L$(BUILD)/sim -l:libcuda.so.1 -ldl
 
 test: $(LIB) $(SIM) $(UNIT_BIN) $(INTEG_BIN) $(BUILD)/nvipcfix-doctor | test-deps
 	@SANITIZER_PRELOAD="$(if $(SANITIZER_RUNTIME),$(shell $(CC) -print-file-name=lib$(SANITIZER_RUNTIME).so))" \
