@@ -30,7 +30,7 @@ SHIM_HDR    := $(wildcard shim/*.h)
 SIM         := $(BUILD)/sim/libcuda.so.1
 
 UNIT_SRC  := $(wildcard tests/unit/test_*.c)
-TEST_COMMON := tests/common/test_process.h tests/common/sim_driver_table.h tests/common/unit_skip.h
+TEST_COMMON := tests/common/test_process.h tests/common/sim_driver_table.h tests/common/unit_skip.h tests/common/test_deadline.h
 UNIT_BIN  := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 INTEG_BIN := $(BUILD)/tests/legacy_ipc $(BUILD)/tests/rtld_next $(BUILD)/tests/ipc_stress \
              $(BUILD)/tests/ipc_faults $(BUILD)/tests/no_driver $(BUILD)/tests/libother_preload.so \
@@ -198,19 +198,21 @@ FUZZ_FLAGS := -g -O1 -std=c11 -D_GNU_SOURCE $(WARN) -pthread -I$(CUDA_INC) \
               -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 FUZZERS    := $(BUILD)/fuzz/fuzz_handle_tag $(BUILD)/fuzz/fuzz_open
 
-$(BUILD)/fuzz/fuzz_handle_tag: tests/fuzz/fuzz_handle_tag.c shim/handle_tag.c
+.PHONY: fuzz-deps
+fuzz-deps:
 	@sh scripts/ensure-deps.sh fuzz
+
+$(BUILD)/fuzz/fuzz_handle_tag: tests/fuzz/fuzz_handle_tag.c shim/handle_tag.c | fuzz-deps
 	@mkdir -p $(@D)
 	$(call say,CC,$@)$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^
 
-$(BUILD)/fuzz/fuzz_open: tests/fuzz/fuzz_open.c $(TEST_COMMON) $(SHIM_SRC) $(SIM) | deps
+$(BUILD)/fuzz/fuzz_open: tests/fuzz/fuzz_open.c $(TEST_COMMON) $(SHIM_SRC) $(SIM) | deps fuzz-deps
 	@mkdir -p $(@D)
 	$(call say,CC,$@)$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ tests/fuzz/fuzz_open.c $(SHIM_SRC) \
 	    -L$(BUILD)/sim -l:libcuda.so.1 -Wl,-rpath,$(abspath $(BUILD)/sim)
 
 .PHONY: fuzz fuzz-smoke
 fuzz: $(FUZZERS)
-	@sh scripts/ensure-deps.sh fuzz
 	@for t in handle_tag open; do \
 	    mkdir -p $(BUILD)/fuzz/corpus-$$t && cp -n tests/fuzz/corpus/$$t/* $(BUILD)/fuzz/corpus-$$t/ ; \
 	    echo "== fuzz_$$t: $(FUZZ_RUNS) inputs"; \

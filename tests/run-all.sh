@@ -34,13 +34,16 @@ fi
 # make test-aarch64: every aarch64 program starts through an emulator
 # (qemu-user), which gets LD_PRELOAD and LD_LIBRARY_PATH with -E, never in
 # its own environment; test programs do the same for their children. A small
-# simulated device keeps the emulated address space cheap, and the deadlines
-# of `check ... -- timeout N` stretch by TIME_SCALE.
+# simulated device keeps the emulated address space cheap.
+# Deadlines (`check ... -- timeout N`, and test_alarm() in the programs)
+# detect hangs, never speed: they stretch by TEST_TIME_SCALE where programs
+# run slower.
 RUNNER=${TEST_RUNNER:-}
-TIME_SCALE=1
+export TEST_TIME_SCALE=1
+[ -n "$SAN_PRE" ] && TEST_TIME_SCALE=3
 if [ -n "$RUNNER" ]; then
     export TEST_PROGRAM_RUNNER="$RUNNER" SIMCUDA_VA_GIB=1
-    TIME_SCALE=5
+    TEST_TIME_SCALE=10
 fi
 skip() { # NAME WHY
     skipped=$((skipped + 1))
@@ -105,7 +108,7 @@ check() {
         shift
         limit=""
         if [ "$1" = timeout ]; then
-            limit="timeout $(($2 * TIME_SCALE))"
+            limit="timeout $(($2 * TEST_TIME_SCALE))"
             shift 2
         fi
         lp=${LIBPATH:-$SIM}
