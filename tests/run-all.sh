@@ -1,7 +1,8 @@
 #!/bin/sh
 # The CPU tier: every cmocka unit test, then the integration cases against
-# the simulated driver. One line per case; a failing case is followed by its
-# output. Ends with one line "N passed, N failed[, N skipped]".
+# the simulated driver. One line per case (with its time when 10 s or more);
+# a failing case is followed by its output. Ends with one line
+# "N passed, N failed[, N skipped]".
 # Usage: tests/run-all.sh BUILD_DIR
 set -u
 B=$(cd "${1:-build}" && pwd)
@@ -98,6 +99,7 @@ done
 current=""
 check() {
     current=$1
+    case_start=$(date +%s)
     expect=$2
     shift 2
     (
@@ -135,12 +137,16 @@ expect_empty() { # FILE
     [ ! -s "$OUT/$1" ] || { ok=0; why="$1 not empty: $(head -c 300 "$OUT/$1")"; }
 }
 done_case() {
+    took=""
+    [ -n "${case_start:-}" ] && [ $(($(date +%s) - case_start)) -ge 10 ] &&
+        took=" ($(($(date +%s) - case_start)) s)"
+    case_start=""
     if [ "$ok" -eq 1 ]; then
         passed=$((passed + 1))
-        printf '[ PASSED ] integration: %s\n' "$current"
+        printf '[ PASSED ] integration: %s%s\n' "$current" "$took"
     else
         failed=$((failed + 1))
-        printf '[ FAILED ] integration: %s: %s\n' "$current" "$why"
+        printf '[ FAILED ] integration: %s: %s%s\n' "$current" "$why" "$took"
         sed 's/^/    | /' "$OUT/out" "$OUT/err" | head -40
     fi
 }
