@@ -185,6 +185,14 @@ static int settle_to(int n)
     return open_fds();
 }
 
+/* Descriptors open once the server has closed every client's socket. */
+static int quiet_fds(void)
+{
+    for (int i = 0; i < 5000 && atomic_load(&server.clients) > 0; i++)
+        usleep(1000);
+    return open_fds();
+}
+
 static double now_ms(void)
 {
     struct timespec t;
@@ -310,7 +318,7 @@ static void test_descriptors_arrive(void **state)
 {
     (void)state;
     struct got g = {0};
-    int before = open_fds();
+    int before = quiet_fds();
     assert_int_equal(addr.pid, getpid());
     assert_int_equal(ask(3, &g), NVIPCFIX_FD_OK);
     assert_true(g.offered == 3 && g.taken == 3 && g.bad == 0);
@@ -332,7 +340,7 @@ static void test_fewer_than_offered_is_an_error(void **state)
 {
     (void)state;
     struct got g = {0};
-    int before = open_fds();
+    int before = quiet_fds();
     assert_int_equal(ask(1000 + 260, &g), NVIPCFIX_FD_FREED);
     assert_true(g.offered == 265 && g.taken == NVIPCFIX_FD_BATCH && g.bad == 0);
     memset(&g, 0, sizeof g);
@@ -346,7 +354,7 @@ static void test_taker_stops(void **state)
 {
     (void)state;
     struct got g = {.stop_after = 10};
-    int before = open_fds();
+    int before = quiet_fds();
     assert_int_equal(ask(600, &g), NVIPCFIX_FD_BROKEN);
     assert_int_equal(g.taken, NVIPCFIX_FD_BATCH);
     assert_int_equal(settle_to(before), before);
@@ -392,7 +400,7 @@ static void test_wrong_or_replayed_proof_refused(void **state)
     struct wire_hello h;
     int came;
     unsigned long refused = atomic_load(&server.refused);
-    int before = open_fds();
+    int before = quiet_fds();
     assert_int_equal(raw_exchange(3, nonce, NULL, &h, &came), NVIPCFIX_FD_REFUSED);
     assert_false(came);
     assert_int_equal(atomic_load(&server.refused), refused + 1);
@@ -650,7 +658,7 @@ static void test_malformed_batches_leak_nothing(void **state)
         close(ready[1]);
         assert_int_equal(read_all(ready[0], &fake, sizeof fake), 0);
         close(ready[0]);
-        int before = open_fds();
+        int before = quiet_fds();
         struct got g = {0};
         unsigned char key[16];
         key_of(5, key);
