@@ -373,10 +373,15 @@ static void send_status(struct link *l, int32_t status)
 }
 
 /* One client, on its own thread, within the server's deadline: its
- * request, our proof, its proof, the answer. */
+ * request, our proof, its proof, the answer. A client sends its request and
+ * its proof as soon as it can, so those two get a fifth of the deadline (at
+ * least a second): a process without the secret holds a thread that long,
+ * not the whole deadline. */
 static void serve_client(struct nvipcfix_fd_server *s, int sock)
 {
-    struct link l = {sock, now_ms() + s->timeout_ms, 0};
+    int64_t start = now_ms();
+    int handshake = s->timeout_ms / 5 > 1000 ? s->timeout_ms / 5 : 1000;
+    struct link l = {sock, start + (handshake < s->timeout_ms ? handshake : s->timeout_ms), 0};
     struct request q;
     struct hello h = {.magic = HELLO_MAGIC, .status = NVIPCFIX_FD_OK};
     unsigned char key[NVIPCFIX_KEY_BYTES], want[NVIPCFIX_TAG_BYTES], got[NVIPCFIX_TAG_BYTES];
@@ -400,6 +405,7 @@ static void serve_client(struct nvipcfix_fd_server *s, int sock)
         r.status = NVIPCFIX_FD_REFUSED;
         atomic_fetch_add(&s->refused, 1);
     } else {
+        l.deadline = start + s->timeout_ms; /* the ticket's holder: the whole deadline */
         s->service.describe(s->service.arg, q.export_id, &r);
         atomic_fetch_add(&s->served, 1);
     }
