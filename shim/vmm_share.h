@@ -12,11 +12,13 @@
  * mapping replaced since the export is noticed.
  *
  * Open: the importer asks the exporting process for the chunks' POSIX file
- * descriptors (fd_channel.h), imports them, reserves exactly the span
- * they cover, maps each at its place and grants the current device access. Only the
- * chunks still as they were at the export are served (a prefix that starts
- * with the exported pointer's own chunk): newer memory at the same place
- * is never mapped. */
+ * descriptors (fd_channel.h: only with the ticket's secret, within one
+ * deadline, without any lock other IPC calls need), imports them, reserves
+ * exactly the span they cover, maps each at its place and grants the
+ * current device access. Every chunk of the export is mapped, or none: a
+ * chunk freed or replaced since the export, either side at its open-file
+ * limit, or the exporter gone or stopped fails the open with a warning
+ * that says which; newer memory at the same place is never mapped. */
 #ifndef NVIPCFIX_VMM_SHARE_H
 #define NVIPCFIX_VMM_SHARE_H
 

@@ -28,6 +28,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 #include "../common/unit_skip.h"
+#include "../common/test_process.h"
 
 #include "../../shim/fd_channel.h"
 
@@ -221,34 +222,6 @@ struct wire_batch {
     int32_t status, driver_error;
 };
 
-static int write_all(int fd, const void *p, size_t n)
-{
-    for (const char *c = p; n > 0;) {
-        ssize_t k = write(fd, c, n);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0)
-            return -1;
-        c += k;
-        n -= (size_t)k;
-    }
-    return 0;
-}
-
-static int read_all(int fd, void *p, size_t n)
-{
-    for (char *c = p; n > 0;) {
-        ssize_t k = read(fd, c, n);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0)
-            return -1;
-        c += k;
-        n -= (size_t)k;
-    }
-    return 0;
-}
-
 static int dial(const struct nvipcfix_fd_address *a)
 {
     struct sockaddr_un sa;
@@ -284,11 +257,11 @@ static int raw_exchange(uint32_t id, const unsigned char nonce[16], const unsign
     memcpy(q.nonce, nonce, 16);
     int fd = dial(&addr);
     assert_true(fd >= 0);
-    assert_int_equal(write_all(fd, &q, sizeof q), 0);
-    assert_int_equal(read_all(fd, hello, sizeof *hello), 0);
+    assert_int_equal(tp_write_full(fd, &q, sizeof q), 0);
+    assert_int_equal(tp_read_full(fd, hello, sizeof *hello), 0);
     assert_int_equal(getrandom(made_up, sizeof made_up, 0), 16);
-    assert_int_equal(write_all(fd, proof != NULL ? proof : made_up, 16), 0);
-    assert_int_equal(read_all(fd, &h, sizeof h), 0);
+    assert_int_equal(tp_write_full(fd, proof != NULL ? proof : made_up, 16), 0);
+    assert_int_equal(tp_read_full(fd, &h, sizeof h), 0);
     char byte[64];
     union {
         char buf[CMSG_SPACE(64 * sizeof(int))];
@@ -408,8 +381,8 @@ static void test_wrong_or_replayed_proof_refused(void **state)
     key_of(3, key);
     struct wire_request q = {0x71766e4du, 2, 3, 0, {1, 2, 3}};
     int fd = dial(&addr);
-    assert_int_equal(write_all(fd, &q, sizeof q), 0);
-    assert_int_equal(read_all(fd, &h, sizeof h), 0);
+    assert_int_equal(tp_write_full(fd, &q, sizeof q), 0);
+    assert_int_equal(tp_read_full(fd, &h, sizeof h), 0);
     nvipcfix_fd_proof(key, 'C', 3, nonce, h.nonce, &addr, right);
     close(fd);
     /* ...and only for it: the server's nonce is new in the next one */
@@ -457,20 +430,20 @@ static pid_t squatter(int uid, struct nvipcfix_fd_address *a)
             _exit(1);
         prctl(PR_SET_PDEATHSIG, SIGKILL);
         int fd = bind_as(&mine);
-        if (fd < 0 || write_all(ready[1], &mine, sizeof mine) != 0)
+        if (fd < 0 || tp_write_full(ready[1], &mine, sizeof mine) != 0)
             _exit(2);
         for (;;) {
             int c = accept(fd, NULL, NULL);
             struct wire_request q;
             struct wire_hello h = {0x68766e4du, 0, {7}, {9}};
-            if (c >= 0 && read_all(c, &q, sizeof q) == 0)
-                write_all(c, &h, sizeof h);
+            if (c >= 0 && tp_read_full(c, &q, sizeof q) == 0)
+                tp_write_full(c, &h, sizeof h);
             if (c >= 0)
                 close(c);
         }
     }
     close(ready[1]);
-    assert_int_equal(read_all(ready[0], a, sizeof *a), 0);
+    assert_int_equal(tp_read_full(ready[0], a, sizeof *a), 0);
     close(ready[0]);
     return child;
 }
@@ -534,7 +507,7 @@ static pid_t hostile_neighbour(int *holding)
             fds[i] = dial(&addr); /* held open, never written */
         (void)fds;
         int drip = dial(&addr);
-        write_all(ready[1], "r", 1);
+        tp_write_full(ready[1], "r", 1);
         for (int i = 0;; i++) {
             char b = (char)i;
             usleep(100 * 1000);
@@ -546,7 +519,7 @@ static pid_t hostile_neighbour(int *holding)
     }
     char r;
     close(ready[1]);
-    assert_int_equal(read_all(ready[0], &r, 1), 0);
+    assert_int_equal(tp_read_full(ready[0], &r, 1), 0);
     close(ready[0]);
     return child;
 }
@@ -604,15 +577,15 @@ static void serve_malformed(int fd, const struct nvipcfix_fd_address *me, int ho
     struct wire_hello h = {0x68766e4du, 0, {42}, {0}};
     unsigned char key[16], proof[16];
     key_of(5, key);
-    if (c < 0 || read_all(c, &q, sizeof q) != 0)
+    if (c < 0 || tp_read_full(c, &q, sizeof q) != 0)
         _exit(1);
     nvipcfix_fd_proof(key, 'S', 5, q.nonce, h.nonce, me, h.proof);
     struct wire_head head = {0x72766e4du, 0, 0, 5};
     uint64_t sizes[5] = {4096, 4097, 4098, 4099, 4100}, offsets[5] = {0, 8192, 16384, 24576,
                                                                         32768};
-    if (write_all(c, &h, sizeof h) != 0 || read_all(c, proof, sizeof proof) != 0 ||
-        write_all(c, &head, sizeof head) != 0 || write_all(c, sizes, sizeof sizes) != 0 ||
-        write_all(c, offsets, sizeof offsets) != 0)
+    if (tp_write_full(c, &h, sizeof h) != 0 || tp_read_full(c, proof, sizeof proof) != 0 ||
+        tp_write_full(c, &head, sizeof head) != 0 || tp_write_full(c, sizes, sizeof sizes) != 0 ||
+        tp_write_full(c, offsets, sizeof offsets) != 0)
         _exit(2);
     int fds[8];
     for (int i = 0; i < bad[how].n; i++)
@@ -651,12 +624,12 @@ static void test_malformed_batches_leak_nothing(void **state)
         if (child == 0) {
             struct nvipcfix_fd_address me = {geteuid(), getpid(), pid_ns(), 0xbad0 + how, 0};
             int fd = bind_as(&me);
-            if (fd < 0 || write_all(ready[1], &me, sizeof me) != 0)
+            if (fd < 0 || tp_write_full(ready[1], &me, sizeof me) != 0)
                 _exit(4);
             serve_malformed(fd, &me, how);
         }
         close(ready[1]);
-        assert_int_equal(read_all(ready[0], &fake, sizeof fake), 0);
+        assert_int_equal(tp_read_full(ready[0], &fake, sizeof fake), 0);
         close(ready[0]);
         int before = quiet_fds();
         struct got g = {0};
