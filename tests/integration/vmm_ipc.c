@@ -30,6 +30,8 @@
  *   --hostile         a neighbour (user 65534 if root) holds 70 idle
  *                     connections to the exporter's socket and drips bytes
  *                     on another while the child opens everything
+ *                     (with VMM_IPC_LEGACY_THREAD=1 beside legacy IPC calls
+ *                     on another thread, as --stopped)
  *   --bench           no check: what a VMM export, first open, re-open and
  *                     last close cost against legacy IPC of cuMemAlloc
  *                     blocks of the same sizes (median of 30, us; open+close
@@ -270,49 +272,7 @@ static void leave_room(int room)
         exit(2);
 }
 
-static int importer(int reopen)
-{
-    struct record recs[NT];
-    struct result res[NT];
-    if (tp_read_full(0, recs, sizeof recs) != 0)
-        return 2;
-    int uid = env_int("VMM_IPC_IMPORTER_UID", -1);
-    if (uid >= 0 && geteuid() == 0 && setuid((uid_t)uid) != 0)
-        return 2;
-    if (tp_use_primary_context(env_int("VMM_IPC_IMPORTER_DEVICE", 0), NULL) != 0)
-        return 2;
-    if (env_int("VMM_IPC_IMPORTER_ROOM", -1) >= 0)
-        leave_room(env_int("VMM_IPC_IMPORTER_ROOM", -1));
-    int closed_ok = 1;
-    for (int k = 0; k < NT; k++) {
-        CUdeviceptr seen = 0;
-        edit_ticket(&recs[k].handle, getenv("VMM_IPC_TICKET_EDIT"), k);
-        res[k].status = import_one(&recs[k], k, reopen, &seen);
-        /* After the last close nothing is mapped there any more. */
-        CUdeviceptr base;
-        size_t size;
-        if (res[k].status == 0 && cuMemGetAddressRange(&base, &size, seen) == CUDA_SUCCESS) {
-            fprintf(stderr, "vmm_ipc: tensor %d still mapped after its last close\n", k);
-            closed_ok = 0;
-        }
-    }
-    /* On the simulated driver: no mapping, allocation or reservation left. */
-    void (*vmm_counts)(long *, long *, long *) =
-        (void (*)(long *, long *, long *))dlsym(RTLD_DEFAULT, "simcuda_vmm_counts");
-    long maps = 0, allocs = 0, reserved = 0;
-    if (vmm_counts != NULL)
-        vmm_counts(&maps, &allocs, &reserved);
-    if (maps != 0 || allocs != 0 || reserved != 0) {
-        fprintf(stderr, "vmm_ipc: left behind: %ld mappings, %ld allocations, %ld ranges\n", maps,
-                allocs, reserved);
-        closed_ok = 0;
-    }
-    if (!closed_ok)
-        res[0].status = 2;
-    return tp_write_full(1, res, sizeof res) == 0 ? 0 : 2;
-}
-
-/* ---- --stopped: the exporter does not answer ------------------------- */
+/* ---- legacy IPC on another thread while tickets are opened -------------- */
 
 static double now_ms(void)
 {
@@ -352,6 +312,75 @@ static void *legacy_calls(void *arg)
     return NULL;
 }
 
+/* Says whether the legacy calls went on unhindered beside the opens (the
+ * slowest under half the deadline), and the opens ended by it. */
+static int legacy_verdict(struct legacy_loop *l, pthread_t thread, const char *what,
+                          double took, int deadline, int open_ok)
+{
+    atomic_store(&l->stop, 1);
+    pthread_join(thread, NULL);
+    int ok = open_ok && l->calls > 0 && l->failed == 0 && l->slowest < deadline / 2.0;
+    fprintf(stderr, "vmm_ipc: %s %.0f ms (deadline %d ms); legacy calls on another thread "
+                    "meanwhile: %d (%d failed), slowest %.1f ms: %s\n",
+            what, took, deadline, l->calls, l->failed, l->slowest, ok ? "OK" : "WRONG");
+    return ok;
+}
+
+static int importer(int reopen)
+{
+    struct record recs[NT];
+    struct result res[NT];
+    if (tp_read_full(0, recs, sizeof recs) != 0)
+        return 2;
+    int uid = env_int("VMM_IPC_IMPORTER_UID", -1);
+    if (uid >= 0 && geteuid() == 0 && setuid((uid_t)uid) != 0)
+        return 2;
+    struct legacy_loop l = {0};
+    pthread_t thread;
+    int with_legacy = env_int("VMM_IPC_LEGACY_THREAD", 0);
+    double slowest = 0;
+    if (tp_use_primary_context(env_int("VMM_IPC_IMPORTER_DEVICE", 0), &l.ctx) != 0 ||
+        (with_legacy && pthread_create(&thread, NULL, legacy_calls, &l) != 0))
+        return 2;
+    if (env_int("VMM_IPC_IMPORTER_ROOM", -1) >= 0)
+        leave_room(env_int("VMM_IPC_IMPORTER_ROOM", -1));
+    int closed_ok = 1;
+    for (int k = 0; k < NT; k++) {
+        CUdeviceptr seen = 0;
+        edit_ticket(&recs[k].handle, getenv("VMM_IPC_TICKET_EDIT"), k);
+        double t0 = now_ms();
+        res[k].status = import_one(&recs[k], k, reopen, &seen);
+        slowest = now_ms() - t0 > slowest ? now_ms() - t0 : slowest;
+        /* After the last close nothing is mapped there any more. */
+        CUdeviceptr base;
+        size_t size;
+        if (res[k].status == 0 && cuMemGetAddressRange(&base, &size, seen) == CUDA_SUCCESS) {
+            fprintf(stderr, "vmm_ipc: tensor %d still mapped after its last close\n", k);
+            closed_ok = 0;
+        }
+    }
+    /* On the simulated driver: no mapping, allocation or reservation left. */
+    void (*vmm_counts)(long *, long *, long *) =
+        (void (*)(long *, long *, long *))dlsym(RTLD_DEFAULT, "simcuda_vmm_counts");
+    long maps = 0, allocs = 0, reserved = 0;
+    if (vmm_counts != NULL)
+        vmm_counts(&maps, &allocs, &reserved);
+    if (maps != 0 || allocs != 0 || reserved != 0) {
+        fprintf(stderr, "vmm_ipc: left behind: %ld mappings, %ld allocations, %ld ranges\n", maps,
+                allocs, reserved);
+        closed_ok = 0;
+    }
+    if (!closed_ok)
+        res[0].status = 2;
+    int deadline = env_int("NVIPCFIX_VMM_TIMEOUT_MS", 5000);
+    if (with_legacy &&
+        !legacy_verdict(&l, thread, "the slowest open took", slowest, deadline, slowest < deadline))
+        res[0].status = 1;
+    return tp_write_full(1, res, sizeof res) == 0 ? 0 : 2;
+}
+
+/* ---- --stopped: the exporter does not answer ------------------------- */
+
 /* Tensor 0's open must fail by the deadline, and legacy calls on another
  * thread must never wait for it. */
 static int stopped_importer(void)
@@ -368,13 +397,8 @@ static int stopped_importer(void)
     double t0 = now_ms();
     CUresult r = cuIpcOpenMemHandle(&p, recs[0].handle, 1);
     double took = now_ms() - t0;
-    atomic_store(&l.stop, 1);
-    pthread_join(thread, NULL);
-    int ok = r != CUDA_SUCCESS && took >= deadline * 0.9 && l.calls > 0 && l.failed == 0 &&
-             l.slowest < deadline / 2.0;
-    fprintf(stderr, "vmm_ipc: open failed after %.0f ms (deadline %d ms, error %d); legacy "
-                    "calls on another thread meanwhile: %d (%d failed), slowest %.1f ms: %s\n",
-            took, deadline, (int)r, l.calls, l.failed, l.slowest, ok ? "OK" : "WRONG");
+    int ok = legacy_verdict(&l, thread, "open failed after", took, deadline,
+                            r != CUDA_SUCCESS && took >= deadline * 0.9);
     for (int k = 0; k < NT; k++)
         res[k].status = 2;
     if (!ok)
