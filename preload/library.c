@@ -19,6 +19,13 @@ static const char *read_env(const char *name)
 
 static pid_t setup_pid;
 
+/* At load, before the program can close fd 2 and open a file of its own
+ * there: what stderr is (see nvipcfix_log_remember_stderr). */
+__attribute__((constructor)) static void remember_stderr_at_load(void)
+{
+    nvipcfix_log_remember_stderr();
+}
+
 /* Only a child handler: nothing is locked across fork(), so fork() costs
  * what it does without nvipcfix and cannot deadlock with the driver's own
  * handlers, whichever were registered first. */

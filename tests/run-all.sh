@@ -398,6 +398,51 @@ done_case
 PRE=$LIB check "NVIPCFIX_LOG_FILE=/dev/stderr: the process's stderr, a pipe here" 0 \
     NVIPCFIX_LOG_FILE=/dev/stderr NVIPCFIX_LOG=info -- "$T/legacy_ipc"
 expect_in err "nvipcfix\[[0-9]*\]: info: active"; done_case
+# The log file is never reached through a symbolic link in any folder of
+# its path, never another user's file, and a new one is 0600.
+mkdir -p "$OUT/logreal" && ln -sfn "$OUT/logreal" "$OUT/loglink"
+PRE=$LIB check "NVIPCFIX_LOG_FILE through a symlinked folder: not followed, one warning per process" 0 \
+    NVIPCFIX_LOG_FILE="$OUT/loglink/nv.log" -- "$T/legacy_ipc"
+expect_in out "CORRECT"; expect_in err "cannot use log file .*a symbolic link in the path"
+[ "$(grep -c 'cannot use log file' "$OUT/err")" -eq 2 ] || { ok=0; why="not one warning per process"; }
+[ ! -e "$OUT/logreal/nv.log" ] || { ok=0; why="the log was written through the link"; }
+done_case
+if [ "$(id -u)" = 0 ]; then
+    printf 'theirs\n' >"$OUT/foreign.log" && chmod 666 "$OUT/foreign.log" &&
+        chown 65534:65534 "$OUT/foreign.log"
+    PRE=$LIB check "NVIPCFIX_LOG_FILE owned by another user (mode 666): never appended to" 0 \
+        NVIPCFIX_LOG_FILE="$OUT/foreign.log" NVIPCFIX_LOG=info -- "$T/legacy_ipc"
+    expect_in out "CORRECT"; expect_in err "cannot use log file .*owned by another user"
+    expect_in err "info: active"
+    [ "$(cat "$OUT/foreign.log")" = theirs ] || { ok=0; why="the foreign file was written"; }
+    done_case
+else
+    skip "NVIPCFIX_LOG_FILE owned by another user" "needs root to give a file to another user"
+fi
+saved_umask=$(umask)
+umask 0
+PRE=$LIB check "NVIPCFIX_LOG_FILE: new files are created 0600, even under umask 0" 0 \
+    NVIPCFIX_LOG_FILE="$OUT/new.%p.log" NVIPCFIX_LOG=info -- "$T/legacy_ipc"
+umask "$saved_umask"
+modes=$(stat -c %a "$OUT"/new.*.log | sort -u | tr '\n' ' ')
+[ "$modes" = "600 " ] || { ok=0; why="log file modes: $modes"; }
+[ "$(cat "$OUT"/new.*.log | grep -c 'info: active')" -eq 2 ] || { ok=0; why="not one log per process"; }
+done_case
+# A program that closed fd 2 and opened a data file (which got fd 2): the
+# library's warning must not land in it.
+for where in dropped "NVIPCFIX_LOG_FILE"; do
+    logfile=""
+    [ "$where" = dropped ] || logfile="$OUT/fd2.log"
+    PRE=$LIB check "fd 2 closed and reused for a data file: it holds only its own records ($where)" 0 \
+        LIBPATH=/nonexistent ${logfile:+NVIPCFIX_LOG_FILE=$logfile} -- \
+        "$T/no_driver" --data-file "$OUT/data"
+    expect_in out "cuIpcGetMemHandle -> 3"
+    [ "$(cat "$OUT/data")" = "$(printf 'RECORD-1\nRECORD-2')" ] ||
+        { ok=0; why="data file holds: $(head -c 300 "$OUT/data")"; }
+    [ -z "$logfile" ] || grep -q "warning: cannot load the CUDA driver" "$logfile" ||
+        { ok=0; why="the warning is not in the log file"; }
+    done_case
+done
 PRE=$LIB check "a newline in a setting's value stays inside one log line" 0 \
     "NVIPCFIX_MODE=fix
 nvipcfix[1]: error: forged" -- "$T/legacy_ipc"
