@@ -263,6 +263,16 @@ expect_in out "with nvipcfix:    exit 0, output differs from the run without"
 expect_in out "2 process(es): exports 10 (8 with an offset), opens 10"
 expect_in out "audit mode:       exit 1; 8 exports of interior pointers (offsets: 512 4096 65537"
 done_case
+PRE="" check "scripts/regress without --audit: a verdict line last" 0 -- \
+    "$ROOT/scripts/regress" --lib "$LIB" -- "$T/legacy_ipc"
+[ "$(tail -n 1 "$OUT/out")" = "  => this program exports pointers inside larger allocations: without nvipcfix its receivers get the wrong bytes" ] ||
+    { ok=0; why="last line: $(tail -n 1 "$OUT/out")"; }
+done_case
+PRE="" check "scripts/regress without --audit: a program without IPC is not affected" 0 -- \
+    "$ROOT/scripts/regress" --lib "$LIB" -- true
+[ "$(tail -n 1 "$OUT/out")" = "  => no interior-pointer export seen: this run is not affected" ] ||
+    { ok=0; why="last line: $(tail -n 1 "$OUT/out")"; }
+done_case
 fi
 
 PRE="" check "scripts/regress: a program that cannot start is a failure, with its stderr" 127 -- \
@@ -270,6 +280,12 @@ PRE="" check "scripts/regress: a program that cannot start is a failure, with it
 expect_in out "the program could not start (exit 127)"; expect_in out "nonexistent-program"
 expect_in out "=> FAILED: the program did not start"
 grep -q "not affected" "$OUT/out" && { ok=0; why="reported as not affected"; }
+grep -q "line [0-9]" "$OUT/out" "$OUT/err" && { ok=0; why="a script line number is shown"; }
+done_case
+PRE="" check "scripts/regress: a file that is not executable, exit 126, one clean line" 126 -- \
+    "$ROOT/scripts/regress" --lib "$LIB" -- "$ROOT/README.md"
+expect_in out "README.md: not executable"; expect_in out "=> FAILED: the program did not start"
+grep -q "line [0-9]" "$OUT/out" "$OUT/err" && { ok=0; why="a script line number is shown"; }
 done_case
 PRE="" check "scripts/bench.sh: a missing build folder fails loudly" 2 -- \
     sh "$ROOT/scripts/bench.sh" "$OUT/no-build"
