@@ -221,19 +221,15 @@ DEST    := $(DESTDIR)$(PREFIX)
 DOCS    := README.md $(wildcard docs/*.md)
 .PHONY: install uninstall
 install: all
-	install -d $(DEST)/lib $(DEST)/bin $(DEST)/libexec/nvipcfix $(DEST)/share/man/man1 \
-	    $(DEST)/share/doc/nvipcfix
-	install -m 0755 $(LIB) $(DEST)/lib/libnvipcfix.so
-	install -m 0755 tools/nvipcfix $(DEST)/bin/nvipcfix
-	install -m 0755 $(DOCTOR) $(DEST)/libexec/nvipcfix/nvipcfix-doctor
-	if [ -f $(VERIFY) ]; then install -m 0755 $(VERIFY) $(DEST)/bin/nvipcfix-verify; fi
-	install -m 0644 docs/nvipcfix.1 $(DEST)/share/man/man1/nvipcfix.1
-	install -m 0644 $(DOCS) $(DEST)/share/doc/nvipcfix/
+	@sh scripts/install-files install "$(DEST)" \
+	    0755 $(LIB) lib/libnvipcfix.so \
+	    0755 tools/nvipcfix bin/nvipcfix \
+	    0755 $(DOCTOR) libexec/nvipcfix/nvipcfix-doctor \
+	    $(if $(wildcard $(VERIFY)),0755 $(VERIFY) bin/nvipcfix-verify) \
+	    0644 docs/nvipcfix.1 share/man/man1/nvipcfix.1 \
+	    $(foreach f,$(DOCS) LICENSE,0644 $(f) share/doc/nvipcfix/$(notdir $(f)))
 
+# Removes what install put there and the folders it created, nothing else
+# (the list install wrote: DEST/libexec/nvipcfix/installed).
 uninstall:
-	rm -f $(DEST)/lib/libnvipcfix.so $(DEST)/bin/nvipcfix $(DEST)/bin/nvipcfix-verify \
-	    $(DEST)/libexec/nvipcfix/nvipcfix-doctor $(DEST)/share/man/man1/nvipcfix.1
-	rm -rf $(DEST)/share/doc/nvipcfix
-	@# the folders install made, where nothing else is left in them
-	-@for d in libexec/nvipcfix libexec share/man/man1 share/man share/doc share lib bin; do \
-	    rmdir $(DEST)/$$d 2>/dev/null; done; rmdir $(DEST) 2>/dev/null; true
+	@sh scripts/install-files uninstall "$(DEST)"

@@ -287,6 +287,12 @@ PRE="" check "scripts/regress: a file that is not executable, exit 126, one clea
 expect_in out "README.md: not executable"; expect_in out "=> FAILED: the program did not start"
 grep -q "line [0-9]" "$OUT/out" "$OUT/err" && { ok=0; why="a script line number is shown"; }
 done_case
+current="the scripts and the launcher are executable (git mode 755)"
+ok=1; echo >"$OUT/out"; echo >"$OUT/err"
+for f in "$ROOT"/scripts/* "$ROOT/tools/nvipcfix"; do
+    [ -x "$f" ] || { ok=0; why="$(basename "$f") is not executable"; }
+done
+done_case
 PRE="" check "scripts/bench.sh: a missing build folder fails loudly" 2 -- \
     sh "$ROOT/scripts/bench.sh" "$OUT/no-build"
 expect_in err "bench: no build folder"; done_case
@@ -368,11 +374,33 @@ if inst install && inst uninstall && [ -z "$(files)" ] && inst install; then
         test -f '$OUT/prefix/share/man/man1/nvipcfix.1'"
     expect_in out "CORRECT"
     inst uninstall
-    [ -z "$(files)" ] || { ok=0; why="make uninstall left: $(files | head -3)"; }
+    [ ! -e "$OUT/prefix" ] || { ok=0; why="make uninstall left: $(find "$OUT/prefix" | head -3)"; }
 else
     current="make install into a prefix"; ok=0; why="make install/uninstall failed or left files"
     echo >"$OUT/out"; echo >"$OUT/err"
 fi
+done_case
+# make uninstall leaves the prefix as install found it: folders that were
+# there (empty ones too) stay; with DESTDIR nothing of ours is left, nor the
+# DESTDIR/usr that install created.
+tree() { (cd "$OUT/$1" && find . | sort); }
+current="make uninstall: a prefix with empty bin/, lib/, share/man/man1 is left as it was"
+ok=1; echo >"$OUT/out"; echo >"$OUT/err"
+mkdir -p "$OUT/prefix/bin" "$OUT/prefix/lib" "$OUT/prefix/share/man/man1"
+tree prefix >"$OUT/tree.before"
+inst install && inst install || { ok=0; why="make install failed"; }
+[ -f "$OUT/prefix/share/doc/nvipcfix/LICENSE" ] || { ok=0; why="LICENSE not installed"; }
+inst uninstall || { ok=0; why="make uninstall failed"; }
+tree prefix | cmp -s - "$OUT/tree.before" ||
+    { ok=0; why="prefix changed: $(tree prefix | diff "$OUT/tree.before" - | head -5 | tr '\n' ' ')"; }
+done_case
+current="make install DESTDIR=... PREFIX=/usr, make uninstall: DESTDIR as it was"
+ok=1; echo >"$OUT/out"; echo >"$OUT/err"
+mkdir -p "$OUT/stage/etc"
+dinst() { make -s -C "$ROOT" "$@" BUILD="$B" DESTDIR="$OUT/stage" PREFIX=/usr >/dev/null 2>&1; }
+dinst install && [ -x "$OUT/stage/usr/bin/nvipcfix" ] || { ok=0; why="make install failed"; }
+dinst uninstall || { ok=0; why="make uninstall failed"; }
+[ "$(tree stage | tr '\n' ' ')" = ". ./etc " ] || { ok=0; why="left: $(tree stage | head -4 | tr '\n' ' ')"; }
 done_case
 ;;
 esac
