@@ -346,10 +346,24 @@ PRE="" check "doctor: NVIPCFIX_TAG=plain says a receiver without nvipcfix reads 
     "$P" NVIPCFIX_TAG=plain -- "$NV" doctor
 expect_in out "same handle: OPENS THE BLOCK BASE"; expect_in out "NVIPCFIX_TAG=plain: a receiver"
 done_case
-PRE="" check "doctor: a dlsym-defining library before nvipcfix in LD_PRELOAD (exit 8)" 8 "$L" \
-    "LD_PRELOAD=$SAN_PRE${SAN_PRE:+ }$T/libgpu_share.so:$LIB" -- "$NV" doctor
+# (the doctor's program itself: the launcher would correct the order)
+PRE="" check "doctor: a dlsym-defining library before nvipcfix in LD_PRELOAD (exit 8)" 8 \
+    "LD_PRELOAD=$SAN_PRE${SAN_PRE:+ }$T/libgpu_share.so:$LIB" -- "$B/nvipcfix-doctor"
 expect_in out "preload order: WRONG"; expect_in out "libgpu_share.so"
 expect_in out "Put libnvipcfix.so first"; done_case
+PRE="" check "launcher: LD_PRELOAD naming nvipcfix behind a dlsym-defining library: moved first" 0 \
+    "$L" "LD_PRELOAD=$SAN_PRE${SAN_PRE:+ }$T/libgpu_share.so:$LIB" -- "$NV" doctor
+expect_in out "preload order: ok"; expect_in out "All good"; done_case
+PRE="" check "launcher: nvipcfix first, once, the others in their order" 0 "$L" \
+    "LD_PRELOAD=$T/libother_preload.so $T/libgpu_share.so:$LIB:$B/../$(basename "$B")/libnvipcfix.so" -- \
+    "$NV" -- sh -c 'echo "$LD_PRELOAD"'
+[ "$(cat "$OUT/out")" = "$LIB:$T/libother_preload.so:$T/libgpu_share.so" ] ||
+    { ok=0; why="LD_PRELOAD=$(cat "$OUT/out")"; }
+done_case
+PRE="" check "launcher: nvipcfix moved before a dlsym-defining library fixes the dlsym road" 0 "$L" \
+    "LD_PRELOAD=$SAN_PRE${SAN_PRE:+ }$T/libgpu_share.so:$LIB" GPU_SHARE_LIMIT_MIB=64 -- \
+    "$NV" -- "$T/legacy_ipc" --road dlsym
+expect_in out "CORRECT"; done_case
 PRE="" check "launcher: nvipcfix goes before a dlsym-defining library already preloaded" 0 "$L" \
     "LD_PRELOAD=$SAN_PRE${SAN_PRE:+ }$T/libgpu_share.so" -- "$NV" doctor
 expect_in out "preload order: ok"; expect_in out "All good"; done_case
