@@ -634,6 +634,23 @@ else
     current="valgrind memcheck"; ok=0; why="valgrind is not installed"; done_case
 fi
 
+# The docs' claims a machine can check (scripts/check-docs), and the check
+# itself failing on a copy of the docs with a setting and a figure wrong.
+PRE="" check "docs: every setting documented, the README's figures from the newest run" 0 -- \
+    python3 "$ROOT/scripts/check-docs"
+expect_in out "check-docs: ok"; done_case
+mkdir -p "$OUT/docs-copy/shim" "$OUT/docs-copy/docs" "$OUT/docs-copy/tools"
+cp "$ROOT/README.md" "$OUT/docs-copy/" && cp "$ROOT"/docs/* "$OUT/docs-copy/docs/" &&
+    cp "$ROOT/tools/nvipcfix" "$OUT/docs-copy/tools/" &&
+    sed 's/"NVIPCFIX_MODE", /"NVIPCFIX_MODE", "NVIPCFIX_NEW_SETTING", /' "$ROOT/shim/config.c" \
+        >"$OUT/docs-copy/shim/config.c" &&
+    sed -i 's/^\(## What it costs\)$/\1\n\nAn export costs 0.01234 us./' "$OUT/docs-copy/README.md"
+PRE="" check "docs: check-docs fails on an undocumented setting and a figure from nowhere" 1 -- \
+    python3 "$ROOT/scripts/check-docs" "$OUT/docs-copy"
+expect_in out "README.md settings table: NVIPCFIX_NEW_SETTING (read in shim/config.c) is missing"
+expect_in out "docs/nvipcfix.1 ENVIRONMENT: NVIPCFIX_NEW_SETTING"
+expect_in out "'What it costs': 0.01234 is not in docs/performance.md"; done_case
+
 # The built library: only libc needed, only the entry points exported, no
 # named version node (it would fail to interpose versioned references).
 current="library links no CUDA library and exports only the entry points"
