@@ -13,32 +13,42 @@ static atomic_int log_fd = STDERR_FILENO;
 
 static const char *const level_names[] = {"error", "warning", "info", "debug"};
 
-/* What fd 2 was when the library was loaded (device and inode; no
- * descriptor is held): -1 not recorded (every line is written), 0 closed,
- * 1 recorded. */
-static atomic_int stderr_state = -1;
-static _Atomic unsigned long long stderr_dev, stderr_ino;
+/* Which file a descriptor the log writes to is meant to be (device and
+ * inode; no descriptor is held for it): state -1 not recorded (every line
+ * is written), 0 closed (nothing is), 1 recorded. */
+struct file_identity {
+    atomic_int state;
+    _Atomic unsigned long long dev, ino;
+};
+
+/* fd 2 as it was when the library was loaded, and the log file as opened. */
+static struct file_identity stderr_at_load = {-1, 0, 0}, log_file_opened = {-1, 0, 0};
+
+static void remember(struct file_identity *id, int fd)
+{
+    struct stat st;
+    int open_now = fstat(fd, &st) == 0;
+    atomic_store(&id->dev, open_now ? (unsigned long long)st.st_dev : 0);
+    atomic_store(&id->ino, open_now ? (unsigned long long)st.st_ino : 0);
+    atomic_store(&id->state, open_now);
+}
 
 void nvipcfix_log_remember_stderr(void)
 {
-    struct stat st;
-    int open_now = fstat(STDERR_FILENO, &st) == 0;
-    atomic_store(&stderr_dev, open_now ? (unsigned long long)st.st_dev : 0);
-    atomic_store(&stderr_ino, open_now ? (unsigned long long)st.st_ino : 0);
-    atomic_store(&stderr_state, open_now);
+    remember(&stderr_at_load, STDERR_FILENO);
 }
 
-/* Whether fd 2 is still the file it was at load: a program that closed it
- * and opened a data file (which got fd 2) must never find log lines in it. */
-static int stderr_unchanged(void)
+/* Whether fd is still the file recorded: a program that closed it and
+ * opened a data file (which got its number) must never find log lines in
+ * that file. */
+static int still_the_same_file(const struct file_identity *id, int fd)
 {
-    int state = atomic_load(&stderr_state);
+    int state = atomic_load(&id->state);
     if (state <= 0)
         return state < 0;
     struct stat st;
-    return fstat(STDERR_FILENO, &st) == 0 &&
-           (unsigned long long)st.st_dev == atomic_load(&stderr_dev) &&
-           (unsigned long long)st.st_ino == atomic_load(&stderr_ino);
+    return fstat(fd, &st) == 0 && (unsigned long long)st.st_dev == atomic_load(&id->dev) &&
+           (unsigned long long)st.st_ino == atomic_load(&id->ino);
 }
 
 int nvipcfix_log_expand_path(const char *path, long pid, char *out, unsigned long outsz)
@@ -178,6 +188,7 @@ int nvipcfix_log_open(enum nvipcfix_log_level level, const char *path)
                      path, why);
         return -1;
     }
+    remember(&log_file_opened, fd);
     int old = atomic_exchange(&log_fd, fd);
     if (old != STDERR_FILENO)
         close(old);
@@ -234,7 +245,7 @@ static void vlog_line(const char *tag, const char *fmt, va_list ap)
     line[len++] = '\n';
     /* One write per line keeps lines from several threads whole. */
     int fd = atomic_load(&log_fd);
-    if (fd != STDERR_FILENO || stderr_unchanged()) {
+    if (still_the_same_file(fd == STDERR_FILENO ? &stderr_at_load : &log_file_opened, fd)) {
         ssize_t w = write(fd, line, len);
         (void)w;
     }

@@ -501,6 +501,18 @@ for where in dropped "NVIPCFIX_LOG_FILE"; do
         { ok=0; why="the warning is not in the log file"; }
     done_case
 done
+# The same for the log file's own descriptor: closed by the program (every
+# descriptor above 2, as a daemon does) and reused for a data file that is
+# still open when the statistics line is written at exit.
+PRE=$LIB check "log file's descriptor closed and reused for a data file: it holds only its own records" 0 \
+    LIBPATH=/nonexistent NVIPCFIX_STATS=1 NVIPCFIX_LOG_FILE="$OUT/reused.log" -- \
+    "$T/no_driver" --reuse-log-fd "$OUT/data"
+expect_in out "again -> 3"
+[ "$(cat "$OUT/data")" = "$(printf 'RECORD-1\nRECORD-2')" ] ||
+    { ok=0; why="data file holds: $(head -c 300 "$OUT/data")"; }
+grep -q "warning: cannot load the CUDA driver" "$OUT/reused.log" ||
+    { ok=0; why="the warning before the close is not in the log file"; }
+done_case
 PRE=$LIB check "a newline in a setting's value stays inside one log line" 0 \
     "NVIPCFIX_MODE=fix
 nvipcfix[1]: error: forged" -- "$T/legacy_ipc"

@@ -296,6 +296,50 @@ static void test_fd2_closed_at_load_then_a_data_file(void **state)
     check_data_file_untouched(0);
 }
 
+/* The descriptor of the open log file, found by its path. */
+static int log_file_descriptor(const char *path)
+{
+    char link[64], target[256];
+    for (int fd = 3; fd < 1024; fd++) {
+        snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+        ssize_t n = readlink(link, target, sizeof target - 1);
+        if (n > 0) {
+            target[n] = '\0';
+            if (strcmp(target, path) == 0)
+                return fd;
+        }
+    }
+    return -1;
+}
+
+/* A program that closes every descriptor (the log file's too) and opens a
+ * data file that gets the log's number: the data file holds only its own
+ * records. */
+static void test_log_descriptor_reused_for_a_data_file(void **state)
+{
+    (void)state;
+    char path[128], data[128], buf[256];
+    snprintf(path, sizeof path, "%s/reused.log", dir);
+    snprintf(data, sizeof data, "%s/reused.data", dir);
+    assert_int_equal(nvipcfix_log_open(NVIPCFIX_LOG_WARN, path), 0);
+    nvipcfix_log(NVIPCFIX_LOG_WARN, "in the log");
+    int fd = log_file_descriptor(path);
+    assert_true(fd >= 3);
+    close(fd);
+    int file = open(data, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    assert_int_equal(dup2(file, fd), fd);
+    close(file);
+    assert_int_equal(write(fd, "RECORD-1\n", 9), 9);
+    nvipcfix_log(NVIPCFIX_LOG_WARN, "must not land in the data file");
+    assert_int_equal(write(fd, "RECORD-2\n", 9), 9);
+    nvipcfix_log_close(); /* closes fd: the data file, as the program would */
+    slurp(data, buf, sizeof buf);
+    assert_string_equal(buf, "RECORD-1\nRECORD-2\n");
+    slurp(path, buf, sizeof buf);
+    assert_non_null(strstr(buf, "warning: in the log\n"));
+    assert_null(strstr(buf, "must not land"));
+}
+
 static void test_stats_line(void **state)
 {
     (void)state;
@@ -346,6 +390,7 @@ int main(void)
         cmocka_unit_test(test_fifo_refused_without_blocking),
         cmocka_unit_test(test_dev_stderr_is_stderr),
         cmocka_unit_test(test_control_characters_escaped),
+        cmocka_unit_test(test_log_descriptor_reused_for_a_data_file),
         cmocka_unit_test(test_stats_line),
         cmocka_unit_test(test_fd2_replaced_by_a_data_file),
         cmocka_unit_test(test_fd2_closed_at_load_then_a_data_file),
