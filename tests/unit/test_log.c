@@ -11,6 +11,8 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "../common/unit_skip.h"
+
 #include "../common/test_deadline.h"
 #include "../../shim/log.h"
 #include "../../shim/stats.h"
@@ -135,7 +137,7 @@ static void test_foreign_file_refused(void **state)
 {
     (void)state;
     if (geteuid() != 0)
-        skip(); /* only root can give a file to another user */
+        skip_because("only root can give a file to another user");
     char path[128], err[1024], buf[256];
     snprintf(path, sizeof path, "%s/foreign", dir);
     FILE *f = fopen(path, "w");
