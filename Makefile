@@ -224,9 +224,10 @@ $(DOCTOR): tools/doctor.c VERSION
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -Wl,-z,now -o $@ $< -ldl
 
-# The launcher as installed: the release and the library's folder ($1,
-# empty: found beside the launcher) written in.
+# The launcher and the man page as installed: the release (and for the
+# launcher the library's folder, $1; empty: found beside the launcher) written in.
 stamp_launcher = sed -e 's|^VERSION=.*|VERSION=$(VERSION)|' -e 's|^LIBDIR=.*|LIBDIR=$1|' tools/nvipcfix
+stamp_manpage  = sed '1s/"nvipcfix[^"]*"/"nvipcfix $(VERSION)"/' docs/nvipcfix.1
 
 # make install PREFIX=... [LIBDIR=...] [DESTDIR=...]; make uninstall with the same.
 PREFIX  ?= /usr/local
@@ -235,13 +236,16 @@ DEST    := $(DESTDIR)$(PREFIX)
 DOCS    := README.md $(wildcard docs/*.md)
 .PHONY: install uninstall
 install: all
+	@mkdir -p $(BUILD)/stamped
+	$(call stamp_launcher,$(LIBDIR)) >$(BUILD)/stamped/nvipcfix
+	$(stamp_manpage) >$(BUILD)/stamped/nvipcfix.1
 	install -d $(DESTDIR)$(LIBDIR) $(DEST)/bin $(DEST)/libexec/nvipcfix $(DEST)/share/man/man1 \
 	    $(DEST)/share/doc/nvipcfix
 	install -m 0755 $(LIB) $(DESTDIR)$(LIBDIR)/libnvipcfix.so
-	$(call stamp_launcher,$(LIBDIR)) >$(DEST)/bin/nvipcfix && chmod 0755 $(DEST)/bin/nvipcfix
+	install -m 0755 $(BUILD)/stamped/nvipcfix $(DEST)/bin/nvipcfix
 	install -m 0755 $(DOCTOR) $(DEST)/libexec/nvipcfix/nvipcfix-doctor
 	if [ -f $(VERIFY) ]; then install -m 0755 $(VERIFY) $(DEST)/bin/nvipcfix-verify; fi
-	install -m 0644 docs/nvipcfix.1 $(DEST)/share/man/man1/nvipcfix.1
+	install -m 0644 $(BUILD)/stamped/nvipcfix.1 $(DEST)/share/man/man1/nvipcfix.1
 	install -m 0644 $(DOCS) $(DEST)/share/doc/nvipcfix/
 
 uninstall:
@@ -269,7 +273,7 @@ package-deps: cross-include
 wheel: package-deps
 	@for a in $(PKG_ARCHES); do \
 	    $(call pkg_make,$$a) $(BUILD)/pkg/$$a/libnvipcfix.so $(BUILD)/pkg/$$a/nvipcfix-doctor && \
-	    $(call stamp_launcher,) >$(BUILD)/pkg/$$a/nvipcfix && \
+	    mkdir -p $(BUILD)/pkg/$$a/stamped && $(call stamp_launcher,) >$(BUILD)/pkg/$$a/stamped/nvipcfix && \
 	    sh scripts/package.sh wheel $$a $(BUILD)/pkg/$$a $(DIST) || exit 1; \
 	done
 deb: package-deps

@@ -2,7 +2,7 @@
 # Packages what make built for one machine type (make wheel, make deb).
 #   package.sh wheel ARCH BUILD_DIR OUT_DIR
 #       BUILD_DIR holds libnvipcfix.so, nvipcfix-doctor and the launcher with
-#       the release written in (nvipcfix); writes
+#       the release written in (stamped/nvipcfix); writes
 #       OUT_DIR/nvipcfix-VERSION-py3-none-manylinux_2_XX_ARCH.whl
 #   package.sh deb ARCH BUILD_DIR OUT_DIR
 #       BUILD_DIR/deb-root holds make install's tree (PREFIX=/usr,
@@ -45,11 +45,12 @@ wheel() {
         cp "$root/python/$f" "$stage/$f"
     done
     cp "$root/README.md" "$stage/README.md"
+    [ ! -f "$root/LICENSE" ] || cp "$root/LICENSE" "$stage/LICENSE" # setuptools puts it in .dist-info
     echo "$version" >"$stage/VERSION"
     echo "$platform" >"$stage/PLATFORM"
     install -m 0755 "$B/libnvipcfix.so" "$stage/nvipcfix/lib/libnvipcfix.so"
     install -m 0755 "$B/nvipcfix-doctor" "$stage/nvipcfix/libexec/nvipcfix/nvipcfix-doctor"
-    install -m 0755 "$B/nvipcfix" "$stage/nvipcfix/bin/nvipcfix"
+    install -m 0755 "$B/stamped/nvipcfix" "$stage/nvipcfix/bin/nvipcfix"
     strip_elf "$stage/nvipcfix/lib/libnvipcfix.so" "$stage/nvipcfix/libexec/nvipcfix/nvipcfix-doctor"
     rm -f "$out/nvipcfix-$version-py3-none-"*"_$arch.whl"
     (cd "$stage" && "$PYTHON" -m pip wheel --no-build-isolation --no-deps --no-index \
@@ -92,6 +93,7 @@ deb() {
         "$rootfs/usr/libexec/nvipcfix/nvipcfix-doctor"
     chmod 0644 "$rootfs/usr/lib/$arch-linux-gnu/libnvipcfix.so"
     gzip -9n "$rootfs/usr/share/man/man1/nvipcfix.1"
+    rm -f "$doc/LICENSE" "$rootfs/usr/libexec/nvipcfix/installed" # in copyright; make install's own list
     install -m 0644 "$root/packaging/debian-copyright" "$doc/copyright"
     install -m 0644 "$root/CHANGELOG.md" "$doc/CHANGELOG.md"
     debian_changelog "$maintainer" | gzip -9n >"$doc/changelog.gz"

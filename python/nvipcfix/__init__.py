@@ -76,14 +76,16 @@ def enable(environ: Optional[MutableMapping[str, str]] = None) -> str:
     SGLang start after the call load the library. The calling process itself
     is NOT covered (a library cannot be preloaded into a process that is
     already running), and neither are children forked without exec
-    (``multiprocessing``'s ``fork`` method): they get it only if this process
+    (``multiprocessing``'s ``fork`` method): they have it only if this process
     has it. To cover the whole program, start it with ``nvipcfix -- python3
     program.py`` instead.
 
-    Entries already in ``LD_PRELOAD`` are kept, after this library (which
-    must come before libraries that define ``dlsym``, such as HAMi-core). If
-    a ``libnvipcfix.so`` (this one or another installation's) is already
-    listed, nothing changes, so that two copies are never loaded.
+    As the ``nvipcfix`` launcher does: entries already in ``LD_PRELOAD`` are
+    kept in their order, after this library (which must come before
+    libraries that define ``dlsym``, such as HAMi-core); a
+    ``libnvipcfix.so`` listed there already (this one or another
+    installation's) is dropped, so that only one copy is ever loaded.
+    Calling it again changes nothing.
 
     Args:
         environ: the environment to change; ``os.environ`` by default.
@@ -92,10 +94,12 @@ def enable(environ: Optional[MutableMapping[str, str]] = None) -> str:
         The ``LD_PRELOAD`` value now in force.
     """
     env: MutableMapping[str, str] = os.environ if environ is None else environ
-    current = env.get("LD_PRELOAD", "")
-    if any(os.path.basename(entry) == _LIBRARY_NAME for entry in _preload_entries(current)):
-        return current
-    value = library_path() + (":" + current if current.strip() else "")
+    others = [
+        entry
+        for entry in _preload_entries(env.get("LD_PRELOAD", ""))
+        if os.path.basename(entry) != _LIBRARY_NAME
+    ]
+    value = ":".join([library_path(), *others])
     env["LD_PRELOAD"] = value
     return value
 
