@@ -284,5 +284,5 @@ deb: package-deps
 	    sh scripts/package.sh deb $$a $(BUILD)/pkg/$$a $(DIST) || exit 1; \
 	done
 test-packages: wheel deb $(LIB) $(SIM) $(BUILD)/tests/legacy_ipc $(BUILD)/tests/vmm_ipc \
-               $(BUILD)/tests/libother_preload.so
+               $(BUILD)/tests/libother_preload.so $(BUILD)/tests/libgpu_share.so
 	@sh tests/packages/run.sh $(BUILD) $(DIST)

@@ -17,8 +17,7 @@ version=$(cat "$root/VERSION")
 PYTHON=${PYTHON:-/usr/bin/python3}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-# Dates inside the packages: the last commit's, so that a rebuild of the same
-# commit gives the same bytes where the tools allow it.
+# Dates inside the packages: the last commit's, not the build's.
 SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git -C "$root" log -1 --format=%ct 2>/dev/null || echo 1)}
 export SOURCE_DATE_EPOCH
 

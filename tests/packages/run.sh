@@ -15,6 +15,7 @@ VERSION=$(cat "$ROOT/VERSION")
 SIM=$B/sim
 DEMO=$B/tests/legacy_ipc
 OTHER=$B/tests/libother_preload.so
+GPU_SHARE=$B/tests/libgpu_share.so
 PYTHON=${PYTHON:-/usr/bin/python3}
 OUT=$(mktemp -d /tmp/nvipcfix-packages.XXXXXX)
 trap 'rm -rf "$OUT"' EXIT
@@ -186,6 +187,36 @@ wheel_enable() {
     result
 }
 
+# docs/deployment.md: an init container copies the library into a shared
+# volume; HAMi-core's /etc/ld.so.preload beside nvipcfix's LD_PRELOAD.
+etc_preload() { # LINES_FILE COMMAND...: COMMAND with /etc/ld.so.preload holding those lines
+    mkdir -p "$OUT/etc" && cp /etc/ld.so.cache "$OUT/etc/" && cp "$1" "$OUT/etc/ld.so.preload"
+    shift
+    unshare -m sh -c 'mount --bind "$0" /etc && exec "$@"' "$OUT/etc" "$@"
+}
+wheel_deployment() {
+    lib=$("$VENV/bin/python" -c 'import nvipcfix; print(nvipcfix.library_path())')
+    mkdir -p "$OUT/shared" && cp "$lib" "$OUT/shared/"
+    run "deployment: the library copied into a shared folder, LD_PRELOAD from there" 0 \
+        env LD_PRELOAD="$OUT/shared/libnvipcfix.so" "$DEMO"
+    has out "CORRECT"
+    result
+    if [ "$(id -u)" != 0 ] || ! unshare -m true 2>/dev/null; then
+        skip "deployment: /etc/ld.so.preload cases" "need root and unshare -m"
+        return
+    fi
+    echo "$GPU_SHARE" >"$OUT/lines"
+    run "deployment: HAMi-like layer in /etc/ld.so.preload, nvipcfix in LD_PRELOAD: nvipcfix first" 0 \
+        etc_preload "$OUT/lines" sh -c "'$VENV/bin/nvipcfix' doctor && '$VENV/bin/nvipcfix' -- '$DEMO'"
+    has out "preload order: ok"; has out "All good"; has out "CORRECT"; has err "gpu_share: .* IPC opens seen"
+    result
+    printf '%s\n' "$GPU_SHARE" "$lib" >"$OUT/lines"
+    run "deployment: both in /etc/ld.so.preload, the layer's line first: the doctor says so (8)" 8 \
+        etc_preload "$OUT/lines" "$(dirname "$lib")/../libexec/nvipcfix/nvipcfix-doctor"
+    has out "preload order: WRONG"; has out "FAILED: the importer read wrong bytes"
+    result
+}
+
 wheel_uninstall() {
     run "wheel: pip uninstall leaves nothing of nvipcfix in the venv" 0 \
         "$VENV/bin/pip" uninstall -y --disable-pip-version-check nvipcfix
@@ -206,7 +237,7 @@ wheel_foreign() { # the aarch64 wheel, on this machine: pip takes it for aarch64
 }
 
 if wheel_contents x86_64 "Advanced Micro Devices X86-64"; then
-    wheel_install && wheel_runs && wheel_enable
+    wheel_install && wheel_runs && wheel_enable && wheel_deployment
     [ -d "${VENV:-/nonexistent}" ] && wheel_uninstall
 fi
 wheel_contents aarch64 AArch64 && wheel_foreign
