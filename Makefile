@@ -283,6 +283,9 @@ deb: package-deps
 	        LIBDIR=/usr/lib/$$a-linux-gnu >/dev/null && \
 	    sh scripts/package.sh deb $$a $(BUILD)/pkg/$$a $(DIST) || exit 1; \
 	done
-test-packages: wheel deb $(LIB) $(SIM) $(BUILD)/tests/legacy_ipc $(BUILD)/tests/vmm_ipc \
+# (wheel and deb one after the other: both build in $(BUILD)/pkg)
+test-packages: $(LIB) $(SIM) $(BUILD)/tests/legacy_ipc $(BUILD)/tests/vmm_ipc \
                $(BUILD)/tests/libother_preload.so $(BUILD)/tests/libgpu_share.so
+	@$(MAKE) --no-print-directory wheel
+	@$(MAKE) --no-print-directory deb
 	@sh tests/packages/run.sh $(BUILD) $(DIST)

@@ -89,6 +89,12 @@ wheel_contents() { # ARCH MACHINE: names, tag, the binaries inside
     claim "wheel $arch: tagged $tag, the highest GLIBC_ version its binaries need" \
         test "$(basename "$whl")" = "nvipcfix-$VERSION-py3-none-$tag.whl"
     result
+    older=manylinux_2_$(($(echo "$glibc" | cut -d. -f2) - 1))_$arch
+    run "wheel $arch: pip refuses it where glibc is older ($older)" 1 env PIP_NO_CACHE_DIR=1 \
+        "$PYTHON" -m pip install --no-index --disable-pip-version-check --only-binary=:all: \
+        --platform "$older" --target "$OUT/older-$arch" "$whl"
+    has err "is not a supported wheel on this platform"
+    result
     claim "wheel $arch: library and doctor built for $2, executable" sh -c "
         readelf -h '$x/nvipcfix/lib/libnvipcfix.so' | grep -q 'Machine: *$2' &&
         readelf -h '$x/nvipcfix/libexec/nvipcfix/nvipcfix-doctor' | grep -q 'Machine: *$2' &&
