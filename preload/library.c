@@ -9,6 +9,10 @@
 
 extern char **environ;
 
+/* The release (the VERSION file, through the Makefile), readable in the file:
+ * `strings libnvipcfix.so | grep 'nvipcfix version'`; nvipcfix doctor reads it. */
+__attribute__((used)) static const char version_mark[] = "nvipcfix version " NVIPCFIX_VERSION;
+
 static struct nvipcfix_fix fix;
 static pthread_once_t fix_once = PTHREAD_ONCE_INIT;
 
@@ -86,8 +90,9 @@ static void setup(void)
                      "itself never reach nvipcfix, so IPC through them is not fixed; load "
                      "libnvipcfix.so first in LD_PRELOAD (nvipcfix doctor checks the order)",
                      before);
-    NVIPCFIX_INFO("active: mode %s, self-open %s, VMM export %s", nvipcfix_mode_name(cfg.mode),
-                  cfg.self_open ? "on" : "off", cfg.vmm ? "on" : "off");
+    NVIPCFIX_INFO("active: nvipcfix " NVIPCFIX_VERSION ", mode %s, self-open %s, VMM export %s",
+                  nvipcfix_mode_name(cfg.mode), cfg.self_open ? "on" : "off",
+                  cfg.vmm ? "on" : "off");
 }
 
 struct nvipcfix_fix *nvipcfix_library(void)

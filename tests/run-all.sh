@@ -378,10 +378,10 @@ expect_in err "^nvipcfix: /nonexistent/program: command not found$"
 [ "$(wc -l <"$OUT/err")" -eq 1 ] || { ok=0; why="more than one line: $(cat "$OUT/err")"; }
 done_case
 PRE="" check "launcher: --help and --version" 0 -- sh -c "'$NV' --help && '$NV' --version"
-expect_in out "usage: nvipcfix"; expect_in out "^nvipcfix [0-9]"; done_case
+expect_in out "usage: nvipcfix"; expect_in out "^nvipcfix $(cat "$ROOT/VERSION")\$"; done_case
 PRE="" check "doctor: a working driver, self-test passed" 0 "$L" "$P" -- "$NV" doctor
 expect_in out "GPU 0: .*handle bytes 56-63 free; self-test .*: passed"; expect_in out "All good"
-expect_in out "preload order: ok"
+expect_in out "preload order: ok"; expect_in out "^nvipcfix: .*libnvipcfix.so (version $(cat "$ROOT/VERSION"))"
 expect_in out "a receiver without nvipcfix, same handle: refused by the driver"; done_case
 PRE="" check "doctor: NVIPCFIX_TAG=plain says a receiver without nvipcfix reads the base" 0 "$L" \
     "$P" NVIPCFIX_TAG=plain -- "$NV" doctor
@@ -426,8 +426,9 @@ files() { find "$OUT/prefix" -mindepth 1 2>/dev/null; } # files or folders
 if inst install && inst uninstall && [ -z "$(files)" ] && inst install; then
     PRE="" check "make install into a prefix: the installed launcher works" 0 "$P" -- sh -c "
         '$OUT/prefix/bin/nvipcfix' -- '$T/legacy_ipc' && '$OUT/prefix/bin/nvipcfix' doctor >/dev/null &&
-        test -f '$OUT/prefix/share/man/man1/nvipcfix.1'"
-    expect_in out "CORRECT"
+        '$OUT/prefix/bin/nvipcfix' --version && head -n 1 '$OUT/prefix/share/man/man1/nvipcfix.1'"
+    expect_in out "CORRECT"; expect_in out "^nvipcfix $(cat "$ROOT/VERSION")\$"
+    expect_in out "^\.TH NVIPCFIX 1 .*\"nvipcfix $(cat "$ROOT/VERSION")\""
     inst uninstall
     [ ! -e "$OUT/prefix" ] || { ok=0; why="make uninstall left: $(find "$OUT/prefix" | head -3)"; }
 else
