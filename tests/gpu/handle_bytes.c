@@ -23,6 +23,7 @@
  * Tail A sets byte 60 to 0x5a, tail B byte 61 to 0xa5 (bytes 56-63 are
  * ignored by the driver).
  *
+ * HB_BYTES, HB_TARGETS and HB_COMBO restrict the cases (see make_jobs).
  * Output: one line per case, then a table per target, change and order of
  * the byte ranges with one verdict. Importers run HB_JOBS at a time
  * (default 12); HB_DEADLINE (seconds, default 420) stops starting new ones.
@@ -249,15 +250,37 @@ static void verdict(const struct job *j, char *buf, size_t n)
 static struct job jobs[NJOBS];
 static char verdicts[NJOBS][128];
 
+/* HB_BYTES="24-27,40-55" and HB_TARGETS="1,2" (indices into target_names)
+ * restrict the cases; HB_COMBO=0 leaves out the combinations. */
+static int listed(const char *list, int v)
+{
+    if (list == NULL)
+        return 1;
+    for (const char *p = list; *p != '\0';) {
+        char *end;
+        long lo = strtol(p, &end, 10), hi = lo;
+        if (*end == '-')
+            hi = strtol(end + 1, &end, 10);
+        if (v >= lo && v <= hi)
+            return 1;
+        p = *end == ',' ? end + 1 : end;
+        if (*end != ',' )
+            break;
+    }
+    return 0;
+}
+
 static int make_jobs(void)
 {
     int n = 0;
+    const char *bytes = getenv("HB_BYTES"), *tlist = getenv("HB_TARGETS"), *co = getenv("HB_COMBO");
     for (int t = 0; t < NTARGETS; t++)
         for (int combo = 0; combo < 2; combo++)
             for (int c = 0; c < 2; c++)
                 for (int b = 0; b < 64; b++)
                     for (int o = 0; o < NORDERS; o++) {
-                        if (combo && (!combo_byte(b)))
+                        if ((combo && (!combo_byte(b) || (co && atoi(co) == 0))) ||
+                            !listed(bytes, b) || !listed(tlist, t))
                             continue;
                         jobs[n] = (struct job){t, combo, c, b, o, 0, -1, {0}};
                         n++;
