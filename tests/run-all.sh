@@ -195,19 +195,34 @@ expect_in err "nvipcfix\[[0-9]*\]: warning: this driver writes bytes 56-63"
 done_case
 # Only the exporter has nvipcfix (the likeliest mistake in a prefill/decode
 # deployment): the importer's driver refuses the guarded tag, a clean error
-# on every road, never the block's bytes.
+# on every road and in every order of opens (the handle alone; the block's
+# base handle opened first, as a receiver of a caching allocator's tensors
+# does; the handle refused once, then the base, then the handle again),
+# packed small allocations included, never the block's bytes.
 for road in direct dlsym procaddr procaddr-v1; do
-    PRE=$LIB check "$road: exporter with nvipcfix, importer without: a clean error" 2 \
-        LEGACY_IPC_IMPORTER_NO_PRELOAD=1 -- "$T/legacy_ipc" --road $road
-    # the 8 interior pointers fail to open; the 2 block bases (untagged) are
-    # right; nothing is written anywhere else
-    expect_in err "open failed: error 1\$"
-    expect_in out "read 2/10 right, written 2/10 right, 0 stray bytes, 8 failed calls"
-    done_case
+    for order in fresh base-first refused-first; do
+        PRE=$LIB check "$road, $order: exporter with nvipcfix, importer without: a clean error" 2 \
+            LEGACY_IPC_IMPORTER_NO_PRELOAD=1 -- "$T/legacy_ipc" --road $road --order $order
+        # the 8 interior pointers (of the block and of a packed small
+        # allocation) fail to open with the driver's invalid-handle error;
+        # the 2 bases (untagged) are right; nothing is written anywhere else
+        expect_in err "open failed: error 400\$"
+        expect_in out "read 2/10 right, written 2/10 right, 0 stray bytes, 8 failed calls"
+        [ "$order" = fresh ] || expect_in out "order=$order: 2 opened, 8 refused, 0 read wrong"
+        done_case
+    done
 done
 PRE=$LIB check "NVIPCFIX_TAG=plain: the same deployment reads the block base (what guarded tags stop)" 1 \
     NVIPCFIX_TAG=plain LEGACY_IPC_IMPORTER_NO_PRELOAD=1 -- "$T/legacy_ipc"
 expect_in out "WRONG"; done_case
+PRE=$LIB check "NVIPCFIX_TAG=plain, base first: the block base, silently (what guarded tags stop)" 1 \
+    NVIPCFIX_TAG=plain LEGACY_IPC_IMPORTER_NO_PRELOAD=1 -- "$T/legacy_ipc" --order base-first
+expect_in out "order=base-first: 10 opened, 0 refused, 8 read wrong"; done_case
+for order in base-first refused-first; do
+    PRE=$LIB check "both with nvipcfix, $order: right" 0 -- "$T/legacy_ipc" --order $order --reopen
+    expect_in out "order=$order: 10 opened, 0 refused, 0 read wrong"; expect_in out "CORRECT"
+    done_case
+done
 PRE=$LIB check "NVIPCFIX_TAG=plain: both sides with nvipcfix, right" 0 NVIPCFIX_TAG=plain -- \
     "$T/legacy_ipc" --reopen
 expect_in out "CORRECT"; done_case
