@@ -215,6 +215,18 @@ done
 PRE=$LIB check "NVIPCFIX_TAG=plain: the same deployment reads the block base (what guarded tags stop)" 1 \
     NVIPCFIX_TAG=plain LEGACY_IPC_IMPORTER_NO_PRELOAD=1 -- "$T/legacy_ipc"
 expect_in out "WRONG"; done_case
+for order in fresh base-first refused-first; do
+    PRE=$LIB check "packed small allocations, $order: exporter with nvipcfix, importer without: a clean error" 2 \
+        LEGACY_IPC_IMPORTER_NO_PRELOAD=1 -- "$T/legacy_ipc" --small --order $order --road procaddr
+    expect_in out "read 2/6 right, written 2/6 right, 0 stray bytes, 4 failed calls"
+    [ "$order" = fresh ] || expect_in out "order=$order: 2 opened, 4 refused, 0 read wrong"
+    done_case
+done
+PRE="" check "packed small allocations: the bug shows without the preload" 1 -- "$T/legacy_ipc" --small
+expect_in out "read 2/6 right"; done_case
+PRE=$LIB check "packed small allocations, base first: right with the preload" 0 -- \
+    "$T/legacy_ipc" --small --order base-first --reopen
+expect_in out "order=base-first: 6 opened, 0 refused, 0 read wrong"; expect_in out "CORRECT"; done_case
 PRE=$LIB check "NVIPCFIX_TAG=plain, base first: the block base, silently (what guarded tags stop)" 1 \
     NVIPCFIX_TAG=plain LEGACY_IPC_IMPORTER_NO_PRELOAD=1 -- "$T/legacy_ipc" --order base-first
 expect_in out "order=base-first: 10 opened, 0 refused, 8 read wrong"; done_case

@@ -26,6 +26,8 @@
  *   base's, then the handle again. The orders a receiver without nvipcfix
  *   must be refused a guarded tag in (docs/handle-format.md); they add a
  *   line "order=...: N opened, N refused, N read wrong".
+ * --small: only buffers in the two small allocations (512 B and 4 KiB) the
+ *   driver packs into one chunk (bytes 28-31 of their handles non-zero).
  * --self: no child; the exporter opens its own handles.
  * Environment: LEGACY_IPC_DEVICE (default 0) is the device both use;
  * LEGACY_IPC_IMPORTER_DEVICE, if set, the importer's;
@@ -317,7 +319,7 @@ struct buffer {
 
 int main(int argc, char **argv)
 {
-    int child = 0, reopen = 0, self = 0;
+    int child = 0, reopen = 0, self = 0, small = 0;
     const char *self_path = strchr(argv[0], '/') ? argv[0] : "/proc/self/exe";
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--child") == 0)
@@ -328,11 +330,13 @@ int main(int argc, char **argv)
             self = 1;
         else if (strcmp(argv[i], "--road") == 0 && i + 1 < argc)
             road = argv[++i];
+        else if (strcmp(argv[i], "--small") == 0)
+            small = 1;
         else if (strcmp(argv[i], "--order") == 0 && i + 1 < argc)
             order = argv[++i];
         else {
             fprintf(stderr, "usage: legacy_ipc [--road ROAD] [--order fresh|base-first|"
-                            "refused-first] [--reopen] [--self]\n");
+                            "refused-first] [--small] [--reopen] [--self]\n");
             return 2;
         }
     }
@@ -354,15 +358,21 @@ int main(int argc, char **argv)
             return 2;
     }
 
-    const struct buffer bufs[] = {
+    static const struct buffer all_bufs[] = {
         {0, 0, 256},          {0, 512, 256},         {0, 4096, 256},
         {0, 65537, 255},      {0, 1u << 20, 4096},   {0, (3u << 20) + 7, 1000},
         {0, BLOCK_SIZE - 64, 63}, {0, BLOCK_SIZE - 1, 1}, {1, 0, 512},
         {2, 100, 100},
     };
-    const uint32_t n = sizeof bufs / sizeof bufs[0];
+    /* --small: only the two small allocations the driver packs together */
+    static const struct buffer small_bufs[] = {
+        {1, 0, 128}, {1, 200, 64}, {1, 511, 1}, {2, 0, 1024}, {2, 2048, 100}, {2, 4095, 1},
+    };
+    const struct buffer *bufs = small ? small_bufs : all_bufs;
+    const uint32_t n = small ? sizeof small_bufs / sizeof small_bufs[0]
+                             : sizeof all_bufs / sizeof all_bufs[0];
 
-    static struct record recs[sizeof bufs / sizeof bufs[0]];
+    static struct record recs[sizeof all_bufs / sizeof all_bufs[0]];
     unsigned untouched = 0, base_exports = 0;
     for (uint32_t k = 0; k < n; k++) {
         if (check(ipc_get(&recs[k].handle, base[bufs[k].alloc] + bufs[k].offset), "export") ||
@@ -378,7 +388,7 @@ int main(int argc, char **argv)
         }
     }
 
-    unsigned char results[sizeof bufs / sizeof bufs[0]] = {0};
+    unsigned char results[sizeof all_bufs / sizeof all_bufs[0]] = {0};
     long left = -2;
     if (self) {
         /* The exporter opens its own handles. */
