@@ -104,7 +104,7 @@ done_case() {
         echo "[ FAILED ] integration: $current: $why"
         sed 's/^/    | /' "$OUT/out" "$OUT/err" | head -20
     fi
-    unset LD_PRELOAD NVIPCFIX_LIBRARY SIMCUDA_OLD_DRIVER SIMCUDA_HANDLE_TAIL SIMCUDA_FAIL SIMCUDA_DEVICES SIMCUDA_VA_GIB NVIPCFIX_MODE \
+    unset LD_PRELOAD NVIPCFIX_LIBRARY SIMCUDA_OLD_DRIVER SIMCUDA_REOPEN_UNCHECKED SIMCUDA_HANDLE_TAIL SIMCUDA_FAIL SIMCUDA_DEVICES SIMCUDA_VA_GIB NVIPCFIX_MODE \
         NVIPCFIX_LOG NVIPCFIX_STATS NVIPCFIX_SELF_OPEN NVIPCFIX_LOG_FILE LEGACY_IPC_DEVICE \
         LIBPATH LEGACY_IPC_IMPORTER_DEVICE LEGACY_IPC_IMPORTER_NO_PRELOAD NVIPCFIX_TAG GPU_SHARE_LIMIT_MIB QUOTA_PROBE_NO_DLMOPEN \
         NVIPCFIX_VMM VMM_IPC_IMPORTER_DEVICE VMM_IPC_IMPORTER_NO_PRELOAD VMM_IPC_TICKET_EDIT VMM_IPC_IMPORTER_UID 2>/dev/null
@@ -346,7 +346,13 @@ expect_in out "usage: nvipcfix"; expect_in out "^nvipcfix [0-9]"; done_case
 PRE="" check "doctor: a working driver, self-test passed" 0 "$L" "$P" -- "$NV" doctor
 expect_in out "GPU 0: .*handle bytes 56-63 free; self-test .*: passed"; expect_in out "All good"
 expect_in out "preload order: ok"
-expect_in out "a receiver without nvipcfix, same handle: refused by the driver"; done_case
+expect_in out "a receiver without nvipcfix, same handle: refused by the driver"
+expect_in out "same handle, after the block's base handle: refused by the driver"; done_case
+PRE="" check "doctor: a driver whose re-open ignores the guard: exit 9, with what to do" 9 "$L" "$P" \
+    SIMCUDA_REOPEN_UNCHECKED=1 -- "$NV" doctor
+expect_in out "same handle: refused by the driver"
+expect_in out "after the block's base handle: OPENS THE BLOCK BASE"
+expect_in out "Run every receiver with nvipcfix"; done_case
 PRE="" check "doctor: NVIPCFIX_TAG=plain says a receiver without nvipcfix reads the base" 0 "$L" \
     "$P" NVIPCFIX_TAG=plain -- "$NV" doctor
 expect_in out "same handle: OPENS THE BLOCK BASE"; expect_in out "NVIPCFIX_TAG=plain: a receiver"

@@ -34,6 +34,9 @@
  *     in bytes 36-39 stands in for the driver's own records).
  * Switches (environment, read at cuInit):
  *   SIMCUDA_DEVICES=N       number of devices (1..8, default 1)
+ *   SIMCUDA_REOPEN_UNCHECKED=1  a re-open of a mapped block checks nothing but
+ *                           the object id (a driver on which guarded tags are
+ *                           silent once the base is mapped; for the doctor)
  *   SIMCUDA_OLD_DRIVER=1    a second open of an open handle fails with
  *                           CUDA_ERROR_ALREADY_MAPPED (drivers before CUDA 11)
  *   SIMCUDA_HANDLE_TAIL=1   the driver writes non-zero bytes 56-63
@@ -134,7 +137,7 @@ struct vmm_range {
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static int initialized;
-static int ndevices = 1, old_driver, handle_tail;
+static int ndevices = 1, old_driver, handle_tail, reopen_unchecked;
 static uint64_t va_per_device = UINT64_C(64) << 30;
 static char fail_list[512];
 static unsigned char ident[8];
@@ -282,6 +285,7 @@ SIM_EXPORT CUresult cuInit(unsigned int flags)
         if (n != NULL && atoi(n) >= 1 && atoi(n) <= SIM_MAX_DEVICES)
             ndevices = atoi(n);
         old_driver = env_flag("SIMCUDA_OLD_DRIVER");
+        reopen_unchecked = env_flag("SIMCUDA_REOPEN_UNCHECKED");
         handle_tail = env_flag("SIMCUDA_HANDLE_TAIL");
         const char *va = getenv("SIMCUDA_VA_GIB");
         if (va != NULL && atoi(va) >= 1 && atoi(va) <= 1024)
@@ -801,12 +805,15 @@ static CUresult chunk_of(pid_t pid, uint32_t memory, int *fd)
 /* Caller holds the lock. A re-open of m with handle h. */
 static CUresult reopen(struct import *m, const unsigned char *h, CUdeviceptr *pdptr)
 {
+    if (reopen_unchecked)
+        goto found;
     if (memcmp(m->key + 48, h + 48, 4) != 0)
         return CUDA_ERROR_INVALID_HANDLE;
     if (memcmp(m->key + 52, h + 52, 4) != 0)
         return CUDA_ERROR_INVALID_VALUE;
     if (memcmp(m->key + 16, h + 16, 8) != 0 || memcmp(m->key + 28, h + 28, 4) != 0)
         return CUDA_ERROR_ALREADY_MAPPED;
+found:
     if (old_driver)
         return CUDA_ERROR_ALREADY_MAPPED;
     m->refs++;
@@ -850,28 +857,14 @@ static CUresult map_import(const unsigned char *h, int fd, CUdeviceptr *pdptr)
     return CUDA_SUCCESS;
 }
 
-static CUresult ipc_open(CUdeviceptr *pdptr, CUipcMemHandle handle, unsigned int flags)
+/* Caller holds the lock. An open of a block not mapped in the context. */
+static CUresult fresh_open(const unsigned char *h, CUdeviceptr *pdptr)
 {
-    const unsigned char *h = (const unsigned char *)handle.reserved;
-    if (pdptr == NULL || flags > CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS)
-        return CUDA_ERROR_INVALID_VALUE;
-    if (current == NULL)
-        return CUDA_ERROR_INVALID_CONTEXT;
     pid_t pid = client_pid(h);
     if (pid == 0)
         return CUDA_ERROR_INVALID_HANDLE;
     if (pid == getpid())
         return CUDA_ERROR_INVALID_CONTEXT; /* the exporter itself */
-
-    pthread_mutex_lock(&lock);
-    uint32_t off = get32(h + 28);
-    for (struct import *m = imports; m != NULL; m = m->next)
-        if (m->ctx == current && memcmp(m->key + 40, h + 40, 8) == 0 &&
-            (get32(m->key + 28) == off || ((off & 0xfff) != 0 && !(off & UINT32_C(0x80000000))))) {
-            CUresult r = reopen(m, h, pdptr);
-            pthread_mutex_unlock(&lock);
-            return r;
-        }
     int fd = -1;
     CUresult r = h[32] != 0x06 || get32(h + 33) != 0 ? CUDA_ERROR_INVALID_VALUE
                                                      : chunk_of(pid, get32(h + 52), &fd);
@@ -881,6 +874,24 @@ static CUresult ipc_open(CUdeviceptr *pdptr, CUipcMemHandle handle, unsigned int
         r = map_import(h, fd, pdptr);
     if (fd >= 0)
         close(fd);
+    return r;
+}
+
+static CUresult ipc_open(CUdeviceptr *pdptr, CUipcMemHandle handle, unsigned int flags)
+{
+    const unsigned char *h = (const unsigned char *)handle.reserved;
+    if (pdptr == NULL || flags > CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (current == NULL)
+        return CUDA_ERROR_INVALID_CONTEXT;
+    pthread_mutex_lock(&lock);
+    uint32_t off = get32(h + 28);
+    struct import *m = imports;
+    while (m != NULL && !(m->ctx == current && memcmp(m->key + 40, h + 40, 8) == 0 &&
+                          (get32(m->key + 28) == off ||
+                           ((off & 0xfff) != 0 && !(off & UINT32_C(0x80000000))))))
+        m = m->next;
+    CUresult r = m != NULL ? reopen(m, h, pdptr) : fresh_open(h, pdptr);
     pthread_mutex_unlock(&lock);
     return r;
 }
