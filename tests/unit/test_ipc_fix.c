@@ -6,6 +6,8 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -366,6 +368,57 @@ static void test_bad_flags_refused_on_table_hit(void **state)
     assert_int_equal(fake.opens, fake.closes);
 }
 
+static int count_lines(const char *path, const char *text)
+{
+    char line[1024];
+    int n = 0;
+    FILE *f = fopen(path, "r");
+    while (f != NULL && fgets(line, sizeof line, f) != NULL)
+        n += strstr(line, text) != NULL;
+    if (f != NULL)
+        fclose(f);
+    return n;
+}
+
+/* Issue 17: an open with unknown flags on a table hit, then a handle the
+ * driver does not know: two warnings, each naming its own cause, each once
+ * (in a child: the once-per-cause flags are per process). */
+static void test_each_open_failure_cause_warned_once(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/nvipcfix-causes-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    pid_t pid = fork();
+    if (pid == 0) {
+        nvipcfix_log_open(NVIPCFIX_LOG_WARN, path);
+        uint64_t b = fake_alloc(0x100000, 1 << 20);
+        CUipcMemHandle h = export_ok(b + 8), unknown;
+        CUdeviceptr p = open_ok(h), q = 0;
+        for (int i = 0; i < 2; i++) {
+            nvipcfix_open(&fix, f_open, &q, h, 0x8);
+            f_get(&unknown, b);
+            unknown.reserved[3] ^= 0x40; /* a block the driver does not know */
+            nvipcfix_open(&fix, f_open, &q, unknown, 1);
+        }
+        nvipcfix_close(&fix, p);
+        nvipcfix_log_close();
+        _exit(0);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    int flags = count_lines(path, "flags 0x8 include bits the driver does not know");
+    int unknown = count_lines(path, "the driver does not know this handle");
+    int all = count_lines(path, "nvipcfix[");
+    if (getenv("KEEP_CAUSES") == NULL)
+        unlink(path);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    assert_int_equal(flags, 1);
+    assert_int_equal(unknown, 1);
+    assert_int_equal(all, 2);
+}
+
 static void test_forged_offset_refused(void **state)
 {
     (void)state;
@@ -583,6 +636,7 @@ int main(void)
         T(test_open_returns_pointer_and_counts),
         T(test_close_of_address_inside_held_block),
         T(test_bad_flags_refused_on_table_hit),
+        T(test_each_open_failure_cause_warned_once),
         T(test_forged_offset_refused),
         T(test_foreign_tail_passes_through),
         T(test_self_open),
