@@ -459,11 +459,28 @@ done
 # In the other order the layer answers the look-ups itself: nvipcfix cannot
 # fix what it never sees, and says why once in each process it does see;
 # the bypassed opens of guarded tags fail cleanly (exit 2), never wrong bytes.
-PRE="$GS $LIB" check "GPU-sharing layer before nvipcfix: a warning names it and the order" 2 \
-    -- "$T/legacy_ipc" --road direct
-expect_in err "libgpu_share.so defines dlsym and is loaded before nvipcfix"
-[ "$(grep -c 'defines dlsym' "$OUT/err")" -eq 2 ] || { ok=0; why="not one warning per process"; }
+# The warning comes at load, so it is there on every road, also where no
+# call ever reaches nvipcfix (the runtime's road, cuGetProcAddress).
+for road in direct procaddr; do
+    PRE="$GS $LIB" check "GPU-sharing layer before nvipcfix, $road: a warning at load names it and the order" 2 \
+        -- "$T/legacy_ipc" --road $road
+    expect_in err "libgpu_share.so is loaded before nvipcfix and defines dlsym"
+    expect_in err "load libnvipcfix.so first in LD_PRELOAD"
+    [ "$(grep -c 'is loaded before nvipcfix' "$OUT/err")" -eq 2 ] || { ok=0; why="not one warning per process"; }
+    done_case
+done
+# (legacy_ipc --usage: a process that makes no CUDA call at all, exit 2)
+PRE="$T/libcuda_proxy.so $LIB" check "a library defining cuIpc* before nvipcfix: a warning at load names it" 2 \
+    -- "$T/legacy_ipc" --usage
+expect_in err "libcuda_proxy.so is loaded before nvipcfix and defines cuIpcGetMemHandle:"
+[ "$(grep -c 'is loaded before nvipcfix' "$OUT/err")" -eq 1 ] || { ok=0; why="not one warning"; }
 done_case
+PRE="$T/libcuda_proxy.so $LIB" check "... NVIPCFIX_LOG=error silences it" 2 NVIPCFIX_LOG=error \
+    -- "$T/legacy_ipc" --usage
+[ "$(grep -c 'nvipcfix' "$OUT/err")" -eq 0 ] || { ok=0; why="a line from nvipcfix"; }; done_case
+PRE="$LIB $T/libcuda_proxy.so" check "... and after nvipcfix there is nothing to say" 2 \
+    -- "$T/legacy_ipc" --usage
+[ "$(grep -c 'nvipcfix\[' "$OUT/err")" -eq 0 ] || { ok=0; why="a line from nvipcfix"; }; done_case
 # (A sanitizer runtime cannot share the process with a second libc.)
 PRE=$LIB check "dlsym on other handles: a proxy's own function, a dlmopen namespace's own" 0 \
     ${SAN_PRE:+QUOTA_PROBE_NO_DLMOPEN=1} -- "$T/quota_probe" 0 "$T/libcuda_proxy.so"
