@@ -802,8 +802,14 @@ static CUresult chunk_of(pid_t pid, uint32_t memory, int *fd)
     return *fd >= 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
 }
 
-/* Caller holds the lock. A re-open of m with handle h. */
-static CUresult reopen(struct import *m, const unsigned char *h, CUdeviceptr *pdptr)
+/* Caller holds the lock. A re-open of m with handle h. Through the legacy
+ * entry point (cuIpcOpenMemHandle, version 4010) a re-open that passes the
+ * checks is refused with ALREADY_MAPPED, as drivers before CUDA 11 did: on
+ * the H200 (580.159.04) a program that took "cuIpcOpenMemHandle" with
+ * dlsym got 208 for every second open of a block (gpu-check, "exporter
+ * preloaded, importer not, base opened first: dlsym"); the _v2 entry counts
+ * references. */
+static CUresult reopen(struct import *m, const unsigned char *h, CUdeviceptr *pdptr, int legacy)
 {
     if (reopen_unchecked)
         goto found;
@@ -814,7 +820,7 @@ static CUresult reopen(struct import *m, const unsigned char *h, CUdeviceptr *pd
     if (memcmp(m->key + 16, h + 16, 8) != 0 || memcmp(m->key + 28, h + 28, 4) != 0)
         return CUDA_ERROR_ALREADY_MAPPED;
 found:
-    if (old_driver)
+    if (old_driver || legacy)
         return CUDA_ERROR_ALREADY_MAPPED;
     m->refs++;
     *pdptr = m->ptr;
@@ -877,7 +883,8 @@ static CUresult fresh_open(const unsigned char *h, CUdeviceptr *pdptr)
     return r;
 }
 
-static CUresult ipc_open(CUdeviceptr *pdptr, CUipcMemHandle handle, unsigned int flags)
+static CUresult ipc_open(CUdeviceptr *pdptr, CUipcMemHandle handle, unsigned int flags,
+                         int legacy)
 {
     const unsigned char *h = (const unsigned char *)handle.reserved;
     if (pdptr == NULL || flags > CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS)
@@ -891,7 +898,7 @@ static CUresult ipc_open(CUdeviceptr *pdptr, CUipcMemHandle handle, unsigned int
                           (get32(m->key + 28) == off ||
                            ((off & 0xfff) != 0 && !(off & UINT32_C(0x80000000))))))
         m = m->next;
-    CUresult r = m != NULL ? reopen(m, h, pdptr) : fresh_open(h, pdptr);
+    CUresult r = m != NULL ? reopen(m, h, pdptr, legacy) : fresh_open(h, pdptr);
     pthread_mutex_unlock(&lock);
     return r;
 }
@@ -900,14 +907,14 @@ SIM_EXPORT CUresult cuIpcOpenMemHandle(CUdeviceptr *pdptr, CUipcMemHandle handle
                                        unsigned int flags)
 {
     ENTER("cuIpcOpenMemHandle");
-    return ipc_open(pdptr, handle, flags);
+    return ipc_open(pdptr, handle, flags, 1);
 }
 
 SIM_EXPORT CUresult cuIpcOpenMemHandle_v2(CUdeviceptr *pdptr, CUipcMemHandle handle,
                                           unsigned int flags)
 {
     ENTER("cuIpcOpenMemHandle_v2");
-    return ipc_open(pdptr, handle, flags);
+    return ipc_open(pdptr, handle, flags, 0);
 }
 
 SIM_EXPORT CUresult cuIpcCloseMemHandle(CUdeviceptr p)

@@ -4,6 +4,8 @@
  * process, as the driver sees it). */
 #include <cuda.h>
 
+#include <dlfcn.h>
+
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -300,6 +302,35 @@ static int order_c(CUipcMemHandle base, int byte, unsigned char mask, CUresult e
     return WIFEXITED(status) ? WEXITSTATUS(status) : 100;
 }
 
+/* The legacy entry point (cuIpcOpenMemHandle, version 4010, what dlsym of
+ * that name gives) refuses a second open of a mapped block with
+ * ALREADY_MAPPED; the _v2 entry counts references. Measured on the H200,
+ * driver 580.159.04: gpu-check "exporter preloaded, importer not, base
+ * opened first: dlsym" (every second open: 208). */
+static void test_legacy_entry_refuses_a_reopen(void **state)
+{
+    (void)state;
+    CUdeviceptr p;
+    CUipcMemHandle h;
+    assert_int_equal(cuMemAlloc(&p, 2u << 20), CUDA_SUCCESS);
+    assert_int_equal(cuIpcGetMemHandle(&h, p), CUDA_SUCCESS);
+    pid_t pid = fork();
+    if (pid == 0) {
+        typedef CUresult (*open_fn)(CUdeviceptr *, CUipcMemHandle, unsigned int);
+        open_fn legacy = (open_fn)dlsym(RTLD_DEFAULT, "cuIpcOpenMemHandle");
+        CUdeviceptr a = 0, b = 0, c = 0;
+        int ok = legacy != NULL && legacy(&a, h, 1) == CUDA_SUCCESS &&
+                 legacy(&b, h, 1) == CUDA_ERROR_ALREADY_MAPPED &&
+                 cuIpcOpenMemHandle_v2(&c, h, 1) == CUDA_SUCCESS && c == a &&
+                 cuIpcCloseMemHandle(a) == CUDA_SUCCESS && cuIpcCloseMemHandle(a) == CUDA_SUCCESS;
+        _exit(ok ? 0 : 1);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    cuMemFree(p);
+}
+
 static void test_guard_bytes_in_every_order(void **state)
 {
     (void)state;
@@ -380,6 +411,7 @@ int main(void)
         cmocka_unit_test(test_importer_sees_the_bug),
         cmocka_unit_test(test_open_validates_the_measured_bytes),
         cmocka_unit_test(test_guard_bytes_in_every_order),
+        cmocka_unit_test(test_legacy_entry_refuses_a_reopen),
         cmocka_unit_test(test_vmm_memory_as_measured),
     };
     return cmocka_run_group_tests_name("simulated_driver", tests, setup, NULL);
