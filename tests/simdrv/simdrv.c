@@ -27,11 +27,15 @@
  *     cannot be exported (CUDA_ERROR_INVALID_VALUE). Exported descriptors
  *     are duplicates of the memfd, so two processes really share the bytes;
  *     there is no peer access between simulated devices;
- *   - a handle whose chunk size (bytes 24-27, in pages) is not the chunk's
- *     is refused with CUDA_ERROR_INVALID_VALUE, as the real driver refuses
- *     it (docs/handle-format.md has the per-byte table measured on an H100);
- *     a handle whose other bytes 0-55 were changed does not open (a checksum
- *     in bytes 36-39 stands in for the driver's own records).
+ *   - an open validates what the H200 validates, with its errors, on a
+ *     fresh open and on a re-open of a block already mapped in the context
+ *     (found by the object id; the chunk size, bytes 24-27, is not looked
+ *     at then), byte 31 with bit 7 set leaves a sticky launch failure, and
+ *     the legacy entry (cuIpcOpenMemHandle, 4010) refuses a re-open with
+ *     CUDA_ERROR_ALREADY_MAPPED (docs/handle-format.md has the measured
+ *     table; ipc_open below says what is modelled). Bytes 48-51 hold the
+ *     exporter's "client" (0xc1 and its pid), 52-55 the chunk's "memory
+ *     handle" (its memfd's descriptor number and chunk id).
  * Switches (environment, read at cuInit):
  *   SIMCUDA_DEVICES=N       number of devices (1..8, default 1)
  *   SIMCUDA_REOPEN_UNCHECKED=1  a re-open of a mapped block checks nothing but
@@ -748,7 +752,11 @@ SIM_EXPORT CUresult cuIpcGetMemHandle(CUipcMemHandle *handle, CUdeviceptr p)
  * the context is found by the object id (40-47) and checks only the client,
  * the memory handle, the size and the offset: bytes 24-27 and 32-39 are
  * not looked at (the re-open gives the existing mapping). An offset that
- * changed to another 4 KiB boundary, or with bit 31 set, is a fresh open. */
+ * changed to another 4 KiB boundary, or with bit 31 set, is a fresh open.
+ * Not modelled: object ids here are per allocation, while the H200 gives
+ * the packed blocks of a chunk one id (an importer holding a neighbour of
+ * the same chunk then takes the re-open path, where a changed chunk size
+ * opened); the NOT_PERMITTED (800) of byte 52 xor 0x80 (see chunk_of). */
 
 /* The exporter's process id in a valid client, or 0. */
 static pid_t client_pid(const unsigned char *h)
