@@ -9,6 +9,10 @@
 
 extern char **environ;
 
+/* The release (the VERSION file, through the Makefile), readable in the file:
+ * `strings libnvipcfix.so | grep 'nvipcfix version'`; nvipcfix doctor reads it. */
+__attribute__((used)) static const char version_mark[] = "nvipcfix version " NVIPCFIX_VERSION;
+
 static struct nvipcfix_fix fix;
 static pthread_once_t fix_once = PTHREAD_ONCE_INIT;
 
@@ -18,6 +22,13 @@ static const char *read_env(const char *name)
 }
 
 static pid_t setup_pid;
+
+/* At load, before the program can close fd 2 and open a file of its own
+ * there: what stderr is (see nvipcfix_log_remember_stderr). */
+__attribute__((constructor)) static void remember_stderr_at_load(void)
+{
+    nvipcfix_log_remember_stderr();
+}
 
 /* Only a child handler: nothing is locked across fork(), so fork() costs
  * what it does without nvipcfix and cannot deadlock with the driver's own
@@ -74,8 +85,9 @@ static void setup(void)
     atexit(at_exit);
     /* A library ahead of nvipcfix in the search order was named at load
      * (load_order.c). */
-    NVIPCFIX_INFO("active: mode %s, self-open %s, VMM export %s", nvipcfix_mode_name(cfg.mode),
-                  cfg.self_open ? "on" : "off", cfg.vmm ? "on" : "off");
+    NVIPCFIX_INFO("active: nvipcfix " NVIPCFIX_VERSION ", mode %s, self-open %s, VMM export %s",
+                  nvipcfix_mode_name(cfg.mode), cfg.self_open ? "on" : "off",
+                  cfg.vmm ? "on" : "off");
 }
 
 struct nvipcfix_fix *nvipcfix_library(void)

@@ -6,9 +6,20 @@
 #   ensure-deps.sh fuzz     clang with libFuzzer
 #   ensure-deps.sh aarch64  the aarch64 cross compiler, qemu-user and Debian's
 #                           arm64 cmocka (multiarch)
+#   ensure-deps.sh packages make wheel, make deb, make test-packages: the aarch64
+#                           cross compiler, Debian's python3 (/usr/bin/python3, not
+#                           a pyenv or conda one) with venv, pip, setuptools and
+#                           wheel, and lintian
 missing=""
 need() { # COMMAND PACKAGE
     command -v "$1" >/dev/null 2>&1 || missing="$missing $2"
+}
+need_cross() { # the aarch64 cross compiler and its C library
+    need aarch64-linux-gnu-gcc gcc-aarch64-linux-gnu
+    [ -f /usr/aarch64-linux-gnu/include/stdio.h ] || missing="$missing libc6-dev-arm64-cross"
+}
+need_python_module() { # MODULE PACKAGE: importable by Debian's python3
+    /usr/bin/python3 -c "import $1" >/dev/null 2>&1 || missing="$missing $2"
 }
 need_header() { # HEADER PACKAGE: found by the compiler (CPATH counts too)
     echo "#include <$1>" | ${CC:-cc} -E -x c - >/dev/null 2>&1 || missing="$missing $2"
@@ -35,8 +46,7 @@ fuzz)
         missing="$missing libclang-rt-dev"
     ;;
 aarch64)
-    need aarch64-linux-gnu-gcc gcc-aarch64-linux-gnu
-    [ -f /usr/aarch64-linux-gnu/include/stdio.h ] || missing="$missing libc6-dev-arm64-cross"
+    need_cross
     need qemu-aarch64 qemu-user
     need_header cmocka.h libcmocka-dev
     [ -f /usr/lib/aarch64-linux-gnu/libcmocka.so ] || missing="$missing libcmocka-dev:arm64"
@@ -44,6 +54,16 @@ aarch64)
     *:arm64*) [ "$(id -u)" = 0 ] && ! dpkg --print-foreign-architectures | grep -qx arm64 &&
         dpkg --add-architecture arm64 ;;
     esac
+    ;;
+packages)
+    need_cross
+    [ -x /usr/bin/python3 ] || missing="$missing python3"
+    need_python_module ensurepip python3-venv
+    need_python_module pip python3-pip
+    need_python_module setuptools python3-setuptools
+    need_python_module wheel python3-wheel
+    need lintian lintian
+    need x86_64-linux-gnu-objdump binutils
     ;;
 esac
 [ -z "$missing" ] && exit 0

@@ -339,6 +339,16 @@ expect_in out "with nvipcfix:    exit 0, output differs from the run without"
 expect_in out "2 process(es): exports 10 (8 with an offset), opens 10"
 expect_in out "audit mode:       exit 1; 8 exports of interior pointers (offsets: 512 4096 65537"
 done_case
+PRE="" check "scripts/regress without --audit: a verdict line last" 0 -- \
+    "$ROOT/scripts/regress" --lib "$LIB" -- "$T/legacy_ipc"
+[ "$(tail -n 1 "$OUT/out")" = "  => this program exports pointers inside larger allocations: without nvipcfix its receivers get the wrong bytes" ] ||
+    { ok=0; why="last line: $(tail -n 1 "$OUT/out")"; }
+done_case
+PRE="" check "scripts/regress without --audit: a program without IPC is not affected" 0 -- \
+    "$ROOT/scripts/regress" --lib "$LIB" -- true
+[ "$(tail -n 1 "$OUT/out")" = "  => no interior-pointer export seen: this run is not affected" ] ||
+    { ok=0; why="last line: $(tail -n 1 "$OUT/out")"; }
+done_case
 fi
 
 PRE="" check "scripts/regress: a program that cannot start is a failure, with its stderr" 127 -- \
@@ -346,6 +356,18 @@ PRE="" check "scripts/regress: a program that cannot start is a failure, with it
 expect_in out "the program could not start (exit 127)"; expect_in out "nonexistent-program"
 expect_in out "=> FAILED: the program did not start"
 grep -q "not affected" "$OUT/out" && { ok=0; why="reported as not affected"; }
+grep -q "line [0-9]" "$OUT/out" "$OUT/err" && { ok=0; why="a script line number is shown"; }
+done_case
+PRE="" check "scripts/regress: a file that is not executable, exit 126, one clean line" 126 -- \
+    "$ROOT/scripts/regress" --lib "$LIB" -- "$ROOT/README.md"
+expect_in out "README.md: not executable"; expect_in out "=> FAILED: the program did not start"
+grep -q "line [0-9]" "$OUT/out" "$OUT/err" && { ok=0; why="a script line number is shown"; }
+done_case
+current="the scripts and the launcher are executable (git mode 755)"
+ok=1; echo >"$OUT/out"; echo >"$OUT/err"
+for f in "$ROOT"/scripts/* "$ROOT/tools/nvipcfix"; do
+    [ -x "$f" ] || { ok=0; why="$(basename "$f") is not executable"; }
+done
 done_case
 PRE="" check "scripts/bench.sh: a missing build folder fails loudly" 2 -- \
     sh "$ROOT/scripts/bench.sh" "$OUT/no-build"
@@ -391,10 +413,10 @@ expect_in err "^nvipcfix: /nonexistent/program: command not found$"
 [ "$(wc -l <"$OUT/err")" -eq 1 ] || { ok=0; why="more than one line: $(cat "$OUT/err")"; }
 done_case
 PRE="" check "launcher: --help and --version" 0 -- sh -c "'$NV' --help && '$NV' --version"
-expect_in out "usage: nvipcfix"; expect_in out "^nvipcfix [0-9]"; done_case
+expect_in out "usage: nvipcfix"; expect_in out "^nvipcfix $(cat "$ROOT/VERSION")\$"; done_case
 PRE="" check "doctor: a working driver, self-test passed" 0 "$L" "$P" -- "$NV" doctor
 expect_in out "GPU 0: .*handle bytes 56-63 free; self-test .*: passed"; expect_in out "All good"
-expect_in out "preload order: ok"
+expect_in out "preload order: ok"; expect_in out "^nvipcfix: .*libnvipcfix.so (version $(cat "$ROOT/VERSION"))"
 expect_in out "a receiver without nvipcfix, same handle: refused by the driver"
 expect_in out "same handle, after the block's base handle: refused by the driver"; done_case
 PRE="" check "doctor: a driver whose re-open ignores the guard: exit 9, with what to do" 9 "$L" "$P" \
@@ -406,10 +428,24 @@ PRE="" check "doctor: NVIPCFIX_TAG=plain says a receiver without nvipcfix reads 
     "$P" NVIPCFIX_TAG=plain -- "$NV" doctor
 expect_in out "same handle: OPENS THE BLOCK BASE"; expect_in out "NVIPCFIX_TAG=plain: a receiver"
 done_case
-PRE="" check "doctor: a dlsym-defining library before nvipcfix in LD_PRELOAD (exit 8)" 8 "$L" \
-    "LD_PRELOAD=$SAN_PRE${SAN_PRE:+ }$T/libgpu_share.so:$LIB" -- "$NV" doctor
+# (the doctor's program itself: the launcher would correct the order)
+PRE="" check "doctor: a dlsym-defining library before nvipcfix in LD_PRELOAD (exit 8)" 8 \
+    "LD_PRELOAD=$SAN_PRE${SAN_PRE:+ }$T/libgpu_share.so:$LIB" -- "$B/nvipcfix-doctor"
 expect_in out "preload order: WRONG"; expect_in out "libgpu_share.so"
 expect_in out "Put libnvipcfix.so first"; done_case
+PRE="" check "launcher: LD_PRELOAD naming nvipcfix behind a dlsym-defining library: moved first" 0 \
+    "$L" "LD_PRELOAD=$SAN_PRE${SAN_PRE:+ }$T/libgpu_share.so:$LIB" -- "$NV" doctor
+expect_in out "preload order: ok"; expect_in out "All good"; done_case
+PRE="" check "launcher: nvipcfix first, once, the others in their order" 0 "$L" \
+    "LD_PRELOAD=$T/libother_preload.so $T/libgpu_share.so:$LIB:$B/../$(basename "$B")/libnvipcfix.so" -- \
+    "$NV" -- sh -c 'echo "$LD_PRELOAD"'
+[ "$(cat "$OUT/out")" = "$LIB:$T/libother_preload.so:$T/libgpu_share.so" ] ||
+    { ok=0; why="LD_PRELOAD=$(cat "$OUT/out")"; }
+done_case
+PRE="" check "launcher: nvipcfix moved before a dlsym-defining library fixes the dlsym road" 0 "$L" \
+    "LD_PRELOAD=$SAN_PRE${SAN_PRE:+ }$T/libgpu_share.so:$LIB" GPU_SHARE_LIMIT_MIB=64 -- \
+    "$NV" -- "$T/legacy_ipc" --road dlsym
+expect_in out "CORRECT"; done_case
 PRE="" check "launcher: nvipcfix goes before a dlsym-defining library already preloaded" 0 "$L" \
     "LD_PRELOAD=$SAN_PRE${SAN_PRE:+ }$T/libgpu_share.so" -- "$NV" doctor
 expect_in out "preload order: ok"; expect_in out "All good"; done_case
@@ -431,14 +467,37 @@ files() { find "$OUT/prefix" -mindepth 1 2>/dev/null; } # files or folders
 if inst install && inst uninstall && [ -z "$(files)" ] && inst install; then
     PRE="" check "make install into a prefix: the installed launcher works" 0 "$P" -- sh -c "
         '$OUT/prefix/bin/nvipcfix' -- '$T/legacy_ipc' && '$OUT/prefix/bin/nvipcfix' doctor >/dev/null &&
-        test -f '$OUT/prefix/share/man/man1/nvipcfix.1'"
-    expect_in out "CORRECT"
+        '$OUT/prefix/bin/nvipcfix' --version && head -n 1 '$OUT/prefix/share/man/man1/nvipcfix.1'"
+    expect_in out "CORRECT"; expect_in out "^nvipcfix $(cat "$ROOT/VERSION")\$"
+    expect_in out "^\.TH NVIPCFIX 1 .*\"nvipcfix $(cat "$ROOT/VERSION")\""
     inst uninstall
-    [ -z "$(files)" ] || { ok=0; why="make uninstall left: $(files | head -3)"; }
+    [ ! -e "$OUT/prefix" ] || { ok=0; why="make uninstall left: $(find "$OUT/prefix" | head -3)"; }
 else
     current="make install into a prefix"; ok=0; why="make install/uninstall failed or left files"
     echo >"$OUT/out"; echo >"$OUT/err"
 fi
+done_case
+# make uninstall leaves the prefix as install found it: folders that were
+# there (empty ones too) stay; with DESTDIR nothing of ours is left, nor the
+# DESTDIR/usr that install created.
+tree() { (cd "$OUT/$1" && find . | sort); }
+current="make uninstall: a prefix with empty bin/, lib/, share/man/man1 is left as it was"
+ok=1; echo >"$OUT/out"; echo >"$OUT/err"
+mkdir -p "$OUT/prefix/bin" "$OUT/prefix/lib" "$OUT/prefix/share/man/man1"
+tree prefix >"$OUT/tree.before"
+inst install && inst install || { ok=0; why="make install failed"; }
+[ -f "$OUT/prefix/share/doc/nvipcfix/LICENSE" ] || { ok=0; why="LICENSE not installed"; }
+inst uninstall || { ok=0; why="make uninstall failed"; }
+tree prefix | cmp -s - "$OUT/tree.before" ||
+    { ok=0; why="prefix changed: $(tree prefix | diff "$OUT/tree.before" - | head -5 | tr '\n' ' ')"; }
+done_case
+current="make install DESTDIR=... PREFIX=/usr, make uninstall: DESTDIR as it was"
+ok=1; echo >"$OUT/out"; echo >"$OUT/err"
+mkdir -p "$OUT/stage/etc"
+dinst() { make -s -C "$ROOT" "$@" BUILD="$B" DESTDIR="$OUT/stage" PREFIX=/usr >/dev/null 2>&1; }
+dinst install && [ -x "$OUT/stage/usr/bin/nvipcfix" ] || { ok=0; why="make install failed"; }
+dinst uninstall || { ok=0; why="make uninstall failed"; }
+[ "$(tree stage | tr '\n' ' ')" = ". ./etc " ] || { ok=0; why="left: $(tree stage | head -4 | tr '\n' ' ')"; }
 done_case
 ;;
 esac
@@ -480,6 +539,63 @@ done_case
 PRE=$LIB check "NVIPCFIX_LOG_FILE=/dev/stderr: the process's stderr, a pipe here" 0 \
     NVIPCFIX_LOG_FILE=/dev/stderr NVIPCFIX_LOG=info -- "$T/legacy_ipc"
 expect_in err "nvipcfix\[[0-9]*\]: info: active"; done_case
+# The log file is never reached through a symbolic link in any folder of
+# its path, never another user's file, and a new one is 0600.
+mkdir -p "$OUT/logreal" && ln -sfn "$OUT/logreal" "$OUT/loglink"
+PRE=$LIB check "NVIPCFIX_LOG_FILE through a symlinked folder: not followed, one warning per process" 0 \
+    NVIPCFIX_LOG_FILE="$OUT/loglink/nv.log" -- "$T/legacy_ipc"
+expect_in out "CORRECT"; expect_in err "cannot use log file .*a symbolic link in the path"
+[ "$(grep -c 'cannot use log file' "$OUT/err")" -eq 2 ] || { ok=0; why="not one warning per process"; }
+[ ! -e "$OUT/logreal/nv.log" ] || { ok=0; why="the log was written through the link"; }
+done_case
+if [ "$(id -u)" = 0 ]; then
+    printf 'theirs\n' >"$OUT/foreign.log" && chmod 666 "$OUT/foreign.log" &&
+        chown 65534:65534 "$OUT/foreign.log"
+    PRE=$LIB check "NVIPCFIX_LOG_FILE owned by another user (mode 666): never appended to" 0 \
+        NVIPCFIX_LOG_FILE="$OUT/foreign.log" NVIPCFIX_LOG=info -- "$T/legacy_ipc"
+    expect_in out "CORRECT"; expect_in err "cannot use log file .*owned by another user"
+    expect_in err "info: active"
+    [ "$(cat "$OUT/foreign.log")" = theirs ] || { ok=0; why="the foreign file was written"; }
+    done_case
+else
+    skip "NVIPCFIX_LOG_FILE owned by another user" "needs root to give a file to another user"
+fi
+saved_umask=$(umask)
+umask 0
+PRE=$LIB check "NVIPCFIX_LOG_FILE: new files are created 0600, even under umask 0" 0 \
+    NVIPCFIX_LOG_FILE="$OUT/new.%p.log" NVIPCFIX_LOG=info -- "$T/legacy_ipc"
+umask "$saved_umask"
+modes=$(stat -c %a "$OUT"/new.*.log | sort -u | tr '\n' ' ')
+[ "$modes" = "600 " ] || { ok=0; why="log file modes: $modes"; }
+[ "$(cat "$OUT"/new.*.log | grep -c 'info: active')" -eq 2 ] || { ok=0; why="not one log per process"; }
+done_case
+# A program that closed fd 2 and opened a data file (which got fd 2): the
+# library's warning must not land in it.
+for where in dropped "NVIPCFIX_LOG_FILE"; do
+    logfile=""
+    [ "$where" = dropped ] || logfile="$OUT/fd2.log"
+    PRE=$LIB check "fd 2 closed and reused for a data file: it holds only its own records ($where)" 0 \
+        LIBPATH=/nonexistent ${logfile:+NVIPCFIX_LOG_FILE=$logfile} -- \
+        "$T/no_driver" --data-file "$OUT/data"
+    expect_in out "cuIpcGetMemHandle -> 3"
+    [ "$(cat "$OUT/data")" = "$(printf 'RECORD-1\nRECORD-2')" ] ||
+        { ok=0; why="data file holds: $(head -c 300 "$OUT/data")"; }
+    [ -z "$logfile" ] || grep -q "warning: cannot load the CUDA driver" "$logfile" ||
+        { ok=0; why="the warning is not in the log file"; }
+    done_case
+done
+# The same for the log file's own descriptor: closed by the program (every
+# descriptor above 2, as a daemon does) and reused for a data file that is
+# still open when the statistics line is written at exit.
+PRE=$LIB check "log file's descriptor closed and reused for a data file: it holds only its own records" 0 \
+    LIBPATH=/nonexistent NVIPCFIX_STATS=1 NVIPCFIX_LOG_FILE="$OUT/reused.log" -- \
+    "$T/no_driver" --reuse-log-fd "$OUT/data"
+expect_in out "again -> 3"
+[ "$(cat "$OUT/data")" = "$(printf 'RECORD-1\nRECORD-2')" ] ||
+    { ok=0; why="data file holds: $(head -c 300 "$OUT/data")"; }
+grep -q "warning: cannot load the CUDA driver" "$OUT/reused.log" ||
+    { ok=0; why="the warning before the close is not in the log file"; }
+done_case
 PRE=$LIB check "a newline in a setting's value stays inside one log line" 0 \
     "NVIPCFIX_MODE=fix
 nvipcfix[1]: error: forged" -- "$T/legacy_ipc"
@@ -630,6 +746,23 @@ elif command -v valgrind >/dev/null 2>&1; then
 else
     current="valgrind memcheck"; ok=0; why="valgrind is not installed"; done_case
 fi
+
+# The docs' claims a machine can check (scripts/check-docs), and the check
+# itself failing on a copy of the docs with a setting and a figure wrong.
+PRE="" check "docs: every setting documented, the README's figures from the newest run" 0 -- \
+    python3 "$ROOT/scripts/check-docs"
+expect_in out "check-docs: ok"; done_case
+mkdir -p "$OUT/docs-copy/shim" "$OUT/docs-copy/docs" "$OUT/docs-copy/tools"
+cp "$ROOT/README.md" "$OUT/docs-copy/" && cp "$ROOT"/docs/* "$OUT/docs-copy/docs/" &&
+    cp "$ROOT/tools/nvipcfix" "$OUT/docs-copy/tools/" &&
+    sed 's/"NVIPCFIX_MODE", /"NVIPCFIX_MODE", "NVIPCFIX_NEW_SETTING", /' "$ROOT/shim/config.c" \
+        >"$OUT/docs-copy/shim/config.c" &&
+    sed -i 's/^\(## What it costs\)$/\1\n\nAn export costs 0.01234 us./' "$OUT/docs-copy/README.md"
+PRE="" check "docs: check-docs fails on an undocumented setting and a figure from nowhere" 1 -- \
+    python3 "$ROOT/scripts/check-docs" "$OUT/docs-copy"
+expect_in out "README.md settings table: NVIPCFIX_NEW_SETTING (read in shim/config.c) is missing"
+expect_in out "docs/nvipcfix.1 ENVIRONMENT: NVIPCFIX_NEW_SETTING"
+expect_in out "'What it costs': 0.01234 is not in docs/performance.md"; done_case
 
 # The built library: only libc needed, only the entry points exported, no
 # named version node (it would fail to interpose versioned references).

@@ -272,6 +272,39 @@ static int find_nvipcfix(struct dl_phdr_info *info, size_t size, void *arg)
     return 0;
 }
 
+/* The release of the library at path: the "nvipcfix version X" string it
+ * carries (preload/library.c), or "unknown" for a build without it. */
+static void library_version(const char *path, char *out, size_t n)
+{
+    static const char mark[] = "nvipcfix version ";
+    snprintf(out, n, "unknown");
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return;
+    static char file[4 << 20];
+    size_t len = fread(file, 1, sizeof file - 1, f);
+    fclose(f);
+    file[len] = '\0';
+    const char *at = memmem(file, len, mark, sizeof mark - 1);
+    if (at != NULL)
+        snprintf(out, n, "%s", at + sizeof mark - 1);
+}
+
+/* The loaded library's path and release, and whether it is this doctor's. */
+static void print_library(int loaded, const char *path)
+{
+    if (!loaded) {
+        printf("nvipcfix:     not loaded\n");
+        return;
+    }
+    char version[64];
+    library_version(path, version, sizeof version);
+    printf("nvipcfix:     %s (version %s", path, version);
+    if (strcmp(version, NVIPCFIX_VERSION) != 0)
+        printf("; this doctor is version " NVIPCFIX_VERSION);
+    printf(")\n");
+}
+
 static int dlsym_before(const char *nvipcfix, char *out, size_t n)
 {
     struct order o = {nvipcfix, 0, 0, out, n};
@@ -307,7 +340,7 @@ int main(int argc, char **argv)
      * interposer may define the same entry points). */
     char nvipcfix[1024] = "";
     int loaded = dl_iterate_phdr(find_nvipcfix, nvipcfix) == 1;
-    printf("nvipcfix:     %s\n", loaded ? nvipcfix : "not loaded");
+    print_library(loaded, nvipcfix);
     if (ngpu == 0) {
         printf("GPUs:         none (cuInit: error %d)\n", (int)r);
         printf("\nThe driver is installed but sees no GPU. Check nvidia-smi; in a container,\n"
