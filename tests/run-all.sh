@@ -753,7 +753,7 @@ PRE="" check "docs: every setting documented, the README's figures from the newe
     python3 "$ROOT/scripts/check-docs"
 expect_in out "check-docs: ok"; done_case
 mkdir -p "$OUT/docs-copy/shim" "$OUT/docs-copy/docs" "$OUT/docs-copy/tools"
-cp "$ROOT/README.md" "$ROOT/VERSION" "$ROOT/CHANGELOG.md" "$OUT/docs-copy/" && cp "$ROOT"/docs/* "$OUT/docs-copy/docs/" &&
+cp "$ROOT/README.md" "$ROOT/VERSION" "$ROOT/CHANGELOG.md" "$OUT/docs-copy/" && cp "$ROOT"/docs/*.md "$ROOT/docs/nvipcfix.1" "$OUT/docs-copy/docs/" &&
     cp "$ROOT/tools/nvipcfix" "$OUT/docs-copy/tools/" &&
     sed 's/"NVIPCFIX_MODE", /"NVIPCFIX_MODE", "NVIPCFIX_NEW_SETTING", /' "$ROOT/shim/config.c" \
         >"$OUT/docs-copy/shim/config.c" &&
