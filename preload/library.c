@@ -83,13 +83,8 @@ static void setup(void)
     if (cfg.mode == NVIPCFIX_MODE_AUDIT)
         fix.describe_caller = nvipcfix_describe_caller;
     atexit(at_exit);
-    const char *before = nvipcfix_dlsym_shadowed_by();
-    if (before != NULL && cfg.mode != NVIPCFIX_MODE_OFF)
-        nvipcfix_log(NVIPCFIX_LOG_WARN,
-                     "%s defines dlsym and is loaded before nvipcfix: the look-ups it answers "
-                     "itself never reach nvipcfix, so IPC through them is not fixed; load "
-                     "libnvipcfix.so first in LD_PRELOAD (nvipcfix doctor checks the order)",
-                     before);
+    /* A library ahead of nvipcfix in the search order was named at load
+     * (load_order.c). */
     NVIPCFIX_INFO("active: nvipcfix " NVIPCFIX_VERSION ", mode %s, self-open %s, VMM export %s",
                   nvipcfix_mode_name(cfg.mode), cfg.self_open ? "on" : "off",
                   cfg.vmm ? "on" : "off");

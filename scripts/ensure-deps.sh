@@ -1,6 +1,7 @@
 #!/bin/sh
 # Makes sure what a make target needs is present: installs the Debian
 # packages when run as root, otherwise prints the exact command and fails.
+# Several sets may be named at once (one apt-get for all of them).
 #   ensure-deps.sh          building the library: uthash-dev, CUDA headers
 #   ensure-deps.sh test     the CPU test tier: libcmocka-dev, valgrind, strace, python3
 #   ensure-deps.sh fuzz     clang with libFuzzer
@@ -24,7 +25,9 @@ need_python_module() { # MODULE PACKAGE: importable by Debian's python3
 need_header() { # HEADER PACKAGE: found by the compiler (CPATH counts too)
     echo "#include <$1>" | ${CC:-cc} -E -x c - >/dev/null 2>&1 || missing="$missing $2"
 }
-case ${1:-build} in
+[ $# -gt 0 ] || set -- build
+for mode in "$@"; do
+case $mode in
 build)
     need_header uthash.h uthash-dev
     cuda_inc="${CUDA_HOME:-/usr/local/cuda}/include"
@@ -65,7 +68,12 @@ packages)
     need lintian lintian
     need x86_64-linux-gnu-objdump binutils
     ;;
+*)
+    echo "ensure-deps.sh: no such set of packages: $mode" >&2
+    exit 2
+    ;;
 esac
+done
 [ -z "$missing" ] && exit 0
 if [ "$(id -u)" = 0 ]; then
     echo "nvipcfix: installing$missing"

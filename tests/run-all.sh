@@ -298,19 +298,54 @@ expect_in err "nvipcfix\[[0-9]*\]: warning: this driver writes bytes 56-63"
 done_case
 # Only the exporter has nvipcfix (the likeliest mistake in a prefill/decode
 # deployment): the importer's driver refuses the guarded tag, a clean error
-# on every road, never the block's bytes.
+# on every road and in every order of opens (the handle alone; the block's
+# base handle opened first, as a receiver of a caching allocator's tensors
+# does; the handle refused once, then the base, then the handle again),
+# packed small allocations included, never the block's bytes.
 for road in direct dlsym procaddr procaddr-v1; do
-    PRE=$LIB check "$road: exporter with nvipcfix, importer without: a clean error" 2 \
-        LEGACY_IPC_IMPORTER_NO_PRELOAD=1 -- "$T/legacy_ipc" --road $road
-    # the 8 interior pointers fail to open; the 2 block bases (untagged) are
-    # right; nothing is written anywhere else
-    expect_in err "open failed: error 1\$"
-    expect_in out "read 2/10 right, written 2/10 right, 0 stray bytes, 8 failed calls"
-    done_case
+    for order in fresh base-first refused-first; do
+        PRE=$LIB check "$road, $order: exporter with nvipcfix, importer without: a clean error" 2 \
+            LEGACY_IPC_IMPORTER_NO_PRELOAD=1 -- "$T/legacy_ipc" --road $road --order $order
+        # the 8 interior pointers (of the block and of a packed small
+        # allocation) fail to open with the driver's invalid-handle error;
+        # the 2 bases (untagged) are right; nothing is written anywhere else
+        expect_in err "open failed: error 400\$"
+        case $road:$order in
+        *:fresh) expect_in out "read 2/10 right, written 2/10 right, 0 stray bytes, 8 failed calls" ;;
+        # the legacy open (dlsym of cuIpcOpenMemHandle) also refuses the
+        # second open of each base: ALREADY_MAPPED, as measured on the H200
+        dlsym:*|procaddr-v1:*)
+            expect_in out "read 0/10 right, written 0/10 right, 0 stray bytes, 10 failed calls"
+            expect_in out "order=$order: 0 opened, 10 refused, 0 read wrong" ;;
+        *)  expect_in out "read 2/10 right, written 2/10 right, 0 stray bytes, 8 failed calls"
+            expect_in out "order=$order: 2 opened, 8 refused, 0 read wrong" ;;
+        esac
+        done_case
+    done
 done
 PRE=$LIB check "NVIPCFIX_TAG=plain: the same deployment reads the block base (what guarded tags stop)" 1 \
     NVIPCFIX_TAG=plain LEGACY_IPC_IMPORTER_NO_PRELOAD=1 -- "$T/legacy_ipc"
 expect_in out "WRONG"; done_case
+for order in fresh base-first refused-first; do
+    PRE=$LIB check "packed small allocations, $order: exporter with nvipcfix, importer without: a clean error" 2 \
+        LEGACY_IPC_IMPORTER_NO_PRELOAD=1 -- "$T/legacy_ipc" --small --order $order --road procaddr
+    expect_in out "read 2/6 right, written 2/6 right, 0 stray bytes, 4 failed calls"
+    [ "$order" = fresh ] || expect_in out "order=$order: 2 opened, 4 refused, 0 read wrong"
+    done_case
+done
+PRE="" check "packed small allocations: the bug shows without the preload" 1 -- "$T/legacy_ipc" --small
+expect_in out "read 2/6 right"; done_case
+PRE=$LIB check "packed small allocations, base first: right with the preload" 0 -- \
+    "$T/legacy_ipc" --small --order base-first --reopen
+expect_in out "order=base-first: 6 opened, 0 refused, 0 read wrong"; expect_in out "CORRECT"; done_case
+PRE=$LIB check "NVIPCFIX_TAG=plain, base first: the block base, silently (what guarded tags stop)" 1 \
+    NVIPCFIX_TAG=plain LEGACY_IPC_IMPORTER_NO_PRELOAD=1 -- "$T/legacy_ipc" --order base-first
+expect_in out "order=base-first: 10 opened, 0 refused, 8 read wrong"; done_case
+for order in base-first refused-first; do
+    PRE=$LIB check "both with nvipcfix, $order: right" 0 -- "$T/legacy_ipc" --order $order --reopen
+    expect_in out "order=$order: 10 opened, 0 refused, 0 read wrong"; expect_in out "CORRECT"
+    done_case
+done
 PRE=$LIB check "NVIPCFIX_TAG=plain: both sides with nvipcfix, right" 0 NVIPCFIX_TAG=plain -- \
     "$T/legacy_ipc" --reopen
 expect_in out "CORRECT"; done_case
@@ -444,7 +479,13 @@ expect_in out "usage: nvipcfix"; expect_in out "^nvipcfix $(cat "$ROOT/VERSION")
 PRE="" check "doctor: a working driver, self-test passed" 0 "$L" "$P" -- "$NV" doctor
 expect_in out "GPU 0: .*handle bytes 56-63 free; self-test .*: passed"; expect_in out "All good"
 expect_in out "preload order: ok"; expect_in out "^nvipcfix: .*libnvipcfix.so (version $(cat "$ROOT/VERSION"))"
-expect_in out "a receiver without nvipcfix, same handle: refused by the driver"; done_case
+expect_in out "a receiver without nvipcfix, same handle: refused by the driver"
+expect_in out "same handle, after the block's base handle: refused by the driver"; done_case
+PRE="" check "doctor: a driver whose re-open ignores the guard: exit 9, with what to do" 9 "$L" "$P" \
+    SIMCUDA_REOPEN_UNCHECKED=1 -- "$NV" doctor
+expect_in out "same handle: refused by the driver"
+expect_in out "after the block's base handle: OPENS THE BLOCK BASE"
+expect_in out "Run every receiver with nvipcfix"; done_case
 PRE="" check "doctor: NVIPCFIX_TAG=plain says a receiver without nvipcfix reads the base" 0 "$L" \
     "$P" NVIPCFIX_TAG=plain -- "$NV" doctor
 expect_in out "same handle: OPENS THE BLOCK BASE"; expect_in out "NVIPCFIX_TAG=plain: a receiver"
@@ -645,11 +686,28 @@ done
 # In the other order the layer answers the look-ups itself: nvipcfix cannot
 # fix what it never sees, and says why once in each process it does see;
 # the bypassed opens of guarded tags fail cleanly (exit 2), never wrong bytes.
-PRE="$GS $LIB" check "GPU-sharing layer before nvipcfix: a warning names it and the order" 2 \
-    -- "$T/legacy_ipc" --road direct
-expect_in err "libgpu_share.so defines dlsym and is loaded before nvipcfix"
-[ "$(grep -c 'defines dlsym' "$OUT/err")" -eq 2 ] || { ok=0; why="not one warning per process"; }
+# The warning comes at load, so it is there on every road, also where no
+# call ever reaches nvipcfix (the runtime's road, cuGetProcAddress).
+for road in direct procaddr; do
+    PRE="$GS $LIB" check "GPU-sharing layer before nvipcfix, $road: a warning at load names it and the order" 2 \
+        -- "$T/legacy_ipc" --road $road
+    expect_in err "libgpu_share.so is loaded before nvipcfix and defines dlsym"
+    expect_in err "load libnvipcfix.so first in LD_PRELOAD"
+    [ "$(grep -c 'is loaded before nvipcfix' "$OUT/err")" -eq 2 ] || { ok=0; why="not one warning per process"; }
+    done_case
+done
+# (legacy_ipc --usage: a process that makes no CUDA call at all, exit 2)
+PRE="$T/libcuda_proxy.so $LIB" check "a library defining cuIpc* before nvipcfix: a warning at load names it" 2 \
+    -- "$T/legacy_ipc" --usage
+expect_in err "libcuda_proxy.so is loaded before nvipcfix and defines cuIpcGetMemHandle:"
+[ "$(grep -c 'is loaded before nvipcfix' "$OUT/err")" -eq 1 ] || { ok=0; why="not one warning"; }
 done_case
+PRE="$T/libcuda_proxy.so $LIB" check "... NVIPCFIX_LOG=error silences it" 2 NVIPCFIX_LOG=error \
+    -- "$T/legacy_ipc" --usage
+[ "$(grep -c 'nvipcfix' "$OUT/err")" -eq 0 ] || { ok=0; why="a line from nvipcfix"; }; done_case
+PRE="$LIB $T/libcuda_proxy.so" check "... and after nvipcfix there is nothing to say" 2 \
+    -- "$T/legacy_ipc" --usage
+[ "$(grep -c 'nvipcfix\[' "$OUT/err")" -eq 0 ] || { ok=0; why="a line from nvipcfix"; }; done_case
 # (A sanitizer runtime cannot share the process with a second libc.)
 PRE=$LIB check "dlsym on other handles: a proxy's own function, a dlmopen namespace's own" 0 \
     ${SAN_PRE:+QUOTA_PROBE_NO_DLMOPEN=1} -- "$T/quota_probe" 0 "$T/libcuda_proxy.so"
@@ -757,7 +815,7 @@ PRE="" check "docs: every setting documented, the README's figures from the newe
     python3 "$ROOT/scripts/check-docs"
 expect_in out "check-docs: ok"; done_case
 mkdir -p "$OUT/docs-copy/shim" "$OUT/docs-copy/docs" "$OUT/docs-copy/tools"
-cp "$ROOT/README.md" "$OUT/docs-copy/" && cp "$ROOT"/docs/* "$OUT/docs-copy/docs/" &&
+cp "$ROOT/README.md" "$ROOT/VERSION" "$ROOT/CHANGELOG.md" "$OUT/docs-copy/" && cp "$ROOT"/docs/*.md "$ROOT/docs/nvipcfix.1" "$OUT/docs-copy/docs/" &&
     cp "$ROOT/tools/nvipcfix" "$OUT/docs-copy/tools/" &&
     sed 's/"NVIPCFIX_MODE", /"NVIPCFIX_MODE", "NVIPCFIX_NEW_SETTING", /' "$ROOT/shim/config.c" \
         >"$OUT/docs-copy/shim/config.c" &&
