@@ -157,17 +157,17 @@ static uint32_t pid_ns(void)
     return stat("/proc/self/ns/pid", &st) == 0 ? (uint32_t)st.st_ino : 0;
 }
 
-static int start(const char *in)
+static int start(struct nvipcfix_fd_server *s, const char *in)
 {
     char why[256];
-    nvipcfix_fd_server_init(&server, &service);
-    return nvipcfix_fd_server_start(&server, in, SERVER_MS, pid_ns(), &addr, why, sizeof why);
+    nvipcfix_fd_server_init(s, &service);
+    return nvipcfix_fd_server_start(s, in, SERVER_MS, pid_ns(), &addr, why, sizeof why);
 }
 
 static int setup(void **state)
 {
     (void)state;
-    return start(NULL);
+    return start(&server, NULL);
 }
 
 static int teardown(void **state)
@@ -650,12 +650,12 @@ static void test_socket_directory(void **state)
 {
     (void)state;
     char why[256], path[128];
-    struct nvipcfix_fd_server saved = server;
+    static struct nvipcfix_fd_server in_dir; /* beside the test's server */
     struct nvipcfix_fd_address saved_addr = addr;
     snprintf(dir, sizeof dir, "/tmp/nvipcfix-fd-test-XXXXXX");
     assert_non_null(mkdtemp(dir));
     assert_int_equal(nvipcfix_fd_check_dir(dir, why, sizeof why), 0);
-    assert_int_equal(start(dir), 0);
+    assert_int_equal(start(&in_dir, dir), 0);
     assert_true(addr.in_dir);
     struct got g = {0};
     assert_int_equal(ask(4, &g), NVIPCFIX_FD_OK);
@@ -664,14 +664,14 @@ static void test_socket_directory(void **state)
     nvipcfix_fd_sockaddr(&addr, dir, &sa);
     snprintf(path, sizeof path, "%s", sa.sun_path);
     assert_int_equal(access(path, F_OK), 0);
-    nvipcfix_fd_server_destroy(&server);
+    nvipcfix_fd_server_destroy(&in_dir);
     assert_int_not_equal(access(path, F_OK), 0); /* removed at the end */
     /* unsafe directories: open to others, a symbolic link, another owner */
     assert_int_equal(chmod(dir, 0755), 0);
     assert_int_equal(nvipcfix_fd_check_dir(dir, why, sizeof why), -1);
     assert_non_null(strstr(why, "mode 0700"));
-    assert_int_equal(start(dir), ENOTDIR);
-    nvipcfix_fd_server_destroy(&server);
+    assert_int_equal(start(&in_dir, dir), ENOTDIR);
+    nvipcfix_fd_server_destroy(&in_dir);
     assert_int_equal(chmod(dir, 0700), 0);
     snprintf(path, sizeof path, "%s.link", dir);
     assert_int_equal(symlink(dir, path), 0);
@@ -684,7 +684,6 @@ static void test_socket_directory(void **state)
     }
     rmdir(dir);
     dir[0] = '\0';
-    server = saved;
     addr = saved_addr;
 }
 
