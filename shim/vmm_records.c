@@ -1,6 +1,7 @@
 #include "vmm_records.h"
 
 #include <errno.h>
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
@@ -10,21 +11,33 @@
 
 struct vmm_entry {
     uint32_t id;
-    size_t n; /* the run's first n chunks */
+    size_t start, n; /* the run's chunks [start, start + n); the key in run->by_n */
     struct vmm_run *run;
     unsigned char secret[NVIPCFIX_KEY_BYTES];
     UT_hash_handle hh, hh_n;
 };
+_Static_assert(offsetof(struct vmm_entry, n) == offsetof(struct vmm_entry, start) + sizeof(size_t),
+               "by_n's key is start and n side by side");
+
+/* Where a chunk is recorded: the latest run holding it is found by its
+ * address (r->by_va), so an export that starts inside a run (a tensor in
+ * a later chunk of a segment already exported) shares that run. */
+struct vmm_place {
+    uint64_t va;
+    struct vmm_run *run;
+    size_t pos;
+    int indexed; /* in r->by_va (a newer run may hold the address now) */
+    UT_hash_handle hh;
+};
 
 struct vmm_run {
-    uint64_t first;
     struct vmm_run *self; /* the key in r->runs */
     CUcontext ctx;
     size_t n, cap;
-    int current; /* in by_first */
     struct nvipcfix_vmm_chunk *chunks;
+    struct vmm_place *places; /* one per chunk */
     struct vmm_entry *by_n;
-    UT_hash_handle hh_first, hh_all;
+    UT_hash_handle hh_all;
 };
 
 void nvipcfix_vmm_records_init(struct nvipcfix_vmm_records *r, nvipcfix_chunk_check unchanged,
@@ -47,16 +60,42 @@ static void drop_entry(struct nvipcfix_vmm_records *r, struct vmm_entry *e)
     r->entries--;
 }
 
+/* Takes the run's places [from, to) out of the address index. */
+static void unindex(struct nvipcfix_vmm_records *r, struct vmm_run *run, size_t from, size_t to)
+{
+    for (size_t i = from; i < to; i++)
+        if (run->places[i].indexed) {
+            HASH_DELETE(hh, r->by_va, &run->places[i]);
+            run->places[i].indexed = 0;
+        }
+}
+
+/* The run's place i becomes the one found at its address. */
+static void index_place(struct nvipcfix_vmm_records *r, struct vmm_run *run, size_t i)
+{
+    struct vmm_place *p = &run->places[i], *old;
+    HASH_FIND(hh, r->by_va, &run->chunks[i].va, sizeof(uint64_t), old);
+    if (old != NULL) {
+        HASH_DELETE(hh, r->by_va, old);
+        old->indexed = 0;
+    }
+    p->va = run->chunks[i].va;
+    p->run = run;
+    p->pos = i;
+    p->indexed = 1;
+    HASH_ADD(hh, r->by_va, va, sizeof p->va, p);
+}
+
 static void drop_run(struct nvipcfix_vmm_records *r, struct vmm_run *run)
 {
     struct vmm_entry *e, *tmp;
     HASH_ITER(hh_n, run->by_n, e, tmp)
         drop_entry(r, e);
-    if (run->current)
-        HASH_DELETE(hh_first, r->by_first, run);
+    unindex(r, run, 0, run->n);
     HASH_DELETE(hh_all, r->runs, run);
     r->chunks -= run->n;
     free(run->chunks);
+    free(run->places);
     free(run);
 }
 
@@ -78,30 +117,61 @@ void nvipcfix_vmm_records_forget(struct nvipcfix_vmm_records *r)
     nvipcfix_vmm_records_init(r, r->unchanged, r->arg);
 }
 
-/* Forgets runs whose first chunk is gone (caller holds the lock). */
+/* Forgets exports whose first chunk is gone, and runs left without any
+ * (caller holds the lock). */
 static void sweep(struct nvipcfix_vmm_records *r)
 {
     struct vmm_run *run, *tmp;
-    HASH_ITER(hh_all, r->runs, run, tmp)
-        if (!r->unchanged(r->arg, &run->chunks[0]))
+    struct vmm_entry *e, *etmp;
+    HASH_ITER(hh_all, r->runs, run, tmp) {
+        HASH_ITER(hh_n, run->by_n, e, etmp)
+            if (!r->unchanged(r->arg, &run->chunks[e->start]))
+                drop_entry(r, e);
+        if (run->by_n == NULL)
             drop_run(r, run);
+    }
     r->sweep_at = r->entries * 2 > SWEEP_FIRST ? r->entries * 2 : SWEEP_FIRST;
 }
 
-/* The run's chunks from m on are replaced by chunks[m, n). */
-static int put_tail(struct nvipcfix_vmm_records *r, struct vmm_run *run, size_t m,
-                    const struct nvipcfix_vmm_chunk *chunks, size_t n)
+/* Room for cap chunks (the places move: out of the index meanwhile). */
+static int grow(struct nvipcfix_vmm_records *r, struct vmm_run *run, size_t cap)
 {
-    if (n > run->cap) {
-        size_t cap = run->cap * 2 > n ? run->cap * 2 : n;
-        struct nvipcfix_vmm_chunk *more = realloc(run->chunks, cap * sizeof *more);
-        if (more == NULL)
-            return -1;
-        run->chunks = more;
+    char *was = calloc(run->n + 1, 1);
+    if (was == NULL)
+        return -1;
+    for (size_t i = 0; i < run->n; i++)
+        was[i] = (char)run->places[i].indexed;
+    unindex(r, run, 0, run->n);
+    struct nvipcfix_vmm_chunk *chunks = realloc(run->chunks, cap * sizeof *chunks);
+    if (chunks != NULL)
+        run->chunks = chunks;
+    struct vmm_place *places = chunks != NULL ? realloc(run->places, cap * sizeof *places) : NULL;
+    if (places != NULL) {
+        run->places = places;
         run->cap = cap;
     }
-    memcpy(run->chunks + m, chunks + m, (n - m) * sizeof *chunks);
-    r->chunks += n - run->n;
+    for (size_t i = 0; i < run->n; i++)
+        if (was[i])
+            index_place(r, run, i);
+    free(was);
+    return places != NULL ? 0 : -1;
+}
+
+/* The run's chunks from m on are replaced by from[0, n - m). */
+static int put_tail(struct nvipcfix_vmm_records *r, struct vmm_run *run, size_t m,
+                    const struct nvipcfix_vmm_chunk *from, size_t n)
+{
+    if (n > run->cap && grow(r, run, run->cap * 2 > n ? run->cap * 2 : n) != 0)
+        return -1;
+    if (m < run->n) {
+        unindex(r, run, m, run->n);
+        r->chunks -= run->n - m;
+        run->n = m;
+    }
+    memcpy(run->chunks + m, from, (n - m) * sizeof *from);
+    for (size_t i = m; i < n; i++)
+        index_place(r, run, i);
+    r->chunks += n - m;
     run->n = n;
     return 0;
 }
@@ -111,55 +181,54 @@ static struct vmm_run *new_run(struct nvipcfix_vmm_records *r, CUcontext ctx,
 {
     struct vmm_run *run = calloc(1, sizeof *run);
     if (run == NULL || put_tail(r, run, 0, chunks, n) != 0) {
+        if (run != NULL) {
+            free(run->chunks);
+            free(run->places);
+        }
         free(run);
         return NULL;
     }
-    run->first = chunks[0].va;
     run->self = run;
     run->ctx = ctx;
-    run->current = 1;
     HASH_ADD(hh_all, r->runs, self, sizeof run->self, run);
-    HASH_ADD(hh_first, r->by_first, first, sizeof run->first, run);
     return run;
 }
 
-/* The run that holds chunks[0, n) as its first n: the latest at that
- * place, grown or with its stale tail replaced, or a new one. */
+/* The run that holds chunks[0, n) from *start on: the latest that holds
+ * the first of them, grown or with its stale tail replaced, or a new one. */
 static struct vmm_run *run_for(struct nvipcfix_vmm_records *r, CUcontext ctx,
-                               const struct nvipcfix_vmm_chunk *chunks, size_t n)
+                               const struct nvipcfix_vmm_chunk *chunks, size_t n, size_t *start)
 {
-    struct vmm_run *run;
-    HASH_FIND(hh_first, r->by_first, &chunks[0].va, sizeof chunks[0].va, run);
-    if (run != NULL && run->ctx == ctx) {
-        size_t m = 0;
-        while (m < n && m < run->n && memcmp(&run->chunks[m], &chunks[m], sizeof *chunks) == 0)
+    struct vmm_place *at;
+    *start = 0;
+    HASH_FIND(hh, r->by_va, &chunks[0].va, sizeof chunks[0].va, at);
+    if (at != NULL && at->run->ctx == ctx) {
+        struct vmm_run *run = at->run;
+        size_t p = at->pos, m = 0;
+        while (m < n && p + m < run->n &&
+               memcmp(&run->chunks[p + m], &chunks[m], sizeof *chunks) == 0)
             m++;
+        *start = p;
         if (m == n)
-            return run; /* a prefix of what is recorded */
-        if (m == run->n || (m > 0 && !r->unchanged(r->arg, &run->chunks[m]))) {
+            return run; /* recorded already */
+        if (m > 0 && (p + m == run->n || !r->unchanged(r->arg, &run->chunks[p + m]))) {
             struct vmm_entry *e, *tmp;
             HASH_ITER(hh_n, run->by_n, e, tmp)
-                if (e->n > m) /* it covers a chunk that is gone */
+                if (e->start + e->n > p + m) /* it covers a chunk that is gone */
                     drop_entry(r, e);
-            if (m < run->n) {
-                r->chunks -= run->n - m;
-                run->n = m;
-            }
-            return put_tail(r, run, m, chunks, n) == 0 ? run : NULL;
+            return put_tail(r, run, p + m, chunks + m, p + n) == 0 ? run : NULL;
         }
+        *start = 0;
     }
-    if (run != NULL) { /* other chunks at this place: only their ids find them now */
-        HASH_DELETE(hh_first, r->by_first, run);
-        run->current = 0;
-    }
-    return new_run(r, ctx, chunks, n);
+    return new_run(r, ctx, chunks, n); /* other runs at these places: found by their ids */
 }
 
 static struct vmm_entry *entry_for(struct nvipcfix_vmm_records *r, struct vmm_run *run,
-                                   size_t n)
+                                   size_t start, size_t n)
 {
     struct vmm_entry *e;
-    HASH_FIND(hh_n, run->by_n, &n, sizeof n, e);
+    size_t key[2] = {start, n};
+    HASH_FIND(hh_n, run->by_n, key, sizeof key, e);
     if (e != NULL || r->next_id == 0)
         return e;
     e = calloc(1, sizeof *e);
@@ -177,10 +246,11 @@ static struct vmm_entry *entry_for(struct nvipcfix_vmm_records *r, struct vmm_ru
         got += (size_t)k;
     }
     e->id = r->next_id++; /* 0 after 2^32 - 1 ids: no more exports */
+    e->start = start;
     e->n = n;
     e->run = run;
     HASH_ADD(hh, r->by_id, id, sizeof e->id, e);
-    HASH_ADD(hh_n, run->by_n, n, sizeof e->n, e);
+    HASH_ADD(hh_n, run->by_n, start, sizeof key, e);
     r->entries++;
     return e;
 }
@@ -192,8 +262,9 @@ int nvipcfix_vmm_records_add(struct nvipcfix_vmm_records *r, CUcontext ctx,
     pthread_mutex_lock(&r->lock);
     if (r->entries >= r->sweep_at)
         sweep(r);
-    struct vmm_run *run = run_for(r, ctx, chunks, n);
-    struct vmm_entry *e = run != NULL ? entry_for(r, run, n) : NULL;
+    size_t start;
+    struct vmm_run *run = run_for(r, ctx, chunks, n, &start);
+    struct vmm_entry *e = run != NULL ? entry_for(r, run, start, n) : NULL;
     if (e != NULL) {
         *id = e->id;
         memcpy(secret, e->secret, sizeof e->secret);
@@ -227,7 +298,7 @@ struct nvipcfix_vmm_chunk *nvipcfix_vmm_records_get(struct nvipcfix_vmm_records 
         if (*n > e->n - first)
             *n = e->n - first;
         if ((copy = malloc(*n * sizeof *copy)) != NULL)
-            memcpy(copy, e->run->chunks + first, *n * sizeof *copy);
+            memcpy(copy, e->run->chunks + e->start + first, *n * sizeof *copy);
         *ctx = e->run->ctx;
     }
     pthread_mutex_unlock(&r->lock);

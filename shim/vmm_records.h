@@ -2,8 +2,9 @@
  * chunks (address, size, buffer id), its 128-bit secret and its id.
  *
  * Exports of one place share their chunks: a run holds the chunks recorded
- * side by side from one first address, and an export is a prefix of a run
- * (n chunks) with its own id and secret. Re-exporting a segment that grew
+ * side by side from one first address, and an export is a stretch of a run
+ * (n chunks from one of them: a tensor in a later chunk of a segment
+ * exported before shares its run) with its own id and secret. Re-exporting a segment that grew
  * appends the new chunks to its run; one that shrank and grew again
  * replaces the run's tail (dropping the exports that covered the freed
  * chunks, which could no longer be served whole); the same chunks exported
@@ -25,13 +26,14 @@ struct nvipcfix_vmm_chunk {
 
 struct vmm_run;
 struct vmm_entry;
+struct vmm_place;
 
 /* Nonzero while the mapping recorded as c is still there. */
 typedef int (*nvipcfix_chunk_check)(void *arg, const struct nvipcfix_vmm_chunk *c);
 
 struct nvipcfix_vmm_records {
     pthread_mutex_t lock;
-    struct vmm_run *by_first; /* the latest run at each first address */
+    struct vmm_place *by_va;  /* the latest run holding each chunk's address */
     struct vmm_run *runs;     /* every run */
     struct vmm_entry *by_id;
     uint32_t next_id;

@@ -168,13 +168,68 @@ static void test_freed_exports_are_swept(void **state)
     assert_true(exports <= 300 && chunks <= 300);
 }
 
+
+/* Tensors in every chunk of a segment that is whole before any is shared
+ * (a model allocated, then sent): each export runs from its tensor's chunk
+ * to the segment's end; the chunks are still held once. */
+static void test_every_chunk_of_a_full_segment(void **state)
+{
+    (void)state;
+    enum { N = 2000 };
+    struct nvipcfix_vmm_chunk *c = segment(N, 5000);
+    unsigned char secret[16];
+    uint32_t id;
+    size_t before = mallinfo2().uordblks, exports, chunks;
+    double t0 = now_us();
+    for (size_t i = 0; i < N; i++)
+        assert_int_equal(nvipcfix_vmm_records_add(&r, NULL, c + i, N - i, &id, secret), 0);
+    double took = now_us() - t0;
+    size_t held = mallinfo2().uordblks - before;
+    nvipcfix_vmm_records_counts(&r, &exports, &chunks);
+    print_message("[ INFO     ] a tensor in each of %d chunks exported: %zu bytes held, "
+                  "%zu chunks recorded, %.2f us per export\n", N, held, chunks, took / N);
+    assert_int_equal(exports, N);
+    assert_int_equal(chunks, N);
+    assert_true(held < (size_t)N * 1024);
+    free(c);
+}
+
+/* An export from a later chunk of a run outlives the run's first chunk:
+ * when that is freed, the sweep forgets only the exports that needed it. */
+static void test_sweep_keeps_exports_past_a_freed_chunk(void **state)
+{
+    (void)state;
+    struct nvipcfix_vmm_chunk *c = segment(8, 700);
+    unsigned char s[16];
+    uint32_t whole, tail, id;
+    assert_int_equal(nvipcfix_vmm_records_add(&r, NULL, c, 8, &whole, s), 0);
+    assert_int_equal(nvipcfix_vmm_records_add(&r, NULL, c + 3, 5, &tail, s), 0);
+    stale_from = 700; /* chunk 0 freed */
+    stale_to = 701;
+    for (uint64_t i = 0; i < 300; i++) { /* enough exports for a sweep */
+        struct nvipcfix_vmm_chunk one = {BASE + (100 + i) * CHUNK, CHUNK, 1000 + i};
+        assert_int_equal(nvipcfix_vmm_records_add(&r, NULL, &one, 1, &id, s), 0);
+    }
+    assert_int_equal(nvipcfix_vmm_records_secret(&r, whole, s), -1);
+    assert_int_equal(nvipcfix_vmm_records_secret(&r, tail, s), 0);
+    size_t n = 9, total;
+    CUcontext ctx;
+    struct nvipcfix_vmm_chunk *got = nvipcfix_vmm_records_get(&r, tail, 0, &n, &total, &ctx);
+    assert_true(got != NULL && n == 5 && total == 5);
+    assert_memory_equal(got, c + 3, 5 * sizeof *c);
+    free(got);
+    free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_growing_segment_is_linear, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_every_chunk_of_a_full_segment, setup, teardown),
         cmocka_unit_test_setup_teardown(test_same_chunks_same_export, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shrink_and_regrow, setup, teardown),
         cmocka_unit_test_setup_teardown(test_freed_exports_are_swept, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sweep_keeps_exports_past_a_freed_chunk, setup, teardown),
     };
     return cmocka_run_group_tests_name("vmm_records", tests, NULL, NULL);
 }
