@@ -563,15 +563,48 @@ static void test_silent_server_times_out(void **state)
 
 /* ---- malformed answers ------------------------------------------------------ */
 
+/* Sends len bytes of buf with n new memfds attached (then closed here). */
+static int send_with_fds(int c, const void *buf, size_t len, int n)
+{
+    int fds[253];
+    for (int i = 0; i < n; i++)
+        fds[i] = memfd_create("malformed", MFD_CLOEXEC);
+    struct iovec iov = {(void *)buf, len};
+    union {
+        char buf[CMSG_SPACE(253 * sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    struct msghdr m = {0};
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    if (n > 0) {
+        m.msg_control = u.buf;
+        m.msg_controllen = CMSG_SPACE(n * sizeof(int));
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&m);
+        cm->cmsg_level = SOL_SOCKET;
+        cm->cmsg_type = SCM_RIGHTS;
+        cm->cmsg_len = CMSG_LEN(n * sizeof(int));
+        memcpy(CMSG_DATA(cm), fds, n * sizeof(int));
+    }
+    ssize_t k = sendmsg(c, &m, MSG_NOSIGNAL);
+    for (int i = 0; i < n; i++)
+        close(fds[i]);
+    return k == (ssize_t)len ? 0 : -1;
+}
+
 /* A server that knows the secret of export 5 and proves it, offers 5
  * descriptors, then sends one malformed batch: 'F' with 3, 'E' with 2,
- * 'E' with 7 (more than offered), or an unknown tag with 5. */
+ * 'E' with 7 (more than offered), an unknown tag with 5, an error ('X')
+ * with 5, 'E' with 253 (the most one message carries); or (how 6)
+ * descriptors on its hello, on the offer's head and in its sizes, then a
+ * right batch: the stray ones must be dropped and the answer taken. */
 static void serve_malformed(int fd, const struct nvipcfix_fd_address *me, int how)
 {
     static const struct {
         char tag;
         int n;
-    } bad[4] = {{'F', 3}, {'E', 2}, {'E', 7}, {'Q', 5}};
+    } bad[7] = {{'F', 3}, {'E', 2}, {'E', 7}, {'Q', 5}, {'X', 5}, {'E', 253}, {'E', 5}};
+    int stray = how == 6 ? 4 : 0;
     int c = accept(fd, NULL, NULL);
     struct wire_request q;
     struct wire_hello h = {0x68766e4du, 0, {42}, {0}};
@@ -583,30 +616,13 @@ static void serve_malformed(int fd, const struct nvipcfix_fd_address *me, int ho
     struct wire_head head = {0x72766e4du, 0, 0, 5};
     uint64_t sizes[5] = {4096, 4097, 4098, 4099, 4100}, offsets[5] = {0, 8192, 16384, 24576,
                                                                         32768};
-    if (tp_write_full(c, &h, sizeof h) != 0 || tp_read_full(c, proof, sizeof proof) != 0 ||
-        tp_write_full(c, &head, sizeof head) != 0 || tp_write_full(c, sizes, sizeof sizes) != 0 ||
+    if (send_with_fds(c, &h, sizeof h, stray) != 0 || tp_read_full(c, proof, sizeof proof) != 0 ||
+        send_with_fds(c, &head, sizeof head, stray) != 0 ||
+        send_with_fds(c, sizes, sizeof sizes, stray) != 0 ||
         tp_write_full(c, offsets, sizeof offsets) != 0)
         _exit(2);
-    int fds[8];
-    for (int i = 0; i < bad[how].n; i++)
-        fds[i] = memfd_create("malformed", MFD_CLOEXEC);
     struct wire_batch b = {(uint32_t)bad[how].tag, 0, 0};
-    struct iovec iov = {&b, sizeof b};
-    union {
-        char buf[CMSG_SPACE(8 * sizeof(int))];
-        struct cmsghdr align;
-    } u;
-    struct msghdr m = {0};
-    m.msg_iov = &iov;
-    m.msg_iovlen = 1;
-    m.msg_control = u.buf;
-    m.msg_controllen = CMSG_SPACE(bad[how].n * sizeof(int));
-    struct cmsghdr *cm = CMSG_FIRSTHDR(&m);
-    cm->cmsg_level = SOL_SOCKET;
-    cm->cmsg_type = SCM_RIGHTS;
-    cm->cmsg_len = CMSG_LEN(bad[how].n * sizeof(int));
-    memcpy(CMSG_DATA(cm), fds, bad[how].n * sizeof(int));
-    if (sendmsg(c, &m, MSG_NOSIGNAL) != (ssize_t)sizeof b)
+    if (send_with_fds(c, &b, sizeof b, bad[how].n) != 0)
         _exit(3);
     char end;
     read(c, &end, 1); /* until the client hangs up */
@@ -616,7 +632,7 @@ static void serve_malformed(int fd, const struct nvipcfix_fd_address *me, int ho
 static void test_malformed_batches_leak_nothing(void **state)
 {
     (void)state;
-    for (int how = 0; how < 4; how++) {
+    for (int how = 0; how < 7; how++) {
         int ready[2];
         struct nvipcfix_fd_address fake;
         assert_int_equal(pipe(ready), 0);
@@ -635,10 +651,10 @@ static void test_malformed_batches_leak_nothing(void **state)
         struct got g = {0};
         unsigned char key[16];
         key_of(5, key);
-        assert_int_equal(ask_with(&fake, 5, key, 5000, &g), NVIPCFIX_FD_BROKEN);
-        assert_int_equal(g.taken, 0);
+        int st = ask_with(&fake, 5, key, 5000, &g);
+        assert_int_equal(st, how == 6 ? NVIPCFIX_FD_OK : NVIPCFIX_FD_BROKEN);
+        assert_int_equal(g.taken, how == 6 ? 5 : 0);
         assert_int_equal(open_fds(), before); /* every descriptor received was closed */
-        int st;
         assert_int_equal(waitpid(child, &st, 0), child);
         assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
     }
