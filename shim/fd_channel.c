@@ -54,10 +54,92 @@ void nvipcfix_fd_reply_free(struct nvipcfix_fd_reply *r)
     r->n = 0;
 }
 
-static void close_all(const int *fds, uint32_t k)
+/* ---- descriptors in flight, and fork ---------------------------------------
+ * A batch of descriptors is open in a thread for a while (made and sent by
+ * the exporter, received and taken by the importer, each as slow as its
+ * peer or the driver). A child forked then would keep copies, and with
+ * them the exporter's memory, for as long as it lives: so each thread that
+ * handles batches registers where it holds them (-1 where none; cleared
+ * before a close), with each descriptor's file (device and inode) noted
+ * once it is there, and the child closes those still the same file
+ * (nvipcfix_fd_server_forget). The kernel copies the descriptor table
+ * before the memory, while other threads run: a descriptor made or closed
+ * in that instant may be missed (leaked as before), and one not of the
+ * noted file is never closed. */
+#define IN_FLIGHT_SLOTS 128
+
+struct held_batch {
+    int fds[FDS_PER_MESSAGE];
+    struct {
+        dev_t dev;
+        ino_t ino; /* 0: not noted */
+    } file[FDS_PER_MESSAGE];
+    int slot;
+};
+
+static _Atomic(struct held_batch *) in_flight[IN_FLIGHT_SLOTS];
+
+/* Registers h, empty (when every slot is taken a fork may leak it). */
+static void hold_batch(struct held_batch *h)
+{
+    memset(h->file, 0, sizeof h->file);
+    for (uint32_t i = 0; i < FDS_PER_MESSAGE; i++)
+        h->fds[i] = -1;
+    h->slot = -1;
+    for (int i = 0; i < IN_FLIGHT_SLOTS && h->slot < 0; i++) {
+        struct held_batch *none = NULL;
+        if (atomic_compare_exchange_strong(&in_flight[i], &none, h))
+            h->slot = i;
+    }
+}
+
+/* Notes the file of h->fds[i]. */
+static void note_batch(struct held_batch *h, uint32_t i)
+{
+    struct stat st;
+    if (h->fds[i] >= 0 && fstat(h->fds[i], &st) == 0) {
+        h->file[i].dev = st.st_dev;
+        h->file[i].ino = st.st_ino;
+    } else
+        h->file[i].ino = 0;
+}
+
+static void release_batch(struct held_batch *h)
+{
+    if (h->slot >= 0)
+        atomic_store(&in_flight[h->slot], NULL);
+}
+
+void nvipcfix_fd_close(int *fd)
+{
+    int was = *fd;
+    *fd = -1;
+    atomic_thread_fence(memory_order_seq_cst);
+    if (was >= 0)
+        close(was);
+}
+
+/* Closes fds[0, k), each cleared first. */
+static void close_all(int *fds, uint32_t k)
 {
     for (uint32_t i = 0; i < k; i++)
-        close(fds[i]);
+        nvipcfix_fd_close(&fds[i]);
+}
+
+/* In a child after fork: the batches other threads of the parent held. */
+static void close_in_flight(void)
+{
+    for (int i = 0; i < IN_FLIGHT_SLOTS; i++) {
+        struct held_batch *h = atomic_load(&in_flight[i]);
+        for (uint32_t j = 0; h != NULL && j < FDS_PER_MESSAGE; j++) {
+            struct stat st;
+            int fd = h->fds[j];
+            if (fd >= 0 && h->file[j].ino != 0 && fstat(fd, &st) == 0 &&
+                st.st_dev == h->file[j].dev && st.st_ino == h->file[j].ino)
+                close(fd);
+        }
+        atomic_store(&in_flight[i], NULL);
+    }
 }
 
 int nvipcfix_fd_at_limit(void)
@@ -337,7 +419,8 @@ static void send_reply(struct nvipcfix_fd_server *s, struct link *l, uint32_t id
                        struct nvipcfix_fd_reply *r)
 {
     const struct nvipcfix_fd_service *sv = &s->service;
-    int fds[FDS_PER_MESSAGE];
+    struct held_batch held;
+    int *fds = held.fds;
     if (r->status == NVIPCFIX_FD_OK && (r->n == 0 || r->n > NVIPCFIX_FD_MAX))
         r->status = NVIPCFIX_FD_FAILED;
     struct reply_head h = {REPLY_MAGIC, r->status, r->driver_error,
@@ -346,24 +429,28 @@ static void send_reply(struct nvipcfix_fd_server *s, struct link *l, uint32_t id
         send_all(l, r->sizes, h.n * sizeof(uint64_t)) != 0 ||
         send_all(l, r->offsets, h.n * sizeof(uint64_t)) != 0)
         return;
+    hold_batch(&held);
     for (uint32_t first = 0; first < h.n && !atomic_load(&s->stopping);) {
         uint32_t want = h.n - first < FDS_PER_MESSAGE ? h.n - first : FDS_PER_MESSAGE;
         int32_t driver_error = 0;
-        uint32_t k = sv->export_fds(sv->arg, id, first, want, fds, &driver_error);
+        uint32_t k = 0; /* one at a time, each noted at once */
+        while (k < want && sv->export_fds(sv->arg, id, first + k, 1, &fds[k], &driver_error) == 1)
+            note_batch(&held, k++);
         if (k < want) {
             int32_t why = nvipcfix_fd_at_limit() ? NVIPCFIX_FD_EXPORTER_FDS
                           : driver_error != 0    ? NVIPCFIX_FD_FAILED
                                                  : NVIPCFIX_FD_FREED;
             close_all(fds, k);
             send_batch(l, 'X', why, driver_error, NULL, 0);
-            return;
+            break;
         }
         int sent = send_batch(l, first + k == h.n ? 'E' : 'F', 0, 0, fds, k) == 0;
         close_all(fds, k);
         if (!sent)
-            return;
+            break;
         first += k;
     }
+    release_batch(&held);
 }
 
 static void send_status(struct link *l, int32_t status)
@@ -629,6 +716,7 @@ void nvipcfix_fd_server_destroy(struct nvipcfix_fd_server *s)
 
 void nvipcfix_fd_server_forget(struct nvipcfix_fd_server *s)
 {
+    close_in_flight();
     if (s->fd >= 0)
         close(s->fd); /* the parent's socket; its threads are not in the child */
     if (s->spare >= 0)
@@ -715,32 +803,35 @@ static int authenticate(struct link *l, const struct nvipcfix_fd_address *to,
 static int receive_all(struct link *l, uint32_t n, const struct nvipcfix_fd_taker *taker,
                        int32_t *driver_error)
 {
-    int fds[FDS_PER_MESSAGE];
-    for (uint32_t first = 0; first < n;) {
+    struct held_batch held;
+    int *fds = held.fds, st = NVIPCFIX_FD_OK;
+    hold_batch(&held);
+    for (uint32_t first = 0; first < n && st == NVIPCFIX_FD_OK;) {
         uint32_t want = n - first < FDS_PER_MESSAGE ? n - first : FDS_PER_MESSAGE, k = 0;
         struct batch b;
-        int st = recv_batch(l, &b, fds, &k, want);
-        if (st != 0)
-            return st;
+        if ((st = recv_batch(l, &b, fds, &k, want)) != 0)
+            break;
+        for (uint32_t i = 0; i < k; i++)
+            note_batch(&held, i);
         if (b.tag == 'X') {
-            close_all(fds, k);
             *driver_error = b.driver_error;
-            return b.status >= NVIPCFIX_FD_FREED && b.status <= NVIPCFIX_FD_EXPORTER_FDS &&
-                           b.status != NVIPCFIX_FD_REFUSED
-                       ? b.status
-                       : NVIPCFIX_FD_BROKEN;
+            st = b.status >= NVIPCFIX_FD_FREED && b.status <= NVIPCFIX_FD_EXPORTER_FDS &&
+                         b.status != NVIPCFIX_FD_REFUSED
+                     ? b.status
+                     : NVIPCFIX_FD_BROKEN;
+        } else if (k != want || (b.tag != 'F' && b.tag != 'E') ||
+                   (b.tag == 'E') != (first + k == n)) {
+            st = NVIPCFIX_FD_BROKEN; /* a batch is whole: 'F' full, more to come; 'E' the rest */
+        } else {
+            int why = NVIPCFIX_FD_BROKEN;
+            if (taker->take(taker->arg, first, fds, k, &why) != 0)
+                st = why;
+            first += k;
         }
-        /* a batch is whole: 'F' full with more to come, 'E' the rest */
-        if (k != want || (b.tag != 'F' && b.tag != 'E') || (b.tag == 'E') != (first + k == n)) {
-            close_all(fds, k);
-            return NVIPCFIX_FD_BROKEN;
-        }
-        int why = NVIPCFIX_FD_BROKEN;
-        if (taker->take(taker->arg, first, fds, k, &why) != 0)
-            return why;
-        first += k;
+        close_all(fds, k);
     }
-    return NVIPCFIX_FD_OK;
+    release_batch(&held);
+    return st;
 }
 
 static int exchange(struct link *l, const struct nvipcfix_fd_address *to, uint32_t export_id,

@@ -97,13 +97,15 @@ struct nvipcfix_fd_service {
 };
 
 /* The asking side: begin is called once with the offer (nonzero: give up);
- * take with each batch of descriptors, items [first, first + k), which it
- * owns from then on (nonzero: stop; its status in *why, else BROKEN). The
+ * take with each batch of descriptors, items [first, first + k): it closes
+ * each with nvipcfix_fd_close when done with it, and the channel closes
+ * the rest when take returns (nonzero: stop; its status in *why, else
+ * BROKEN). The
  * answer is complete only when nvipcfix_fd_request returns NVIPCFIX_FD_OK;
  * on any other status the taker must undo what it took. */
 struct nvipcfix_fd_taker {
     int (*begin)(void *arg, const struct nvipcfix_fd_reply *offer);
-    int (*take)(void *arg, uint32_t first, const int *fds, uint32_t k, int *why);
+    int (*take)(void *arg, uint32_t first, int *fds, uint32_t k, int *why);
     void *arg;
 };
 
@@ -140,7 +142,9 @@ void nvipcfix_fd_server_stop(struct nvipcfix_fd_server *s);
 void nvipcfix_fd_server_destroy(struct nvipcfix_fd_server *s);
 
 /* In a child after fork(): the parent's socket is closed, a server of the
- * child's own starts on its first use. Takes no lock. */
+ * child's own starts on its first use, and the descriptors other threads
+ * of the parent were handing over or receiving at the fork are closed (the
+ * child would keep the exporter's memory alive). Takes no lock. */
 void nvipcfix_fd_server_forget(struct nvipcfix_fd_server *s);
 
 /* 0 when dir is a directory (not a symbolic link) owned by this process's
@@ -166,6 +170,10 @@ int nvipcfix_fd_request(const struct nvipcfix_fd_address *to, const char *dir,
 void nvipcfix_fd_proof(const unsigned char key[NVIPCFIX_KEY_BYTES], char label, uint32_t id,
                        const unsigned char *client_nonce, const unsigned char *server_nonce,
                        const struct nvipcfix_fd_address *a, unsigned char out[NVIPCFIX_TAG_BYTES]);
+
+/* Closes *fd, a descriptor of a batch being taken, and sets it to -1 first
+ * (so a child forked meanwhile knows it is not to be closed). */
+void nvipcfix_fd_close(int *fd);
 
 /* Nonzero when this process cannot open one more descriptor (EMFILE). */
 int nvipcfix_fd_at_limit(void);

@@ -389,7 +389,7 @@ static CUresult unmap_all(const struct nvipcfix_driver *d, const struct nvipcfix
 }
 
 /* An open in progress: the range reserved for the offer, and the chunks
- * mapped into it as their descriptors arrive (each closed at once). */
+ * mapped into it as their descriptors arrive. */
 struct map_job {
     const struct nvipcfix_driver *d;
     struct nvipcfix_vmm_import *im;
@@ -430,7 +430,7 @@ static int begin_map(void *arg, const struct nvipcfix_fd_reply *offer)
 }
 
 /* A batch of descriptors: imported, mapped at their places, closed. */
-static int take_chunks(void *arg, uint32_t first, const int *fds, uint32_t k, int *why)
+static int take_chunks(void *arg, uint32_t first, int *fds, uint32_t k, int *why)
 {
     struct map_job *job = arg;
     struct nvipcfix_vmm_import *im = job->im;
@@ -444,7 +444,7 @@ static int take_chunks(void *arg, uint32_t first, const int *fds, uint32_t k, in
             if (job->e != CUDA_SUCCESS && nvipcfix_fd_at_limit())
                 job->fd_limit = 1; /* told before any descriptor is closed */
         }
-        close(fds[j]);
+        nvipcfix_fd_close(&fds[j]);
         if (job->e != CUDA_SUCCESS)
             continue; /* the rest are closed too */
         if (i == 0) {

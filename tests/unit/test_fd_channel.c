@@ -10,8 +10,10 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -37,9 +39,28 @@
 /* Export id N offers N descriptors, item i a memfd holding the byte i;
  * id 0 is unknown; id 1000 + N offers N + 5 but makes only N. Export N's
  * secret is bytes N*7+i. */
+#define PAUSE_ID 77 /* offers 3, and pauses with them open (pause_side) */
+
 static uint32_t offered(uint32_t id)
 {
-    return id >= 1000 ? id - 1000 + 5 : id;
+    return id == PAUSE_ID ? 3 : id >= 1000 ? id - 1000 + 5 : id;
+}
+
+/* Where export PAUSE_ID's answer stops with descriptors open until told
+ * to go on: 1 the exporter's side, before making the third (the first two
+ * held by the channel); 2 the asking side, in take. */
+static atomic_int pause_side;
+static int paused[2], go_on[2];
+
+static void pause_here(int side)
+{
+    char c = 'p';
+    struct pollfd p = {go_on[0], POLLIN, 0};
+    if (atomic_load(&pause_side) != side)
+        return;
+    assert_int_equal(tp_write_full(paused[1], &c, 1), 0);
+    assert_int_equal(poll(&p, 1, 10000), 1);
+    assert_int_equal(tp_read_full(go_on[0], &c, 1), 0);
 }
 
 static void key_of(uint32_t id, unsigned char key[16])
@@ -90,7 +111,9 @@ static uint32_t export_fds(void *arg, uint32_t id, uint32_t first, uint32_t coun
 {
     (void)arg;
     (void)driver_error;
-    uint32_t give = id >= 1000 ? id - 1000 : id, k = 0;
+    uint32_t give = id == PAUSE_ID ? 3 : id >= 1000 ? id - 1000 : id, k = 0;
+    if (id == PAUSE_ID && first == 2)
+        pause_here(1); /* the first two made and held by the channel */
     for (uint32_t i = first; i < first + count && i < give; i++, k++) {
         unsigned char b = (unsigned char)i;
         fds[k] = memfd_create("fd-channel-test", MFD_CLOEXEC);
@@ -118,15 +141,17 @@ static int begin(void *arg, const struct nvipcfix_fd_reply *offer)
     return 0;
 }
 
-static int take(void *arg, uint32_t first, const int *fds, uint32_t k, int *why)
+static int take(void *arg, uint32_t first, int *fds, uint32_t k, int *why)
 {
     struct got *g = arg;
     (void)why;
+    if (g->offered == 3)
+        pause_here(2);
     for (uint32_t j = 0; j < k; j++) {
         unsigned char b = 0xff;
         g->bad += first + j != g->taken || pread(fds[j], &b, 1, 0) != 1 ||
                   b != (unsigned char)(first + j);
-        close(fds[j]);
+        nvipcfix_fd_close(&fds[j]);
         g->taken++;
     }
     return g->stop_after > 0 && g->taken >= (uint32_t)g->stop_after;
@@ -739,6 +764,69 @@ static void test_fork_child_serves_itself(void **state)
     assert_int_equal(WEXITSTATUS(st), 0);
 }
 
+/* Memfds of this test's server open in this process. */
+static int test_memfds(void)
+{
+    int n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    for (struct dirent *e; d != NULL && (e = readdir(d)) != NULL;) {
+        char path[300], link[256];
+        snprintf(path, sizeof path, "/proc/self/fd/%s", e->d_name);
+        ssize_t k = readlink(path, link, sizeof link - 1);
+        link[k > 0 ? k : 0] = '\0';
+        n += strstr(link, "memfd:fd-channel-test") != NULL;
+    }
+    if (d != NULL)
+        closedir(d);
+    return n;
+}
+
+static void *ask_paused(void *arg)
+{
+    struct got *g = arg;
+    g->stop_after = ask(PAUSE_ID, g); /* the status, kept here */
+    return NULL;
+}
+
+/* A fork while another thread holds a batch (made and not yet sent by the
+ * exporter, or received and not yet taken): the child, once the library's
+ * fork handler ran, holds none of it (it would keep the exporter's memory
+ * alive as long as it lives), and the answer still arrives whole. */
+static void test_fork_mid_batch_leaves_child_nothing(void **state)
+{
+    (void)state;
+    for (int side = 1; side <= 2; side++) {
+        struct got g = {0};
+        pthread_t t;
+        char c;
+        int st;
+        assert_int_equal(pipe(paused), 0);
+        assert_int_equal(pipe(go_on), 0);
+        atomic_store(&pause_side, side);
+        assert_int_equal(pthread_create(&t, NULL, ask_paused, &g), 0);
+        assert_int_equal(tp_read_full(paused[0], &c, 1), 0);
+        pid_t child = fork();
+        if (child == 0) {
+            nvipcfix_fd_server_forget(&server); /* what the library does in a child */
+            _exit(test_memfds());
+        }
+        assert_int_equal(waitpid(child, &st, 0), child);
+        assert_int_equal(tp_write_full(go_on[1], "g", 1), 0);
+        assert_int_equal(pthread_join(t, NULL), 0);
+        atomic_store(&pause_side, 0);
+        print_message("[ INFO     ] fork while the %s held a batch: the child kept %d of it\n",
+                      side == 1 ? "exporter" : "asking side", WEXITSTATUS(st));
+        assert_true(WIFEXITED(st));
+        assert_int_equal(WEXITSTATUS(st), 0);
+        assert_int_equal(g.stop_after, NVIPCFIX_FD_OK);
+        assert_int_equal(g.taken, 3);
+        for (int i = 0; i < 2; i++) {
+            close(paused[i]);
+            close(go_on[i]);
+        }
+    }
+}
+
 static void test_stopped_server_answers_nobody(void **state)
 {
     (void)state;
@@ -765,6 +853,7 @@ int main(void)
         cmocka_unit_test(test_malformed_batches_leak_nothing),
         cmocka_unit_test(test_socket_directory),
         cmocka_unit_test(test_fork_child_serves_itself),
+        cmocka_unit_test(test_fork_mid_batch_leaves_child_nothing),
         cmocka_unit_test(test_stopped_server_answers_nobody),
     };
     return cmocka_run_group_tests_name("fd_channel", tests, setup, teardown);
