@@ -194,8 +194,41 @@ static struct vmm_run *new_run(struct nvipcfix_vmm_records *r, CUcontext ctx,
     return run;
 }
 
+/* The run that starts with chunks[1, n) (a tensor exported before, in the
+ * chunk after this one), with chunks[0] put before them; NULL if none. So
+ * exports from the last chunk to the first share one run too. */
+static struct vmm_run *run_after(struct nvipcfix_vmm_records *r, CUcontext ctx,
+                                 const struct nvipcfix_vmm_chunk *chunks, size_t n)
+{
+    struct vmm_place *at = NULL;
+    if (n >= 2)
+        HASH_FIND(hh, r->by_va, &chunks[1].va, sizeof chunks[1].va, at);
+    if (at == NULL || at->pos != 0 || at->run->ctx != ctx || at->run->n < n - 1 ||
+        memcmp(at->run->chunks, chunks + 1, (n - 1) * sizeof *chunks) != 0)
+        return NULL;
+    struct vmm_run *run = at->run;
+    struct vmm_entry *e, *tmp, *old = run->by_n;
+    if (run->n + 1 > run->cap && grow(r, run, run->cap * 2) != 0)
+        return NULL;
+    unindex(r, run, 0, run->n); /* every place moves up by one */
+    memmove(run->chunks + 1, run->chunks, run->n * sizeof *run->chunks);
+    run->chunks[0] = chunks[0];
+    run->n++;
+    r->chunks++;
+    for (size_t i = 0; i < run->n; i++)
+        index_place(r, run, i);
+    run->by_n = NULL;
+    HASH_ITER(hh_n, old, e, tmp) {
+        HASH_DELETE(hh_n, old, e);
+        e->start++;
+        HASH_ADD(hh_n, run->by_n, start, 2 * sizeof(size_t), e);
+    }
+    return run;
+}
+
 /* The run that holds chunks[0, n) from *start on: the latest that holds
- * the first of them, grown or with its stale tail replaced, or a new one. */
+ * the first of them, grown or with its stale tail replaced, or one that
+ * starts right after the first, or a new one. */
 static struct vmm_run *run_for(struct nvipcfix_vmm_records *r, CUcontext ctx,
                                const struct nvipcfix_vmm_chunk *chunks, size_t n, size_t *start)
 {
@@ -220,7 +253,8 @@ static struct vmm_run *run_for(struct nvipcfix_vmm_records *r, CUcontext ctx,
         }
         *start = 0;
     }
-    return new_run(r, ctx, chunks, n); /* other runs at these places: found by their ids */
+    struct vmm_run *run = run_after(r, ctx, chunks, n);
+    return run != NULL ? run : new_run(r, ctx, chunks, n); /* others: found by their ids */
 }
 
 static struct vmm_entry *entry_for(struct nvipcfix_vmm_records *r, struct vmm_run *run,

@@ -4,7 +4,8 @@
  * Exports of one place share their chunks: a run holds the chunks recorded
  * side by side from one first address, and an export is a stretch of a run
  * (n chunks from one of them: a tensor in a later chunk of a segment
- * exported before shares its run) with its own id and secret. Re-exporting a segment that grew
+ * exported before shares its run, and one in the chunk just before a run's
+ * first is put at its front) with its own id and secret. Re-exporting a segment that grew
  * appends the new chunks to its run; one that shrank and grew again
  * replaces the run's tail (dropping the exports that covered the freed
  * chunks, which could no longer be served whole); the same chunks exported

@@ -172,26 +172,51 @@ static void test_freed_exports_are_swept(void **state)
 /* Tensors in every chunk of a segment that is whole before any is shared
  * (a model allocated, then sent): each export runs from its tensor's chunk
  * to the segment's end; the chunks are still held once. */
-static void test_every_chunk_of_a_full_segment(void **state)
+static void every_chunk_exported(int last_first)
 {
-    (void)state;
     enum { N = 2000 };
     struct nvipcfix_vmm_chunk *c = segment(N, 5000);
     unsigned char secret[16];
     uint32_t id;
     size_t before = mallinfo2().uordblks, exports, chunks;
     double t0 = now_us();
-    for (size_t i = 0; i < N; i++)
+    for (size_t k = 0; k < N; k++) {
+        size_t i = last_first ? N - 1 - k : k;
         assert_int_equal(nvipcfix_vmm_records_add(&r, NULL, c + i, N - i, &id, secret), 0);
+    }
     double took = now_us() - t0;
     size_t held = mallinfo2().uordblks - before;
     nvipcfix_vmm_records_counts(&r, &exports, &chunks);
-    print_message("[ INFO     ] a tensor in each of %d chunks exported: %zu bytes held, "
-                  "%zu chunks recorded, %.2f us per export\n", N, held, chunks, took / N);
+    print_message("[ INFO     ] a tensor in each of %d chunks exported, %s: %zu bytes held, "
+                  "%zu chunks recorded, %.2f us per export\n", N,
+                  last_first ? "last to first" : "first to last", held, chunks, took / N);
     assert_int_equal(exports, N);
     assert_int_equal(chunks, N);
     assert_true(held < (size_t)N * 1024);
+    for (size_t i = 0; i < N; i += 499) { /* each export still its own chunks */
+        size_t n = N, total;
+        CUcontext ctx;
+        assert_int_equal(nvipcfix_vmm_records_add(&r, NULL, c + i, N - i, &id, secret), 0);
+        struct nvipcfix_vmm_chunk *got = nvipcfix_vmm_records_get(&r, id, 0, &n, &total, &ctx);
+        assert_true(got != NULL && n == N - i && total == N - i);
+        assert_memory_equal(got, c + i, n * sizeof *c);
+        free(got);
+    }
+    nvipcfix_vmm_records_counts(&r, &exports, &chunks);
+    assert_int_equal(exports, N); /* the same exports again */
     free(c);
+}
+
+static void test_every_chunk_of_a_full_segment(void **state)
+{
+    (void)state;
+    every_chunk_exported(0);
+}
+
+static void test_every_chunk_last_to_first(void **state)
+{
+    (void)state;
+    every_chunk_exported(1);
 }
 
 /* An export from a later chunk of a run outlives the run's first chunk:
@@ -226,6 +251,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_growing_segment_is_linear, setup, teardown),
         cmocka_unit_test_setup_teardown(test_every_chunk_of_a_full_segment, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_every_chunk_last_to_first, setup, teardown),
         cmocka_unit_test_setup_teardown(test_same_chunks_same_export, setup, teardown),
         cmocka_unit_test_setup_teardown(test_shrink_and_regrow, setup, teardown),
         cmocka_unit_test_setup_teardown(test_freed_exports_are_swept, setup, teardown),
