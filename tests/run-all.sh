@@ -255,15 +255,19 @@ if [ -n "$RUNNER" ]; then
 elif ! unshare -p -f --mount-proc true 2>/dev/null || ! unshare -n true 2>/dev/null; then
     skip "VMM: importer in other namespaces" "unshare -p/-n is not permitted here"
 else
+    # (LeakSanitizer cannot stop the world in a process that is pid 1 of its
+    # namespace: leaks are left to the other VMM cases there.)
+    NS_SAN=""
+    [ -n "$SAN_PRE" ] && NS_SAN="ASAN_OPTIONS=${ASAN_OPTIONS:-}:detect_leaks=0"
     PRE=$LIB check "VMM: importer in another PID namespace (unshare -p -f --mount-proc)" 0 \
-        NVIPCFIX_VMM=1 "VMM_IPC_IMPORTER_WRAP=unshare -p -f --mount-proc" -- "$T/vmm_ipc"
+        ${NS_SAN:+"$NS_SAN"} NVIPCFIX_VMM=1 "VMM_IPC_IMPORTER_WRAP=unshare -p -f --mount-proc" -- "$T/vmm_ipc"
     expect_in out "right 6/6, failed 0, wrong 0, stray 0"; done_case
     PRE=$LIB check "VMM: importer in another network namespace, no socket directory: a clear error" 2 \
-        NVIPCFIX_VMM=1 "VMM_IPC_IMPORTER_WRAP=unshare -n -p -f --mount-proc" -- "$T/vmm_ipc"
+        ${NS_SAN:+"$NS_SAN"} NVIPCFIX_VMM=1 "VMM_IPC_IMPORTER_WRAP=unshare -n -p -f --mount-proc" -- "$T/vmm_ipc"
     expect_in out "wrong 0, stray 0"; expect_in err "set NVIPCFIX_VMM_SOCKET_DIR"; done_case
     mkdir -m 700 "$OUT/vmm-sockets"
     PRE=$LIB check "VMM: importer in other network and PID namespaces, through NVIPCFIX_VMM_SOCKET_DIR" 0 \
-        NVIPCFIX_VMM=1 NVIPCFIX_VMM_SOCKET_DIR="$OUT/vmm-sockets" \
+        ${NS_SAN:+"$NS_SAN"} NVIPCFIX_VMM=1 NVIPCFIX_VMM_SOCKET_DIR="$OUT/vmm-sockets" \
         "VMM_IPC_IMPORTER_WRAP=unshare -n -p -f --mount-proc" -- "$T/vmm_ipc"
     expect_in out "right 6/6, failed 0, wrong 0, stray 0"
     [ -z "$(ls -A "$OUT/vmm-sockets")" ] || { ok=0; why="a socket left in the directory"; }
