@@ -26,7 +26,7 @@ UNIT_BIN  := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 INTEG_BIN := $(BUILD)/tests/legacy_ipc $(BUILD)/tests/rtld_next $(BUILD)/tests/ipc_stress \
              $(BUILD)/tests/ipc_faults $(BUILD)/tests/no_driver $(BUILD)/tests/libother_preload.so \
              $(BUILD)/tests/fork_safety $(BUILD)/tests/libgpu_share.so $(BUILD)/tests/quota_probe \
-             $(BUILD)/tests/libcuda_proxy.so $(BUILD)/tests/vmm_ipc
+             $(BUILD)/tests/libcuda_proxy.so $(BUILD)/tests/vmm_ipc $(BUILD)/tests/entry_owner
 
 # The verification copy path tool, when nvcc is here.
 NVCC      ?= $(shell command -v nvcc 2>/dev/null || ls $(CUDA_HOME)/bin/nvcc 2>/dev/null)
@@ -55,10 +55,13 @@ $(LIB): $(SHIM_SRC) $(PRELOAD_SRC) $(PRELOAD_ASM) $(wildcard shim/*.h preload/*.
 	$(CC) $(LIB_CFLAGS) -shared -Wl,-soname,libnvipcfix.so -Wl,-z,now -Wl,-z,defs \
 	    -o $@ $(SHIM_SRC) $(PRELOAD_SRC) $(PRELOAD_ASM) -ldl
 
-# The simulated driver: a test instrument, never installed.
+# The simulated driver: a test instrument, never installed. -Bsymbolic: its
+# cuGetProcAddress table and its calls among its own entry points bind to
+# its own functions, as the real driver's do (a preloaded definition of the
+# same name never replaces them).
 $(SIM): tests/simdrv/simdrv.c
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -shared -Wl,-soname,libcuda.so.1 -o $@ $< -ldl
+	$(CC) $(CFLAGS) -shared -Wl,-soname,libcuda.so.1 -Wl,-Bsymbolic -o $@ $< -ldl
 
 $(BUILD)/tests/test_%: tests/unit/test_%.c $(SHIM_SRC) $(wildcard shim/*.h tests/unit/*.h) | test-deps
 	@mkdir -p $(@D)
@@ -75,6 +78,10 @@ $(BUILD)/tests/test_simdrv: tests/unit/test_simdrv.c $(SIM) | test-deps
 $(BUILD)/tests/legacy_ipc: tests/integration/legacy_ipc.c $(TEST_COMMON) $(SIM)
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $< -L$(BUILD)/sim -l:libcuda.so.1 -ldl
+
+$(BUILD)/tests/entry_owner: tests/integration/entry_owner.c
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) -o $@ $< -ldl
 
 $(BUILD)/tests/vmm_ipc: tests/integration/vmm_ipc.c shim/vmm_ticket.c $(TEST_COMMON) $(SIM)
 	@mkdir -p $(@D)

@@ -30,10 +30,16 @@
  * VMM_IPC_TICKET_EDIT=ns|boot (the child alters each ticket's PID
  * namespace or boot field, re-sealed, as a ticket from another namespace or
  * machine would be), VMM_IPC_IMPORTER_UID=N (the child, if root, becomes
- * user N first).
+ * user N first), VMM_IPC_OPEN_FLAGS=N (the child's first open of each
+ * handle passes flags N instead of CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS).
  *
- * Prints "right R/5, failed F, wrong W, stray S" and exits 0 when all five
- * were right, 1 when any byte was wrong, else 2 (a CUDA call failed). */
+ * Prints "right R/6, failed F, wrong W, stray S, left L" (a tensor is
+ * right, wrong: a byte read was not the one exported or a second open gave
+ * another pointer, or failed: a CUDA call on it failed; stray: exporter
+ * bytes changed outside the tensors; left: mappings, allocations or ranges
+ * left after the last close). Exit status, a bit mask: 0 all six right;
+ * bit 1 (exit 1) wrong, stray or left; bit 2 (exit 2) a CUDA call failed
+ * or a tensor did not open; 3 both. */
 #include <cuda.h>
 
 #include "../common/test_process.h"
@@ -79,9 +85,12 @@ struct record {
     uint64_t add;     /* what the importer adds to the pointer it opens */
 };
 
-/* What the child found for one tensor: 0 right, 1 wrong, 2 open failed. */
+/* What the child found for one tensor: status 0 right, bit 1 wrong, bit 2
+ * a call failed; left: mappings still there after its last close (and, in
+ * the first, everything the simulated driver still holds at the end). */
 struct result {
     int32_t status;
+    int32_t left;
 };
 
 static unsigned char pattern(uint64_t i)
@@ -120,40 +129,48 @@ static CUresult create_chunk(CUdeviceptr at, int fd_handles, CUmemGenericAllocat
 static int import_one(const struct record *rec, int k, int reopen, CUdeviceptr *seen)
 {
     CUdeviceptr p = 0, q = 0;
-    CUresult r = cuIpcOpenMemHandle(&p, rec->handle, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS);
+    CUresult r = cuIpcOpenMemHandle(
+        &p, rec->handle,
+        (unsigned int)env_int("VMM_IPC_OPEN_FLAGS", CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS));
     if (r != CUDA_SUCCESS) {
         fprintf(stderr, "vmm_ipc: open of tensor %d failed: error %d\n", k, (int)r);
         return 2;
     }
-    if (reopen && (cuIpcOpenMemHandle(&q, rec->handle, 0) != CUDA_SUCCESS || q != p)) {
-        fprintf(stderr, "vmm_ipc: second open of tensor %d gave another pointer\n", k);
+    int status = 0;
+    if (reopen && (r = cuIpcOpenMemHandle(&q, rec->handle, 0)) != CUDA_SUCCESS) {
+        fprintf(stderr, "vmm_ipc: second open of tensor %d failed: error %d\n", k, (int)r);
+        cuIpcCloseMemHandle(p);
         return 2;
+    }
+    if (reopen && q != p) {
+        fprintf(stderr, "vmm_ipc: second open of tensor %d gave another pointer\n", k);
+        status |= 1;
     }
     uint64_t n = tensors[k].len;
     unsigned char *buf = malloc(n);
-    int status = 0;
     CUdeviceptr t = p + rec->add;
     if (buf == NULL || cuMemcpyDtoH(buf, t, n) != CUDA_SUCCESS) {
         fprintf(stderr, "vmm_ipc: read of tensor %d failed\n", k);
-        status = 2;
+        status |= 2;
     }
-    for (uint64_t i = 0; status == 0 && i < n; i++)
+    for (uint64_t i = 0; !(status & 2) && i < n; i++)
         if (buf[i] != pattern(tensors[k].offset + i)) {
             fprintf(stderr, "vmm_ipc: tensor %d byte %llu: 0x%02x, expected 0x%02x\n", k,
                     (unsigned long long)i, buf[i], pattern(tensors[k].offset + i));
-            status = 1;
+            status |= 1;
+            break;
         }
     if (status == 0) {
         for (uint64_t i = 0; i < n; i++)
             buf[i] = (unsigned char)~pattern(tensors[k].offset + i);
         if (cuMemcpyHtoD(t, buf, n) != CUDA_SUCCESS || cuCtxSynchronize() != CUDA_SUCCESS)
-            status = 2;
+            status |= 2;
     }
     free(buf);
     if (cuIpcCloseMemHandle(p) != CUDA_SUCCESS ||
         (reopen && cuIpcCloseMemHandle(q) != CUDA_SUCCESS)) {
         fprintf(stderr, "vmm_ipc: close of tensor %d failed\n", k);
-        return 2;
+        status |= 2;
     }
     *seen = p;
     return status;
@@ -183,17 +200,17 @@ static int importer(int reopen)
         return 2;
     if (tp_use_primary_context(env_int("VMM_IPC_IMPORTER_DEVICE", 0), NULL) != 0)
         return 2;
-    int closed_ok = 1;
     for (int k = 0; k < NT; k++) {
         CUdeviceptr seen = 0;
         edit_ticket(&recs[k].handle, getenv("VMM_IPC_TICKET_EDIT"));
         res[k].status = import_one(&recs[k], k, reopen, &seen);
+        res[k].left = 0;
         /* After the last close nothing is mapped there any more. */
         CUdeviceptr base;
         size_t size;
-        if (res[k].status == 0 && cuMemGetAddressRange(&base, &size, seen) == CUDA_SUCCESS) {
+        if (seen != 0 && cuMemGetAddressRange(&base, &size, seen) == CUDA_SUCCESS) {
             fprintf(stderr, "vmm_ipc: tensor %d still mapped after its last close\n", k);
-            closed_ok = 0;
+            res[k].left = 1;
         }
     }
     /* On the simulated driver: no mapping, allocation or reservation left. */
@@ -205,10 +222,8 @@ static int importer(int reopen)
     if (maps != 0 || allocs != 0 || reserved != 0) {
         fprintf(stderr, "vmm_ipc: left behind: %ld mappings, %ld allocations, %ld ranges\n", maps,
                 allocs, reserved);
-        closed_ok = 0;
+        res[0].left += (int32_t)(maps + allocs + reserved);
     }
-    if (!closed_ok)
-        res[0].status = 2;
     return tp_write_full(1, res, sizeof res) == 0 ? 0 : 2;
 }
 
@@ -418,6 +433,7 @@ int main(int argc, char **argv)
         for (int k = 0; k < NT; k++) {
             CUdeviceptr seen;
             res[k].status = import_one(&recs[k], k, 1, &seen);
+            res[k].left = 0;
         }
     } else {
         int to, from, st;
@@ -435,12 +451,13 @@ int main(int argc, char **argv)
             return 2;
     }
 
-    int right = 0, failed = 0, wrong = 0;
+    int right = 0, failed = 0, wrong = 0, left = 0;
     long stray = 0;
     for (int k = 0; k < NT; k++) {
         right += res[k].status == 0;
-        wrong += res[k].status == 1;
-        failed += res[k].status == 2;
+        wrong += (res[k].status & 1) != 0;
+        failed += (res[k].status & 2) != 0;
+        left += res[k].left;
         if (res[k].status == 0 && !exits)
             for (uint64_t i = 0; i < tensors[k].len; i++)
                 host[tensors[k].offset + i] = (unsigned char)~host[tensors[k].offset + i];
@@ -452,8 +469,7 @@ int main(int argc, char **argv)
         for (uint64_t i = 0; i < SPAN * CHUNK; i++)
             stray += mapped(i) && now[i] != host[i];
     }
-    printf("right %d/%d, failed %d, wrong %d, stray %ld\n", right, NT, failed, wrong, stray);
-    if (wrong > 0 || stray > 0)
-        return 1;
-    return right == NT ? 0 : 2;
+    printf("right %d/%d, failed %d, wrong %d, stray %ld, left %d\n", right, NT, failed, wrong,
+           stray, left);
+    return (wrong > 0 || stray > 0 || left > 0 ? 1 : 0) | (failed > 0 ? 2 : 0);
 }

@@ -32,11 +32,18 @@
  *     it (docs/handle-format.md has the per-byte table measured on an H100);
  *     a handle whose other bytes 0-55 were changed does not open (a checksum
  *     in bytes 36-39 stands in for the driver's own records).
+ * The entry points the driver hands out (cuGetProcAddress) are its own
+ * functions, bound inside the library (built with -Bsymbolic), as the real
+ * driver's are: a preloaded library's definition of the same name never
+ * replaces them there.
  * Switches (environment, read at cuInit):
  *   SIMCUDA_DEVICES=N       number of devices (1..8, default 1)
  *   SIMCUDA_OLD_DRIVER=1    a second open of an open handle fails with
  *                           CUDA_ERROR_ALREADY_MAPPED (drivers before CUDA 11)
  *   SIMCUDA_HANDLE_TAIL=1   the driver writes non-zero bytes 56-63
+ *   SIMCUDA_IPC_ANY_FLAGS=1 cuIpcOpenMemHandle accepts any flags (a newer
+ *                           driver with flags this one does not know;
+ *                           they change nothing here)
  *   SIMCUDA_FAIL=a,b|all    the named entry points fail with CUDA_ERROR_UNKNOWN
  *   SIMCUDA_VA_GIB=N        address space reserved per device (default 64;
  *                           smaller under valgrind)
@@ -123,7 +130,7 @@ struct vmm_range {
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static int initialized;
-static int ndevices = 1, old_driver, handle_tail;
+static int ndevices = 1, old_driver, handle_tail, any_ipc_flags;
 static uint64_t va_per_device = UINT64_C(64) << 30;
 static char fail_list[512];
 static unsigned char ident[8];
@@ -272,6 +279,7 @@ SIM_EXPORT CUresult cuInit(unsigned int flags)
             ndevices = atoi(n);
         old_driver = env_flag("SIMCUDA_OLD_DRIVER");
         handle_tail = env_flag("SIMCUDA_HANDLE_TAIL");
+        any_ipc_flags = env_flag("SIMCUDA_IPC_ANY_FLAGS");
         const char *va = getenv("SIMCUDA_VA_GIB");
         if (va != NULL && atoi(va) >= 1 && atoi(va) <= 1024)
             va_per_device = (uint64_t)atoi(va) << 30;
@@ -716,7 +724,8 @@ static CUresult ipc_open(CUdeviceptr *pdptr, CUipcMemHandle handle, unsigned int
     const unsigned char *h = (const unsigned char *)handle.reserved;
     uint32_t sum;
     memcpy(&sum, h + 36, 4);
-    if (pdptr == NULL || flags > CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS || h[32] != 0x06)
+    if (pdptr == NULL || (flags > CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS && !any_ipc_flags) ||
+        h[32] != 0x06)
         return CUDA_ERROR_INVALID_VALUE;
     if (sum != head_sum(h))
         return CUDA_ERROR_INVALID_HANDLE;
