@@ -29,7 +29,7 @@ RUNNER=${TEST_RUNNER:-}
 [ -n "$RUNNER" ] && export TEST_PROGRAM_RUNNER="$RUNNER" SIMCUDA_VA_GIB=1
 skip() { # NAME WHY
     skipped=$((skipped + 1))
-    echo "[ SKIPPED ] integration: $1: $2"
+    echo "[ SKIPPED ] integration: $1: $2" | tee -a "$OUT/skipped"
 }
 
 # ---- unit tests (cmocka) ------------------------------------------------
@@ -45,6 +45,13 @@ for t in "$T"/test_*; do
     f=$(sed -n 's/.*\[  FAILED  \] \([0-9]*\) test.*/\1/p' "$OUT/unit.log" | tail -n 1)
     p=${p:-0}
     f=${f:-0}
+    # cmocka's skip(): each skipped test once, with the reason the test
+    # printed before it ("skip: WHY")
+    awk -v bin="$(basename "$t")" '/^skip: / { why = substr($0, 7) }
+        /^\[  SKIPPED \] / && !/test\(s\)/ { n = $0; sub(/^\[  SKIPPED \] /, "", n)
+            if (!(n in seen)) print "[ SKIPPED ] unit: " bin ": " n ": " (why != "" ? why : "(no reason printed)")
+            seen[n] = 1; why = "" }' "$OUT/unit.log" | tee -a "$OUT/skipped" >"$OUT/unit.skipped"
+    skipped=$((skipped + $(wc -l <"$OUT/unit.skipped")))
     if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
         echo "FAILED: $(basename "$t") exited $rc"
         f=1
@@ -107,87 +114,125 @@ done_case() {
     unset LD_PRELOAD NVIPCFIX_LIBRARY SIMCUDA_OLD_DRIVER SIMCUDA_HANDLE_TAIL SIMCUDA_FAIL SIMCUDA_DEVICES SIMCUDA_VA_GIB NVIPCFIX_MODE \
         NVIPCFIX_LOG NVIPCFIX_STATS NVIPCFIX_SELF_OPEN NVIPCFIX_LOG_FILE LEGACY_IPC_DEVICE \
         LIBPATH LEGACY_IPC_IMPORTER_DEVICE LEGACY_IPC_IMPORTER_NO_PRELOAD NVIPCFIX_TAG GPU_SHARE_LIMIT_MIB QUOTA_PROBE_NO_DLMOPEN \
-        NVIPCFIX_VMM VMM_IPC_IMPORTER_DEVICE VMM_IPC_IMPORTER_NO_PRELOAD VMM_IPC_TICKET_EDIT VMM_IPC_IMPORTER_UID 2>/dev/null
+        NVIPCFIX_VMM VMM_IPC_IMPORTER_DEVICE VMM_IPC_IMPORTER_NO_PRELOAD VMM_IPC_TICKET_EDIT VMM_IPC_IMPORTER_UID \
+        LEGACY_IPC_REOPEN_FLAGS SIMCUDA_IPC_ANY_FLAGS VMM_IPC_OPEN_FLAGS 2>/dev/null
 }
 
 for road in direct dlsym procaddr procaddr-v1; do
-    PRE="" check "$road: the bug shows without the preload" 1 -- "$T/legacy_ipc" --road $road
-    expect_in out "WRONG"; done_case
+    PRE="" check "$road, baseline: the bug shows without the preload" 1 -- "$T/legacy_ipc" --road $road
+    expect_in out "right 1, wrong 9, failed 0;"; expect_in out "WRONG"; done_case
     PRE=$LIB check "$road: right with the preload, silent" 0 -- "$T/legacy_ipc" --road $road
+    expect_in out "right 10, wrong 0, failed 0;"
     expect_in out "read 10/10 right, written 10/10 right, 0 stray bytes"
     expect_in out "base handles untagged 2/2, mappings left 0 -> CORRECT"; expect_empty err; done_case
 done
 PRE=$LIB check "open twice, close twice" 0 -- "$T/legacy_ipc" --reopen
-done_case
+expect_in out "right 10, wrong 0, failed 0;"; expect_in out "mappings left 0 -> CORRECT"; done_case
+# cuGetProcAddress hands out the driver's own functions (as measured on the
+# H200), so only nvipcfix's own cuGetProcAddress hooks put its wrappers there.
+PRE="" check "cuGetProcAddress, baseline: the driver's own functions beside a preloaded definition" 0 \
+    -- "$T/entry_owner"
+expect_in out "cuIpcOpenMemHandle@11000: libcuda.so.1"; expect_in out "cuIpcGetMemHandle@4010: libcuda.so.1"
+expect_in out "8 look-ups, 0 failed"; done_case
+PRE="$T/libother_preload.so" check "cuGetProcAddress: a preloaded cuIpc* definition never replaces the driver's own" 0 \
+    -- "$T/entry_owner"
+[ "$(grep -c ': libcuda.so.1$' "$OUT/out")" -eq 9 ] || { ok=0; why="not every entry the driver's own"; }
+expect_in out "8 look-ups, 0 failed"; done_case
+PRE=$LIB check "cuGetProcAddress: nvipcfix's hooks hand out its wrappers, the rest untouched" 0 \
+    -- "$T/entry_owner"
+for e in "cuGetProcAddress@12000" "cuGetProcAddress@11030" "cuIpcGetMemHandle@4010" \
+    "cuIpcOpenMemHandle@11000" "cuIpcOpenMemHandle@4010" "cuIpcCloseMemHandle@4010"; do
+    expect_in out "^$e: libnvipcfix.so$"
+done
+expect_in out "^cuMemAlloc@3020: libcuda.so.1$"; expect_in out "8 look-ups, 0 failed"; done_case
+# A driver that accepts flags nvipcfix does not know: the re-open with them
+# goes to the driver (which counts a reference), and nvipcfix gives that
+# reference back at once, so the last close still unmaps.
+PRE=$LIB check "driver accepting other flags: a re-open with them leaves no extra mapping" 0 \
+    SIMCUDA_IPC_ANY_FLAGS=1 LEGACY_IPC_REOPEN_FLAGS=2 -- "$T/legacy_ipc" --reopen
+expect_in out "right 10, wrong 0, failed 0;"; expect_in out "mappings left 0 -> CORRECT"; done_case
+PRE=$LIB check "flags the driver refuses: its error, even for an open block" 2 \
+    LEGACY_IPC_REOPEN_FLAGS=2 -- "$T/legacy_ipc" --reopen
+expect_in out "right 0, wrong 0, failed 10;"; expect_in err "reopen failed: error 1\$"
+expect_in out "mappings left 0"; done_case
 
 # ---- VMM memory (cuMemCreate chunks side by side, as PyTorch's expandable
 # segments): the export fails natively; NVIPCFIX_VMM=1 shares it.
-PRE="" check "VMM: the export fails without the preload" 2 -- "$T/vmm_ipc"
-expect_in err "cuIpcGetMemHandle of tensor 0: error 1"; done_case
+PRE="" check "VMM, baseline: the export fails without the preload" 2 -- "$T/vmm_ipc"
+expect_in out "right 0/6, export failed"; expect_in err "cuIpcGetMemHandle of tensor 0: error 1"; done_case
 PRE=$LIB check "VMM: without NVIPCFIX_VMM=1 the export still fails, with one hint" 2 -- "$T/vmm_ipc"
-expect_in err "NVIPCFIX_VMM=1 makes nvipcfix share it"; done_case
+expect_in out "right 0/6, export failed"; expect_in err "NVIPCFIX_VMM=1 makes nvipcfix share it"
+[ "$(grep -c 'NVIPCFIX_VMM=1 makes' "$OUT/err")" -eq 1 ] || { ok=0; why="not one hint"; }
+done_case
 PRE=$LIB check "VMM: every byte right in another process, silent" 0 NVIPCFIX_VMM=1 -- "$T/vmm_ipc"
-expect_in out "right 6/6, failed 0, wrong 0, stray 0"; expect_empty err; done_case
+expect_in out "right 6/6, failed 0, wrong 0, stray 0, left 0"; expect_empty err; done_case
 PRE=$LIB check "VMM: open twice (one mapping), close twice, nothing left mapped" 0 \
     NVIPCFIX_VMM=1 NVIPCFIX_STATS=1 -- "$T/vmm_ipc" --reopen
+expect_in out "right 6/6, failed 0, wrong 0, stray 0, left 0"
 expect_in err "opens=12 (real 6, table hits 6) closes=12 (real 6) errors=0 vmm exports=0 vmm maps=6 open at exit=0"
 done_case
 PRE=$LIB check "VMM: export of the range's start, offsets added by the receiver, past a gap" 0 \
     NVIPCFIX_VMM=1 -- "$T/vmm_ipc" --base
-expect_in out "right 6/6, failed 0, wrong 0, stray 0"; done_case
+expect_in out "right 6/6, failed 0, wrong 0, stray 0, left 0"; done_case
 PRE=$LIB check "VMM: the exporter opens its own tickets" 0 NVIPCFIX_VMM=1 -- "$T/vmm_ipc" --self
-expect_in out "right 6/6"; done_case
+expect_in out "right 6/6, failed 0, wrong 0, stray 0, left 0"; done_case
+PRE=$LIB check "VMM: an open with flags the driver refuses is refused" 2 NVIPCFIX_VMM=1 \
+    VMM_IPC_OPEN_FLAGS=2 -- "$T/vmm_ipc"
+expect_in out "right 0/6, failed 6, wrong 0, stray 0, left 0"
+expect_in err "open of tensor 0 failed: error 1\$"; done_case
 PRE=$LIB check "VMM: chunk freed since the export is never mapped" 2 NVIPCFIX_VMM=1 -- \
     "$T/vmm_ipc" --freed
-expect_in out "right 3/6, failed 3, wrong 0, stray 0"
+expect_in out "right 3/6, failed 3, wrong 0, stray 0, left 0"
 expect_in err "freed or remapped since the export"; done_case
 PRE=$LIB check "VMM: exporter gone, a clear error" 2 NVIPCFIX_VMM=1 -- "$T/vmm_ipc" --exporter-exits
-expect_in out "right 0/6, failed 6, wrong 0"; expect_in err "the exporter has exited"; done_case
+expect_in out "right 0/6, failed 6, wrong 0, stray 0, left 0"; expect_in err "the exporter has exited"; done_case
 PRE=$LIB check "VMM: importer on another device, a clear error" 2 NVIPCFIX_VMM=1 SIMCUDA_DEVICES=2 \
     VMM_IPC_IMPORTER_DEVICE=1 -- "$T/vmm_ipc"
-expect_in out "wrong 0, stray 0"; expect_in err "lives on device 0 (as this process numbers it)"
+expect_in out "right 0/6, failed 6, wrong 0, stray 0, left 0"; expect_in err "lives on device 0 (as this process numbers it)"
 done_case
 PRE=$LIB check "VMM: ticket from another PID namespace refused" 2 NVIPCFIX_VMM=1 \
     VMM_IPC_TICKET_EDIT=ns -- "$T/vmm_ipc"
-expect_in out "wrong 0, stray 0"; expect_in err "of another PID namespace"; done_case
+expect_in out "right 0/6, failed 6, wrong 0, stray 0, left 0"; expect_in err "of another PID namespace"; done_case
 PRE=$LIB check "VMM: ticket from another machine refused" 2 NVIPCFIX_VMM=1 \
     VMM_IPC_TICKET_EDIT=boot -- "$T/vmm_ipc"
-expect_in out "wrong 0, stray 0"; expect_in err "from another machine"; done_case
+expect_in out "right 0/6, failed 6, wrong 0, stray 0, left 0"; expect_in err "from another machine"; done_case
 PRE=$LIB check "VMM: importer without nvipcfix gets an error, not bytes" 2 NVIPCFIX_VMM=1 \
     VMM_IPC_IMPORTER_NO_PRELOAD=1 -- "$T/vmm_ipc"
-expect_in out "right 0/6, failed 6, wrong 0, stray 0"; done_case
+expect_in out "right 0/6, failed 6, wrong 0, stray 0, left 0"; done_case
 PRE=$LIB check "VMM: chunks without POSIX descriptors: the native error, one warning" 2 \
     NVIPCFIX_VMM=1 -- "$T/vmm_ipc" --no-fd
+expect_in out "right 0/6, export failed"
 expect_in err "allocated without POSIX file descriptor handles"; done_case
 if [ "$(id -u)" = 0 ]; then
     PRE=$LIB check "VMM: a process of another user is refused the descriptors" 2 NVIPCFIX_VMM=1 \
         VMM_IPC_IMPORTER_UID=65534 -- "$T/vmm_ipc"
-    expect_in out "right 0/6, failed 6, wrong 0"; expect_in err "runs as another user"; done_case
+    expect_in out "right 0/6, failed 6, wrong 0, stray 0, left 0"; expect_in err "runs as another user"; done_case
 else
     skip "VMM: another user is refused" "needs root to start the importer as another user"
 fi
-PRE="" check "two devices: exporter on 1, importer on 0, bug without" 1 SIMCUDA_DEVICES=2 \
+PRE="" check "two devices, baseline: exporter on 1, importer on 0, bug without" 1 SIMCUDA_DEVICES=2 \
     LEGACY_IPC_DEVICE=1 LEGACY_IPC_IMPORTER_DEVICE=0 -- "$T/legacy_ipc"
-done_case
+expect_in out "right 1, wrong 9, failed 0;"; done_case
 PRE=$LIB check "two devices: exporter on 1, importer on 0, right with" 0 SIMCUDA_DEVICES=2 \
     LEGACY_IPC_DEVICE=1 LEGACY_IPC_IMPORTER_DEVICE=0 -- "$T/legacy_ipc" --reopen
-done_case
-PRE="" check "old driver (ALREADY_MAPPED) fails without the preload" 2 SIMCUDA_OLD_DRIVER=1 -- \
+expect_in out "right 10, wrong 0, failed 0;"; expect_in out "mappings left 0 -> CORRECT"; done_case
+PRE="" check "old driver, baseline: ALREADY_MAPPED and the bug without the preload" 3 SIMCUDA_OLD_DRIVER=1 -- \
     "$T/legacy_ipc" --reopen
-done_case
+expect_in out "right 0, wrong 0, failed 10;"; expect_in err "reopen failed: error 208"; done_case
 PRE=$LIB check "old driver works with the preload" 0 SIMCUDA_OLD_DRIVER=1 -- \
     "$T/legacy_ipc" --reopen --road procaddr
-done_case
-PRE="" check "open in the exporting process fails natively" 2 -- "$T/legacy_ipc" --self
-expect_in err "open failed: error 201"; done_case
+expect_in out "right 10, wrong 0, failed 0;"; expect_in out "mappings left 0 -> CORRECT"; done_case
+PRE="" check "open in the exporting process, baseline: fails natively" 2 -- "$T/legacy_ipc" --self
+expect_in out "right 0, wrong 0, failed 10;"; expect_in err "open failed: error 201"; done_case
 PRE=$LIB check "open in the exporting process gives its own pointer" 0 -- \
     "$T/legacy_ipc" --self --reopen
-expect_in out "CORRECT"; done_case
+expect_in out "right 10, wrong 0, failed 0; .*-> CORRECT"; done_case
 PRE=$LIB check "NVIPCFIX_SELF_OPEN=0 restores the native error" 2 NVIPCFIX_SELF_OPEN=0 -- \
     "$T/legacy_ipc" --self
-expect_in err "open failed: error 201"; done_case
+expect_in out "right 0, wrong 0, failed 10;"; expect_in err "open failed: error 201"; done_case
 PRE=$LIB check "driver writing bytes 56-63: native behaviour, one warning" 1 \
     SIMCUDA_HANDLE_TAIL=1 -- "$T/legacy_ipc"
+expect_in out "right 1, wrong 9, failed 0;"
 expect_in err "nvipcfix\[[0-9]*\]: warning: this driver writes bytes 56-63"
 [ "$(grep -c 'writes bytes 56-63' "$OUT/err")" -eq 1 ] || { ok=0; why="not one warning in the exporter"; }
 [ "$(grep -c 'did not write; it is passed to the driver unchanged' "$OUT/err")" -eq 1 ] ||
@@ -201,24 +246,26 @@ for road in direct dlsym procaddr procaddr-v1; do
         LEGACY_IPC_IMPORTER_NO_PRELOAD=1 -- "$T/legacy_ipc" --road $road
     # the 8 interior pointers fail to open; the 2 block bases (untagged) are
     # right; nothing is written anywhere else
-    expect_in err "open failed: error 1\$"
+    expect_in err "open failed: error 1\$"; expect_in out "right 2, wrong 0, failed 8;"
     expect_in out "read 2/10 right, written 2/10 right, 0 stray bytes, 8 failed calls"
     done_case
 done
 PRE=$LIB check "NVIPCFIX_TAG=plain: the same deployment reads the block base (what guarded tags stop)" 1 \
     NVIPCFIX_TAG=plain LEGACY_IPC_IMPORTER_NO_PRELOAD=1 -- "$T/legacy_ipc"
-expect_in out "WRONG"; done_case
+expect_in out "right 1, wrong 9, failed 0;"; expect_in out "WRONG"; done_case
 PRE=$LIB check "NVIPCFIX_TAG=plain: both sides with nvipcfix, right" 0 NVIPCFIX_TAG=plain -- \
     "$T/legacy_ipc" --reopen
-expect_in out "CORRECT"; done_case
+expect_in out "right 10, wrong 0, failed 0; .*-> CORRECT"; done_case
 PRE=$LIB check "mode off: pure pass-through" 1 NVIPCFIX_MODE=off -- "$T/legacy_ipc"
-expect_empty err; done_case
+expect_in out "right 1, wrong 9, failed 0;"; expect_empty err; done_case
 PRE=$LIB check "mode audit: changes nothing, logs interior exports" 1 NVIPCFIX_MODE=audit \
     NVIPCFIX_LOG=info -- "$T/legacy_ipc"
+expect_in out "right 1, wrong 9, failed 0;"
 expect_in err "audit: export of 0x[0-9a-f]* is 512 bytes into block"
 expect_in err "audit: open of a native handle"; done_case
 PRE=$LIB check "audit mode: the call site of the interior exports and one verdict per process" 1 \
     NVIPCFIX_MODE=audit NVIPCFIX_STATS=1 -- "$T/legacy_ipc"
+expect_in out "right 1, wrong 9, failed 0;"
 expect_in err "audit: this process exported 8 interior pointers from 1 call site: affected"
 expect_in err "audit:   8 from legacy_ipc+0x[0-9a-f]*$"
 expect_in err "audit: this process exported no interior pointer: not affected"
@@ -231,10 +278,12 @@ expect_in out "2 blocks held at exit"
 expect_in err "info: at exit: 2 blocks (2.0 MiB) opened through nvipcfix still mapped"
 expect_in err "stats: exports=0 .* open at exit=2 (2097152 bytes)"; done_case
 PRE=$LIB check "bad setting: one warning, default kept" 0 NVIPCFIX_MODE=fixed -- "$T/legacy_ipc"
+expect_in out "right 10, wrong 0, failed 0;"
 expect_in err "NVIPCFIX_MODE='fixed' is not one of the accepted values; using 'fix'"
 [ "$(grep -c "NVIPCFIX_MODE='fixed'" "$OUT/err")" -eq 2 ] || { ok=0; why="not one warning per process"; }
 done_case
 PRE=$LIB check "statistics line at exit" 0 NVIPCFIX_STATS=1 -- "$T/legacy_ipc" --reopen
+expect_in out "right 10, wrong 0, failed 0;"
 expect_in err "stats: exports=10 (with offset 8) opens=0"
 expect_in err "stats: exports=0 (with offset 0) opens=20 (real 10, table hits 10) closes=20 (real 10) errors=0"
 done_case
@@ -298,14 +347,15 @@ NV=$ROOT/tools/nvipcfix
 L="NVIPCFIX_LIBRARY=$LIB"
 P="LD_PRELOAD=$SAN_PRE"
 PRE="" check "launcher: nvipcfix -- COMMAND fixes it" 0 "$L" "$P" -- "$NV" -- "$T/legacy_ipc"
-expect_in out "CORRECT"; expect_empty err; done_case
+expect_in out "right 10, wrong 0, failed 0; .*-> CORRECT"; expect_empty err; done_case
 PRE="" check "launcher: an existing LD_PRELOAD is kept" 0 "$L" \
     "LD_PRELOAD=$SAN_PRE${SAN_PRE:+ }$T/libother_preload.so" -- "$NV" -- "$T/legacy_ipc"
-expect_in out "CORRECT"; expect_in err "other_preload: [1-9][0-9]* calls seen"; done_case
+expect_in out "right 10, wrong 0, failed 0; .*-> CORRECT"; expect_in err "other_preload: [1-9][0-9]* calls seen"; done_case
 PRE="" check "launcher: the command's exit status" 7 "$L" "$P" -- "$NV" -- sh -c 'exit 7'
 done_case
 PRE="" check "launcher: --mode audit --log info --stats" 1 "$L" "$P" -- \
     "$NV" --mode audit --log info --stats -- "$T/legacy_ipc"
+expect_in out "right 1, wrong 9, failed 0;"
 expect_in err "audit: export of"; expect_in err "stats: exports=10"; done_case
 PRE="" check "launcher: a bad option is refused" 2 "$L" "$P" -- "$NV" --mode fixx -- true
 expect_in err "nvipcfix: --mode must be fix, audit or off, not 'fixx'"; done_case
@@ -350,7 +400,7 @@ if inst install && inst uninstall && [ -z "$(files)" ] && inst install; then
     PRE="" check "make install into a prefix: the installed launcher works" 0 "$P" -- sh -c "
         '$OUT/prefix/bin/nvipcfix' -- '$T/legacy_ipc' && '$OUT/prefix/bin/nvipcfix' doctor >/dev/null &&
         test -f '$OUT/prefix/share/man/man1/nvipcfix.1'"
-    expect_in out "CORRECT"
+    expect_in out "right 10, wrong 0, failed 0; .*-> CORRECT"
     inst uninstall
     [ -z "$(files)" ] || { ok=0; why="make uninstall left: $(files | head -3)"; }
 else
@@ -379,9 +429,13 @@ ok=1; expect_in out "cache-full: ok"; done_case
 FORKS=300
 [ -n "$RUNNER" ] && FORKS=8
 for order in ipc-first driver-first; do
-    PRE=$LIB check "fork while threads open and close, first IPC call $order: no deadlock" 0 -- \
-        "$T/fork_safety" --deadlock $order $FORKS
-    expect_in out "$FORKS forks, children ok, 0 errors"; done_case
+    PRE=$LIB check "fork while threads open and close, first IPC call $order: no deadlock, every open through nvipcfix closed" 0 \
+        NVIPCFIX_STATS=1 -- "$T/fork_safety" --deadlock $order $FORKS
+    expect_in out "$FORKS forks, children ok, 0 errors"
+    # the workers' process: nvipcfix answered opens from its table, and
+    # closed every open it made (none left at exit)
+    expect_in err "opens=\([1-9][0-9]*\) (real \([1-9][0-9]*\), table hits [1-9][0-9]*) closes=\1 (real \2) .*open at exit=0"
+    done_case
 done
 PRE=$LIB check "NVIPCFIX_STATS=1: a forked child does not print its parent's counts" 0 \
     NVIPCFIX_STATS=1 -- "$T/fork_safety" --stats-child
@@ -392,15 +446,16 @@ done_case
 rm -f "$OUT/fifo" && mkfifo "$OUT/fifo"
 PRE=$LIB check "NVIPCFIX_LOG_FILE naming a FIFO: no hang, one warning, stderr" 0 \
     NVIPCFIX_LOG_FILE="$OUT/fifo" -- timeout 60 "$T/legacy_ipc"
-expect_in out "CORRECT"; expect_in err "cannot use log file .*not a regular file"
+expect_in out "right 10, wrong 0, failed 0; .*-> CORRECT"; expect_in err "cannot use log file .*not a regular file"
 [ "$(grep -c 'cannot use log file' "$OUT/err")" -eq 2 ] || { ok=0; why="not one warning per process"; }
 done_case
 PRE=$LIB check "NVIPCFIX_LOG_FILE=/dev/stderr: the process's stderr, a pipe here" 0 \
     NVIPCFIX_LOG_FILE=/dev/stderr NVIPCFIX_LOG=info -- "$T/legacy_ipc"
-expect_in err "nvipcfix\[[0-9]*\]: info: active"; done_case
+expect_in out "right 10, wrong 0, failed 0;"; expect_in err "nvipcfix\[[0-9]*\]: info: active"; done_case
 PRE=$LIB check "a newline in a setting's value stays inside one log line" 0 \
     "NVIPCFIX_MODE=fix
 nvipcfix[1]: error: forged" -- "$T/legacy_ipc"
+expect_in out "right 10, wrong 0, failed 0;"
 grep -qF "NVIPCFIX_MODE='fix\x0anvipcfix[1]: error: forged' is not one" "$OUT/err" ||
     { ok=0; why="the value is not escaped: $(head -c 300 "$OUT/err")"; }
 grep -q '^nvipcfix\[1\]' "$OUT/err" && { ok=0; why="a forged line reached the log"; }
@@ -419,7 +474,7 @@ done
 for road in direct dlsym procaddr procaddr-v1; do
     PRE="$LIB $GS" check "GPU-sharing layer after nvipcfix, $road: fixed" 0 \
         GPU_SHARE_LIMIT_MIB=64 -- "$T/legacy_ipc" --road $road
-    expect_in out "CORRECT"
+    expect_in out "right 10, wrong 0, failed 0; .*-> CORRECT"
     case $road in direct|procaddr) expect_in err "gpu_share: 0 allocations refused, 10 IPC opens seen" ;; esac
     done_case
 done
@@ -428,12 +483,14 @@ done
 # the bypassed opens of guarded tags fail cleanly (exit 2), never wrong bytes.
 PRE="$GS $LIB" check "GPU-sharing layer before nvipcfix: a warning names it and the order" 2 \
     -- "$T/legacy_ipc" --road direct
+expect_in out "right 2, wrong 0, failed 8;"
 expect_in err "libgpu_share.so defines dlsym and is loaded before nvipcfix"
 [ "$(grep -c 'defines dlsym' "$OUT/err")" -eq 2 ] || { ok=0; why="not one warning per process"; }
 done_case
 # (A sanitizer runtime cannot share the process with a second libc.)
 PRE=$LIB check "dlsym on other handles: a proxy's own function, a dlmopen namespace's own" 0 \
     ${SAN_PRE:+QUOTA_PROBE_NO_DLMOPEN=1} -- "$T/quota_probe" 0 "$T/libcuda_proxy.so"
+expect_in out "driver handle: cuIpcGetMemHandle from .*libnvipcfix.so$"
 expect_in out "proxy library: .* -> its own"
 [ -n "$SAN_PRE" ] || expect_in out "dlmopen namespace: .* own"
 done_case
@@ -441,7 +498,7 @@ for order in "other first" "nvipcfix first"; do
     for road in direct procaddr; do
         if [ "$order" = "other first" ]; then both="$T/libother_preload.so $LIB"; else both="$LIB $T/libother_preload.so"; fi
         PRE=$both check "another interposer, $order, $road: both work" 0 -- "$T/legacy_ipc" --road $road
-        expect_in out "CORRECT"; expect_in err "other_preload: [1-9][0-9]* calls seen"; done_case
+        expect_in out "right 10, wrong 0, failed 0; .*-> CORRECT"; expect_in err "other_preload: [1-9][0-9]* calls seen"; done_case
     done
 done
 PRE="" check "no libcuda.so.1: the entry point is not there natively" 0 LIBPATH=/nonexistent -- \
@@ -455,16 +512,23 @@ for dir in /nonexistent "$OUT/broken"; do
     [ "$(grep -c nvipcfix "$OUT/err")" -eq 1 ] || { ok=0; why="not exactly one warning"; }
     done_case
 done
-PRE="" check "driver failing every call: error without the preload" 2 SIMCUDA_FAIL=all -- "$T/legacy_ipc"
-done_case
-PRE=$LIB check "driver failing every call: the same error with it" 2 SIMCUDA_FAIL=all -- "$T/legacy_ipc"
+PRE="" check "driver failing every call, baseline: its error without the preload" 2 SIMCUDA_FAIL=all -- "$T/legacy_ipc"
+expect_in err "context failed: error 999"; done_case
+PRE=$LIB check "driver failing every call the export makes: the same error through nvipcfix, one warning" 2 \
+    SIMCUDA_FAIL=cuIpcGetMemHandle,cuPointerGetAttributes -- "$T/legacy_ipc"
+expect_in err "^legacy_ipc: export failed: error 999$"
+[ "$(grep -c "nvipcfix.*cannot tell which allocation" "$OUT/err")" -eq 1 ] || { ok=0; why="not one warning"; }
 done_case
 PRE=$LIB check "driver failing cuPointerGetAttributes: native export, one warning" 1 \
     SIMCUDA_FAIL=cuPointerGetAttributes -- "$T/legacy_ipc"
+expect_in out "right 1, wrong 9, failed 0;"
 [ "$(grep -c "cannot tell which allocation" "$OUT/err")" -eq 1 ] || { ok=0; why="not one warning"; }
 done_case
-PRE=$LIB check "driver failing cuIpcOpenMemHandle: the driver's error" 2 \
-    SIMCUDA_FAIL=cuIpcOpenMemHandle_v2 -- "$T/legacy_ipc"
+PRE=$LIB check "driver failing cuIpcOpenMemHandle: the driver's error, counted by nvipcfix" 2 \
+    SIMCUDA_FAIL=cuIpcOpenMemHandle_v2 NVIPCFIX_STATS=1 -- "$T/legacy_ipc"
+expect_in out "right 0, wrong 0, failed 10;"
+[ "$(grep -c "^legacy_ipc: open failed: error 999$" "$OUT/err")" -eq 10 ] || { ok=0; why="not 10 opens failing with 999"; }
+expect_in err "stats: exports=0 (with offset 0) opens=10 (real 10, table hits 0) closes=0 (real 0) errors=10"
 done_case
 
 # Harmlessness: ordinary programs, with and without the preload. (Under a
@@ -526,7 +590,7 @@ elif command -v valgrind >/dev/null 2>&1; then
     PRE=$LIB check "valgrind memcheck: no errors, no definite leaks" 0 SIMCUDA_VA_GIB=1 -- \
         valgrind -q --trace-children=yes --error-exitcode=9 --leak-check=full \
         --errors-for-leak-kinds=definite "$T/legacy_ipc" --reopen
-    expect_in out "CORRECT"; done_case
+    expect_in out "right 10, wrong 0, failed 0; .*-> CORRECT"; done_case
 else
     current="valgrind memcheck"; ok=0; why="valgrind is not installed"; done_case
 fi
@@ -546,6 +610,8 @@ echo >"$OUT/out"; echo >"$OUT/err"
 done_case
 
 if [ "$skipped" -gt 0 ]; then
+    echo "skipped, with the reasons:"
+    sed 's/^\[ SKIPPED \] /  /' "$OUT/skipped"
     echo "$passed passed, $failed failed, $skipped skipped"
 else
     echo "$passed passed, $failed failed"

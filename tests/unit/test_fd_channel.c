@@ -232,8 +232,10 @@ static void test_impostor_is_noticed(void **state)
 static void test_other_user_refused(void **state)
 {
     (void)state;
-    if (geteuid() != 0)
+    if (geteuid() != 0) {
+        print_message("skip: needs root to become another user\n"); /* for run-all.sh */
         skip();
+    }
     pid_t child = fork();
     if (child == 0) {
         struct got g = {0};
@@ -255,11 +257,14 @@ static void test_fork_child_serves_itself(void **state)
 {
     (void)state;
 #if defined(__SANITIZE_THREAD__)
-    skip(); /* ThreadSanitizer cannot start threads after a multi-threaded fork */
+    print_message("skip: ThreadSanitizer cannot start threads after a multi-threaded fork\n");
+    skip();
 #endif
     const char *runner = getenv("TEST_PROGRAM_RUNNER");
-    if (runner != NULL && runner[0] != '\0')
-        skip(); /* nor can qemu-user (make test-aarch64): it aborts */
+    if (runner != NULL && runner[0] != '\0') {
+        print_message("skip: qemu-user aborts on threads started after a multi-threaded fork\n");
+        skip();
+    }
     pid_t child = fork();
     if (child == 0) {
         pid_t p2;
