@@ -87,6 +87,16 @@ $(BUILD)/tests/vmm_ipc: tests/integration/vmm_ipc.c shim/vmm_ticket.c $(TEST_COM
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -o $@ $< shim/vmm_ticket.c -L$(BUILD)/sim -l:libcuda.so.1 -ldl
 
+# Everything make test runs, built (make mutants rebuilds it per mutant).
+.PHONY: test-build mutants
+test-build: $(LIB) $(SIM) $(UNIT_BIN) $(INTEG_BIN) $(BUILD)/nvipcfix-doctor | test-deps
+
+# Mutation testing (not in make test): each small break of preload/ and
+# shim/ in tests/mutants/ built and run against the CPU tier in a scratch
+# copy; a table of which test caught each; fails if one survives.
+mutants:
+	@bash scripts/mutants $(MUTANTS)
+
 test: $(LIB) $(SIM) $(UNIT_BIN) $(INTEG_BIN) $(BUILD)/nvipcfix-doctor | test-deps
 	@SANITIZER_PRELOAD="$(if $(SANITIZER_RUNTIME),$(shell $(CC) -print-file-name=lib$(SANITIZER_RUNTIME).so))" \
 	    sh tests/run-all.sh $(BUILD)

@@ -8,7 +8,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 LIB=$B/libnvipcfix.so
 SIM=$B/sim
 T=$B/tests
-OUT=$(mktemp -d /tmp/nvipcfix-tests.XXXXXX)
+OUT=$(mktemp -d "${TMPDIR:-/tmp}/nvipcfix-tests.XXXXXX")
 trap 'rm -rf "$OUT"' EXIT
 passed=0
 failed=0
