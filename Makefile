@@ -10,6 +10,10 @@ CFLAGS    ?= -O2 -g
 SAN       ?=
 CFLAGS    += -std=c11 -D_GNU_SOURCE $(WARN) -fPIC -pthread -I$(CUDA_INC) $(SAN)
 LIB_CFLAGS := $(CFLAGS) -fvisibility=hidden
+# Quiet by default: one short line per file built (make V=1 prints commands).
+V         ?= 0
+Q         := $(if $(filter 1,$(V)),,@)
+say        = $(if $(filter 1,$(V)),,@printf '  %-6s %s\n' $(1) $(2);)
 
 SHIM_SRC    := $(wildcard shim/*.c)
 PRELOAD_SRC := $(wildcard preload/*.c)
@@ -18,10 +22,15 @@ PRELOAD_SRC := $(wildcard preload/*.c)
 ARCH        ?= $(shell $(CC) -dumpmachine | cut -d- -f1)
 PRELOAD_ASM := preload/dlsym_entry_$(ARCH).S
 LIB         := $(BUILD)/libnvipcfix.so
+# shim/ is compiled once per build folder, with the library's flags: the
+# library and every unit test link the same objects.
+SHIM_OBJ    := $(patsubst %.c,$(BUILD)/obj/%.o,$(SHIM_SRC))
+PRELOAD_OBJ := $(patsubst %.c,$(BUILD)/obj/%.o,$(PRELOAD_SRC))
+SHIM_HDR    := $(wildcard shim/*.h)
 SIM         := $(BUILD)/sim/libcuda.so.1
 
 UNIT_SRC  := $(wildcard tests/unit/test_*.c)
-TEST_COMMON := tests/common/test_process.h tests/common/sim_driver_table.h
+TEST_COMMON := tests/common/test_process.h tests/common/sim_driver_table.h tests/common/unit_skip.h tests/common/test_deadline.h
 UNIT_BIN  := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 INTEG_BIN := $(BUILD)/tests/legacy_ipc $(BUILD)/tests/rtld_next $(BUILD)/tests/ipc_stress \
              $(BUILD)/tests/ipc_faults $(BUILD)/tests/no_driver $(BUILD)/tests/libother_preload.so \
@@ -39,7 +48,7 @@ all: $(LIB) $(if $(NVCC),$(VERIFY))
 
 $(VERIFY): tools/verify_copy_path.cu
 	@mkdir -p $(@D)
-	$(NVCC) -O2 -std=c++17 $(NVCC_ARCH) -Xcompiler -Wall,-Wextra,-Werror -o $@ $<
+	$(call say,NVCC,$@)$(NVCC) -O2 -std=c++17 $(NVCC_ARCH) -Xcompiler -Wall,-Wextra,-Werror -o $@ $<
 
 deps:
 	@sh scripts/ensure-deps.sh build
@@ -50,10 +59,18 @@ test-deps: deps
 $(PRELOAD_ASM):
 	@echo "nvipcfix: no dlsym entry for $(ARCH); x86_64 and aarch64 are supported" >&2; exit 1
 
-$(LIB): $(SHIM_SRC) $(PRELOAD_SRC) $(PRELOAD_ASM) $(wildcard shim/*.h preload/*.h) | deps
+$(BUILD)/obj/shim/%.o: shim/%.c $(SHIM_HDR) | deps
 	@mkdir -p $(@D)
-	$(CC) $(LIB_CFLAGS) -shared -Wl,-soname,libnvipcfix.so -Wl,-z,now -Wl,-z,defs \
-	    -o $@ $(SHIM_SRC) $(PRELOAD_SRC) $(PRELOAD_ASM) -ldl
+	$(call say,CC,$<)$(CC) $(LIB_CFLAGS) -c -o $@ $<
+
+$(BUILD)/obj/preload/%.o: preload/%.c $(SHIM_HDR) $(wildcard preload/*.h) | deps
+	@mkdir -p $(@D)
+	$(call say,CC,$<)$(CC) $(LIB_CFLAGS) -c -o $@ $<
+
+$(LIB): $(SHIM_OBJ) $(PRELOAD_OBJ) $(PRELOAD_ASM)
+	@mkdir -p $(@D)
+	$(call say,LD,$@)$(CC) $(LIB_CFLAGS) -shared -Wl,-soname,libnvipcfix.so -Wl,-z,now -Wl,-z,defs \
+	    -o $@ $(SHIM_OBJ) $(PRELOAD_OBJ) $(PRELOAD_ASM) -ldl
 
 # The simulated driver: a test instrument, never installed. -Bsymbolic: its
 # cuGetProcAddress table and its calls among its own entry points bind to
@@ -61,31 +78,31 @@ $(LIB): $(SHIM_SRC) $(PRELOAD_SRC) $(PRELOAD_ASM) $(wildcard shim/*.h preload/*.
 # same name never replaces them).
 $(SIM): tests/simdrv/simdrv.c
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -shared -Wl,-soname,libcuda.so.1 -Wl,-Bsymbolic -o $@ $< -ldl
+	$(call say,CC,$@)$(CC) $(CFLAGS) -shared -Wl,-soname,libcuda.so.1 -Wl,-Bsymbolic -o $@ $< -ldl
 
-$(BUILD)/tests/test_%: tests/unit/test_%.c $(SHIM_SRC) $(wildcard shim/*.h tests/unit/*.h) | test-deps
+$(BUILD)/tests/test_%: tests/unit/test_%.c $(SHIM_OBJ) $(TEST_COMMON) | test-deps
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -o $@ $< $(SHIM_SRC) -lcmocka
+	$(call say,CC,$<)$(CC) $(CFLAGS) -o $@ $< $(SHIM_OBJ) -lcmocka
 
-$(BUILD)/tests/test_vmm_share: tests/unit/test_vmm_share.c $(TEST_COMMON) $(SHIM_SRC) $(wildcard shim/*.h) $(SIM) | test-deps
+$(BUILD)/tests/test_vmm_share: tests/unit/test_vmm_share.c $(TEST_COMMON) $(SHIM_OBJ) $(SIM) | test-deps
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -o $@ $< $(SHIM_SRC) -L$(BUILD)/sim -l:libcuda.so.1 -lcmocka
+	$(call say,CC,$<)$(CC) $(CFLAGS) -o $@ $< $(SHIM_OBJ) -L$(BUILD)/sim -l:libcuda.so.1 -lcmocka
 
 $(BUILD)/tests/test_simdrv: tests/unit/test_simdrv.c $(SIM) | test-deps
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -o $@ $< -L$(BUILD)/sim -l:libcuda.so.1 -lcmocka
+	$(call say,CC,$@)$(CC) $(CFLAGS) -o $@ $< -L$(BUILD)/sim -l:libcuda.so.1 -lcmocka
 
 $(BUILD)/tests/legacy_ipc: tests/integration/legacy_ipc.c $(TEST_COMMON) $(SIM)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -o $@ $< -L$(BUILD)/sim -l:libcuda.so.1 -ldl
+	$(call say,CC,$@)$(CC) $(CFLAGS) -o $@ $< -L$(BUILD)/sim -l:libcuda.so.1 -ldl
 
 $(BUILD)/tests/entry_owner: tests/integration/entry_owner.c
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -o $@ $< -ldl
+	$(call say,CC,$@)$(CC) $(CFLAGS) -o $@ $< -ldl
 
 $(BUILD)/tests/vmm_ipc: tests/integration/vmm_ipc.c shim/vmm_ticket.c $(TEST_COMMON) $(SIM)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -o $@ $< shim/vmm_ticket.c -L$(BUILD)/sim -l:libcuda.so.1 -ldl
+	$(call say,CC,$@)$(CC) $(CFLAGS) -o $@ $< shim/vmm_ticket.c -L$(BUILD)/sim -l:libcuda.so.1 -ldl
 
 # Everything make test runs, built (make mutants rebuilds it per mutant).
 .PHONY: test-build mutants
@@ -137,53 +154,53 @@ clean:
 # Reliability: stress, faults, another interposer, no driver.
 $(BUILD)/tests/ipc_stress: tests/reliability/ipc_stress.c $(TEST_COMMON) $(SIM)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -o $@ $< -L$(BUILD)/sim -l:libcuda.so.1 -ldl
+	$(call say,CC,$@)$(CC) $(CFLAGS) -o $@ $< -L$(BUILD)/sim -l:libcuda.so.1 -ldl
 
 $(BUILD)/tests/ipc_faults: tests/reliability/ipc_faults.c shim/handle_tag.c $(TEST_COMMON) $(SIM)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -o $@ $< shim/handle_tag.c -L$(BUILD)/sim -l:libcuda.so.1 -ldl
+	$(call say,CC,$@)$(CC) $(CFLAGS) -o $@ $< shim/handle_tag.c -L$(BUILD)/sim -l:libcuda.so.1 -ldl
 
 $(BUILD)/tests/no_driver: tests/reliability/no_driver.c
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -o $@ $< -ldl
+	$(call say,CC,$@)$(CC) $(CFLAGS) -o $@ $< -ldl
 
 $(BUILD)/tests/libother_preload.so: tests/reliability/other_preload.c
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -shared -o $@ $< -ldl
+	$(call say,CC,$@)$(CC) $(CFLAGS) -shared -o $@ $< -ldl
 
 $(BUILD)/tests/fork_safety: tests/reliability/fork_safety.c $(TEST_COMMON) $(SIM)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -o $@ $< -L$(BUILD)/sim -l:libcuda.so.1 -ldl
+	$(call say,CC,$@)$(CC) $(CFLAGS) -o $@ $< -L$(BUILD)/sim -l:libcuda.so.1 -ldl
 
 # Other interposers: a GPU-sharing layer with its own dlsym and a quota, a
 # proxy library, and a program that probes both.
 $(BUILD)/tests/libgpu_share.so: tests/interposers/gpu_share.c
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -shared -o $@ $< -ldl
+	$(call say,CC,$@)$(CC) $(CFLAGS) -shared -o $@ $< -ldl
 
 $(BUILD)/tests/libcuda_proxy.so: tests/interposers/cuda_proxy.c
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -shared -o $@ $<
+	$(call say,CC,$@)$(CC) $(CFLAGS) -shared -o $@ $<
 
 $(BUILD)/tests/quota_probe: tests/interposers/quota_probe.c
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -o $@ $< -ldl
+	$(call say,CC,$@)$(CC) $(CFLAGS) -o $@ $< -ldl
 
 # dlsym(RTLD_NEXT) from a library that also defines the name it looks up.
 $(BUILD)/tests/rtld_next: tests/integration/rtld_next/main.c tests/integration/rtld_next/probe.c tests/integration/rtld_next/target.c
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -shared -o $(@D)/libprobe.so tests/integration/rtld_next/probe.c -ldl
-	$(CC) $(CFLAGS) -shared -o $(@D)/libtarget.so tests/integration/rtld_next/target.c
-	$(CC) $(CFLAGS) -o $@ $< -L$(@D) -Wl,--no-as-needed -lprobe -ltarget -Wl,-rpath,'$$ORIGIN' -ldl
+	$(call say,CC,$@)$(CC) $(CFLAGS) -shared -o $(@D)/libprobe.so tests/integration/rtld_next/probe.c -ldl
+	$(call say,CC,$@)$(CC) $(CFLAGS) -shared -o $(@D)/libtarget.so tests/integration/rtld_next/target.c
+	$(call say,CC,$@)$(CC) $(CFLAGS) -o $@ $< -L$(@D) -Wl,--no-as-needed -lprobe -ltarget -Wl,-rpath,'$$ORIGIN' -ldl
 
 # Benchmarks: make bench (GPU when there is one, else the simulated driver).
 $(BUILD)/tests/ipc_bench: tests/bench/ipc_bench.c $(TEST_COMMON) $(SIM)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -o $@ $< -L$(BUILD)/sim -l:libcuda.so.1 -ldl
+	$(call say,CC,$@)$(CC) $(CFLAGS) -o $@ $< -L$(BUILD)/sim -l:libcuda.so.1 -ldl
 
-$(BUILD)/tests/table_memory: tests/bench/table_memory.c $(SHIM_SRC) | deps
+$(BUILD)/tests/table_memory: tests/bench/table_memory.c $(SHIM_OBJ)
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -o $@ $< $(SHIM_SRC)
+	$(call say,CC,$@)$(CC) $(CFLAGS) -o $@ $< $(SHIM_OBJ)
 
 .PHONY: bench
 bench: $(LIB) $(SIM) $(BUILD)/tests/ipc_bench $(BUILD)/tests/table_memory $(BUILD)/tests/fork_safety \
@@ -198,19 +215,21 @@ FUZZ_FLAGS := -g -O1 -std=c11 -D_GNU_SOURCE $(WARN) -pthread -I$(CUDA_INC) \
               -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined
 FUZZERS    := $(BUILD)/fuzz/fuzz_handle_tag $(BUILD)/fuzz/fuzz_open
 
-$(BUILD)/fuzz/fuzz_handle_tag: tests/fuzz/fuzz_handle_tag.c shim/handle_tag.c
+.PHONY: fuzz-deps
+fuzz-deps:
 	@sh scripts/ensure-deps.sh fuzz
-	@mkdir -p $(@D)
-	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^
 
-$(BUILD)/fuzz/fuzz_open: tests/fuzz/fuzz_open.c $(TEST_COMMON) $(SHIM_SRC) $(SIM) | deps
+$(BUILD)/fuzz/fuzz_handle_tag: tests/fuzz/fuzz_handle_tag.c shim/handle_tag.c | fuzz-deps
 	@mkdir -p $(@D)
-	$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ tests/fuzz/fuzz_open.c $(SHIM_SRC) \
+	$(call say,CC,$@)$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ $^
+
+$(BUILD)/fuzz/fuzz_open: tests/fuzz/fuzz_open.c $(TEST_COMMON) $(SHIM_SRC) $(SIM) | deps fuzz-deps
+	@mkdir -p $(@D)
+	$(call say,CC,$@)$(FUZZ_CC) $(FUZZ_FLAGS) -o $@ tests/fuzz/fuzz_open.c $(SHIM_SRC) \
 	    -L$(BUILD)/sim -l:libcuda.so.1 -Wl,-rpath,$(abspath $(BUILD)/sim)
 
 .PHONY: fuzz fuzz-smoke
 fuzz: $(FUZZERS)
-	@sh scripts/ensure-deps.sh fuzz
 	@for t in handle_tag open; do \
 	    mkdir -p $(BUILD)/fuzz/corpus-$$t && cp -n tests/fuzz/corpus/$$t/* $(BUILD)/fuzz/corpus-$$t/ ; \
 	    echo "== fuzz_$$t: $(FUZZ_RUNS) inputs"; \
@@ -230,7 +249,7 @@ DOCTOR := $(BUILD)/nvipcfix-doctor
 all: $(DOCTOR)
 $(DOCTOR): tools/doctor.c
 	@mkdir -p $(@D)
-	$(CC) $(CFLAGS) -o $@ $< -ldl
+	$(call say,CC,$@)$(CC) $(CFLAGS) -o $@ $< -ldl
 
 # make install PREFIX=... [DESTDIR=...]; make uninstall with the same.
 PREFIX  ?= /usr/local

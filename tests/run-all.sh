@@ -1,6 +1,8 @@
 #!/bin/sh
 # The CPU tier: every cmocka unit test, then the integration cases against
-# the simulated driver. Ends with one line "N passed, N failed".
+# the simulated driver. One line per case (with its time when 10 s or more);
+# a failing case is followed by its output. Ends with one line
+# "N passed, N failed[, N skipped]".
 # Usage: tests/run-all.sh BUILD_DIR
 set -u
 B=$(cd "${1:-build}" && pwd)
@@ -10,9 +12,17 @@ SIM=$B/sim
 T=$B/tests
 OUT=$(mktemp -d "${TMPDIR:-/tmp}/nvipcfix-tests.XXXXXX")
 trap 'rm -rf "$OUT"' EXIT
+trap 'exit 130' INT HUP TERM # (the EXIT trap still cleans up)
 passed=0
 failed=0
 skipped=0
+# Every case starts from the same environment: nothing of ours inherited
+# from the caller, and no case's settings left for the next (each runs in a
+# subshell of its own). What differs by build is set here, once.
+for v in $(env | sed -n 's/^\(\(NVIPCFIX\|SIMCUDA\|LEGACY_IPC\|VMM_IPC\|GPU_SHARE\|QUOTA_PROBE\)_[A-Za-z0-9_]*\)=.*/\1/p'); do
+    unset "$v"
+done
+unset LD_PRELOAD
 # Sanitizer builds (make test-asan, test-tsan): the runtime must come first
 # in LD_PRELOAD, and valgrind cannot run them.
 SAN_PRE=${SANITIZER_PRELOAD:-}
@@ -24,15 +34,40 @@ if [ -n "$SAN_PRE" ]; then
 fi
 # make test-aarch64: every aarch64 program starts through an emulator
 # (qemu-user), which gets LD_PRELOAD and LD_LIBRARY_PATH with -E, never in
-# its own environment; test programs do the same for their children.
+# its own environment; test programs do the same for their children. A small
+# simulated device keeps the emulated address space cheap.
+# Deadlines (`check ... -- timeout N`, and test_alarm() in the programs)
+# detect hangs, never speed: they stretch by TEST_TIME_SCALE where programs
+# run slower.
 RUNNER=${TEST_RUNNER:-}
-[ -n "$RUNNER" ] && export TEST_PROGRAM_RUNNER="$RUNNER" SIMCUDA_VA_GIB=1
+export TEST_TIME_SCALE=1
+[ -n "$SAN_PRE" ] && TEST_TIME_SCALE=3
+if [ -n "$RUNNER" ]; then
+    export TEST_PROGRAM_RUNNER="$RUNNER" SIMCUDA_VA_GIB=1
+    TEST_TIME_SCALE=10
+fi
 skip() { # NAME WHY
     skipped=$((skipped + 1))
-    echo "[ SKIPPED ] integration: $1: $2" | tee -a "$OUT/skipped"
+    printf '[ SKIPPED ] integration: %s: %s\n' "$1" "$2" | tee -a "$OUT/skipped"
 }
 
 # ---- unit tests (cmocka) ------------------------------------------------
+# One line per test function. A test that skips prints "skipped: WHY"
+# first (tests/common/unit_skip.h); a failing one is followed by its output.
+unit_lines() { # PROGRAM-NAME < cmocka output
+    awk -v prog="$1" '
+        /^\[==========\] .* run\.$/ { done = 1 }
+        done { next }
+        /^\[ RUN      \] / { name = $4; buf = ""; why = "no reason printed"; next }
+        /^\[       OK \] / { print "P [ PASSED ] unit: " prog ": " name; name = ""; next }
+        /^\[  SKIPPED \] / { print "S [ SKIPPED ] unit: " prog ": " name ": " why; name = ""; next }
+        /^\[  FAILED  \] / { print "F [ FAILED ] unit: " prog ": " name; printf "%s", buf; name = ""; next }
+        name != "" {
+            line = $0; sub(/^[ \t]+/, "", line)
+            if (line ~ /^skipped: /) { why = substr(line, 10) }
+            buf = buf "    | " $0 "\n"
+        }'
+}
 for t in "$T"/test_*; do
     if [ -n "$RUNNER" ]; then
         $RUNNER -E LD_LIBRARY_PATH="$SIM" "$t" >"$OUT/unit.log" 2>&1
@@ -40,53 +75,53 @@ for t in "$T"/test_*; do
         LD_LIBRARY_PATH=$SIM "$t" >"$OUT/unit.log" 2>&1
     fi
     rc=$?
-    cat "$OUT/unit.log"
-    p=$(sed -n 's/.*\[  PASSED  \] \([0-9]*\) test.*/\1/p' "$OUT/unit.log" | tail -n 1)
-    f=$(sed -n 's/.*\[  FAILED  \] \([0-9]*\) test.*/\1/p' "$OUT/unit.log" | tail -n 1)
-    p=${p:-0}
-    f=${f:-0}
-    # cmocka's skip(): each skipped test once, with the reason the test
-    # printed before it ("skip: WHY")
-    awk -v bin="$(basename "$t")" '/^skip: / { why = substr($0, 7) }
-        /^\[  SKIPPED \] / && !/test\(s\)/ { n = $0; sub(/^\[  SKIPPED \] /, "", n)
-            if (!(n in seen)) print "[ SKIPPED ] unit: " bin ": " n ": " (why != "" ? why : "(no reason printed)")
-            seen[n] = 1; why = "" }' "$OUT/unit.log" | tee -a "$OUT/skipped" >"$OUT/unit.skipped"
-    skipped=$((skipped + $(wc -l <"$OUT/unit.skipped")))
+    unit_lines "$(basename "$t")" <"$OUT/unit.log" >"$OUT/unit.lines"
+    p=$(grep -c '^P ' "$OUT/unit.lines")
+    f=$(grep -c '^F ' "$OUT/unit.lines")
+    s=$(grep -c '^S ' "$OUT/unit.lines")
+    sed 's/^[PFS] //' "$OUT/unit.lines"
+    sed -n 's/^S //p' "$OUT/unit.lines" >>"$OUT/skipped" # listed again at the end
     if [ "$rc" -ne 0 ] && [ "$f" -eq 0 ]; then
-        echo "FAILED: $(basename "$t") exited $rc"
+        echo "[ FAILED ] unit: $(basename "$t"): exited $rc"
+        sed 's/^/    | /' "$OUT/unit.log" | tail -n 30
         f=1
     fi
     passed=$((passed + p))
     failed=$((failed + f))
+    skipped=$((skipped + s))
 done
 
 # ---- integration --------------------------------------------------------
 # check NAME EXPECTED_STATUS [VAR=VALUE ...] -- [timeout SECONDS] COMMAND...
-# Runs COMMAND with the variables set (LIBPATH: the library path, default
-# the simulated driver's); stdout and stderr land in $OUT/out and $OUT/err
-# for the extra assertions that follow.
+# Runs COMMAND in a subshell with the variables set (LIBPATH: the library
+# path, default the simulated driver's; PRE, given before check: the
+# libraries to preload); stdout and stderr land in $OUT/out and $OUT/err for
+# the extra assertions that follow.
 current=""
 check() {
     current=$1
+    case_start=$(date +%s)
     expect=$2
     shift 2
-    while [ "$1" != "--" ]; do
-        export "$1"
+    (
+        while [ "$1" != "--" ]; do
+            export "$1"
+            shift
+        done
         shift
-    done
-    shift
-    limit=""
-    if [ "$1" = timeout ]; then
-        limit="timeout $2"
-        shift 2
-    fi
-    lp=${LIBPATH:-$SIM}
-    case $RUNNER:$1 in
-    :*|*:) set -- env LD_LIBRARY_PATH="$lp" ${PRE:+LD_PRELOAD="$SAN_PRE${SAN_PRE:+ }$PRE"} "$@" ;;
-    *:"$B"/*) set -- $RUNNER -E LD_LIBRARY_PATH="$lp" ${PRE:+-E LD_PRELOAD="$PRE"} "$@" ;;
-    *) set -- env LD_LIBRARY_PATH="$lp" "$@" ;; # a host program: nothing of ours to preload
-    esac
-    $limit "$@" >"$OUT/out" 2>"$OUT/err"
+        limit=""
+        if [ "$1" = timeout ]; then
+            limit="timeout $(($2 * TEST_TIME_SCALE))"
+            shift 2
+        fi
+        lp=${LIBPATH:-$SIM}
+        case $RUNNER:$1 in
+        :*|*:) set -- env LD_LIBRARY_PATH="$lp" ${PRE:+LD_PRELOAD="$SAN_PRE${SAN_PRE:+ }$PRE"} "$@" ;;
+        *:"$B"/*) set -- $RUNNER -E LD_LIBRARY_PATH="$lp" ${PRE:+-E LD_PRELOAD="$PRE"} "$@" ;;
+        *) set -- env LD_LIBRARY_PATH="$lp" "$@" ;; # a host program: nothing of ours to preload
+        esac
+        exec $limit "$@" >"$OUT/out" 2>"$OUT/err"
+    )
     rc=$?
     if [ "$rc" -eq "$expect" ]; then
         ok=1
@@ -103,19 +138,18 @@ expect_empty() { # FILE
     [ ! -s "$OUT/$1" ] || { ok=0; why="$1 not empty: $(head -c 300 "$OUT/$1")"; }
 }
 done_case() {
+    took=""
+    [ -n "${case_start:-}" ] && [ $(($(date +%s) - case_start)) -ge 10 ] &&
+        took=" ($(($(date +%s) - case_start)) s)"
+    case_start=""
     if [ "$ok" -eq 1 ]; then
         passed=$((passed + 1))
-        echo "[ PASSED ] integration: $current"
+        printf '[ PASSED ] integration: %s%s\n' "$current" "$took"
     else
         failed=$((failed + 1))
-        echo "[ FAILED ] integration: $current: $why"
-        sed 's/^/    | /' "$OUT/out" "$OUT/err" | head -20
+        printf '[ FAILED ] integration: %s: %s%s\n' "$current" "$why" "$took"
+        sed 's/^/    | /' "$OUT/out" "$OUT/err" | head -40
     fi
-    unset LD_PRELOAD NVIPCFIX_LIBRARY SIMCUDA_OLD_DRIVER SIMCUDA_HANDLE_TAIL SIMCUDA_FAIL SIMCUDA_DEVICES SIMCUDA_VA_GIB NVIPCFIX_MODE \
-        NVIPCFIX_LOG NVIPCFIX_STATS NVIPCFIX_SELF_OPEN NVIPCFIX_LOG_FILE LEGACY_IPC_DEVICE \
-        LIBPATH LEGACY_IPC_IMPORTER_DEVICE LEGACY_IPC_IMPORTER_NO_PRELOAD NVIPCFIX_TAG GPU_SHARE_LIMIT_MIB QUOTA_PROBE_NO_DLMOPEN \
-        NVIPCFIX_VMM VMM_IPC_IMPORTER_DEVICE VMM_IPC_IMPORTER_NO_PRELOAD VMM_IPC_TICKET_EDIT VMM_IPC_IMPORTER_UID \
-        LEGACY_IPC_REOPEN_FLAGS SIMCUDA_IPC_ANY_FLAGS VMM_IPC_OPEN_FLAGS 2>/dev/null
 }
 
 for road in direct dlsym procaddr procaddr-v1; do
@@ -506,7 +540,8 @@ PRE="" check "no libcuda.so.1: the entry point is not there natively" 0 LIBPATH=
 expect_in out "no cuIpcGetMemHandle"; done_case
 mkdir -p "$OUT/broken" && : >"$OUT/broken/libcuda.so.1"
 for dir in /nonexistent "$OUT/broken"; do
-    PRE=$LIB check "no usable libcuda.so.1 ($dir): an error, one warning" 0 LIBPATH="$dir" -- \
+    what="none"; [ "$dir" = /nonexistent ] || what="an empty file"
+    PRE=$LIB check "no usable libcuda.so.1 ($what): an error, one warning" 0 LIBPATH="$dir" -- \
         "$T/no_driver"
     expect_in out "cuIpcGetMemHandle -> 3"; expect_in out "again -> 3"
     [ "$(grep -c nvipcfix "$OUT/err")" -eq 1 ] || { ok=0; why="not exactly one warning"; }

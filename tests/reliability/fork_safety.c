@@ -34,6 +34,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "../common/test_deadline.h"
 #include "../common/test_process.h"
 
 #define BLOCK (1u << 20)
@@ -131,7 +132,7 @@ int main(int argc, char **argv)
         CUipcMemHandle h; /* before cuInit: the driver refuses, the library is set up */
         cuIpcGetMemHandle(&h, 0);
     }
-    alarm(60);
+    test_alarm(60);
     if (tp_use_primary_context(0, &ctx))
         return 2;
     int to, from;

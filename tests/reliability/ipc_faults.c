@@ -33,6 +33,7 @@
 #include <unistd.h>
 
 #include "../../shim/handle_tag.h"
+#include "../common/test_deadline.h"
 #include "../common/test_process.h"
 
 #define BLOCK (1u << 20)
@@ -207,7 +208,7 @@ static void fork_while_busy(void)
     for (int f = 0; f < 20; f++) {
         pid_t pid = fork();
         if (pid == 0) {
-            alarm(10); /* a deadlock would hang here */
+            test_alarm(10); /* a deadlock would hang here */
             CUipcMemHandle h;
             CUdeviceptr q;
             cuIpcOpenMemHandle(&q, shared_peer.h[2], 1);

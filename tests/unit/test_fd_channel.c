@@ -14,6 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include <cmocka.h>
+#include "../common/unit_skip.h"
 
 #include "../../shim/fd_channel.h"
 
@@ -232,10 +233,8 @@ static void test_impostor_is_noticed(void **state)
 static void test_other_user_refused(void **state)
 {
     (void)state;
-    if (geteuid() != 0) {
-        print_message("skip: needs root to become another user\n"); /* for run-all.sh */
-        skip();
-    }
+    if (geteuid() != 0)
+        skip_because("needs root to act as another user");
     pid_t child = fork();
     if (child == 0) {
         struct got g = {0};
@@ -257,14 +256,11 @@ static void test_fork_child_serves_itself(void **state)
 {
     (void)state;
 #if defined(__SANITIZE_THREAD__)
-    print_message("skip: ThreadSanitizer cannot start threads after a multi-threaded fork\n");
-    skip();
+    skip_because("ThreadSanitizer cannot start threads after a multi-threaded fork");
 #endif
     const char *runner = getenv("TEST_PROGRAM_RUNNER");
-    if (runner != NULL && runner[0] != '\0') {
-        print_message("skip: qemu-user aborts on threads started after a multi-threaded fork\n");
-        skip();
-    }
+    if (runner != NULL && runner[0] != '\0')
+        skip_because("qemu-user aborts on threads started after a multi-threaded fork");
     pid_t child = fork();
     if (child == 0) {
         pid_t p2;

@@ -9,6 +9,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "../common/test_deadline.h"
 #include "../../shim/import_table.h"
 
 static int ctx_a, ctx_b;
@@ -244,7 +245,7 @@ static void test_forget_after_fork(void **state)
         pthread_rwlock_unlock(&t->lock);
     pid_t pid = fork();
     if (pid == 0) {
-        alarm(20); /* a lock inherited locked would hang here */
+        test_alarm(20); /* a lock inherited locked would hang here */
         nvipcfix_import_table_forget(t);
         int ok = nvipcfix_import_blocks(t) == 0 &&
                  nvipcfix_import_acquire(t, &ctx_a, h, 8, &p) == NVIPCFIX_IMPORT_MISS &&

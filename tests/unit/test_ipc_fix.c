@@ -11,6 +11,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "../common/test_deadline.h"
 #include "../../shim/ipc_fix.h"
 
 /* ---- the fake driver ---------------------------------------------------- */
@@ -457,7 +458,7 @@ static void test_forget_after_fork(void **state)
         pthread_mutex_unlock(&fix.slow);
     pid_t pid = fork();
     if (pid == 0) {
-        alarm(20);
+        test_alarm(20);
         nvipcfix_fix_forget_after_fork(&fix);
         int ok = nvipcfix_import_blocks(&fix.imports) == 0 &&
                  nvipcfix_export_cache_count(&fix.exports) == 0 &&

@@ -11,6 +11,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "../common/test_deadline.h"
 #include "../../shim/log.h"
 #include "../../shim/stats.h"
 
@@ -114,7 +115,7 @@ static void test_fifo_refused_without_blocking(void **state)
     assert_int_equal(mkfifo(fifo, 0600), 0);
     int saved = dup(2), err = open(errpath, O_WRONLY | O_CREAT | O_TRUNC, 0600);
     dup2(err, 2);
-    alarm(20); /* before the fix, open() waited for a reader for ever */
+    test_alarm(20); /* before the fix, open() waited for a reader for ever */
     int r = nvipcfix_log_open(NVIPCFIX_LOG_WARN, fifo);
     alarm(0);
     nvipcfix_log(NVIPCFIX_LOG_WARN, "went to stderr");
