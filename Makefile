@@ -5,10 +5,14 @@ CUDA_INC  ?= $(CUDA_HOME)/include
 CC        ?= cc
 BUILD     ?= build
 
+# The one place the release is written: library, launcher, doctor, wheel, .deb.
+VERSION   := $(shell cat VERSION)
+
 WARN      := -Wall -Wextra -Werror
 CFLAGS    ?= -O2 -g
 SAN       ?=
-CFLAGS    += -std=c11 -D_GNU_SOURCE $(WARN) -fPIC -pthread -I$(CUDA_INC) $(SAN)
+CFLAGS    += -std=c11 -D_GNU_SOURCE $(WARN) -fPIC -pthread -I$(CUDA_INC) $(SAN) \
+             -DNVIPCFIX_VERSION='"$(VERSION)"'
 LIB_CFLAGS := $(CFLAGS) -fvisibility=hidden
 # Quiet by default: one short line per file built (make V=1 prints commands).
 V         ?= 0
@@ -59,11 +63,11 @@ test-deps: deps
 $(PRELOAD_ASM):
 	@echo "nvipcfix: no dlsym entry for $(ARCH); x86_64 and aarch64 are supported" >&2; exit 1
 
-$(BUILD)/obj/shim/%.o: shim/%.c $(SHIM_HDR) | deps
+$(BUILD)/obj/shim/%.o: shim/%.c $(SHIM_HDR) VERSION | deps
 	@mkdir -p $(@D)
 	$(call say,CC,$<)$(CC) $(LIB_CFLAGS) -c -o $@ $<
 
-$(BUILD)/obj/preload/%.o: preload/%.c $(SHIM_HDR) $(wildcard preload/*.h) | deps
+$(BUILD)/obj/preload/%.o: preload/%.c $(SHIM_HDR) $(wildcard preload/*.h) VERSION | deps
 	@mkdir -p $(@D)
 	$(call say,CC,$<)$(CC) $(LIB_CFLAGS) -c -o $@ $<
 
@@ -126,12 +130,17 @@ test: $(LIB) $(SIM) $(UNIT_BIN) $(INTEG_BIN) $(BUILD)/nvipcfix-doctor | test-dep
 # toolchain's older libc next to that loader would hang threads and fork.
 AARCH64_CC ?= aarch64-linux-gnu-gcc
 AARCH64_LIBDIR ?= /usr/lib/aarch64-linux-gnu
+# The host's architecture-free headers, for a cross compiler (which does not
+# search /usr/include).
+CROSS_INCLUDE := $(BUILD)/cross-include
+.PHONY: cross-include
+cross-include:
+	@mkdir -p $(CROSS_INCLUDE)
+	@ln -sf /usr/include/uthash.h /usr/include/cmocka.h $(CROSS_INCLUDE)/
 .PHONY: test-aarch64
-test-aarch64:
+test-aarch64: cross-include
 	@sh scripts/ensure-deps.sh aarch64
-	@mkdir -p $(BUILD)/aarch64/include
-	@ln -sf /usr/include/uthash.h /usr/include/cmocka.h $(BUILD)/aarch64/include/
-	@CPATH=$(abspath $(BUILD)/aarch64/include) $(MAKE) --no-print-directory test \
+	@CPATH=$(abspath $(CROSS_INCLUDE)) $(MAKE) --no-print-directory test \
 	    BUILD=$(BUILD)/aarch64 CC=$(AARCH64_CC) ARCH=aarch64 NVCC= \
 	    SAN="-L$(AARCH64_LIBDIR) -Wl,-rpath-link,$(AARCH64_LIBDIR)" \
 	    TEST_RUNNER=qemu-aarch64
@@ -247,29 +256,70 @@ fuzz-smoke:
 # nvipcfix doctor's program (finds the driver with dlopen; links no CUDA).
 DOCTOR := $(BUILD)/nvipcfix-doctor
 all: $(DOCTOR)
-$(DOCTOR): tools/doctor.c
+$(DOCTOR): tools/doctor.c VERSION
 	@mkdir -p $(@D)
-	$(call say,CC,$@)$(CC) $(CFLAGS) -o $@ $< -ldl
+	$(call say,CC,$@)$(CC) $(CFLAGS) -Wl,-z,now -o $@ $< -ldl
 
-# make install PREFIX=... [DESTDIR=...]; make uninstall with the same.
+# The launcher and the man page as installed: the release (and for the
+# launcher the library's folder, $1; empty: found beside the launcher) written in.
+stamp_launcher = sed -e 's|^VERSION=.*|VERSION=$(VERSION)|' -e 's|^LIBDIR=.*|LIBDIR=$1|' tools/nvipcfix
+stamp_manpage  = sed '1s/"nvipcfix[^"]*"/"nvipcfix $(VERSION)"/' docs/nvipcfix.1
+
+# make install PREFIX=... [LIBDIR=...] [DESTDIR=...]; make uninstall with the same.
 PREFIX  ?= /usr/local
+LIBDIR  ?= $(PREFIX)/lib
 DEST    := $(DESTDIR)$(PREFIX)
+# (install-files takes places inside DEST: LIBDIR must lie under PREFIX)
+LIBDIR_IN_PREFIX = $(if $(filter $(PREFIX)/%,$(LIBDIR)),$(patsubst $(PREFIX)/%,%,$(LIBDIR)),$(error LIBDIR=$(LIBDIR) is not under PREFIX=$(PREFIX)))
 DOCS    := README.md $(wildcard docs/*.md)
 .PHONY: install uninstall
 install: all
-	install -d $(DEST)/lib $(DEST)/bin $(DEST)/libexec/nvipcfix $(DEST)/share/man/man1 \
-	    $(DEST)/share/doc/nvipcfix
-	install -m 0755 $(LIB) $(DEST)/lib/libnvipcfix.so
-	install -m 0755 tools/nvipcfix $(DEST)/bin/nvipcfix
-	install -m 0755 $(DOCTOR) $(DEST)/libexec/nvipcfix/nvipcfix-doctor
-	if [ -f $(VERIFY) ]; then install -m 0755 $(VERIFY) $(DEST)/bin/nvipcfix-verify; fi
-	install -m 0644 docs/nvipcfix.1 $(DEST)/share/man/man1/nvipcfix.1
-	install -m 0644 $(DOCS) $(DEST)/share/doc/nvipcfix/
+	@mkdir -p $(BUILD)/stamped
+	@$(call stamp_launcher,$(LIBDIR)) >$(BUILD)/stamped/nvipcfix
+	@$(stamp_manpage) >$(BUILD)/stamped/nvipcfix.1
+	@sh scripts/install-files install "$(DEST)" \
+	    0755 $(LIB) $(LIBDIR_IN_PREFIX)/libnvipcfix.so \
+	    0755 $(BUILD)/stamped/nvipcfix bin/nvipcfix \
+	    0755 $(DOCTOR) libexec/nvipcfix/nvipcfix-doctor \
+	    $(if $(wildcard $(VERIFY)),0755 $(VERIFY) bin/nvipcfix-verify) \
+	    0644 $(BUILD)/stamped/nvipcfix.1 share/man/man1/nvipcfix.1 \
+	    $(foreach f,$(DOCS) LICENSE,0644 $(f) share/doc/nvipcfix/$(notdir $(f)))
 
+# Removes what install put there and the folders it created, nothing else
+# (the list install wrote: DEST/libexec/nvipcfix/installed).
 uninstall:
-	rm -f $(DEST)/lib/libnvipcfix.so $(DEST)/bin/nvipcfix $(DEST)/bin/nvipcfix-verify \
-	    $(DEST)/libexec/nvipcfix/nvipcfix-doctor $(DEST)/share/man/man1/nvipcfix.1
-	rm -rf $(DEST)/share/doc/nvipcfix
-	@# the folders install made, where nothing else is left in them
-	-@for d in libexec/nvipcfix libexec share/man/man1 share/man share/doc share lib bin; do \
-	    rmdir $(DEST)/$$d 2>/dev/null; done; rmdir $(DEST) 2>/dev/null; true
+	@sh scripts/install-files uninstall "$(DEST)"
+
+# Packages, for each machine type in PKG_ARCHES (the aarch64 ones built with
+# the cross compiler of make test-aarch64), into $(DIST):
+#   make wheel: nvipcfix-VERSION-py3-none-manylinux_2_XX_ARCH.whl
+#   make deb:   nvipcfix_VERSION_amd64.deb, nvipcfix_VERSION_arm64.deb
+# make test-packages builds both and tests them (tests/packages/run.sh).
+PKG_ARCHES ?= x86_64 aarch64
+DIST       := $(BUILD)/dist
+# $(call pkg_make,ARCH): make for ARCH in its own build folder, no nvcc.
+pkg_make = CPATH=$(abspath $(CROSS_INCLUDE)) $(MAKE) --no-print-directory BUILD=$(BUILD)/pkg/$1 \
+           CC=$1-linux-gnu-gcc ARCH=$1 NVCC=
+.PHONY: wheel deb package-deps test-packages
+package-deps: cross-include
+	@sh scripts/ensure-deps.sh packages
+	@sh scripts/ensure-deps.sh build
+wheel: package-deps
+	@for a in $(PKG_ARCHES); do \
+	    $(call pkg_make,$$a) $(BUILD)/pkg/$$a/libnvipcfix.so $(BUILD)/pkg/$$a/nvipcfix-doctor && \
+	    mkdir -p $(BUILD)/pkg/$$a/stamped && $(call stamp_launcher,) >$(BUILD)/pkg/$$a/stamped/nvipcfix && \
+	    sh scripts/package.sh wheel $$a $(BUILD)/pkg/$$a $(DIST) || exit 1; \
+	done
+deb: package-deps
+	@for a in $(PKG_ARCHES); do \
+	    rm -rf $(BUILD)/pkg/$$a/deb-root && \
+	    $(call pkg_make,$$a) -s install DESTDIR=$(abspath $(BUILD)/pkg/$$a/deb-root) PREFIX=/usr \
+	        LIBDIR=/usr/lib/$$a-linux-gnu >/dev/null && \
+	    sh scripts/package.sh deb $$a $(BUILD)/pkg/$$a $(DIST) || exit 1; \
+	done
+# (wheel and deb one after the other: both build in $(BUILD)/pkg)
+test-packages: $(LIB) $(SIM) $(BUILD)/tests/legacy_ipc $(BUILD)/tests/vmm_ipc \
+               $(BUILD)/tests/libother_preload.so $(BUILD)/tests/libgpu_share.so
+	@$(MAKE) --no-print-directory wheel
+	@$(MAKE) --no-print-directory deb
+	@sh tests/packages/run.sh $(BUILD) $(DIST)

@@ -83,17 +83,6 @@ __attribute__((used)) void *nvipcfix_dlsym_wrapped(void *handle, const char *nam
     return nvipcfix_wrapper_for(name, found, -1);
 }
 
-/* The first dlsym in the process's search order, if it is not nvipcfix's:
- * its library answers look-ups before nvipcfix sees them. */
-const char *nvipcfix_dlsym_shadowed_by(void)
-{
-    void *first = nvipcfix_real_dlsym(RTLD_DEFAULT, "dlsym");
-    Dl_info info;
-    if (first == NULL || first == (void *)nvipcfix_dlsym_entry || dladdr(first, &info) == 0 ||
-        info.dli_fname == NULL)
-        return NULL;
-    return info.dli_fname;
-}
 
 /* Where dlsym(handle, name) goes. RTLD_DEFAULT and RTLD_NEXT always go to
  * the next dlsym with the real caller's return address: symbol order already

@@ -9,6 +9,10 @@
 
 extern char **environ;
 
+/* The release (the VERSION file, through the Makefile), readable in the file:
+ * `strings libnvipcfix.so | grep 'nvipcfix version'`; nvipcfix doctor reads it. */
+__attribute__((used)) static const char version_mark[] = "nvipcfix version " NVIPCFIX_VERSION;
+
 static struct nvipcfix_fix fix;
 static pthread_once_t fix_once = PTHREAD_ONCE_INIT;
 
@@ -18,6 +22,13 @@ static const char *read_env(const char *name)
 }
 
 static pid_t setup_pid;
+
+/* At load, before the program can close fd 2 and open a file of its own
+ * there: what stderr is (see nvipcfix_log_remember_stderr). */
+__attribute__((constructor)) static void remember_stderr_at_load(void)
+{
+    nvipcfix_log_remember_stderr();
+}
 
 /* Only a child handler: nothing is locked across fork(), so fork() costs
  * what it does without nvipcfix and cannot deadlock with the driver's own
@@ -72,15 +83,11 @@ static void setup(void)
     if (cfg.mode == NVIPCFIX_MODE_AUDIT)
         fix.describe_caller = nvipcfix_describe_caller;
     atexit(at_exit);
-    const char *before = nvipcfix_dlsym_shadowed_by();
-    if (before != NULL && cfg.mode != NVIPCFIX_MODE_OFF)
-        nvipcfix_log(NVIPCFIX_LOG_WARN,
-                     "%s defines dlsym and is loaded before nvipcfix: the look-ups it answers "
-                     "itself never reach nvipcfix, so IPC through them is not fixed; load "
-                     "libnvipcfix.so first in LD_PRELOAD (nvipcfix doctor checks the order)",
-                     before);
-    NVIPCFIX_INFO("active: mode %s, self-open %s, VMM export %s", nvipcfix_mode_name(cfg.mode),
-                  cfg.self_open ? "on" : "off", cfg.vmm ? "on" : "off");
+    /* A library ahead of nvipcfix in the search order was named at load
+     * (load_order.c). */
+    NVIPCFIX_INFO("active: nvipcfix " NVIPCFIX_VERSION ", mode %s, self-open %s, VMM export %s",
+                  nvipcfix_mode_name(cfg.mode), cfg.self_open ? "on" : "off",
+                  cfg.vmm ? "on" : "off");
 }
 
 struct nvipcfix_fix *nvipcfix_library(void)

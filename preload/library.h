@@ -5,7 +5,8 @@
 #include "real_driver.h"
 
 /* Reads the configuration, opens the log, loads the real driver and
- * installs the fork handlers, all once; never in a constructor. */
+ * installs the fork handlers, all once; never in a constructor (the only
+ * constructor, load_order.c, makes a few look-ups and no driver call). */
 struct nvipcfix_fix *nvipcfix_library(void);
 
 #endif

@@ -34,8 +34,4 @@ int nvipcfix_real_driver_owns(const char *name, void *fn);
  * nvipcfix). Defined with the dlsym hook. */
 void *nvipcfix_real_dlsym(void *handle, const char *name);
 
-/* The file of a library whose dlsym comes before nvipcfix's in the
- * process's search order, or NULL. */
-const char *nvipcfix_dlsym_shadowed_by(void);
-
 #endif

@@ -44,6 +44,9 @@ echo "## start-up of /bin/true: no preload, a preload that does nothing, nvipcfi
 echo
 "$BENCH" startup "$B/bench/empty_preload.so" "$LIB" "$@"
 echo
+cc -O2 -o "$B/bench/load_order_cost" tests/bench/load_order_cost.c -ldl &&
+    LD_PRELOAD=$LIB "$B/bench/load_order_cost"
+echo
 echo "## fork() in the parent while 8 threads are busy in IPC calls (median of 300, us)"
 echo
 echo "| run | native | nvipcfix | ratio |"

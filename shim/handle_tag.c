@@ -49,22 +49,34 @@ int nvipcfix_tail_is_zero(const unsigned char handle[NVIPCFIX_HANDLE_BYTES])
     return load64(handle + NVIPCFIX_TAIL_AT) == 0;
 }
 
-/* A guarded tag's check value is computed in its own domain (bit 63 of the
- * offset word, never set in an offset). */
-#define GUARD_DOMAIN (UINT64_C(1) << 63)
+/* A guarded tag's check value is computed in its own domain (a bit of the
+ * offset word above any offset), one per guarded style. */
+static const struct {
+    int byte;
+    uint64_t domain;
+} guards[] = {
+    [NVIPCFIX_TAG_PLAIN] = {-1, 0},
+    [NVIPCFIX_TAG_GUARDED] = {NVIPCFIX_GUARD_BYTE, UINT64_C(1) << 62},
+    [NVIPCFIX_TAG_GUARDED_CHUNK] = {NVIPCFIX_CHUNK_GUARD_BYTE, UINT64_C(1) << 63},
+};
+
+int nvipcfix_tag_guard_byte(enum nvipcfix_tag_style style)
+{
+    return (unsigned)style < sizeof guards / sizeof guards[0] ? guards[style].byte : -1;
+}
 
 int nvipcfix_tag_encode_style(unsigned char handle[NVIPCFIX_HANDLE_BYTES], uint64_t offset,
                               enum nvipcfix_tag_style style)
 {
-    if (offset == 0 || offset > NVIPCFIX_MAX_OFFSET || !nvipcfix_tail_is_zero(handle))
+    if (offset == 0 || offset > NVIPCFIX_MAX_OFFSET || !nvipcfix_tail_is_zero(handle) ||
+        (unsigned)style >= sizeof guards / sizeof guards[0])
         return -1;
-    int guarded = style == NVIPCFIX_TAG_GUARDED;
-    uint64_t tail = offset | (guarded ? NVIPCFIX_GUARD_FLAG : 0) |
-                    ((uint64_t)nvipcfix_tag_check(handle, offset | (guarded ? GUARD_DOMAIN : 0))
-                     << 48);
+    int byte = guards[style].byte;
+    uint64_t tail = offset | (byte >= 0 ? NVIPCFIX_GUARD_FLAG : 0) |
+                    ((uint64_t)nvipcfix_tag_check(handle, offset | guards[style].domain) << 48);
     store64(handle + NVIPCFIX_TAIL_AT, tail);
-    if (style == NVIPCFIX_TAG_GUARDED)
-        handle[NVIPCFIX_GUARD_BYTE] ^= NVIPCFIX_GUARD_MASK;
+    if (byte >= 0)
+        handle[byte] ^= NVIPCFIX_GUARD_MASK;
     return 0;
 }
 
@@ -75,10 +87,17 @@ int nvipcfix_tag_encode(unsigned char handle[NVIPCFIX_HANDLE_BYTES], uint64_t of
 
 int nvipcfix_tag_can_guard(const unsigned char handle[NVIPCFIX_HANDLE_BYTES])
 {
-    uint64_t size = load64(handle + 16);
-    uint64_t pages = load64(handle + 24) & UINT64_C(0xffffffff);
-    return handle[32] == 0x06 && pages != 0 && pages < (UINT64_C(1) << 31) &&
-           pages * 4096 >= size;
+    return handle[32] == 0x06 && handle[NVIPCFIX_GUARD_BYTE] == 0xc1;
+}
+
+/* Nonzero when the check of a guarded tag of this style verifies; restored
+ * then holds the handle with the guarded byte restored. */
+static int guarded_tag_verifies(const unsigned char *handle, enum nvipcfix_tag_style style,
+                                uint64_t off, uint16_t check, unsigned char *restored)
+{
+    memcpy(restored, handle, NVIPCFIX_HANDLE_BYTES);
+    restored[guards[style].byte] ^= NVIPCFIX_GUARD_MASK;
+    return check == nvipcfix_tag_check(restored, off | guards[style].domain);
 }
 
 enum nvipcfix_tag_kind nvipcfix_tag_decode_style(const unsigned char handle[NVIPCFIX_HANDLE_BYTES],
@@ -93,28 +112,28 @@ enum nvipcfix_tag_kind nvipcfix_tag_decode_style(const unsigned char handle[NVIP
     enum nvipcfix_tag_kind kind = NVIPCFIX_TAG_FOREIGN;
     enum nvipcfix_tag_style st = NVIPCFIX_TAG_PLAIN;
 
-    memcpy(restored, handle, NVIPCFIX_HANDLE_BYTES);
-    /* The flag says which style, so no tail can verify as both. */
+    /* The flag says plain or guarded, so no tail verifies as both. */
     if (tail == 0) {
         kind = NVIPCFIX_TAG_NONE;
     } else if (off != 0 && !(tail & NVIPCFIX_GUARD_FLAG)) {
         if (check == nvipcfix_tag_check(handle, off))
             kind = NVIPCFIX_TAG_OURS;
     } else if (off != 0) {
-        restored[NVIPCFIX_GUARD_BYTE] ^= NVIPCFIX_GUARD_MASK;
-        if (check == nvipcfix_tag_check(restored, off | GUARD_DOMAIN)) {
-            kind = NVIPCFIX_TAG_OURS;
-            st = NVIPCFIX_TAG_GUARDED;
-        } else {
-            restored[NVIPCFIX_GUARD_BYTE] ^= NVIPCFIX_GUARD_MASK;
-        }
+        for (st = NVIPCFIX_TAG_GUARDED; st <= NVIPCFIX_TAG_GUARDED_CHUNK; st++)
+            if (guarded_tag_verifies(handle, st, off, check, restored)) {
+                kind = NVIPCFIX_TAG_OURS;
+                break;
+            }
+        if (kind != NVIPCFIX_TAG_OURS)
+            st = NVIPCFIX_TAG_PLAIN;
     }
 
     *offset = kind == NVIPCFIX_TAG_OURS ? off : 0;
     if (style != NULL)
         *style = st;
     if (native != NULL) {
-        memcpy(native, restored, NVIPCFIX_HANDLE_BYTES);
+        memcpy(native, kind == NVIPCFIX_TAG_OURS && st != NVIPCFIX_TAG_PLAIN ? restored : handle,
+               NVIPCFIX_HANDLE_BYTES);
         if (kind == NVIPCFIX_TAG_OURS)
             memset(native + NVIPCFIX_TAIL_AT, 0, NVIPCFIX_HANDLE_BYTES - NVIPCFIX_TAIL_AT);
     }

@@ -5,13 +5,19 @@
  *   bits  0-46  the offset of the pointer from its block's base (1 .. 2^47-1)
  *   bit     47  set for a guarded tag
  *   bits 48-63  a check value computed from bytes 0-55 and the offset
- * A guarded tag also flips the top bit of byte 27 (the driver's chunk size
- * in pages, a field it checks): a driver without nvipcfix refuses such a
- * handle with CUDA_ERROR_INVALID_VALUE instead of opening the block base,
- * and nvipcfix restores the byte before any real call. The check value of a
+ * A guarded tag also flips the top bit of byte 51, the top byte of the
+ * driver's resource-manager client handle (0xc1d0xxxx), which the driver
+ * checks in every order of opens (fresh, and re-open of a block already
+ * mapped: docs/handle-format.md has the table measured on an H200): a
+ * driver without nvipcfix refuses such a handle with
+ * CUDA_ERROR_INVALID_HANDLE instead of opening the block base, and since
+ * 0x41d0xxxx is no client handle it can never name another live client.
+ * nvipcfix restores the byte before any real call. The check value of a
  * guarded tag is computed over the restored bytes, in its own domain.
- * docs/handle-format.md explains why a handle nvipcfix did not make is
- * never taken for a tagged one. */
+ * Guarded tags of nvipcfix 0.2 flipped byte 27 (the chunk size), which a
+ * re-open does not check; they are still read. docs/handle-format.md
+ * explains why a handle nvipcfix did not make is never taken for a tagged
+ * one. */
 #ifndef NVIPCFIX_HANDLE_TAG_H
 #define NVIPCFIX_HANDLE_TAG_H
 
@@ -21,13 +27,19 @@
 #define NVIPCFIX_TAIL_AT 56
 #define NVIPCFIX_MAX_OFFSET ((UINT64_C(1) << 47) - 1)
 #define NVIPCFIX_GUARD_FLAG (UINT64_C(1) << 47)
-#define NVIPCFIX_GUARD_BYTE 27    /* top byte of the chunk size in pages */
+#define NVIPCFIX_GUARD_BYTE 51       /* top byte of the client handle */
+#define NVIPCFIX_CHUNK_GUARD_BYTE 27 /* top byte of the chunk size (nvipcfix 0.2) */
 #define NVIPCFIX_GUARD_MASK 0x80u
 
 enum nvipcfix_tag_style {
     NVIPCFIX_TAG_PLAIN = 0,   /* bytes 0-55 untouched */
-    NVIPCFIX_TAG_GUARDED = 1, /* byte 27 flipped: refused by a driver alone */
+    NVIPCFIX_TAG_GUARDED = 1, /* byte 51 flipped: refused by a driver alone, in every order */
+    NVIPCFIX_TAG_GUARDED_CHUNK = 2, /* byte 27 flipped (nvipcfix 0.2): read, never written
+                                     * by the library (a re-open does not check it) */
 };
+
+/* The byte a guarded style flips (by NVIPCFIX_GUARD_MASK), or -1. */
+int nvipcfix_tag_guard_byte(enum nvipcfix_tag_style style);
 
 enum nvipcfix_tag_kind {
     NVIPCFIX_TAG_NONE = 0, /* tail all zero: a native handle, offset 0 */
@@ -51,9 +63,9 @@ int nvipcfix_tag_encode_style(unsigned char handle[NVIPCFIX_HANDLE_BYTES], uint6
                               enum nvipcfix_tag_style style);
 
 /* Nonzero when a driver's handle has the layout measured on real drivers
- * (type byte 0x06 at 32, a chunk of at least the allocation's size in
- * bytes 24-27), so that a guarded tag is known to be refused by a driver
- * without nvipcfix. */
+ * (type byte 0x06 at 32, a client handle 0xc1xxxxxx in bytes 48-51), so
+ * that a guarded tag is known to be refused by a driver without nvipcfix
+ * and never to name another client. */
 int nvipcfix_tag_can_guard(const unsigned char handle[NVIPCFIX_HANDLE_BYTES]);
 
 /* Classifies a handle. For NVIPCFIX_TAG_OURS, *offset gets the offset and

@@ -300,9 +300,9 @@ static CUresult import_error(struct nvipcfix_fix *fix, enum nvipcfix_import_resu
 
 /* One warning per cause when a real open fails: what most likely happened. */
 static void explain_open_failure(struct nvipcfix_fix *fix, CUresult r, CUcontext ctx,
-                                 const unsigned char native[NVIPCFIX_HANDLE_BYTES])
+                                 const unsigned char native[NVIPCFIX_HANDLE_BYTES],
+                                 unsigned int flags)
 {
-    static atomic_flag said[NVIPCFIX_CAUSE_COUNT];
     struct nvipcfix_export_block own;
     struct nvipcfix_open_facts f;
     char why[512];
@@ -310,8 +310,9 @@ static void explain_open_failure(struct nvipcfix_fix *fix, CUresult r, CUcontext
     f.exporter_pid = nvipcfix_handle_exporter_pid(native);
     f.exporter_visible = nvipcfix_pid_visible(f.exporter_pid);
     f.own_export = nvipcfix_export_cache_find_handle(&fix->exports, native, &own);
+    f.flags = flags;
     enum nvipcfix_open_cause c = nvipcfix_open_error_cause(r, &f, why, sizeof why);
-    if (c != NVIPCFIX_CAUSE_NONE && !atomic_flag_test_and_set(&said[c]))
+    if (c != NVIPCFIX_CAUSE_NONE && !atomic_flag_test_and_set(&fix->open_causes_said[c]))
         nvipcfix_log(NVIPCFIX_LOG_WARN, "%s", why);
 }
 
@@ -375,7 +376,7 @@ static CUresult open_block(struct nvipcfix_fix *fix, nvipcfix_open_fn real_open,
         NVIPCFIX_DEBUG("open of this process's own export: block 0x%llx", (ull)base);
     } else {
         pthread_mutex_unlock(&fix->slow);
-        explain_open_failure(fix, r, ctx, native);
+        explain_open_failure(fix, r, ctx, native, flags);
         return counted(fix, r);
     }
 

@@ -5,12 +5,14 @@
 
 #include <cuda.h>
 #include <pthread.h>
+#include <stdatomic.h>
 
 #include "audit_sites.h"
 #include "config.h"
 #include "driver_table.h"
 #include "export_cache.h"
 #include "import_table.h"
+#include "open_errors.h"
 #include "stats.h"
 #include "vmm_share.h"
 
@@ -35,6 +37,8 @@ struct nvipcfix_fix {
     /* VMM memory shared through tickets (NVIPCFIX_VMM=1 to export; tickets
      * from others are always opened). */
     struct nvipcfix_vmm vmm;
+    /* Causes of failed opens already warned about (one warning each). */
+    atomic_flag open_causes_said[NVIPCFIX_CAUSE_COUNT];
 };
 
 void nvipcfix_fix_init(struct nvipcfix_fix *fix, const struct nvipcfix_config *config,

@@ -13,6 +13,44 @@ static atomic_int log_fd = STDERR_FILENO;
 
 static const char *const level_names[] = {"error", "warning", "info", "debug"};
 
+/* Which file a descriptor the log writes to is meant to be (device and
+ * inode; no descriptor is held for it): state -1 not recorded (every line
+ * is written), 0 closed (nothing is), 1 recorded. */
+struct file_identity {
+    atomic_int state;
+    _Atomic unsigned long long dev, ino;
+};
+
+/* fd 2 as it was when the library was loaded, and the log file as opened. */
+static struct file_identity stderr_at_load = {-1, 0, 0}, log_file_opened = {-1, 0, 0};
+
+static void remember(struct file_identity *id, int fd)
+{
+    struct stat st;
+    int open_now = fstat(fd, &st) == 0;
+    atomic_store(&id->dev, open_now ? (unsigned long long)st.st_dev : 0);
+    atomic_store(&id->ino, open_now ? (unsigned long long)st.st_ino : 0);
+    atomic_store(&id->state, open_now);
+}
+
+void nvipcfix_log_remember_stderr(void)
+{
+    remember(&stderr_at_load, STDERR_FILENO);
+}
+
+/* Whether fd is still the file recorded: a program that closed it and
+ * opened a data file (which got its number) must never find log lines in
+ * that file. */
+static int still_the_same_file(const struct file_identity *id, int fd)
+{
+    int state = atomic_load(&id->state);
+    if (state <= 0)
+        return state < 0;
+    struct stat st;
+    return fstat(fd, &st) == 0 && (unsigned long long)st.st_dev == atomic_load(&id->dev) &&
+           (unsigned long long)st.st_ino == atomic_load(&id->ino);
+}
+
 int nvipcfix_log_expand_path(const char *path, long pid, char *out, unsigned long outsz)
 {
     unsigned long n = 0;
@@ -50,24 +88,79 @@ static int names_stderr(const char *path)
            strcmp(path, "/dev/fd/2") == 0;
 }
 
-/* Opens a log file without ever blocking (a FIFO with no reader would hang
- * the first IPC call of every thread) and keeps it only if it is a regular
- * file. Returns the descriptor, or -1 with *why set. */
-static int open_regular(const char *path, const char **why)
+static const char not_regular[] =
+    "not a regular file (use /dev/stderr for the process's own stderr)";
+static const char through_link[] = "a symbolic link in the path; give the real path";
+
+/* Why openat(dir, name, ...) failed: a symbolic link said as such. */
+static const char *open_failure(int dir, const char *name, int err)
 {
-    int fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK |
-                            O_NOCTTY, 0600);
-    if (fd < 0) {
-        /* ENXIO: a FIFO with no reader, or a device */
-        *why = errno == ENXIO ? "not a regular file (use /dev/stderr for the process's own "
-                                "stderr)"
-                              : strerror(errno);
-        return -1;
-    }
     struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
+    if (fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(st.st_mode))
+        return through_link;
+    return err == ENXIO ? not_regular : strerror(err); /* ENXIO: a FIFO with no reader */
+}
+
+/* Opens the folder that holds path's last component, one component at a
+ * time from / (or the working directory) and never through a symbolic link,
+ * so that no one who can write a folder on the way can redirect the log.
+ * Cuts path at the last component and points *name at it. Returns the
+ * folder's descriptor, or -1 with *why set. */
+static int open_parent(char *path, const char **name, const char **why)
+{
+    int dir = open(path[0] == '/' ? "/" : ".", O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (dir < 0)
+        *why = strerror(errno);
+    char *part = path;
+    for (;;) {
+        while (*part == '/')
+            part++;
+        char *slash = strchr(part, '/');
+        if (dir < 0 || slash == NULL)
+            break;
+        *slash = '\0';
+        int sub = openat(dir, part, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (sub < 0)
+            *why = open_failure(dir, part, errno);
+        close(dir);
+        dir = sub;
+        part = slash + 1;
+    }
+    if (dir >= 0 && *part == '\0') {
+        close(dir);
+        dir = -1;
+        *why = strerror(EISDIR);
+    }
+    *name = part;
+    return dir;
+}
+
+/* Opens a log file without ever blocking (a FIFO with no reader would hang
+ * the first IPC call of every thread), never through a symbolic link, and
+ * keeps it only if it is a regular file of this user (never appends to a
+ * file someone else planted). Creates it 0600. Returns the descriptor, or -1
+ * with *why set. */
+static int open_regular(char *path, const char **why)
+{
+    const char *name;
+    int dir = open_parent(path, &name, why);
+    if (dir < 0)
+        return -1;
+    int fd = openat(dir, name, O_WRONLY | O_CREAT | O_APPEND | O_NOFOLLOW | O_CLOEXEC |
+                                   O_NONBLOCK | O_NOCTTY, 0600);
+    if (fd < 0)
+        *why = open_failure(dir, name, errno);
+    close(dir);
+    if (fd < 0)
+        return -1;
+    struct stat st;
+    *why = NULL;
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode))
+        *why = not_regular;
+    else if (st.st_uid != geteuid())
+        *why = "owned by another user; nvipcfix appends only to its user's own files";
+    if (*why != NULL) {
         close(fd);
-        *why = "not a regular file (use /dev/stderr for the process's own stderr)";
         return -1;
     }
     int fl = fcntl(fd, F_GETFL);
@@ -95,6 +188,7 @@ int nvipcfix_log_open(enum nvipcfix_log_level level, const char *path)
                      path, why);
         return -1;
     }
+    remember(&log_file_opened, fd);
     int old = atomic_exchange(&log_fd, fd);
     if (old != STDERR_FILENO)
         close(old);
@@ -150,8 +244,11 @@ static void vlog_line(const char *tag, const char *fmt, va_list ap)
     size_t len = (size_t)n + nvipcfix_log_escape(line + n, sizeof line - (size_t)n - 1, msg);
     line[len++] = '\n';
     /* One write per line keeps lines from several threads whole. */
-    ssize_t w = write(atomic_load(&log_fd), line, len);
-    (void)w;
+    int fd = atomic_load(&log_fd);
+    if (still_the_same_file(fd == STDERR_FILENO ? &stderr_at_load : &log_file_opened, fd)) {
+        ssize_t w = write(fd, line, len);
+        (void)w;
+    }
     errno = saved_errno;
 }
 

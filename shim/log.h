@@ -14,11 +14,22 @@ enum nvipcfix_log_level {
 
 /* Sets the level and the destination. path may be NULL (stderr); "%p" in
  * it is replaced by the pid, "%%" by "%". The file is opened without
- * blocking, created 0600, never through a symbolic link, and kept only if
- * it is a regular file; /dev/stderr (or /proc/self/fd/2, /dev/fd/2) means
- * the process's stderr, whatever it is. Otherwise stderr is used and a
- * warning says so. Returns 0, or -1 when the file could not be used. */
+ * blocking, created 0600, never through a symbolic link in any component
+ * (folder by folder), and kept only if it is a regular file owned by this
+ * process's user; /dev/stderr (or /proc/self/fd/2, /dev/fd/2) means the
+ * process's stderr, whatever it is. Otherwise stderr is used and a warning
+ * says so. Returns 0, or -1 when the file could not be used. */
 int nvipcfix_log_open(enum nvipcfix_log_level level, const char *path);
+
+/* Records what fd 2 is now (device and inode, no descriptor held); called
+ * when the library is loaded. From then on a line meant for stderr is
+ * written only while fd 2 is still that file: a program that closed fd 2
+ * and opened a file of its own (which got fd 2) never finds log lines in
+ * it; they are dropped (NVIPCFIX_LOG_FILE still gets them). Until it is
+ * called, every line is written. The log file is checked the same way
+ * against what it was when nvipcfix_log_open opened it (a program that
+ * closed every descriptor and opened a file that got the log's number). */
+void nvipcfix_log_remember_stderr(void);
 
 /* Closes a log file opened by nvipcfix_log_open and goes back to stderr at
  * level warn. */

@@ -33,6 +33,12 @@ enum nvipcfix_open_cause nvipcfix_open_error_cause(CUresult r,
         c = NVIPCFIX_CAUSE_NO_CONTEXT;
         snprintf(buf, n, "cudaIpcOpenMemHandle failed (error %d): no CUDA context is current in "
                          "the opening thread; call cudaSetDevice() (or cudaFree(0)) first", r);
+    } else if (r == CUDA_ERROR_INVALID_VALUE &&
+               (f->flags & ~(unsigned)CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS) != 0) {
+        c = NVIPCFIX_CAUSE_FLAGS;
+        snprintf(buf, n, "cudaIpcOpenMemHandle failed (error %d): flags 0x%x include bits the "
+                         "driver does not know (only cudaIpcMemLazyEnablePeerAccess, 0x1, "
+                         "exists); the handle itself may be fine", r, f->flags);
     } else if (f->own_export && r == CUDA_ERROR_INVALID_CONTEXT) {
         c = NVIPCFIX_CAUSE_OWN_EXPORT;
         snprintf(buf, n, "cudaIpcOpenMemHandle failed (error %d): this process exported the "

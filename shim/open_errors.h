@@ -1,7 +1,8 @@
 /* Why a real open failed, in words: from the driver's error and what can be
  * checked locally (a current context, whether the exporting process is
- * visible here, whether this process exported the handle itself). One
- * warning per cause, not per call. */
+ * visible here, whether this process exported the handle itself, the
+ * flags). One warning per distinct cause, not per call: a first warning of
+ * one cause never hides a later one of another. */
 #ifndef NVIPCFIX_OPEN_ERRORS_H
 #define NVIPCFIX_OPEN_ERRORS_H
 
@@ -14,11 +15,13 @@ struct nvipcfix_open_facts {
     pid_t exporter_pid;   /* from the handle's bytes 8-15 as measured; 0: not known */
     int exporter_visible; /* 1 it exists in this PID namespace, 0 it does not, -1 not known */
     int own_export;       /* this process exported the handle */
+    unsigned int flags;   /* the flags the open was asked with */
 };
 
 enum nvipcfix_open_cause {
     NVIPCFIX_CAUSE_NONE = 0, /* nothing more to say than the driver's error */
     NVIPCFIX_CAUSE_NO_CONTEXT,
+    NVIPCFIX_CAUSE_FLAGS,
     NVIPCFIX_CAUSE_OWN_EXPORT,
     NVIPCFIX_CAUSE_EXPORTER_GONE,
     NVIPCFIX_CAUSE_DEVICE,

@@ -274,19 +274,55 @@ expect_in err "nvipcfix\[[0-9]*\]: warning: this driver writes bytes 56-63"
 done_case
 # Only the exporter has nvipcfix (the likeliest mistake in a prefill/decode
 # deployment): the importer's driver refuses the guarded tag, a clean error
-# on every road, never the block's bytes.
+# on every road and in every order of opens (the handle alone; the block's
+# base handle opened first, as a receiver of a caching allocator's tensors
+# does; the handle refused once, then the base, then the handle again),
+# packed small allocations included, never the block's bytes.
 for road in direct dlsym procaddr procaddr-v1; do
-    PRE=$LIB check "$road: exporter with nvipcfix, importer without: a clean error" 2 \
-        LEGACY_IPC_IMPORTER_NO_PRELOAD=1 -- "$T/legacy_ipc" --road $road
-    # the 8 interior pointers fail to open; the 2 block bases (untagged) are
-    # right; nothing is written anywhere else
-    expect_in err "open failed: error 1\$"; expect_in out "right 2, wrong 0, failed 8;"
-    expect_in out "read 2/10 right, written 2/10 right, 0 stray bytes, 8 failed calls"
-    done_case
+    for order in fresh base-first refused-first; do
+        PRE=$LIB check "$road, $order: exporter with nvipcfix, importer without: a clean error" 2 \
+            LEGACY_IPC_IMPORTER_NO_PRELOAD=1 -- "$T/legacy_ipc" --road $road --order $order
+        # the 8 interior pointers (of the block and of a packed small
+        # allocation) fail to open with the driver's invalid-handle error;
+        # the 2 bases (untagged) are right; nothing is written anywhere else
+        expect_in err "open failed: error 400\$"
+        case $road:$order in
+        *:fresh) expect_in out "right 2, wrong 0, failed 8; read 2/10 right, written 2/10 right, 0 stray bytes, 8 failed calls" ;;
+        # the legacy open (dlsym of cuIpcOpenMemHandle) also refuses the
+        # second open of each base: ALREADY_MAPPED, as measured on the H200
+        dlsym:*|procaddr-v1:*)
+            expect_in out "right 0, wrong 0, failed 10; read 0/10 right, written 0/10 right, 0 stray bytes, 10 failed calls"
+            expect_in out "order=$order: 0 opened, 10 refused, 0 read wrong" ;;
+        *)  expect_in out "right 2, wrong 0, failed 8; read 2/10 right, written 2/10 right, 0 stray bytes, 8 failed calls"
+            expect_in out "order=$order: 2 opened, 8 refused, 0 read wrong" ;;
+        esac
+        done_case
+    done
 done
 PRE=$LIB check "NVIPCFIX_TAG=plain: the same deployment reads the block base (what guarded tags stop)" 1 \
     NVIPCFIX_TAG=plain LEGACY_IPC_IMPORTER_NO_PRELOAD=1 -- "$T/legacy_ipc"
 expect_in out "right 1, wrong 9, failed 0;"; expect_in out "WRONG"; done_case
+for order in fresh base-first refused-first; do
+    PRE=$LIB check "packed small allocations, $order: exporter with nvipcfix, importer without: a clean error" 2 \
+        LEGACY_IPC_IMPORTER_NO_PRELOAD=1 -- "$T/legacy_ipc" --small --order $order --road procaddr
+    expect_in out "right 2, wrong 0, failed 4; read 2/6 right, written 2/6 right, 0 stray bytes, 4 failed calls"
+    [ "$order" = fresh ] || expect_in out "order=$order: 2 opened, 4 refused, 0 read wrong"
+    done_case
+done
+PRE="" check "packed small allocations, baseline: the bug shows without the preload" 1 -- "$T/legacy_ipc" --small
+expect_in out "right 0, wrong 6, failed 0; read 2/6 right"; done_case
+PRE=$LIB check "packed small allocations, base first: right with the preload" 0 -- \
+    "$T/legacy_ipc" --small --order base-first --reopen
+expect_in out "order=base-first: 6 opened, 0 refused, 0 read wrong"; expect_in out "right 6, wrong 0, failed 0; .*-> CORRECT"; done_case
+PRE=$LIB check "NVIPCFIX_TAG=plain, base first: the block base, silently (what guarded tags stop)" 1 \
+    NVIPCFIX_TAG=plain LEGACY_IPC_IMPORTER_NO_PRELOAD=1 -- "$T/legacy_ipc" --order base-first
+expect_in out "order=base-first: 10 opened, 0 refused, 8 read wrong"; expect_in out "right 1, wrong 9, failed 0;"
+done_case
+for order in base-first refused-first; do
+    PRE=$LIB check "both with nvipcfix, $order: right" 0 -- "$T/legacy_ipc" --order $order --reopen
+    expect_in out "order=$order: 10 opened, 0 refused, 0 read wrong"; expect_in out "right 10, wrong 0, failed 0; .*-> CORRECT"
+    done_case
+done
 PRE=$LIB check "NVIPCFIX_TAG=plain: both sides with nvipcfix, right" 0 NVIPCFIX_TAG=plain -- \
     "$T/legacy_ipc" --reopen
 expect_in out "right 10, wrong 0, failed 0; .*-> CORRECT"; done_case
@@ -346,6 +382,16 @@ expect_in out "with nvipcfix:    exit 0, output differs from the run without"
 expect_in out "2 process(es): exports 10 (8 with an offset), opens 10"
 expect_in out "audit mode:       exit 1; 8 exports of interior pointers (offsets: 512 4096 65537"
 done_case
+PRE="" check "scripts/regress without --audit: a verdict line last" 0 -- \
+    "$ROOT/scripts/regress" --lib "$LIB" -- "$T/legacy_ipc"
+[ "$(tail -n 1 "$OUT/out")" = "  => this program exports pointers inside larger allocations: without nvipcfix its receivers get the wrong bytes" ] ||
+    { ok=0; why="last line: $(tail -n 1 "$OUT/out")"; }
+done_case
+PRE="" check "scripts/regress without --audit: a program without IPC is not affected" 0 -- \
+    "$ROOT/scripts/regress" --lib "$LIB" -- true
+[ "$(tail -n 1 "$OUT/out")" = "  => no interior-pointer export seen: this run is not affected" ] ||
+    { ok=0; why="last line: $(tail -n 1 "$OUT/out")"; }
+done_case
 fi
 
 PRE="" check "scripts/regress: a program that cannot start is a failure, with its stderr" 127 -- \
@@ -353,6 +399,18 @@ PRE="" check "scripts/regress: a program that cannot start is a failure, with it
 expect_in out "the program could not start (exit 127)"; expect_in out "nonexistent-program"
 expect_in out "=> FAILED: the program did not start"
 grep -q "not affected" "$OUT/out" && { ok=0; why="reported as not affected"; }
+grep -q "line [0-9]" "$OUT/out" "$OUT/err" && { ok=0; why="a script line number is shown"; }
+done_case
+PRE="" check "scripts/regress: a file that is not executable, exit 126, one clean line" 126 -- \
+    "$ROOT/scripts/regress" --lib "$LIB" -- "$ROOT/README.md"
+expect_in out "README.md: not executable"; expect_in out "=> FAILED: the program did not start"
+grep -q "line [0-9]" "$OUT/out" "$OUT/err" && { ok=0; why="a script line number is shown"; }
+done_case
+current="the scripts and the launcher are executable (git mode 755)"
+ok=1; echo >"$OUT/out"; echo >"$OUT/err"
+for f in "$ROOT"/scripts/* "$ROOT/tools/nvipcfix"; do
+    [ -x "$f" ] || { ok=0; why="$(basename "$f") is not executable"; }
+done
 done_case
 PRE="" check "scripts/bench.sh: a missing build folder fails loudly" 2 -- \
     sh "$ROOT/scripts/bench.sh" "$OUT/no-build"
@@ -399,19 +457,39 @@ expect_in err "^nvipcfix: /nonexistent/program: command not found$"
 [ "$(wc -l <"$OUT/err")" -eq 1 ] || { ok=0; why="more than one line: $(cat "$OUT/err")"; }
 done_case
 PRE="" check "launcher: --help and --version" 0 -- sh -c "'$NV' --help && '$NV' --version"
-expect_in out "usage: nvipcfix"; expect_in out "^nvipcfix [0-9]"; done_case
+expect_in out "usage: nvipcfix"; expect_in out "^nvipcfix $(cat "$ROOT/VERSION")\$"; done_case
 PRE="" check "doctor: a working driver, self-test passed" 0 "$L" "$P" -- "$NV" doctor
 expect_in out "GPU 0: .*handle bytes 56-63 free; self-test .*: passed"; expect_in out "All good"
-expect_in out "preload order: ok"
-expect_in out "a receiver without nvipcfix, same handle: refused by the driver"; done_case
+expect_in out "preload order: ok"; expect_in out "^nvipcfix: .*libnvipcfix.so (version $(cat "$ROOT/VERSION"))"
+expect_in out "a receiver without nvipcfix, same handle: refused by the driver"
+expect_in out "same handle, after the block's base handle: refused by the driver"; done_case
+PRE="" check "doctor: a driver whose re-open ignores the guard: exit 9, with what to do" 9 "$L" "$P" \
+    SIMCUDA_REOPEN_UNCHECKED=1 -- "$NV" doctor
+expect_in out "same handle: refused by the driver"
+expect_in out "after the block's base handle: OPENS THE BLOCK BASE"
+expect_in out "Run every receiver with nvipcfix"; done_case
 PRE="" check "doctor: NVIPCFIX_TAG=plain says a receiver without nvipcfix reads the base" 0 "$L" \
     "$P" NVIPCFIX_TAG=plain -- "$NV" doctor
 expect_in out "same handle: OPENS THE BLOCK BASE"; expect_in out "NVIPCFIX_TAG=plain: a receiver"
 done_case
-PRE="" check "doctor: a dlsym-defining library before nvipcfix in LD_PRELOAD (exit 8)" 8 "$L" \
-    "LD_PRELOAD=$SAN_PRE${SAN_PRE:+ }$T/libgpu_share.so:$LIB" -- "$NV" doctor
+# (the doctor's program itself: the launcher would correct the order)
+PRE="" check "doctor: a dlsym-defining library before nvipcfix in LD_PRELOAD (exit 8)" 8 \
+    "LD_PRELOAD=$SAN_PRE${SAN_PRE:+ }$T/libgpu_share.so:$LIB" -- "$B/nvipcfix-doctor"
 expect_in out "preload order: WRONG"; expect_in out "libgpu_share.so"
 expect_in out "Put libnvipcfix.so first"; done_case
+PRE="" check "launcher: LD_PRELOAD naming nvipcfix behind a dlsym-defining library: moved first" 0 \
+    "$L" "LD_PRELOAD=$SAN_PRE${SAN_PRE:+ }$T/libgpu_share.so:$LIB" -- "$NV" doctor
+expect_in out "preload order: ok"; expect_in out "All good"; done_case
+PRE="" check "launcher: nvipcfix first, once, the others in their order" 0 "$L" \
+    "LD_PRELOAD=$T/libother_preload.so $T/libgpu_share.so:$LIB:$B/../$(basename "$B")/libnvipcfix.so" -- \
+    "$NV" -- sh -c 'echo "$LD_PRELOAD"'
+[ "$(cat "$OUT/out")" = "$LIB:$T/libother_preload.so:$T/libgpu_share.so" ] ||
+    { ok=0; why="LD_PRELOAD=$(cat "$OUT/out")"; }
+done_case
+PRE="" check "launcher: nvipcfix moved before a dlsym-defining library fixes the dlsym road" 0 "$L" \
+    "LD_PRELOAD=$SAN_PRE${SAN_PRE:+ }$T/libgpu_share.so:$LIB" GPU_SHARE_LIMIT_MIB=64 -- \
+    "$NV" -- "$T/legacy_ipc" --road dlsym
+expect_in out "right 10, wrong 0, failed 0; .*-> CORRECT"; done_case
 PRE="" check "launcher: nvipcfix goes before a dlsym-defining library already preloaded" 0 "$L" \
     "LD_PRELOAD=$SAN_PRE${SAN_PRE:+ }$T/libgpu_share.so" -- "$NV" doctor
 expect_in out "preload order: ok"; expect_in out "All good"; done_case
@@ -433,14 +511,37 @@ files() { find "$OUT/prefix" -mindepth 1 2>/dev/null; } # files or folders
 if inst install && inst uninstall && [ -z "$(files)" ] && inst install; then
     PRE="" check "make install into a prefix: the installed launcher works" 0 "$P" -- sh -c "
         '$OUT/prefix/bin/nvipcfix' -- '$T/legacy_ipc' && '$OUT/prefix/bin/nvipcfix' doctor >/dev/null &&
-        test -f '$OUT/prefix/share/man/man1/nvipcfix.1'"
-    expect_in out "right 10, wrong 0, failed 0; .*-> CORRECT"
+        '$OUT/prefix/bin/nvipcfix' --version && head -n 1 '$OUT/prefix/share/man/man1/nvipcfix.1'"
+    expect_in out "right 10, wrong 0, failed 0; .*-> CORRECT"; expect_in out "^nvipcfix $(cat "$ROOT/VERSION")\$"
+    expect_in out "^\.TH NVIPCFIX 1 .*\"nvipcfix $(cat "$ROOT/VERSION")\""
     inst uninstall
-    [ -z "$(files)" ] || { ok=0; why="make uninstall left: $(files | head -3)"; }
+    [ ! -e "$OUT/prefix" ] || { ok=0; why="make uninstall left: $(find "$OUT/prefix" | head -3)"; }
 else
     current="make install into a prefix"; ok=0; why="make install/uninstall failed or left files"
     echo >"$OUT/out"; echo >"$OUT/err"
 fi
+done_case
+# make uninstall leaves the prefix as install found it: folders that were
+# there (empty ones too) stay; with DESTDIR nothing of ours is left, nor the
+# DESTDIR/usr that install created.
+tree() { (cd "$OUT/$1" && find . | sort); }
+current="make uninstall: a prefix with empty bin/, lib/, share/man/man1 is left as it was"
+ok=1; echo >"$OUT/out"; echo >"$OUT/err"
+mkdir -p "$OUT/prefix/bin" "$OUT/prefix/lib" "$OUT/prefix/share/man/man1"
+tree prefix >"$OUT/tree.before"
+inst install && inst install || { ok=0; why="make install failed"; }
+[ -f "$OUT/prefix/share/doc/nvipcfix/LICENSE" ] || { ok=0; why="LICENSE not installed"; }
+inst uninstall || { ok=0; why="make uninstall failed"; }
+tree prefix | cmp -s - "$OUT/tree.before" ||
+    { ok=0; why="prefix changed: $(tree prefix | diff "$OUT/tree.before" - | head -5 | tr '\n' ' ')"; }
+done_case
+current="make install DESTDIR=... PREFIX=/usr, make uninstall: DESTDIR as it was"
+ok=1; echo >"$OUT/out"; echo >"$OUT/err"
+mkdir -p "$OUT/stage/etc"
+dinst() { make -s -C "$ROOT" "$@" BUILD="$B" DESTDIR="$OUT/stage" PREFIX=/usr >/dev/null 2>&1; }
+dinst install && [ -x "$OUT/stage/usr/bin/nvipcfix" ] || { ok=0; why="make install failed"; }
+dinst uninstall || { ok=0; why="make uninstall failed"; }
+[ "$(tree stage | tr '\n' ' ')" = ". ./etc " ] || { ok=0; why="left: $(tree stage | head -4 | tr '\n' ' ')"; }
 done_case
 ;;
 esac
@@ -485,7 +586,64 @@ expect_in out "right 10, wrong 0, failed 0; .*-> CORRECT"; expect_in err "cannot
 done_case
 PRE=$LIB check "NVIPCFIX_LOG_FILE=/dev/stderr: the process's stderr, a pipe here" 0 \
     NVIPCFIX_LOG_FILE=/dev/stderr NVIPCFIX_LOG=info -- "$T/legacy_ipc"
-expect_in out "right 10, wrong 0, failed 0;"; expect_in err "nvipcfix\[[0-9]*\]: info: active"; done_case
+expect_in err "nvipcfix\[[0-9]*\]: info: active"; done_case
+# The log file is never reached through a symbolic link in any folder of
+# its path, never another user's file, and a new one is 0600.
+mkdir -p "$OUT/logreal" && ln -sfn "$OUT/logreal" "$OUT/loglink"
+PRE=$LIB check "NVIPCFIX_LOG_FILE through a symlinked folder: not followed, one warning per process" 0 \
+    NVIPCFIX_LOG_FILE="$OUT/loglink/nv.log" -- "$T/legacy_ipc"
+expect_in out "right 10, wrong 0, failed 0; .*-> CORRECT"; expect_in err "cannot use log file .*a symbolic link in the path"
+[ "$(grep -c 'cannot use log file' "$OUT/err")" -eq 2 ] || { ok=0; why="not one warning per process"; }
+[ ! -e "$OUT/logreal/nv.log" ] || { ok=0; why="the log was written through the link"; }
+done_case
+if [ "$(id -u)" = 0 ]; then
+    printf 'theirs\n' >"$OUT/foreign.log" && chmod 666 "$OUT/foreign.log" &&
+        chown 65534:65534 "$OUT/foreign.log"
+    PRE=$LIB check "NVIPCFIX_LOG_FILE owned by another user (mode 666): never appended to" 0 \
+        NVIPCFIX_LOG_FILE="$OUT/foreign.log" NVIPCFIX_LOG=info -- "$T/legacy_ipc"
+    expect_in out "right 10, wrong 0, failed 0; .*-> CORRECT"; expect_in err "cannot use log file .*owned by another user"
+    expect_in err "info: active"
+    [ "$(cat "$OUT/foreign.log")" = theirs ] || { ok=0; why="the foreign file was written"; }
+    done_case
+else
+    skip "NVIPCFIX_LOG_FILE owned by another user" "needs root to give a file to another user"
+fi
+saved_umask=$(umask)
+umask 0
+PRE=$LIB check "NVIPCFIX_LOG_FILE: new files are created 0600, even under umask 0" 0 \
+    NVIPCFIX_LOG_FILE="$OUT/new.%p.log" NVIPCFIX_LOG=info -- "$T/legacy_ipc"
+umask "$saved_umask"
+modes=$(stat -c %a "$OUT"/new.*.log | sort -u | tr '\n' ' ')
+[ "$modes" = "600 " ] || { ok=0; why="log file modes: $modes"; }
+[ "$(cat "$OUT"/new.*.log | grep -c 'info: active')" -eq 2 ] || { ok=0; why="not one log per process"; }
+done_case
+# A program that closed fd 2 and opened a data file (which got fd 2): the
+# library's warning must not land in it.
+for where in dropped "NVIPCFIX_LOG_FILE"; do
+    logfile=""
+    [ "$where" = dropped ] || logfile="$OUT/fd2.log"
+    PRE=$LIB check "fd 2 closed and reused for a data file: it holds only its own records ($where)" 0 \
+        LIBPATH=/nonexistent ${logfile:+NVIPCFIX_LOG_FILE=$logfile} -- \
+        "$T/no_driver" --data-file "$OUT/data"
+    expect_in out "cuIpcGetMemHandle -> 3"
+    [ "$(cat "$OUT/data")" = "$(printf 'RECORD-1\nRECORD-2')" ] ||
+        { ok=0; why="data file holds: $(head -c 300 "$OUT/data")"; }
+    [ -z "$logfile" ] || grep -q "warning: cannot load the CUDA driver" "$logfile" ||
+        { ok=0; why="the warning is not in the log file"; }
+    done_case
+done
+# The same for the log file's own descriptor: closed by the program (every
+# descriptor above 2, as a daemon does) and reused for a data file that is
+# still open when the statistics line is written at exit.
+PRE=$LIB check "log file's descriptor closed and reused for a data file: it holds only its own records" 0 \
+    LIBPATH=/nonexistent NVIPCFIX_STATS=1 NVIPCFIX_LOG_FILE="$OUT/reused.log" -- \
+    "$T/no_driver" --reuse-log-fd "$OUT/data"
+expect_in out "again -> 3"
+[ "$(cat "$OUT/data")" = "$(printf 'RECORD-1\nRECORD-2')" ] ||
+    { ok=0; why="data file holds: $(head -c 300 "$OUT/data")"; }
+grep -q "warning: cannot load the CUDA driver" "$OUT/reused.log" ||
+    { ok=0; why="the warning before the close is not in the log file"; }
+done_case
 PRE=$LIB check "a newline in a setting's value stays inside one log line" 0 \
     "NVIPCFIX_MODE=fix
 nvipcfix[1]: error: forged" -- "$T/legacy_ipc"
@@ -515,12 +673,33 @@ done
 # In the other order the layer answers the look-ups itself: nvipcfix cannot
 # fix what it never sees, and says why once in each process it does see;
 # the bypassed opens of guarded tags fail cleanly (exit 2), never wrong bytes.
-PRE="$GS $LIB" check "GPU-sharing layer before nvipcfix: a warning names it and the order" 2 \
-    -- "$T/legacy_ipc" --road direct
-expect_in out "right 2, wrong 0, failed 8;"
-expect_in err "libgpu_share.so defines dlsym and is loaded before nvipcfix"
-[ "$(grep -c 'defines dlsym' "$OUT/err")" -eq 2 ] || { ok=0; why="not one warning per process"; }
+# The warning comes at load, so it is there on every road, also where no
+# call ever reaches nvipcfix: on the runtime's road (cuGetProcAddress, whose
+# first look-up the layer answers) the driver hands out its own functions,
+# nvipcfix never sees an IPC call, and the bug shows as natively; on the
+# direct road nvipcfix still tags, and the importer's bypassed opens fail.
+for road in direct procaddr; do
+    case $road in direct) want=2 counts="right 2, wrong 0, failed 8;" ;; *) want=1 counts="right 1, wrong 9, failed 0;" ;; esac
+    PRE="$GS $LIB" check "GPU-sharing layer before nvipcfix, $road: a warning at load names it and the order" $want \
+        -- "$T/legacy_ipc" --road $road
+    expect_in out "$counts"
+    expect_in err "libgpu_share.so is loaded before nvipcfix and defines dlsym"
+    expect_in err "load libnvipcfix.so first in LD_PRELOAD"
+    [ "$(grep -c 'is loaded before nvipcfix' "$OUT/err")" -eq 2 ] || { ok=0; why="not one warning per process"; }
+    done_case
+done
+# (legacy_ipc --usage: a process that makes no CUDA call at all, exit 2)
+PRE="$T/libcuda_proxy.so $LIB" check "a library defining cuIpc* before nvipcfix: a warning at load names it" 2 \
+    -- "$T/legacy_ipc" --usage
+expect_in err "libcuda_proxy.so is loaded before nvipcfix and defines cuIpcGetMemHandle:"
+[ "$(grep -c 'is loaded before nvipcfix' "$OUT/err")" -eq 1 ] || { ok=0; why="not one warning"; }
 done_case
+PRE="$T/libcuda_proxy.so $LIB" check "... NVIPCFIX_LOG=error silences it" 2 NVIPCFIX_LOG=error \
+    -- "$T/legacy_ipc" --usage
+[ "$(grep -c 'nvipcfix' "$OUT/err")" -eq 0 ] || { ok=0; why="a line from nvipcfix"; }; done_case
+PRE="$LIB $T/libcuda_proxy.so" check "... and after nvipcfix there is nothing to say" 2 \
+    -- "$T/legacy_ipc" --usage
+[ "$(grep -c 'nvipcfix\[' "$OUT/err")" -eq 0 ] || { ok=0; why="a line from nvipcfix"; }; done_case
 # (A sanitizer runtime cannot share the process with a second libc.)
 PRE=$LIB check "dlsym on other handles: a proxy's own function, a dlmopen namespace's own" 0 \
     ${SAN_PRE:+QUOTA_PROBE_NO_DLMOPEN=1} -- "$T/quota_probe" 0 "$T/libcuda_proxy.so"
@@ -629,6 +808,23 @@ elif command -v valgrind >/dev/null 2>&1; then
 else
     current="valgrind memcheck"; ok=0; why="valgrind is not installed"; done_case
 fi
+
+# The docs' claims a machine can check (scripts/check-docs), and the check
+# itself failing on a copy of the docs with a setting and a figure wrong.
+PRE="" check "docs: every setting documented, the README's figures from the newest run" 0 -- \
+    python3 "$ROOT/scripts/check-docs"
+expect_in out "check-docs: ok"; done_case
+mkdir -p "$OUT/docs-copy/shim" "$OUT/docs-copy/docs" "$OUT/docs-copy/tools"
+cp "$ROOT/README.md" "$ROOT/VERSION" "$ROOT/CHANGELOG.md" "$OUT/docs-copy/" && cp "$ROOT"/docs/*.md "$ROOT/docs/nvipcfix.1" "$OUT/docs-copy/docs/" &&
+    cp "$ROOT/tools/nvipcfix" "$OUT/docs-copy/tools/" &&
+    sed 's/"NVIPCFIX_MODE", /"NVIPCFIX_MODE", "NVIPCFIX_NEW_SETTING", /' "$ROOT/shim/config.c" \
+        >"$OUT/docs-copy/shim/config.c" &&
+    sed -i 's/^\(## What it costs\)$/\1\n\nAn export costs 0.01234 us./' "$OUT/docs-copy/README.md"
+PRE="" check "docs: check-docs fails on an undocumented setting and a figure from nowhere" 1 -- \
+    python3 "$ROOT/scripts/check-docs" "$OUT/docs-copy"
+expect_in out "README.md settings table: NVIPCFIX_NEW_SETTING (read in shim/config.c) is missing"
+expect_in out "docs/nvipcfix.1 ENVIRONMENT: NVIPCFIX_NEW_SETTING"
+expect_in out "'What it costs': 0.01234 is not in docs/performance.md"; done_case
 
 # The built library: only libc needed, only the entry points exported, no
 # named version node (it would fail to interpose versioned references).

@@ -11,8 +11,9 @@
  *   7  nvipcfix is not loaded in this process (run it as `nvipcfix doctor`)
  *   8  a library that defines dlsym is loaded before nvipcfix (from
  *      LD_PRELOAD or /etc/ld.so.preload): look-ups it answers bypass nvipcfix
- *   9  a receiver without nvipcfix opens a guarded tag (this driver does not
- *      check the field guarded tags change): it would read wrong bytes */
+ *   9  a receiver without nvipcfix opens a guarded tag, fresh or after it
+ *      opened the block's base handle (this driver does not check the byte
+ *      guarded tags change in that order): it would read wrong bytes */
 #include <cuda.h>
 
 #include <dlfcn.h>
@@ -91,16 +92,24 @@ static unsigned char pattern(uint64_t i)
     return (unsigned char)(i * 7 + (i >> 9));
 }
 
-/* --import ORDINAL: the second process of a self-test. Reads a handle on
- * stdin, opens it, checks 4096 bytes, writes them back complemented. */
-static int import_side(int ordinal)
+/* --import ORDINAL [base-first]: the second process of a self-test. Reads
+ * a handle on stdin (base-first: the block's base handle before it, which
+ * it opens first and holds), opens it, checks 4096 bytes, writes them back
+ * complemented. */
+static int import_side(int ordinal, int base_first)
 {
-    CUipcMemHandle h;
-    CUdeviceptr p;
+    CUipcMemHandle h, base;
+    CUdeviceptr p, b = 0;
     unsigned char buf[4096];
-    if (fread(&h, sizeof h, 1, stdin) != 1 || cu.init(0) || use_device(ordinal))
+    if ((base_first && fread(&base, sizeof base, 1, stdin) != 1) ||
+        fread(&h, sizeof h, 1, stdin) != 1 || cu.init(0) || use_device(ordinal))
         return 2;
-    if (cu.ipc_open(&p, h, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS))
+    if (base_first && cu.ipc_open(&b, base, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS))
+        return 2;
+    int refused = cu.ipc_open(&p, h, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS) != CUDA_SUCCESS;
+    if (b != 0 && cu.ipc_close(b) != CUDA_SUCCESS)
+        return 2;
+    if (refused)
         return 3;
     int ok = cu.dtoh(buf, p, sizeof buf) == 0;
     for (size_t i = 0; ok && i < sizeof buf; i++)
@@ -114,11 +123,27 @@ static int import_side(int ordinal)
 
 extern char **environ;
 
-/* Runs `self --import ORDINAL` with the handle on its stdin, with the
- * environment as it is or (bare) without LD_PRELOAD, as a receiver without
- * nvipcfix would run. Returns its exit status (100: killed, -1: the handle
- * could not be sent). */
-static int run_importer(const char *self, int ordinal, const CUipcMemHandle *h, int bare)
+static int write_full(int fd, const void *buf, size_t n)
+{
+    size_t w = 0;
+    while (w < n) {
+        ssize_t r = write(fd, (const char *)buf + w, n - w);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0)
+            return -1;
+        w += (size_t)r;
+    }
+    return 0;
+}
+
+/* Runs `self --import ORDINAL` with the handle on its stdin (after the
+ * block's base handle, which it opens first, when base is not NULL), with
+ * the environment as it is or (bare) without LD_PRELOAD, as a receiver
+ * without nvipcfix would run. Returns its exit status (100: killed, -1:
+ * the handles could not be sent). */
+static int run_importer(const char *self, int ordinal, const CUipcMemHandle *h,
+                        const CUipcMemHandle *base, int bare)
 {
     static char *env[512];
     int k = 0;
@@ -135,39 +160,35 @@ static int run_importer(const char *self, int ordinal, const CUipcMemHandle *h, 
         close(fd[1]);
         char ord[16];
         snprintf(ord, sizeof ord, "%d", ordinal);
-        execle(self, self, "--import", ord, (char *)NULL, env);
+        char *args[] = {(char *)self, "--import", ord, base != NULL ? "base-first" : NULL, NULL};
+        execve(self, args, env);
         _exit(127);
     }
     close(fd[0]);
-    size_t w = 0;
-    while (w < sizeof *h) {
-        ssize_t r = write(fd[1], h->reserved + w, sizeof *h - w);
-        if (r < 0 && errno == EINTR)
-            continue;
-        if (r <= 0)
-            break;
-        w += (size_t)r;
-    }
+    int bad = (base != NULL && write_full(fd[1], base, sizeof *base)) ||
+              write_full(fd[1], h, sizeof *h);
     close(fd[1]);
     int status = 0;
     waitpid(pid, &status, 0);
-    if (w != sizeof *h)
+    if (bad)
         return -1;
     return WIFEXITED(status) ? WEXITSTATUS(status) : 100;
 }
 
 /* A self-test on one GPU: returns 0 when the importer read and wrote the
  * right bytes at an interior pointer. *tail_used is set when the driver's
- * own handle of the block has non-zero bytes 56-63; *bare_code to the exit
- * status of an importer without nvipcfix given the same handle (3: it could
- * not open it, as guarded tags intend; 1: it read the block base). */
-static int self_test(const char *self, int ordinal, int *tail_used, int *bare_code, char *why,
+ * own handle of the block has non-zero bytes 56-63; bare_code[0] to the
+ * exit status of an importer without nvipcfix given the same handle,
+ * bare_code[1] to that of one that opened the block's base handle first
+ * (3: it could not open it, as guarded tags intend; 1: it read the block
+ * base). */
+static int self_test(const char *self, int ordinal, int *tail_used, int bare_code[2], char *why,
                      size_t n)
 {
     static unsigned char host[BLOCK];
     CUdeviceptr base;
     CUipcMemHandle whole, inner;
-    *bare_code = -1;
+    bare_code[0] = bare_code[1] = -1;
     if (use_device(ordinal) || cu.alloc(&base, BLOCK)) {
         snprintf(why, n, "cannot allocate on the GPU");
         return -1;
@@ -183,12 +204,14 @@ static int self_test(const char *self, int ordinal, int *tail_used, int *bare_co
     static const char zero[8];
     *tail_used = memcmp(whole.reserved + 56, zero, 8) != 0;
 
-    int code = run_importer(self, ordinal, &inner, 0);
+    int code = run_importer(self, ordinal, &inner, NULL, 0);
     int written = cu.dtoh(host, base + OFFSET, 4096) == 0;
     for (size_t i = 0; written && i < 4096; i++)
         written = host[i] == (unsigned char)~pattern(OFFSET + i);
-    if (code == 0 && written)
-        *bare_code = run_importer(self, ordinal, &inner, 1);
+    if (code == 0 && written) {
+        bare_code[0] = run_importer(self, ordinal, &inner, NULL, 1);
+        bare_code[1] = run_importer(self, ordinal, &inner, &whole, 1);
+    }
     cu.free_(base);
     if (code != 0 || !written) {
         snprintf(why, n, "%s",
@@ -249,6 +272,39 @@ static int find_nvipcfix(struct dl_phdr_info *info, size_t size, void *arg)
     return 0;
 }
 
+/* The release of the library at path: the "nvipcfix version X" string it
+ * carries (preload/library.c), or "unknown" for a build without it. */
+static void library_version(const char *path, char *out, size_t n)
+{
+    static const char mark[] = "nvipcfix version ";
+    snprintf(out, n, "unknown");
+    FILE *f = fopen(path, "rb");
+    if (f == NULL)
+        return;
+    static char file[4 << 20];
+    size_t len = fread(file, 1, sizeof file - 1, f);
+    fclose(f);
+    file[len] = '\0';
+    const char *at = memmem(file, len, mark, sizeof mark - 1);
+    if (at != NULL)
+        snprintf(out, n, "%s", at + sizeof mark - 1);
+}
+
+/* The loaded library's path and release, and whether it is this doctor's. */
+static void print_library(int loaded, const char *path)
+{
+    if (!loaded) {
+        printf("nvipcfix:     not loaded\n");
+        return;
+    }
+    char version[64];
+    library_version(path, version, sizeof version);
+    printf("nvipcfix:     %s (version %s", path, version);
+    if (strcmp(version, NVIPCFIX_VERSION) != 0)
+        printf("; this doctor is version " NVIPCFIX_VERSION);
+    printf(")\n");
+}
+
 static int dlsym_before(const char *nvipcfix, char *out, size_t n)
 {
     struct order o = {nvipcfix, 0, 0, out, n};
@@ -262,7 +318,7 @@ int main(int argc, char **argv)
     char why[512] = "";
     const char *self = argv[0];
     if (load_driver(why, sizeof why) != 0) {
-        if (argc == 3 && strcmp(argv[1], "--import") == 0)
+        if (argc >= 3 && strcmp(argv[1], "--import") == 0)
             return 2;
         printf("driver:       not found (%s)\n", why);
         printf("\nNo usable CUDA driver on this machine. nvipcfix only matters where GPU\n"
@@ -270,8 +326,8 @@ int main(int argc, char **argv)
                "(e.g. docker run --gpus all), then run nvipcfix doctor again.\n");
         return 3;
     }
-    if (argc == 3 && strcmp(argv[1], "--import") == 0)
-        return import_side(atoi(argv[2]));
+    if (argc >= 3 && strcmp(argv[1], "--import") == 0)
+        return import_side(atoi(argv[2]), argc == 4 && strcmp(argv[3], "base-first") == 0);
 
     int version = 0, ngpu = 0;
     CUresult r = cu.init(0);
@@ -284,7 +340,7 @@ int main(int argc, char **argv)
      * interposer may define the same entry points). */
     char nvipcfix[1024] = "";
     int loaded = dl_iterate_phdr(find_nvipcfix, nvipcfix) == 1;
-    printf("nvipcfix:     %s\n", loaded ? nvipcfix : "not loaded");
+    print_library(loaded, nvipcfix);
     if (ngpu == 0) {
         printf("GPUs:         none (cuInit: error %d)\n", (int)r);
         printf("\nThe driver is installed but sees no GPU. Check nvidia-smi; in a container,\n"
@@ -308,22 +364,23 @@ int main(int argc, char **argv)
     for (int g = 0; g < ngpu; g++) {
         char name[128] = "?";
         CUdevice dev;
-        int tail_used = 0, bare = -1;
+        int tail_used = 0, bare[2] = {-1, -1};
         if (cu.get(&dev, g) == 0)
             cu.name(name, sizeof name, dev);
-        int rc = self_test(self, g, &tail_used, &bare, why, sizeof why);
+        int rc = self_test(self, g, &tail_used, bare, why, sizeof why);
         tail |= tail_used;
         printf("GPU %d:        %s: handle bytes 56-63 %s; self-test (export at +%u, open in "
                "another process): %s%s%s\n",
                g, name, tail_used ? "USED by the driver" : "free", OFFSET,
                rc == 0 ? "passed" : "FAILED", rc == 0 ? "" : ": ", rc == 0 ? "" : why);
         failed |= rc != 0;
-        if (rc == 0)
-            printf("              a receiver without nvipcfix, same handle: %s\n",
-                   bare == 3 ? "refused by the driver (a clean error, as intended)"
-                   : bare == 1 ? "OPENS THE BLOCK BASE and reads the wrong bytes, silently"
-                               : "its test failed");
-        unguarded |= rc == 0 && !tail_used && bare != 3;
+        for (int order = 0; rc == 0 && order < 2; order++)
+            printf("              a receiver without nvipcfix, same handle%s: %s\n",
+                   order ? ", after the block's base handle" : "",
+                   bare[order] == 3   ? "refused by the driver (a clean error, as intended)"
+                   : bare[order] == 1 ? "OPENS THE BLOCK BASE and reads the wrong bytes, silently"
+                                      : "its test failed");
+        unguarded |= rc == 0 && !tail_used && (bare[0] != 3 || bare[1] != 3);
     }
     if (shadowed) {
         printf("\nA library above defines dlsym and comes before nvipcfix in LD_PRELOAD or\n"
@@ -340,9 +397,10 @@ int main(int argc, char **argv)
         return 6;
     }
     if (unguarded && !plain) {
-        printf("\nThis driver opens a guarded tag without nvipcfix: a receiver that runs\n"
-               "without nvipcfix would read the wrong bytes, silently. Run every receiver\n"
-               "with nvipcfix, and please report the driver version above.\n");
+        printf("\nThis driver opens a guarded tag without nvipcfix in the order shown above:\n"
+               "a receiver that runs without nvipcfix would read the wrong bytes, silently.\n"
+               "Run every receiver with nvipcfix (the launcher, or LD_PRELOAD in its\n"
+               "environment too), and please report the driver version above.\n");
         return 9;
     }
     if (unguarded && plain)

@@ -25,7 +25,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     /* the driver's bytes never change, but a guarded byte restored */
     for (int i = 0; i < 56; i++)
         REQUIRE((native[i] ^ h[i]) ==
-                (k == NVIPCFIX_TAG_OURS && style == NVIPCFIX_TAG_GUARDED && i == NVIPCFIX_GUARD_BYTE
+                (k == NVIPCFIX_TAG_OURS && i == nvipcfix_tag_guard_byte(style)
                      ? NVIPCFIX_GUARD_MASK
                      : 0));
     switch (k) {

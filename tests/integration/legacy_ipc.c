@@ -20,12 +20,19 @@
  *   runtime     cudaIpcGetMemHandle / cudaIpcOpenMemHandle / cudaIpcCloseMemHandle
  *   entrypoint  the driver's IPC calls from cudaGetDriverEntryPointByVersion
  * --reopen: the child opens every handle twice and closes twice.
+ * --order base-first: the child opens the handle of the buffer's allocation
+ *   base before each handle (and closes it after); --order refused-first:
+ *   it opens the handle once (closing it if that succeeded), then the
+ *   base's, then the handle again. The orders a receiver without nvipcfix
+ *   must be refused a guarded tag in (docs/handle-format.md); they add a
+ *   line "order=...: N opened, N refused, N read wrong".
+ * --small: only buffers in the two small allocations (512 B and 4 KiB) the
+ *   driver packs into one chunk (bytes 28-31 of their handles non-zero).
  * --self: no child; the exporter opens its own handles.
  * Environment: LEGACY_IPC_DEVICE (default 0) is the device both use;
  * LEGACY_IPC_IMPORTER_DEVICE, if set, the importer's;
  * LEGACY_IPC_IMPORTER_NO_PRELOAD=1 starts the importer without LD_PRELOAD
- * (a deployment where only the exporter has nvipcfix).
- *
+ * (a deployment where only the exporter has nvipcfix);
  * LEGACY_IPC_REOPEN_FLAGS=N: with --reopen, the second open passes flags N.
  *
  * Prints one line, "... right R, wrong W, failed F; ..." (each buffer is
@@ -66,6 +73,7 @@ static close_fn ipc_close;
 
 struct record {
     CUipcMemHandle handle;
+    CUipcMemHandle base; /* the handle of the allocation's base */
     uint32_t len;
     unsigned char expect[MAX_LEN];
 };
@@ -231,8 +239,11 @@ static unsigned char pattern(unsigned alloc, uint64_t i)
 
 /* ---- the importer ---------------------------------------------------------- */
 
+static const char *order = "fresh";
+
 /* Opens one handle, checks what it reads, writes the complement back and
- * closes. Returns bit 0: read right; 0x80: a CUDA call failed. */
+ * closes. Returns bit 0: read right; 0x40: opened and read wrong bytes;
+ * 0x80: a CUDA call failed. */
 static unsigned char import_one(const struct record *rec, int reopen)
 {
     unsigned char got[MAX_LEN], back[MAX_LEN], result = 0;
@@ -248,6 +259,8 @@ static unsigned char import_one(const struct record *rec, int reopen)
         result |= 0x80;
     else if (memcmp(got, rec->expect, rec->len) == 0)
         result |= 1;
+    else
+        result |= 0x40;
     for (uint32_t i = 0; i < rec->len; i++)
         back[i] = (unsigned char)~rec->expect[i];
     if (to_device(p, back, rec->len))
@@ -255,6 +268,25 @@ static unsigned char import_one(const struct record *rec, int reopen)
     if (reopen && p2 != 0 && check(ipc_close(p2), "close"))
         result |= 0x80;
     if (check(ipc_close(p), "close"))
+        result |= 0x80;
+    return result;
+}
+
+/* import_one in the order asked for: the base's handle opened first, or
+ * the handle tried once before that. */
+static unsigned char import_in_order(const struct record *rec, int reopen)
+{
+    CUdeviceptr b = 0, first = 0;
+    int base_first = strcmp(order, "base-first") == 0;
+    if (!base_first && strcmp(order, "refused-first") != 0)
+        return import_one(rec, reopen);
+    if (!base_first && ipc_open(&first, rec->handle, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS) == 0 &&
+        check(ipc_close(first), "close"))
+        return 0x80;
+    if (check(ipc_open(&b, rec->base, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS), "open of the base"))
+        return 0x80;
+    unsigned char result = import_one(rec, reopen);
+    if (check(ipc_close(b), "close of the base"))
         result |= 0x80;
     return result;
 }
@@ -271,7 +303,7 @@ static int child_main(int reopen)
     for (uint32_t k = 0; k < n; k++) {
         if (tp_read_full(0, &rec, sizeof rec))
             return 2;
-        unsigned char result = import_one(&rec, reopen);
+        unsigned char result = import_in_order(&rec, reopen);
         if (tp_write_full(1, &result, 1))
             return 2;
     }
@@ -294,7 +326,7 @@ struct buffer {
 
 int main(int argc, char **argv)
 {
-    int child = 0, reopen = 0, self = 0;
+    int child = 0, reopen = 0, self = 0, small = 0;
     const char *self_path = strchr(argv[0], '/') ? argv[0] : "/proc/self/exe";
     for (int i = 1; i < argc; i++) {
         if (strcmp(argv[i], "--child") == 0)
@@ -305,8 +337,13 @@ int main(int argc, char **argv)
             self = 1;
         else if (strcmp(argv[i], "--road") == 0 && i + 1 < argc)
             road = argv[++i];
+        else if (strcmp(argv[i], "--small") == 0)
+            small = 1;
+        else if (strcmp(argv[i], "--order") == 0 && i + 1 < argc)
+            order = argv[++i];
         else {
-            fprintf(stderr, "usage: legacy_ipc [--road ROAD] [--reopen] [--self]\n");
+            fprintf(stderr, "usage: legacy_ipc [--road ROAD] [--order fresh|base-first|"
+                            "refused-first] [--small] [--reopen] [--self]\n");
             return 2;
         }
     }
@@ -328,18 +365,26 @@ int main(int argc, char **argv)
             return 2;
     }
 
-    const struct buffer bufs[] = {
+    static const struct buffer all_bufs[] = {
         {0, 0, 256},          {0, 512, 256},         {0, 4096, 256},
         {0, 65537, 255},      {0, 1u << 20, 4096},   {0, (3u << 20) + 7, 1000},
         {0, BLOCK_SIZE - 64, 63}, {0, BLOCK_SIZE - 1, 1}, {1, 0, 512},
         {2, 100, 100},
     };
-    const uint32_t n = sizeof bufs / sizeof bufs[0];
+    /* --small: only the two small allocations the driver packs together */
+    static const struct buffer small_bufs[] = {
+        {1, 0, 128}, {1, 200, 64}, {1, 511, 1}, {2, 0, 1024}, {2, 2048, 100}, {2, 4095, 1},
+    };
+    const struct buffer *bufs = small ? small_bufs : all_bufs;
+    const uint32_t n = small ? sizeof small_bufs / sizeof small_bufs[0]
+                             : sizeof all_bufs / sizeof all_bufs[0];
 
-    static struct record recs[sizeof bufs / sizeof bufs[0]];
+    static struct record recs[sizeof all_bufs / sizeof all_bufs[0]];
     unsigned untouched = 0, base_exports = 0;
     for (uint32_t k = 0; k < n; k++) {
-        if (check(ipc_get(&recs[k].handle, base[bufs[k].alloc] + bufs[k].offset), "export"))
+        if (check(ipc_get(&recs[k].handle, base[bufs[k].alloc] + bufs[k].offset), "export") ||
+            (strcmp(order, "fresh") != 0 && /* the base's handle, for the orders that need it */
+             check(ipc_get(&recs[k].base, base[bufs[k].alloc]), "export of the base")))
             return 2;
         recs[k].len = bufs[k].len;
         for (uint32_t i = 0; i < recs[k].len; i++)
@@ -351,7 +396,7 @@ int main(int argc, char **argv)
         }
     }
 
-    unsigned char results[sizeof bufs / sizeof bufs[0]] = {0};
+    unsigned char results[sizeof all_bufs / sizeof all_bufs[0]] = {0};
     long left = -2;
     if (self) {
         /* The exporter opens its own handles. */
@@ -360,7 +405,7 @@ int main(int argc, char **argv)
         left = -1;
     } else {
         int to, from;
-        char *args[] = {"legacy_ipc", "--child", "--road", (char *)road,
+        char *args[] = {"legacy_ipc", "--child", "--road", (char *)road, "--order", (char *)order,
                         reopen ? "--reopen" : NULL, NULL};
         if (getenv("LEGACY_IPC_IMPORTER_NO_PRELOAD") != NULL)
             unsetenv("LD_PRELOAD"); /* this process keeps what it loaded */
@@ -411,6 +456,15 @@ int main(int argc, char **argv)
             else
                 wrong_bufs++;
         }
+    }
+    if (strcmp(order, "fresh") != 0) {
+        unsigned wrong = 0, refused = 0;
+        for (uint32_t k = 0; k < n; k++) {
+            wrong += (results[k] & 0x40) != 0;
+            refused += results[k] == 0x80;
+        }
+        printf("order=%s: %u opened, %u refused, %u read wrong\n", order, n - refused, refused,
+               wrong);
     }
     int bug = wrong_bufs != 0 || stray != 0 || left > 0 || untouched != base_exports;
     char leftstr[32];

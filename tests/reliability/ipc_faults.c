@@ -162,11 +162,12 @@ static void forged_tags(void)
     expect(mappings_left() == 0, "a refused open leaves no mapping");
 
     /* a damaged check value: not nvipcfix's, so the driver decides: the
-     * guarded byte makes it refuse (never the block base) */
+     * guarded byte (the client's top bit) makes it refuse with an invalid
+     * handle (never the block base) */
     h = x.h[2];
     h.reserved[62] ^= 0x10;
     p = 0;
-    expect(cuIpcOpenMemHandle(&p, h, 1) == CUDA_ERROR_INVALID_VALUE && p == 0,
+    expect(cuIpcOpenMemHandle(&p, h, 1) == CUDA_ERROR_INVALID_HANDLE && p == 0,
            "a damaged guarded tag is refused by the driver");
 
     memset(&h, 0xff, sizeof h);

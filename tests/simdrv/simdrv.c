@@ -27,17 +27,24 @@
  *     cannot be exported (CUDA_ERROR_INVALID_VALUE). Exported descriptors
  *     are duplicates of the memfd, so two processes really share the bytes;
  *     there is no peer access between simulated devices;
- *   - a handle whose chunk size (bytes 24-27, in pages) is not the chunk's
- *     is refused with CUDA_ERROR_INVALID_VALUE, as the real driver refuses
- *     it (docs/handle-format.md has the per-byte table measured on an H100);
- *     a handle whose other bytes 0-55 were changed does not open (a checksum
- *     in bytes 36-39 stands in for the driver's own records).
+ *   - an open validates what the H200 validates, with its errors, on a
+ *     fresh open and on a re-open of a block already mapped in the context
+ *     (found by the object id; the chunk size, bytes 24-27, is not looked
+ *     at then), byte 31 with bit 7 set leaves a sticky launch failure, and
+ *     the legacy entry (cuIpcOpenMemHandle, 4010) refuses a re-open with
+ *     CUDA_ERROR_ALREADY_MAPPED (docs/handle-format.md has the measured
+ *     table; ipc_open below says what is modelled). Bytes 48-51 hold the
+ *     exporter's "client" (0xc1 and its pid), 52-55 the chunk's "memory
+ *     handle" (its memfd's descriptor number and chunk id).
  * The entry points the driver hands out (cuGetProcAddress) are its own
  * functions, bound inside the library (built with -Bsymbolic), as the real
- * driver's are: a preloaded library's definition of the same name never
- * replaces them there.
+ * driver's are (measured on the H200): a preloaded library's definition of
+ * the same name never replaces them there.
  * Switches (environment, read at cuInit):
  *   SIMCUDA_DEVICES=N       number of devices (1..8, default 1)
+ *   SIMCUDA_REOPEN_UNCHECKED=1  a re-open of a mapped block checks nothing but
+ *                           the object id (a driver on which guarded tags are
+ *                           silent once the base is mapped; for the doctor)
  *   SIMCUDA_OLD_DRIVER=1    a second open of an open handle fails with
  *                           CUDA_ERROR_ALREADY_MAPPED (drivers before CUDA 11)
  *   SIMCUDA_HANDLE_TAIL=1   the driver writes non-zero bytes 56-63
@@ -51,6 +58,7 @@
 #define __CUDA_API_VERSION_INTERNAL 1
 #include <cuda.h>
 
+#include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -74,9 +82,18 @@
 #define SIM_SMALL_MAX (UINT64_C(1) << 20)
 #define SIM_PACK_STEP 512
 #define SIM_PAGE 4096
+/* Bytes 48-51, the exporter's "client" (the real driver's resource-manager
+ * client handle, 0xc1d0xxxx): here 0xc1 and the exporter's process id (pid_max
+ * is at most 2^22). Bytes 52-55, the chunk's "memory handle": its memfd's
+ * descriptor number in the exporter (16 bits) and the chunk id's low 16. */
+#define SIM_CLIENT_BASE UINT32_C(0xc1000000)
+#define SIM_CLIENT_PID_MASK UINT32_C(0x003fffff)
+#define SIM_FD_BITS 16
+#define SIM_FD_MASK ((UINT32_C(1) << SIM_FD_BITS) - 1)
 
 struct CUctx_st {
     int device;
+    CUresult sticky; /* an error every later call returns (a launch failure) */
 };
 
 struct chunk {
@@ -98,7 +115,8 @@ struct alloc {
 };
 
 struct import {
-    unsigned char key[56];
+    unsigned char key[56]; /* the handle it was opened with */
+    int poisoned;          /* opened from an offset with bit 31 set: access fails, sticky */
     CUcontext ctx;
     void *map;
     uint64_t map_size;
@@ -130,7 +148,7 @@ struct vmm_range {
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static int initialized;
-static int ndevices = 1, old_driver, handle_tail, any_ipc_flags;
+static int ndevices = 1, old_driver, handle_tail, reopen_unchecked, any_ipc_flags;
 static uint64_t va_per_device = UINT64_C(64) << 30;
 static char fail_list[512];
 static unsigned char ident[8];
@@ -175,23 +193,23 @@ static void put64(unsigned char *p, uint64_t v)
         p[i] = (unsigned char)v;
 }
 
+static void put32(unsigned char *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++, v >>= 8)
+        p[i] = (unsigned char)v;
+}
+
+static uint32_t get32(const unsigned char *p)
+{
+    return (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
+}
+
 static uint64_t get64(const unsigned char *p)
 {
     uint64_t v = 0;
     for (int i = 7; i >= 0; i--)
         v = (v << 8) | p[i];
     return v;
-}
-
-/* Checksum of bytes 0-55 but 36-39, where it is stored, and 24-27, which
- * are checked against the chunk itself. */
-static uint32_t head_sum(const unsigned char *h)
-{
-    uint32_t x = 2166136261u;
-    for (int i = 0; i < 56; i++)
-        if ((i < 36 || i >= 40) && (i < 24 || i >= 28))
-            x = (x ^ h[i]) * 16777619u;
-    return x;
 }
 
 static int env_flag(const char *name)
@@ -278,6 +296,7 @@ SIM_EXPORT CUresult cuInit(unsigned int flags)
         if (n != NULL && atoi(n) >= 1 && atoi(n) <= SIM_MAX_DEVICES)
             ndevices = atoi(n);
         old_driver = env_flag("SIMCUDA_OLD_DRIVER");
+        reopen_unchecked = env_flag("SIMCUDA_REOPEN_UNCHECKED");
         handle_tail = env_flag("SIMCUDA_HANDLE_TAIL");
         any_ipc_flags = env_flag("SIMCUDA_IPC_ANY_FLAGS");
         const char *va = getenv("SIMCUDA_VA_GIB");
@@ -386,7 +405,7 @@ SIM_EXPORT CUresult cuCtxGetDevice(CUdevice *dev)
 
 SIM_EXPORT CUresult cuCtxSynchronize(void)
 {
-    return current == NULL ? CUDA_ERROR_INVALID_CONTEXT : CUDA_SUCCESS;
+    return current == NULL ? CUDA_ERROR_INVALID_CONTEXT : current->sticky;
 }
 
 /* ---- memory ------------------------------------------------------------ */
@@ -521,11 +540,25 @@ SIM_EXPORT CUresult cuMemFree_v2(CUdeviceptr dptr)
     return CUDA_ERROR_INVALID_VALUE;
 }
 
+/* Caller holds the lock. An access to a poisoned import leaves the
+ * context with a sticky launch failure, as the H200 did after opening a
+ * handle whose byte 31 was changed (docs/handle-format.md). */
+static int poisoned(uint64_t p, int on_device)
+{
+    struct import *m = on_device ? find_import(p) : NULL;
+    if (m != NULL && m->poisoned && current != NULL)
+        current->sticky = CUDA_ERROR_LAUNCH_FAILED;
+    return current != NULL && current->sticky != CUDA_SUCCESS;
+}
+
 static CUresult copy(uint64_t dst, int dst_dev, uint64_t src, int src_dev, size_t n)
 {
     pthread_mutex_lock(&lock);
+    int bad = poisoned(dst, dst_dev) | poisoned(src, src_dev);
     int ok = (!dst_dev || accessible(dst, n)) && (!src_dev || accessible(src, n));
     pthread_mutex_unlock(&lock);
+    if (bad)
+        return CUDA_ERROR_LAUNCH_FAILED;
     if (!ok)
         return CUDA_ERROR_INVALID_VALUE;
     memmove((void *)dst, (const void *)src, n);
@@ -703,117 +736,201 @@ SIM_EXPORT CUresult cuIpcGetMemHandle(CUipcMemHandle *handle, CUdeviceptr p)
     put64(h + 8, (uint64_t)getpid());
     put64(h + 16, a->size);
     uint64_t pages = a->chunk->size / SIM_PAGE, off = a->base - a->chunk->addr;
-    for (int i = 0; i < 4; i++) {
-        h[24 + i] = (unsigned char)(pages >> (8 * i));
-        h[28 + i] = (unsigned char)(off >> (8 * i));
-    }
+    put32(h + 24, (uint32_t)pages);
+    put32(h + 28, (uint32_t)off);
     h[32] = 0x06;
-    h[33] = (unsigned char)a->chunk->device;
+    h[37] = 0xff;
     put64(h + 40, a->object_id);
-    put64(h + 48, (uint64_t)(uint32_t)a->chunk->fd | ((uint64_t)a->chunk->id << 32));
-    uint32_t sum = head_sum(h);
-    memcpy(h + 36, &sum, 4);
+    put32(h + 48, SIM_CLIENT_BASE | (uint32_t)getpid());
+    put32(h + 52, (uint32_t)a->chunk->fd | (a->chunk->id << SIM_FD_BITS));
     if (handle_tail)
         put64(h + 56, a->object_id * UINT64_C(0x9E3779B97F4A7C15) | 1);
     pthread_mutex_unlock(&lock);
     return CUDA_SUCCESS;
 }
 
-static CUresult ipc_open(CUdeviceptr *pdptr, CUipcMemHandle handle, unsigned int flags)
+/* The open path validates what the real driver validates, with its errors
+ * (H200, driver 580.159.04, tests/gpu/handle_bytes.c; table in
+ * docs/handle-format.md). A fresh open ignores bytes 0-23, 37-47 and 56-63;
+ * refuses a changed client (48-51) with INVALID_HANDLE, a changed type or
+ * bytes 33-36 (32-36), chunk size (24-27) or memory handle (52-55) with
+ * INVALID_VALUE; an offset in the chunk (28-31) that does not fit
+ * with ALREADY_MAPPED, and one with bit 31 set opens, but the first access
+ * leaves a sticky launch failure. A re-open of a block already mapped in
+ * the context is found by the object id (40-47) and checks only the client,
+ * the memory handle, the size and the offset: bytes 24-27 and 32-39 are
+ * not looked at (the re-open gives the existing mapping). An offset that
+ * changed to another 4 KiB boundary, or with bit 31 set, is a fresh open.
+ * Not modelled: object ids here are per allocation, while the H200 gives
+ * the packed blocks of a chunk one id (an importer holding a neighbour of
+ * the same chunk then takes the re-open path, where a changed chunk size
+ * opened); the NOT_PERMITTED (800) of byte 52 xor 0x80 (see chunk_of). */
+
+/* The exporter's process id in a valid client, or 0. */
+static pid_t client_pid(const unsigned char *h)
 {
-    const unsigned char *h = (const unsigned char *)handle.reserved;
-    uint32_t sum;
-    memcpy(&sum, h + 36, 4);
-    if (pdptr == NULL || (flags > CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS && !any_ipc_flags) ||
-        h[32] != 0x06)
-        return CUDA_ERROR_INVALID_VALUE;
-    if (sum != head_sum(h))
-        return CUDA_ERROR_INVALID_HANDLE;
-    if (current == NULL)
-        return CUDA_ERROR_INVALID_CONTEXT;
-    pid_t pid = (pid_t)get64(h + 8);
-    if (pid == getpid() && memcmp(h, ident, 8) == 0)
-        return CUDA_ERROR_INVALID_CONTEXT; /* the exporter itself */
+    uint32_t client = get32(h + 48);
+    if ((client & ~SIM_CLIENT_PID_MASK) != SIM_CLIENT_BASE)
+        return 0;
+    pid_t pid = (pid_t)(client & SIM_CLIENT_PID_MASK);
+    char path[32];
+    snprintf(path, sizeof path, "/proc/%d", (int)pid);
+    return pid != 0 && access(path, F_OK) == 0 ? pid : 0;
+}
 
-    pthread_mutex_lock(&lock);
-    /* Bytes 56-63 are ignored, as the real driver ignores them. */
-    for (struct import *m = imports; m != NULL; m = m->next)
-        if (m->ctx == current && memcmp(m->key, h, sizeof m->key) == 0) {
-            CUresult r = CUDA_ERROR_ALREADY_MAPPED;
-            if (!old_driver) {
-                m->refs++;
-                *pdptr = m->ptr;
-                r = CUDA_SUCCESS;
-            }
-            pthread_mutex_unlock(&lock);
-            return r;
-        }
-
-    uint32_t fdnum = (uint32_t)get64(h + 48), chunk_id = (uint32_t)(get64(h + 48) >> 32);
-    uint64_t size = get64(h + 16), off = 0, pages = 0;
-    for (int i = 3; i >= 0; i--) {
-        pages = (pages << 8) | h[24 + i];
-        off = (off << 8) | h[28 + i];
+/* Nonzero when process pid holds a chunk of a simulated driver (a live
+ * client; looked for only on the error path). */
+static int holds_chunks(pid_t pid)
+{
+    char path[64], link[256];
+    snprintf(path, sizeof path, "/proc/%d/fd", (int)pid);
+    DIR *dir = opendir(path);
+    int found = 0;
+    for (struct dirent *e; dir != NULL && !found && (e = readdir(dir)) != NULL;) {
+        snprintf(path, sizeof path, "/proc/%d/fd/%.20s", (int)pid, e->d_name);
+        ssize_t n = readlink(path, link, sizeof link - 1);
+        link[n > 0 ? n : 0] = '\0';
+        found = strncmp(link, "/memfd:simcuda-", 15) == 0;
     }
-    char path[64], link[256], expect[64];
-    snprintf(path, sizeof path, "/proc/%d/fd/%u", (int)pid, fdnum);
-    snprintf(expect, sizeof expect, "/memfd:simcuda-%016llx-%u ", (unsigned long long)get64(h),
-             chunk_id);
+    if (dir != NULL)
+        closedir(dir);
+    return found;
+}
+
+/* Opens the chunk the memory handle (52-55) names in the exporter. Returns
+ * CUDA_SUCCESS and *fd, or INVALID_VALUE if it names no chunk. (The H200
+ * answered NOT_PERMITTED, 800, to byte 52 xor 0x80 of a packed block, the
+ * H100 to that of a 64 MiB block; what that value named is not known, so
+ * it is not modelled.) */
+static CUresult chunk_of(pid_t pid, uint32_t memory, int *fd)
+{
+    char path[64], link[256];
+    snprintf(path, sizeof path, "/proc/%d/fd/%u", (int)pid, memory & SIM_FD_MASK);
     ssize_t n = readlink(path, link, sizeof link - 1);
     link[n > 0 ? n : 0] = '\0';
-    size_t elen = strlen(expect) - 1; /* the link ends in " (deleted)" */
-    int fd = -1;
-    if (n > 0 && strncmp(link, expect, elen) == 0 && (link[elen] == ' ' || link[elen] == '\0'))
-        fd = open(path, O_RDWR | O_CLOEXEC);
-    struct stat st;
-    if (fd >= 0 && (fstat(fd, &st) != 0 || (uint64_t)st.st_size != pages * SIM_PAGE)) {
-        close(fd); /* the chunk size the handle gives is not the chunk's */
-        pthread_mutex_unlock(&lock);
+    static const char prefix[] = "/memfd:simcuda-";
+    const char *dash = n > 0 && strncmp(link, prefix, sizeof prefix - 1) == 0
+                           ? strchr(link + sizeof prefix - 1, '-')
+                           : NULL;
+    if (dash == NULL || (strtoul(dash + 1, NULL, 10) & 0xffff) != memory >> SIM_FD_BITS)
         return CUDA_ERROR_INVALID_VALUE;
-    }
-    if (fd < 0 || off + size > pages * SIM_PAGE) {
-        if (fd >= 0)
-            close(fd);
-        pthread_mutex_unlock(&lock);
+    *fd = open(path, O_RDWR | O_CLOEXEC);
+    return *fd >= 0 ? CUDA_SUCCESS : CUDA_ERROR_INVALID_VALUE;
+}
+
+/* Caller holds the lock. A re-open of m with handle h. Through the legacy
+ * entry point (cuIpcOpenMemHandle, version 4010) a re-open that passes the
+ * checks is refused with ALREADY_MAPPED, as drivers before CUDA 11 did: on
+ * the H200 (580.159.04) a program that took "cuIpcOpenMemHandle" with
+ * dlsym got 208 for every second open of a block (gpu-check, "exporter
+ * preloaded, importer not, base opened first: dlsym"); the _v2 entry counts
+ * references. */
+static CUresult reopen(struct import *m, const unsigned char *h, CUdeviceptr *pdptr, int legacy)
+{
+    if (reopen_unchecked)
+        goto found;
+    if (memcmp(m->key + 48, h + 48, 4) != 0)
         return CUDA_ERROR_INVALID_HANDLE;
-    }
-    void *map = mmap(NULL, pages * SIM_PAGE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    close(fd);
+    if (memcmp(m->key + 52, h + 52, 4) != 0)
+        return CUDA_ERROR_INVALID_VALUE;
+    if (memcmp(m->key + 16, h + 16, 8) != 0 || memcmp(m->key + 28, h + 28, 4) != 0)
+        return CUDA_ERROR_ALREADY_MAPPED;
+found:
+    if (old_driver || legacy)
+        return CUDA_ERROR_ALREADY_MAPPED;
+    m->refs++;
+    *pdptr = m->ptr;
+    return CUDA_SUCCESS;
+}
+
+/* Caller holds the lock. Maps the chunk fd for handle h (a fresh open). */
+static CUresult map_import(const unsigned char *h, int fd, CUdeviceptr *pdptr)
+{
+    uint64_t chunk = (uint64_t)get32(h + 24) * SIM_PAGE, size = get64(h + 16);
+    uint32_t off = get32(h + 28);
+    struct stat st;
+    if (fstat(fd, &st) != 0 || (uint64_t)st.st_size != chunk)
+        return CUDA_ERROR_INVALID_VALUE; /* not the chunk's size */
+    int poison = (off & UINT32_C(0x80000000)) != 0;
+    if (size > chunk)
+        size = chunk;
+    if (!poison && off + size > chunk)
+        return CUDA_ERROR_ALREADY_MAPPED;
+    void *map = mmap(NULL, chunk, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     struct import *m = map == MAP_FAILED ? NULL : calloc(1, sizeof *m);
     if (m == NULL) {
         if (map != MAP_FAILED)
-            munmap(map, pages * SIM_PAGE);
-        pthread_mutex_unlock(&lock);
+            munmap(map, chunk);
         return CUDA_ERROR_OUT_OF_MEMORY;
     }
     memcpy(m->key, h, sizeof m->key);
+    m->poisoned = poison;
     m->ctx = current;
     m->map = map;
-    m->map_size = pages * SIM_PAGE;
-    m->ptr = (uint64_t)map + off; /* the allocation's base */
-    m->size = size;
+    m->map_size = chunk;
+    m->ptr = (uint64_t)map + (poison ? 0 : off); /* the allocation's base */
+    m->size = poison ? SIM_PAGE : size;
     m->buffer_id = next_object_id++;
     m->refs = 1;
     m->next = imports;
     imports = m;
     real_opens++;
     *pdptr = m->ptr;
-    pthread_mutex_unlock(&lock);
     return CUDA_SUCCESS;
+}
+
+/* Caller holds the lock. An open of a block not mapped in the context. */
+static CUresult fresh_open(const unsigned char *h, CUdeviceptr *pdptr)
+{
+    pid_t pid = client_pid(h);
+    if (pid == 0)
+        return CUDA_ERROR_INVALID_HANDLE;
+    if (pid == getpid())
+        return CUDA_ERROR_INVALID_CONTEXT; /* the exporter itself */
+    int fd = -1;
+    CUresult r = h[32] != 0x06 || get32(h + 33) != 0 ? CUDA_ERROR_INVALID_VALUE
+                                                     : chunk_of(pid, get32(h + 52), &fd);
+    if (r == CUDA_ERROR_INVALID_VALUE && !holds_chunks(pid))
+        r = CUDA_ERROR_INVALID_HANDLE; /* no such client */
+    if (r == CUDA_SUCCESS)
+        r = map_import(h, fd, pdptr);
+    if (fd >= 0)
+        close(fd);
+    return r;
+}
+
+static CUresult ipc_open(CUdeviceptr *pdptr, CUipcMemHandle handle, unsigned int flags,
+                         int legacy)
+{
+    const unsigned char *h = (const unsigned char *)handle.reserved;
+    if (pdptr == NULL || (flags > CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS && !any_ipc_flags))
+        return CUDA_ERROR_INVALID_VALUE;
+    if (current == NULL)
+        return CUDA_ERROR_INVALID_CONTEXT;
+    pthread_mutex_lock(&lock);
+    uint32_t off = get32(h + 28);
+    struct import *m = imports;
+    while (m != NULL && !(m->ctx == current && memcmp(m->key + 40, h + 40, 8) == 0 &&
+                          (get32(m->key + 28) == off ||
+                           ((off & 0xfff) != 0 && !(off & UINT32_C(0x80000000))))))
+        m = m->next;
+    CUresult r = m != NULL ? reopen(m, h, pdptr, legacy) : fresh_open(h, pdptr);
+    pthread_mutex_unlock(&lock);
+    return r;
 }
 
 SIM_EXPORT CUresult cuIpcOpenMemHandle(CUdeviceptr *pdptr, CUipcMemHandle handle,
                                        unsigned int flags)
 {
     ENTER("cuIpcOpenMemHandle");
-    return ipc_open(pdptr, handle, flags);
+    return ipc_open(pdptr, handle, flags, 1);
 }
 
 SIM_EXPORT CUresult cuIpcOpenMemHandle_v2(CUdeviceptr *pdptr, CUipcMemHandle handle,
                                           unsigned int flags)
 {
     ENTER("cuIpcOpenMemHandle_v2");
-    return ipc_open(pdptr, handle, flags);
+    return ipc_open(pdptr, handle, flags, 0);
 }
 
 SIM_EXPORT CUresult cuIpcCloseMemHandle(CUdeviceptr p)

@@ -36,8 +36,9 @@ static void test_round_trip(void **state)
     }
 }
 
-/* A guarded tag: byte 27 (the chunk size's top byte) flipped, so that a
- * driver alone refuses the handle; decoding restores every driver byte. */
+/* A guarded tag: byte 51 (the client handle's top byte) flipped, so that
+ * a driver alone refuses the handle in every order of opens; decoding
+ * restores every driver byte. */
 static void test_guarded_round_trip(void **state)
 {
     (void)state;
@@ -50,7 +51,7 @@ static void test_guarded_round_trip(void **state)
         memcpy(plain, h, 64);
         assert_int_equal(nvipcfix_tag_encode_style(h, 4096 + s, NVIPCFIX_TAG_GUARDED), 0);
         for (int i = 0; i < 56; i++)
-            assert_int_equal(h[i] ^ orig[i], i == NVIPCFIX_GUARD_BYTE ? NVIPCFIX_GUARD_MASK : 0);
+            assert_int_equal(h[i] ^ orig[i], i == 51 ? 0x80 : 0);
         assert_int_equal(nvipcfix_tag_decode_style(h, &off, native, &style), NVIPCFIX_TAG_OURS);
         assert_true(off == 4096 + s && style == NVIPCFIX_TAG_GUARDED);
         assert_memory_equal(native, orig, 64);
@@ -59,29 +60,54 @@ static void test_guarded_round_trip(void **state)
         assert_memory_not_equal(plain + 56, h + 56, 8);
         assert_int_equal(nvipcfix_tag_decode_style(plain, &off, NULL, &style), NVIPCFIX_TAG_OURS);
         assert_int_equal(style, NVIPCFIX_TAG_PLAIN);
-        /* a guarded tag whose byte 27 was restored by someone else is foreign */
-        h[NVIPCFIX_GUARD_BYTE] ^= NVIPCFIX_GUARD_MASK;
+        /* a guarded tag whose byte 51 was restored by someone else is foreign */
+        h[51] ^= 0x80;
         assert_int_equal(nvipcfix_tag_decode(h, &off, NULL), NVIPCFIX_TAG_FOREIGN);
     }
 }
 
-/* Guarded only where the handle has the measured layout. */
+/* Guarded tags of nvipcfix 0.2 (byte 27 flipped) are still read, and
+ * restored exactly; a tag with both bytes flipped is neither. */
+static void test_chunk_guarded_tags_still_read(void **state)
+{
+    (void)state;
+    for (unsigned s = 0; s < 50; s++) {
+        unsigned char h[64], orig[64], native[64];
+        uint64_t off = 0;
+        enum nvipcfix_tag_style style = NVIPCFIX_TAG_PLAIN;
+        driver_handle(h, s);
+        memcpy(orig, h, 64);
+        assert_int_equal(nvipcfix_tag_encode_style(h, 777 + s, NVIPCFIX_TAG_GUARDED_CHUNK), 0);
+        for (int i = 0; i < 56; i++)
+            assert_int_equal(h[i] ^ orig[i], i == 27 ? 0x80 : 0);
+        assert_int_equal(nvipcfix_tag_decode_style(h, &off, native, &style), NVIPCFIX_TAG_OURS);
+        assert_true(off == 777 + s && style == NVIPCFIX_TAG_GUARDED_CHUNK);
+        assert_memory_equal(native, orig, 64);
+        h[51] ^= 0x80;
+        assert_int_equal(nvipcfix_tag_decode(h, &off, NULL), NVIPCFIX_TAG_FOREIGN);
+    }
+    assert_int_equal(nvipcfix_tag_guard_byte(NVIPCFIX_TAG_PLAIN), -1);
+    assert_int_equal(nvipcfix_tag_guard_byte(NVIPCFIX_TAG_GUARDED), 51);
+    assert_int_equal(nvipcfix_tag_guard_byte(NVIPCFIX_TAG_GUARDED_CHUNK), 27);
+}
+
+/* Guarded only where the handle has the measured layout: type byte 0x06
+ * and a client handle 0xc1xxxxxx (flipped, 0x41xxxxxx, it is no client). */
 static void test_can_guard(void **state)
 {
     (void)state;
     unsigned char h[64] = {0};
-    uint64_t size = 64u << 20, pages = (64u << 20) / 4096;
-    memcpy(h + 16, &size, 8);
-    memcpy(h + 24, &pages, 4);
     h[32] = 0x06;
+    h[48] = 0x1d;
+    h[50] = 0xd0;
+    h[51] = 0xc1;
     assert_true(nvipcfix_tag_can_guard(h));
     h[32] = 0x07;
     assert_false(nvipcfix_tag_can_guard(h));
     h[32] = 0x06;
-    pages = 10; /* a chunk smaller than the allocation: not the layout */
-    memcpy(h + 24, &pages, 4);
+    h[51] = 0x41; /* already flipped: guarding again would restore a client */
     assert_false(nvipcfix_tag_can_guard(h));
-    memset(h + 24, 0, 4);
+    h[51] = 0;
     assert_false(nvipcfix_tag_can_guard(h));
 }
 
@@ -197,6 +223,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip),
         cmocka_unit_test(test_guarded_round_trip),
+        cmocka_unit_test(test_chunk_guarded_tags_still_read),
         cmocka_unit_test(test_can_guard),
         cmocka_unit_test(test_offset_zero_is_identity),
         cmocka_unit_test(test_largest_offset),

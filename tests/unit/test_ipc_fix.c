@@ -6,6 +6,8 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -31,6 +33,7 @@ static struct {
     uint64_t next_id;
     int exporter; /* opens fail as in the exporting process */
     int tail;     /* the driver writes bytes 56-63 */
+    int measured; /* handles have the measured layout (type 0x06, client 0xc1xxxxxx) */
     int gets, opens, closes;
     struct CUctx_st *ctx;
 } fake = {.lock = PTHREAD_MUTEX_INITIALIZER};
@@ -89,6 +92,19 @@ static CUresult f_ctx(CUcontext *ctx)
     return CUDA_SUCCESS;
 }
 
+/* Bytes 0-55 of a block's handle, as this driver writes them. */
+static void fill_head(CUipcMemHandle *h, const struct fake_block *b)
+{
+    memset(h, 0, sizeof *h);
+    memcpy(h->reserved, &b->base, 8); /* the block, whatever p was: the bug */
+    memcpy(h->reserved + 8, &b->id, 8);
+    memset(h->reserved + 16, 0x5a, 40);
+    if (fake.measured) {
+        h->reserved[32] = 0x06;
+        h->reserved[51] = (char)0xc1;
+    }
+}
+
 static CUresult f_get(CUipcMemHandle *h, CUdeviceptr p)
 {
     pthread_mutex_lock(&fake.lock);
@@ -97,10 +113,7 @@ static CUresult f_get(CUipcMemHandle *h, CUdeviceptr p)
     pthread_mutex_unlock(&fake.lock);
     if (b == NULL)
         return CUDA_ERROR_INVALID_VALUE;
-    memset(h, 0, sizeof *h);
-    memcpy(h->reserved, &b->base, 8); /* the block, whatever p was: the bug */
-    memcpy(h->reserved + 8, &b->id, 8);
-    memset(h->reserved + 16, 0x5a, 40);
+    fill_head(h, b);
     if (fake.tail)
         h->reserved[63] = 0x42;
     return CUDA_SUCCESS;
@@ -119,8 +132,11 @@ static CUresult f_open(CUdeviceptr *pp, CUipcMemHandle h, unsigned int flags)
     memcpy(&base, h.reserved, 8);
     pthread_mutex_lock(&fake.lock);
     struct fake_block *b = containing(base);
-    if (b == NULL) {
-        pthread_mutex_unlock(&fake.lock);
+    CUipcMemHandle written;
+    if (b != NULL)
+        fill_head(&written, b);
+    if (b == NULL || memcmp(written.reserved + 16, h.reserved + 16, 40) != 0) {
+        pthread_mutex_unlock(&fake.lock); /* not bytes it wrote (a guarded tag) */
         return CUDA_ERROR_INVALID_HANDLE;
     }
     if (b->refs > 0) { /* an old driver: the second open fails */
@@ -169,7 +185,7 @@ static void start(enum nvipcfix_mode mode, int self_open)
     cfg.self_open = self_open;
     memset(fake.blocks, 0, sizeof fake.blocks);
     fake.nblocks = 0;
-    fake.exporter = fake.tail = 0;
+    fake.exporter = fake.tail = fake.measured = 0;
     fake.gets = fake.opens = fake.closes = 0;
     fake.ctx = (CUcontext)&ctx_storage[0];
     nvipcfix_fix_init(&fix, &cfg, &driver);
@@ -229,6 +245,33 @@ static void test_interior_export_is_tagged_and_cached(void **state)
     export_ok(b);
     assert_int_equal(fake.gets, gets); /* answered from the cache */
     assert_int_equal(atomic_load(&fix.stats.exports_tagged), 3);
+}
+
+/* Where the handle has the measured layout, an interior pointer's tag is
+ * guarded: byte 51's top bit flipped, which a driver alone refuses; a
+ * receiver with nvipcfix hands the driver its own bytes again, whether or
+ * not it opened the block's base first. NVIPCFIX_TAG=plain leaves 0-55. */
+static void test_guarded_export_and_open(void **state)
+{
+    (void)state;
+    fake.measured = 1;
+    uint64_t b = fake_alloc(0x100000, 1 << 20);
+    CUipcMemHandle native, base = export_ok(b), h = export_ok(b + 4096);
+    CUdeviceptr p = 0;
+    f_get(&native, b);
+    for (int i = 0; i < 56; i++)
+        assert_int_equal((unsigned char)(h.reserved[i] ^ native.reserved[i]), i == 51 ? 0x80 : 0);
+    assert_memory_not_equal(h.reserved + 56, native.reserved + 56, 8);
+    assert_int_equal(f_open(&p, h, 1), CUDA_ERROR_INVALID_HANDLE); /* no nvipcfix */
+    CUdeviceptr q = open_ok(base), r = open_ok(h);
+    assert_true(q == MAPPED_AT + b && r == MAPPED_AT + b + 4096);
+    assert_int_equal(fake.opens, 1);
+    assert_int_equal(nvipcfix_close(&fix, r), CUDA_SUCCESS);
+    assert_int_equal(nvipcfix_close(&fix, q), CUDA_SUCCESS);
+    assert_int_equal(fake.closes, 1);
+    fix.config.plain_tags = 1;
+    h = export_ok(b + 8192);
+    assert_memory_equal(h.reserved, native.reserved, 56);
 }
 
 static void test_reallocated_block_gets_fresh_handle(void **state)
@@ -345,6 +388,57 @@ static void test_bad_flags_refused_on_table_hit(void **state)
     assert_int_equal(nvipcfix_close(&fix, q), CUDA_SUCCESS);
     assert_int_equal(nvipcfix_close(&fix, p), CUDA_SUCCESS);
     assert_int_equal(fake.opens, fake.closes);
+}
+
+static int count_lines(const char *path, const char *text)
+{
+    char line[1024];
+    int n = 0;
+    FILE *f = fopen(path, "r");
+    while (f != NULL && fgets(line, sizeof line, f) != NULL)
+        n += strstr(line, text) != NULL;
+    if (f != NULL)
+        fclose(f);
+    return n;
+}
+
+/* Issue 17: an open with unknown flags on a table hit, then a handle the
+ * driver does not know: two warnings, each naming its own cause, each once
+ * (in a child: the once-per-cause flags are per process). */
+static void test_each_open_failure_cause_warned_once(void **state)
+{
+    (void)state;
+    char path[] = "/tmp/nvipcfix-causes-XXXXXX";
+    int fd = mkstemp(path);
+    assert_true(fd >= 0);
+    close(fd);
+    pid_t pid = fork();
+    if (pid == 0) {
+        nvipcfix_log_open(NVIPCFIX_LOG_WARN, path);
+        uint64_t b = fake_alloc(0x100000, 1 << 20);
+        CUipcMemHandle h = export_ok(b + 8), unknown;
+        CUdeviceptr p = open_ok(h), q = 0;
+        for (int i = 0; i < 2; i++) {
+            nvipcfix_open(&fix, f_open, &q, h, 0x8);
+            f_get(&unknown, b);
+            unknown.reserved[3] ^= 0x40; /* a block the driver does not know */
+            nvipcfix_open(&fix, f_open, &q, unknown, 1);
+        }
+        nvipcfix_close(&fix, p);
+        nvipcfix_log_close();
+        _exit(0);
+    }
+    int status = 0;
+    waitpid(pid, &status, 0);
+    int flags = count_lines(path, "flags 0x8 include bits the driver does not know");
+    int unknown = count_lines(path, "the driver does not know this handle");
+    int all = count_lines(path, "nvipcfix[");
+    if (getenv("KEEP_CAUSES") == NULL)
+        unlink(path);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    assert_int_equal(flags, 1);
+    assert_int_equal(unknown, 1);
+    assert_int_equal(all, 2);
 }
 
 static void test_forged_offset_refused(void **state)
@@ -557,6 +651,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         T(test_base_export_is_native),
         T(test_interior_export_is_tagged_and_cached),
+        T(test_guarded_export_and_open),
         T(test_reallocated_block_gets_fresh_handle),
         T(test_export_cache_sweeps_freed_blocks),
         T(test_driver_using_tail_exports_natively),
@@ -564,6 +659,7 @@ int main(void)
         T(test_open_returns_pointer_and_counts),
         T(test_close_of_address_inside_held_block),
         T(test_bad_flags_refused_on_table_hit),
+        T(test_each_open_failure_cause_warned_once),
         T(test_forged_offset_refused),
         T(test_foreign_tail_passes_through),
         T(test_self_open),

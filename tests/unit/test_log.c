@@ -11,6 +11,8 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "../common/unit_skip.h"
+
 #include "../common/test_deadline.h"
 #include "../../shim/log.h"
 #include "../../shim/stats.h"
@@ -85,6 +87,83 @@ static void test_planted_symlink_not_followed(void **state)
     close(null);
     slurp(target, buf, sizeof buf);
     assert_string_equal(buf, "precious\n");
+}
+
+/* Runs nvipcfix_log_open(path) with stderr sent to a file; returns its
+ * result and leaves what was printed in err. */
+static int open_capturing_stderr(const char *path, char *err, size_t n)
+{
+    char errpath[128];
+    snprintf(errpath, sizeof errpath, "%s/stderr-capture", dir);
+    int saved = dup(2), fd = open(errpath, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    dup2(fd, 2);
+    int r = nvipcfix_log_open(NVIPCFIX_LOG_WARN, path);
+    nvipcfix_log(NVIPCFIX_LOG_WARN, "a line after the open");
+    nvipcfix_log_close();
+    dup2(saved, 2);
+    close(saved);
+    close(fd);
+    slurp(errpath, err, n);
+    return r;
+}
+
+/* A symbolic link in a folder of the path (not only the last component) is
+ * never followed: whoever can write a folder on the way could point it at
+ * another user's folder. */
+static void test_symlinked_folder_not_followed(void **state)
+{
+    (void)state;
+    char real[128], link[128], path[160], planted[160], err[1024];
+    snprintf(real, sizeof real, "%s/realdir", dir);
+    snprintf(link, sizeof link, "%s/linkdir", dir);
+    assert_int_equal(mkdir(real, 0700), 0);
+    assert_int_equal(symlink(real, link), 0);
+    snprintf(path, sizeof path, "%s/sub/../log", link);
+    snprintf(planted, sizeof planted, "%s/log", real);
+    assert_int_equal(open_capturing_stderr(path, err, sizeof err), -1);
+    assert_non_null(strstr(err, "a symbolic link in the path"));
+    assert_non_null(strstr(err, "warning: a line after the open"));
+    assert_int_equal(access(planted, F_OK), -1);
+    /* the same folder named by its real path is fine, "." and ".." too */
+    snprintf(path, sizeof path, "%s/./../realdir//log", real);
+    assert_int_equal(open_capturing_stderr(path, err, sizeof err), 0);
+    assert_int_equal(access(planted, F_OK), 0);
+    assert_string_equal(err, "");
+}
+
+/* A file someone else created (here: root's file given to nobody) is never
+ * appended to, whatever its mode. */
+static void test_foreign_file_refused(void **state)
+{
+    (void)state;
+    if (geteuid() != 0)
+        skip_because("only root can give a file to another user");
+    char path[128], err[1024], buf[256];
+    snprintf(path, sizeof path, "%s/foreign", dir);
+    FILE *f = fopen(path, "w");
+    fputs("theirs\n", f);
+    fclose(f);
+    assert_int_equal(chmod(path, 0666), 0);
+    assert_int_equal(chown(path, 65534, 65534), 0);
+    assert_int_equal(open_capturing_stderr(path, err, sizeof err), -1);
+    assert_non_null(strstr(err, "owned by another user"));
+    slurp(path, buf, sizeof buf);
+    assert_string_equal(buf, "theirs\n");
+}
+
+/* New files are 0600 whatever the umask allows. */
+static void test_new_file_0600_with_umask_0(void **state)
+{
+    (void)state;
+    char path[128], err[256];
+    snprintf(path, sizeof path, "%s/umask0", dir);
+    mode_t old = umask(0);
+    int r = open_capturing_stderr(path, err, sizeof err);
+    umask(old);
+    assert_int_equal(r, 0);
+    struct stat st;
+    assert_int_equal(stat(path, &st), 0);
+    assert_int_equal(st.st_mode & 07777, 0600);
 }
 
 static void test_warn_once(void **state)
@@ -170,6 +249,100 @@ static void test_control_characters_escaped(void **state)
     assert_string_equal(small, "ab\\x0ac");
 }
 
+/* Lines meant for stderr while fd 2 is a file the program opened itself
+ * (it closed fd 2 first): dropped, the file holds only its own records. */
+static void check_data_file_untouched(int fd2_open_at_load)
+{
+    char data[128], buf[256] = "", records[128];
+    int fd[2], saved = dup(2);
+    snprintf(data, sizeof data, "%s/data-%d", dir, fd2_open_at_load);
+    assert_int_equal(pipe(fd), 0);
+    if (fd2_open_at_load)
+        dup2(fd[1], 2);
+    else
+        close(2);
+    nvipcfix_log_remember_stderr(); /* what the library does when it is loaded */
+    close(2);
+    int file = open(data, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    assert_int_equal(file, 2); /* the lowest free descriptor, as in a program */
+    assert_int_equal(write(file, "RECORD-1\n", 9), 9);
+    nvipcfix_log(NVIPCFIX_LOG_WARN, "must not land in the data file");
+    assert_int_equal(write(file, "RECORD-2\n", 9), 9);
+    if (fd2_open_at_load) { /* fd 2 back as it was: lines are written again */
+        dup2(fd[1], 2);
+        nvipcfix_log(NVIPCFIX_LOG_WARN, "back on stderr");
+    }
+    dup2(saved, 2);
+    close(saved);
+    close(fd[1]);
+    nvipcfix_log_remember_stderr();
+    ssize_t got = read(fd[0], buf, sizeof buf - 1);
+    close(fd[0]);
+    slurp(data, records, sizeof records);
+    assert_string_equal(records, "RECORD-1\nRECORD-2\n");
+    if (fd2_open_at_load) {
+        assert_true(got > 0);
+        assert_non_null(strstr(buf, "warning: back on stderr\n"));
+        assert_null(strstr(buf, "must not land"));
+    }
+}
+
+static void test_fd2_replaced_by_a_data_file(void **state)
+{
+    (void)state;
+    check_data_file_untouched(1);
+}
+
+static void test_fd2_closed_at_load_then_a_data_file(void **state)
+{
+    (void)state;
+    check_data_file_untouched(0);
+}
+
+/* The descriptor of the open log file, found by its path. */
+static int log_file_descriptor(const char *path)
+{
+    char link[64], target[256];
+    for (int fd = 3; fd < 1024; fd++) {
+        snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+        ssize_t n = readlink(link, target, sizeof target - 1);
+        if (n > 0) {
+            target[n] = '\0';
+            if (strcmp(target, path) == 0)
+                return fd;
+        }
+    }
+    return -1;
+}
+
+/* A program that closes every descriptor (the log file's too) and opens a
+ * data file that gets the log's number: the data file holds only its own
+ * records. */
+static void test_log_descriptor_reused_for_a_data_file(void **state)
+{
+    (void)state;
+    char path[128], data[128], buf[256];
+    snprintf(path, sizeof path, "%s/reused.log", dir);
+    snprintf(data, sizeof data, "%s/reused.data", dir);
+    assert_int_equal(nvipcfix_log_open(NVIPCFIX_LOG_WARN, path), 0);
+    nvipcfix_log(NVIPCFIX_LOG_WARN, "in the log");
+    int fd = log_file_descriptor(path);
+    assert_true(fd >= 3);
+    close(fd);
+    int file = open(data, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    assert_int_equal(dup2(file, fd), fd);
+    close(file);
+    assert_int_equal(write(fd, "RECORD-1\n", 9), 9);
+    nvipcfix_log(NVIPCFIX_LOG_WARN, "must not land in the data file");
+    assert_int_equal(write(fd, "RECORD-2\n", 9), 9);
+    nvipcfix_log_close(); /* closes fd: the data file, as the program would */
+    slurp(data, buf, sizeof buf);
+    assert_string_equal(buf, "RECORD-1\nRECORD-2\n");
+    slurp(path, buf, sizeof buf);
+    assert_non_null(strstr(buf, "warning: in the log\n"));
+    assert_null(strstr(buf, "must not land"));
+}
+
 static void test_stats_line(void **state)
 {
     (void)state;
@@ -213,11 +386,17 @@ int main(void)
         cmocka_unit_test(test_expand_path),
         cmocka_unit_test(test_file_prefix_levels_and_mode),
         cmocka_unit_test(test_planted_symlink_not_followed),
+        cmocka_unit_test(test_symlinked_folder_not_followed),
+        cmocka_unit_test(test_foreign_file_refused),
+        cmocka_unit_test(test_new_file_0600_with_umask_0),
         cmocka_unit_test(test_warn_once),
         cmocka_unit_test(test_fifo_refused_without_blocking),
         cmocka_unit_test(test_dev_stderr_is_stderr),
         cmocka_unit_test(test_control_characters_escaped),
+        cmocka_unit_test(test_log_descriptor_reused_for_a_data_file),
         cmocka_unit_test(test_stats_line),
+        cmocka_unit_test(test_fd2_replaced_by_a_data_file),
+        cmocka_unit_test(test_fd2_closed_at_load_then_a_data_file),
     };
     return cmocka_run_group_tests_name("log_and_stats", tests, make_dir, remove_dir);
 }

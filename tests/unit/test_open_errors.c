@@ -12,7 +12,7 @@
 
 static enum nvipcfix_open_cause cause(CUresult r, int ctx, int visible, int own, char *buf)
 {
-    struct nvipcfix_open_facts f = {ctx, 4242, visible, own};
+    struct nvipcfix_open_facts f = {ctx, 4242, visible, own, 1};
     return nvipcfix_open_error_cause(r, &f, buf, 512);
 }
 
@@ -35,6 +35,14 @@ static void test_each_cause(void **state)
     assert_int_equal(cause(CUDA_ERROR_INVALID_VALUE, 1, -1, 0, b), NVIPCFIX_CAUSE_CORRUPT);
     assert_int_equal(cause(CUDA_ERROR_OUT_OF_MEMORY, 1, 1, 0, b), NVIPCFIX_CAUSE_NONE);
     assert_string_equal(b, "cudaIpcOpenMemHandle failed (error 2)");
+    /* unknown flags: their own cause, not a freed or changed handle's */
+    struct nvipcfix_open_facts f = {1, 4242, 1, 0, 0x9};
+    assert_int_equal(nvipcfix_open_error_cause(CUDA_ERROR_INVALID_VALUE, &f, b, sizeof b),
+                     NVIPCFIX_CAUSE_FLAGS);
+    assert_non_null(strstr(b, "flags 0x9 include bits the driver does not know"));
+    f.flags = 1;
+    assert_int_equal(nvipcfix_open_error_cause(CUDA_ERROR_INVALID_VALUE, &f, b, sizeof b),
+                     NVIPCFIX_CAUSE_CORRUPT);
 }
 
 static void test_exporter_pid_from_handle(void **state)
