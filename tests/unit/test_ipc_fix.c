@@ -187,6 +187,7 @@ static void start(enum nvipcfix_mode mode, int self_open)
     fake.nblocks = 0;
     fake.exporter = fake.tail = fake.measured = 0;
     fake.gets = fake.opens = fake.closes = 0;
+    fake.next_id = 0; /* each test's ids small, whatever ran before */
     fake.ctx = (CUcontext)&ctx_storage[0];
     nvipcfix_fix_init(&fix, &cfg, &driver);
     nvipcfix_log_open(NVIPCFIX_LOG_ERROR, NULL); /* the tests provoke warnings */
