@@ -104,9 +104,10 @@ $(BUILD)/tests/entry_owner: tests/integration/entry_owner.c
 	@mkdir -p $(@D)
 	$(call say,CC,$@)$(CC) $(CFLAGS) -o $@ $< -ldl
 
-$(BUILD)/tests/vmm_ipc: tests/integration/vmm_ipc.c shim/vmm_ticket.c $(TEST_COMMON) $(SIM)
+VMM_IPC_SHIM := shim/vmm_ticket.c shim/fd_channel.c shim/keyed_hash.c
+$(BUILD)/tests/vmm_ipc: tests/integration/vmm_ipc.c $(VMM_IPC_SHIM) $(TEST_COMMON) $(SIM)
 	@mkdir -p $(@D)
-	$(call say,CC,$@)$(CC) $(CFLAGS) -o $@ $< shim/vmm_ticket.c -L$(BUILD)/sim -l:libcuda.so.1 -ldl
+	$(call say,CC,$@)$(CC) $(CFLAGS) -o $@ $< $(VMM_IPC_SHIM) -L$(BUILD)/sim -l:libcuda.so.1 -ldl
 
 # Everything make test runs, built (make mutants rebuilds it per mutant).
 .PHONY: test-build mutants

@@ -2,6 +2,7 @@
 
 #include <stdarg.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 
 static const char *const mode_names[] = {"fix", "audit", "off"};
@@ -51,8 +52,34 @@ static const char *const tag_names[] = {"guarded", "plain"};
 
 static const char *const known_vars[] = {
     "NVIPCFIX_MODE", "NVIPCFIX_LOG", "NVIPCFIX_LOG_FILE", "NVIPCFIX_SELF_OPEN",
-    "NVIPCFIX_STATS", "NVIPCFIX_TAG", "NVIPCFIX_VMM", "NVIPCFIX_LIBRARY" /* the launcher's */,
+    "NVIPCFIX_STATS", "NVIPCFIX_TAG", "NVIPCFIX_VMM", "NVIPCFIX_VMM_TIMEOUT_MS", "NVIPCFIX_VMM_SOCKET_DIR",
+    "NVIPCFIX_LIBRARY" /* the launcher's */,
 };
+
+/* NVIPCFIX_VMM_TIMEOUT_MS (1 to 3600000) and NVIPCFIX_VMM_SOCKET_DIR (an
+ * absolute path; checked where it is used). */
+static void parse_vmm(struct nvipcfix_config *cfg, const char *(*getenv_fn)(const char *name))
+{
+    const char *ms = getenv_fn("NVIPCFIX_VMM_TIMEOUT_MS");
+    if (ms != NULL && ms[0] != '\0') {
+        char *end;
+        long v = strtol(ms, &end, 10);
+        if (*end != '\0' || v < 1 || v > 3600000)
+            add_warning(cfg, "NVIPCFIX_VMM_TIMEOUT_MS='%.40s' is not a number of milliseconds "
+                             "from 1 to 3600000; using the default", ms);
+        else
+            cfg->vmm_timeout_ms = (int)v;
+    }
+    const char *dir = getenv_fn("NVIPCFIX_VMM_SOCKET_DIR");
+    if (dir != NULL && dir[0] != '\0') {
+        if (dir[0] != '/' || strlen(dir) >= sizeof cfg->vmm_socket_dir)
+            add_warning(cfg, "NVIPCFIX_VMM_SOCKET_DIR must be an absolute path of at most %zu "
+                             "characters; VMM sockets stay in the abstract namespace",
+                        sizeof cfg->vmm_socket_dir - 1);
+        else
+            strcpy(cfg->vmm_socket_dir, dir);
+    }
+}
 
 void nvipcfix_config_parse(struct nvipcfix_config *cfg,
                            const char *(*getenv_fn)(const char *name), char *const *envp)
@@ -68,6 +95,8 @@ void nvipcfix_config_parse(struct nvipcfix_config *cfg,
     parse_choice(cfg, "NVIPCFIX_STATS", getenv_fn("NVIPCFIX_STATS"), bool_names, 2, &stats);
     parse_choice(cfg, "NVIPCFIX_TAG", getenv_fn("NVIPCFIX_TAG"), tag_names, 2, &plain_tags);
     parse_choice(cfg, "NVIPCFIX_VMM", getenv_fn("NVIPCFIX_VMM"), bool_names, 2, &vmm);
+
+    parse_vmm(cfg, getenv_fn);
 
     const char *file = getenv_fn("NVIPCFIX_LOG_FILE");
     if (file != NULL && file[0] != '\0') {

@@ -20,6 +20,8 @@ struct nvipcfix_config {
     int stats;           /* one summary line at exit (default 0) */
     int plain_tags;      /* NVIPCFIX_TAG=plain: tags a driver alone opens (default 0) */
     int vmm;             /* NVIPCFIX_VMM=1: export VMM memory as tickets (default 0) */
+    int vmm_timeout_ms;  /* NVIPCFIX_VMM_TIMEOUT_MS: one VMM exchange's deadline (0: default) */
+    char vmm_socket_dir[96]; /* NVIPCFIX_VMM_SOCKET_DIR: filesystem sockets there ("": none) */
     /* Problems found while parsing, to be logged once logging is set up. */
     int nwarnings;
     char warnings[NVIPCFIX_CONFIG_MAX_WARNINGS][160];

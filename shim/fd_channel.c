@@ -1,31 +1,48 @@
 #include "fd_channel.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
 #include <signal.h>
-#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
-#include <sys/socket.h>
-#include <sys/un.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
 #define REQUEST_MAGIC 0x71766e4du /* "Mnvq" */
+#define HELLO_MAGIC 0x68766e4du   /* "Mnvh" */
 #define REPLY_MAGIC 0x72766e4du   /* "Mnvr" */
+#define VERSION 2
 #define FDS_PER_MESSAGE NVIPCFIX_FD_BATCH /* under the kernel's SCM_MAX_FD (253) */
-#define SERVER_TIMEOUT_MS 5000    /* a client that stalls cannot hold the server */
+#define NONCE_BYTES 16
 
 struct request {
-    uint32_t magic, version;
-    uint64_t secret, export_id;
+    uint32_t magic, version, export_id, zero;
+    unsigned char nonce[NONCE_BYTES];
+};
+
+struct hello {
+    uint32_t magic;
+    int32_t status;
+    unsigned char nonce[NONCE_BYTES];
+    unsigned char proof[NVIPCFIX_TAG_BYTES];
 };
 
 struct reply_head {
     uint32_t magic;
     int32_t status, driver_error;
     uint32_t n;
+};
+
+/* The data of each message that carries descriptors: 'F' more follow, 'E'
+ * the last, 'X' the answer ends in error (status) without descriptors. */
+struct batch {
+    uint32_t tag;
+    int32_t status, driver_error;
 };
 
 void nvipcfix_fd_reply_free(struct nvipcfix_fd_reply *r)
@@ -43,58 +60,92 @@ static void close_all(const int *fds, uint32_t k)
         close(fds[i]);
 }
 
-/* The socket's name: "\0nvipcfix-vmm-PID-SECRET". Returns its length. */
-static socklen_t address(struct sockaddr_un *a, pid_t pid, uint64_t secret)
+int nvipcfix_fd_at_limit(void)
 {
-    memset(a, 0, sizeof *a);
-    a->sun_family = AF_UNIX;
-    int n = snprintf(a->sun_path + 1, sizeof a->sun_path - 1, "nvipcfix-vmm-%d-%016llx",
-                     (int)pid, (unsigned long long)secret);
-    return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n);
+    int fd = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd >= 0) {
+        close(fd);
+        return 0;
+    }
+    return errno == EMFILE || errno == ENFILE;
 }
 
-static void set_timeouts(int fd, int ms)
+/* ---- one deadline for a whole exchange ---------------------------------- */
+
+static int64_t now_ms(void)
 {
-    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (int64_t)t.tv_sec * 1000 + t.tv_nsec / 1000000;
 }
 
-static int send_full(int fd, const void *buf, size_t n)
+struct link {
+    int fd;
+    int64_t deadline; /* CLOCK_MONOTONIC, ms */
+    int timed_out;
+};
+
+/* Waits until fd is ready for events or the deadline passes (-1). */
+static int wait_for(struct link *l, short events)
+{
+    for (;;) {
+        int64_t left = l->deadline - now_ms();
+        if (left <= 0) {
+            l->timed_out = 1;
+            return -1;
+        }
+        struct pollfd p = {l->fd, events, 0};
+        int r = poll(&p, 1, left > INT_MAX ? INT_MAX : (int)left);
+        if (r > 0)
+            return 0;
+        if (r < 0 && errno != EINTR)
+            return -1;
+    }
+}
+
+static int send_all(struct link *l, const void *buf, size_t n)
 {
     const char *p = buf;
     while (n > 0) {
-        ssize_t k = send(fd, p, n, MSG_NOSIGNAL);
-        if (k < 0 && errno == EINTR)
+        ssize_t k = send(l->fd, p, n, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (k > 0) {
+            p += k;
+            n -= (size_t)k;
+        } else if (k < 0 && errno == EINTR)
             continue;
-        if (k <= 0)
+        else if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (wait_for(l, POLLOUT) != 0)
+                return -1;
+        } else
             return -1;
-        p += k;
-        n -= (size_t)k;
     }
     return 0;
 }
 
-static int recv_full(int fd, void *buf, size_t n)
+static int recv_all(struct link *l, void *buf, size_t n)
 {
     char *p = buf;
     while (n > 0) {
-        ssize_t k = recv(fd, p, n, 0);
-        if (k < 0 && errno == EINTR)
+        ssize_t k = recv(l->fd, p, n, MSG_DONTWAIT);
+        if (k > 0) {
+            p += k;
+            n -= (size_t)k;
+        } else if (k < 0 && errno == EINTR)
             continue;
-        if (k <= 0)
-            return -1;
-        p += k;
-        n -= (size_t)k;
+        else if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (wait_for(l, POLLIN) != 0)
+                return -1;
+        } else
+            return -1; /* end of stream or error */
     }
     return 0;
 }
 
-/* One byte carrying up to FDS_PER_MESSAGE descriptors: 'F' more may
- * follow, 'E' the last batch. */
-static int send_fds(int sock, char byte, const int *fds, size_t n)
+static int send_batch(struct link *l, char tag, int32_t status, int32_t driver_error,
+                      const int *fds, uint32_t n)
 {
-    struct iovec iov = {&byte, 1};
+    struct batch b = {(uint32_t)tag, status, driver_error};
+    struct iovec iov = {&b, sizeof b};
     union {
         char buf[CMSG_SPACE(FDS_PER_MESSAGE * sizeof(int))];
         struct cmsghdr align;
@@ -112,22 +163,48 @@ static int send_fds(int sock, char byte, const int *fds, size_t n)
         memcpy(CMSG_DATA(c), fds, n * sizeof(int));
     }
     for (;;) {
-        ssize_t k = sendmsg(sock, &m, MSG_NOSIGNAL);
-        if (k == 1)
-            return 0;
+        ssize_t k = sendmsg(l->fd, &m, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (k > 0) /* the descriptors went with the first byte */
+            return send_all(l, (char *)&b + k, sizeof b - (size_t)k);
         if (k < 0 && errno == EINTR)
+            continue;
+        if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) && wait_for(l, POLLOUT) == 0)
             continue;
         return -1;
     }
 }
 
-/* Receives one batch: its byte into *tag and up to want descriptors into
- * fds (*got of them). -1 on a broken or surplus batch (all closed). */
-static int recv_fds(int sock, char *tag, int *fds, uint32_t *got, uint32_t want)
+/* Takes the descriptors of a received message: up to want into fds (*got),
+ * the rest closed. Nonzero when more came than wanted. */
+static int take_rights(struct msghdr *m, int *fds, uint32_t *got, uint32_t want)
 {
-    char byte;
-    *got = 0;
-    struct iovec iov = {&byte, 1};
+    int surplus = 0;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(m); c != NULL; c = CMSG_NXTHDR(m, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+            continue;
+        size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+        const unsigned char *in = CMSG_DATA(c);
+        for (size_t i = 0; i < n; i++) {
+            int fd;
+            memcpy(&fd, in + i * sizeof fd, sizeof fd);
+            if (*got < want)
+                fds[(*got)++] = fd;
+            else {
+                close(fd);
+                surplus = 1;
+            }
+        }
+    }
+    return surplus;
+}
+
+/* Receives one batch into *b and up to want descriptors into fds (*got of
+ * them). Returns 0, or a status: BROKEN for a malformed message, the
+ * importer's limit when the kernel could not give every descriptor, a
+ * timeout. On any error no descriptor is left open. */
+static int recv_batch(struct link *l, struct batch *b, int *fds, uint32_t *got, uint32_t want)
+{
+    struct iovec iov = {b, sizeof *b};
     union {
         char buf[CMSG_SPACE(FDS_PER_MESSAGE * sizeof(int))];
         struct cmsghdr align;
@@ -137,116 +214,297 @@ static int recv_fds(int sock, char *tag, int *fds, uint32_t *got, uint32_t want)
     m.msg_iovlen = 1;
     m.msg_control = u.buf;
     m.msg_controllen = sizeof u.buf;
+    *got = 0;
     ssize_t k;
-    do
-        k = recvmsg(sock, &m, MSG_CMSG_CLOEXEC);
-    while (k < 0 && errno == EINTR);
-    if (k != 1)
-        return -1;
-    *tag = byte;
-    int bad = (m.msg_flags & MSG_CTRUNC) != 0 || (byte != 'F' && byte != 'E');
-    for (struct cmsghdr *c = CMSG_FIRSTHDR(&m); c != NULL; c = CMSG_NXTHDR(&m, c)) {
-        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+    for (;;) {
+        k = recvmsg(l->fd, &m, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+        if (k < 0 && errno == EINTR)
             continue;
-        size_t n = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
-        int *in = (int *)CMSG_DATA(c);
-        for (size_t i = 0; i < n; i++) {
-            int fd;
-            memcpy(&fd, in + i, sizeof fd);
-            if (*got < want)
-                fds[(*got)++] = fd;
-            else {
-                close(fd); /* more than announced */
-                bad = 1;
-            }
+        if (k < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) {
+            if (wait_for(l, POLLIN) == 0)
+                continue;
+            return l->timed_out ? NVIPCFIX_FD_TIMEOUT : NVIPCFIX_FD_BROKEN;
         }
+        break;
     }
-    if (bad) {
+    if (k <= 0)
+        return NVIPCFIX_FD_BROKEN;
+    int bad = take_rights(&m, fds, got, want);
+    int status = 0;
+    if (m.msg_flags & MSG_CTRUNC) /* descriptors the kernel could not install */
+        status = nvipcfix_fd_at_limit() ? NVIPCFIX_FD_IMPORTER_FDS : NVIPCFIX_FD_BROKEN;
+    else if (bad || ((size_t)k < sizeof *b &&
+                     recv_all(l, (char *)b + k, sizeof *b - (size_t)k) != 0))
+        status = l->timed_out ? NVIPCFIX_FD_TIMEOUT : NVIPCFIX_FD_BROKEN;
+    if (status != 0) {
         close_all(fds, *got);
         *got = 0;
     }
-    return bad ? -1 : 0;
+    return status;
 }
 
+/* ---- names and proofs --------------------------------------------------- */
+
+socklen_t nvipcfix_fd_sockaddr(const struct nvipcfix_fd_address *a, const char *dir,
+                               struct sockaddr_un *out)
+{
+    memset(out, 0, sizeof *out);
+    out->sun_family = AF_UNIX;
+    int n;
+    size_t room = sizeof out->sun_path;
+    if (a->in_dir) {
+        if (dir == NULL || dir[0] == '\0')
+            return 0;
+        n = snprintf(out->sun_path, room, "%s/nvipcfix-vmm-%u-%u-%u-%08x.sock", dir, a->uid,
+                     a->pid_ns, a->pid, a->nonce);
+        if (n < 0 || (size_t)n >= room)
+            return 0;
+        return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + (size_t)n + 1);
+    }
+    n = snprintf(out->sun_path + 1, room - 1, "nvipcfix-vmm-%u-%u-%u-%08x", a->uid, a->pid_ns,
+                 a->pid, a->nonce);
+    return (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n);
+}
+
+int nvipcfix_fd_check_dir(const char *dir, char *why, size_t n)
+{
+    struct stat st;
+    struct sockaddr_un probe;
+    if (strlen(dir) + 64 > sizeof probe.sun_path) {
+        snprintf(why, n, "NVIPCFIX_VMM_SOCKET_DIR '%.60s' is too long for a socket's name "
+                         "(at most %zu characters)", dir, sizeof probe.sun_path - 64);
+        return -1;
+    }
+    if (lstat(dir, &st) != 0) {
+        snprintf(why, n, "NVIPCFIX_VMM_SOCKET_DIR '%s' cannot be used (%s)", dir,
+                 strerror(errno));
+        return -1;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        snprintf(why, n, "NVIPCFIX_VMM_SOCKET_DIR '%s' is not a directory (a symbolic link "
+                         "is not followed)", dir);
+        return -1;
+    }
+    if (st.st_uid != geteuid() || (st.st_mode & 077) != 0) {
+        snprintf(why, n, "NVIPCFIX_VMM_SOCKET_DIR '%s' must be owned by this user (%u) and "
+                         "closed to others (mode 0700); it is owned by %u, mode %04o", dir,
+                 (unsigned)geteuid(), (unsigned)st.st_uid, (unsigned)(st.st_mode & 07777));
+        return -1;
+    }
+    return 0;
+}
+
+/* H(secret; label, export id, both nonces, the server's address). */
+void nvipcfix_fd_proof(const unsigned char key[NVIPCFIX_KEY_BYTES], char label, uint32_t id,
+                       const unsigned char *nc, const unsigned char *ns,
+                       const struct nvipcfix_fd_address *a, unsigned char out[NVIPCFIX_TAG_BYTES])
+{
+    unsigned char msg[1 + 4 + 2 * NONCE_BYTES + 16 + 1];
+    uint32_t words[5] = {id, a->uid, a->pid, a->pid_ns, a->nonce};
+    size_t at = 0;
+    msg[at++] = (unsigned char)label;
+    for (int w = 0; w < 5; w++)
+        for (int i = 0; i < 4; i++)
+            msg[at++] = (unsigned char)(words[w] >> (8 * i));
+    memcpy(msg + at, nc, NONCE_BYTES);
+    memcpy(msg + at + NONCE_BYTES, ns, NONCE_BYTES);
+    at += 2 * NONCE_BYTES;
+    msg[at++] = (unsigned char)(a->in_dir != 0);
+    nvipcfix_siphash128(key, msg, at, out);
+}
+
+static int random_bytes(void *buf, size_t n)
+{
+    unsigned char *p = buf;
+    while (n > 0) {
+        ssize_t k = getrandom(p, n, 0);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return -1;
+        p += k;
+        n -= (size_t)k;
+    }
+    return 0;
+}
+
+/* ---- the exporter's side ------------------------------------------------- */
+
 /* The offer, then the descriptors batch by batch as they are made: no more
- * than one batch is open here at a time. */
-static void send_reply(struct nvipcfix_fd_server *s, int sock, uint64_t id,
+ * than one batch is open here at a time. If one cannot be made, the
+ * answer ends in an error that says why. */
+static void send_reply(struct nvipcfix_fd_server *s, struct link *l, uint32_t id,
                        struct nvipcfix_fd_reply *r)
 {
     const struct nvipcfix_fd_service *sv = &s->service;
     int fds[FDS_PER_MESSAGE];
-    uint32_t k = 0;
     if (r->status == NVIPCFIX_FD_OK && (r->n == 0 || r->n > NVIPCFIX_FD_MAX))
         r->status = NVIPCFIX_FD_FAILED;
-    if (r->status == NVIPCFIX_FD_OK) { /* the first batch decides the status */
-        k = sv->export_fds(sv->arg, id, 0, r->n < FDS_PER_MESSAGE ? r->n : FDS_PER_MESSAGE, fds,
-                           &r->driver_error);
-        if (k == 0)
-            r->status = r->driver_error != 0 ? NVIPCFIX_FD_FAILED : NVIPCFIX_FD_FREED;
-    }
     struct reply_head h = {REPLY_MAGIC, r->status, r->driver_error,
                            r->status == NVIPCFIX_FD_OK ? r->n : 0};
-    int ok = send_full(sock, &h, sizeof h) == 0 && h.n > 0 &&
-             send_full(sock, r->sizes, h.n * sizeof(uint64_t)) == 0 &&
-             send_full(sock, r->offsets, h.n * sizeof(uint64_t)) == 0;
-    if (!ok)
-        close_all(fds, k); /* the offer did not go out */
-    for (uint32_t first = 0; ok;) {
+    if (send_all(l, &h, sizeof h) != 0 || h.n == 0 ||
+        send_all(l, r->sizes, h.n * sizeof(uint64_t)) != 0 ||
+        send_all(l, r->offsets, h.n * sizeof(uint64_t)) != 0)
+        return;
+    for (uint32_t first = 0; first < h.n && !atomic_load(&s->stopping);) {
         uint32_t want = h.n - first < FDS_PER_MESSAGE ? h.n - first : FDS_PER_MESSAGE;
-        int last = k < want || first + k == h.n;
-        ok = send_fds(sock, last ? 'E' : 'F', fds, k) == 0;
+        int32_t driver_error = 0;
+        uint32_t k = sv->export_fds(sv->arg, id, first, want, fds, &driver_error);
+        if (k < want) {
+            int32_t why = nvipcfix_fd_at_limit() ? NVIPCFIX_FD_EXPORTER_FDS
+                          : driver_error != 0    ? NVIPCFIX_FD_FAILED
+                                                 : NVIPCFIX_FD_FREED;
+            close_all(fds, k);
+            send_batch(l, 'X', why, driver_error, NULL, 0);
+            return;
+        }
+        int sent = send_batch(l, first + k == h.n ? 'E' : 'F', 0, 0, fds, k) == 0;
         close_all(fds, k);
-        if (last)
-            break;
+        if (!sent)
+            return;
         first += k;
-        want = h.n - first < FDS_PER_MESSAGE ? h.n - first : FDS_PER_MESSAGE;
-        int32_t unused = 0;
-        k = sv->export_fds(sv->arg, id, first, want, fds, &unused);
     }
 }
 
-static void serve_one(struct nvipcfix_fd_server *s, int sock)
+static void send_status(struct link *l, int32_t status)
 {
+    struct hello h = {.magic = HELLO_MAGIC, .status = status};
+    send_all(l, &h, sizeof h);
+}
+
+/* One client, on its own thread, within the server's deadline: its
+ * request, our proof, its proof, the answer. A client sends its request and
+ * its proof as soon as it can, so those two get a fifth of the deadline (at
+ * least a second): a process without the secret holds a thread that long,
+ * not the whole deadline. */
+static void serve_client(struct nvipcfix_fd_server *s, int sock)
+{
+    int64_t start = now_ms();
+    int handshake = s->timeout_ms / 5 > 1000 ? s->timeout_ms / 5 : 1000;
+    struct link l = {sock, start + (handshake < s->timeout_ms ? handshake : s->timeout_ms), 0};
     struct request q;
-    struct nvipcfix_fd_reply r = {0};
-    struct ucred cred;
-    socklen_t len = sizeof cred;
-    set_timeouts(sock, SERVER_TIMEOUT_MS);
-    if (recv_full(sock, &q, sizeof q) != 0)
+    struct hello h = {.magic = HELLO_MAGIC, .status = NVIPCFIX_FD_OK};
+    unsigned char key[NVIPCFIX_KEY_BYTES], want[NVIPCFIX_TAG_BYTES], got[NVIPCFIX_TAG_BYTES];
+    if (recv_all(&l, &q, sizeof q) != 0 || q.magic != REQUEST_MAGIC || q.version != VERSION)
         return;
-    int same_user = getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0 &&
-                    (cred.uid == geteuid() || cred.uid == 0);
-    if (q.magic != REQUEST_MAGIC || q.version != 1 || q.secret != s->secret || !same_user) {
+    if (s->service.secret(s->service.arg, q.export_id, key) != 0) {
+        send_status(&l, NVIPCFIX_FD_UNKNOWN);
+        return;
+    }
+    if (random_bytes(h.nonce, sizeof h.nonce) != 0) {
+        send_status(&l, NVIPCFIX_FD_FAILED);
+        return;
+    }
+    nvipcfix_fd_proof(key, 'S', q.export_id, q.nonce, h.nonce, &s->address, h.proof);
+    nvipcfix_fd_proof(key, 'C', q.export_id, q.nonce, h.nonce, &s->address, want);
+    memset(key, 0, sizeof key);
+    if (send_all(&l, &h, sizeof h) != 0 || recv_all(&l, got, sizeof got) != 0)
+        return;
+    struct nvipcfix_fd_reply r = {0};
+    if (!nvipcfix_equal_ct(got, want, sizeof want)) {
         r.status = NVIPCFIX_FD_REFUSED;
         atomic_fetch_add(&s->refused, 1);
     } else {
+        l.deadline = start + s->timeout_ms; /* the ticket's holder: the whole deadline */
         s->service.describe(s->service.arg, q.export_id, &r);
         atomic_fetch_add(&s->served, 1);
     }
-    send_reply(s, sock, q.export_id, &r);
+    send_reply(s, &l, q.export_id, &r);
     nvipcfix_fd_reply_free(&r);
+}
+
+struct client {
+    struct nvipcfix_fd_server *s;
+    int sock;
+};
+
+static void *client_main(void *arg)
+{
+    struct client c = *(struct client *)arg;
+    free(arg);
+    if (!atomic_load(&c.s->stopping))
+        serve_client(c.s, c.sock);
+    close(c.sock);
+    atomic_fetch_sub(&c.s->clients, 1); /* c.s is not touched after this */
+    return NULL;
+}
+
+/* A status at once, without waiting on the client, then the end. */
+static void turn_away(int sock, int32_t status)
+{
+    struct hello h = {.magic = HELLO_MAGIC, .status = status};
+    send(sock, &h, sizeof h, MSG_NOSIGNAL | MSG_DONTWAIT);
+    close(sock);
+}
+
+/* A new connection: another user's is turned away at once; a client of
+ * this user gets a thread of its own. */
+static void admit(struct nvipcfix_fd_server *s, int sock)
+{
+    struct ucred cred;
+    socklen_t len = sizeof cred;
+    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 ||
+        (cred.uid != geteuid() && cred.uid != 0)) {
+        atomic_fetch_add(&s->refused, 1);
+        turn_away(sock, NVIPCFIX_FD_REFUSED);
+        return;
+    }
+    struct client *c = malloc(sizeof *c);
+    pthread_attr_t attr;
+    pthread_t thread;
+    if (c == NULL) {
+        turn_away(sock, NVIPCFIX_FD_FAILED);
+        return;
+    }
+    c->s = s;
+    c->sock = sock;
+    atomic_fetch_add(&s->clients, 1);
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (pthread_create(&thread, &attr, client_main, c) != 0) {
+        atomic_fetch_sub(&s->clients, 1);
+        free(c);
+        turn_away(sock, NVIPCFIX_FD_FAILED);
+    }
+    pthread_attr_destroy(&attr);
+}
+
+/* At the open-file limit: the spare descriptor makes room to tell one
+ * waiting client so. */
+static void refuse_at_limit(struct nvipcfix_fd_server *s)
+{
+    if (s->spare >= 0) {
+        close(s->spare);
+        int c = accept4(s->fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (c >= 0)
+            turn_away(c, NVIPCFIX_FD_EXPORTER_FDS);
+        s->spare = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    }
+    struct timespec pause = {0, 10 * 1000 * 1000};
+    nanosleep(&pause, NULL);
 }
 
 static void *server_main(void *arg)
 {
     struct nvipcfix_fd_server *s = arg;
-    int listen_fd = s->fd;
+    struct timespec pause = {0, 1000 * 1000};
     while (!atomic_load(&s->stopping)) {
-        int c = accept4(listen_fd, NULL, NULL, SOCK_CLOEXEC);
-        if (c < 0) {
-            if (errno == EINTR || errno == ECONNABORTED || errno == EMFILE || errno == ENFILE ||
-                errno == ENOBUFS || errno == ENOMEM) {
-                if (errno != EINTR && errno != ECONNABORTED) {
-                    struct timespec pause = {0, 10 * 1000 * 1000};
-                    nanosleep(&pause, NULL);
-                }
-                continue;
-            }
-            break; /* shut down */
+        if (atomic_load(&s->clients) >= NVIPCFIX_FD_CLIENTS) {
+            nanosleep(&pause, NULL); /* each client ends by its deadline */
+            continue;
         }
-        if (!atomic_load(&s->stopping))
-            serve_one(s, c);
-        close(c);
+        struct pollfd p = {s->fd, POLLIN, 0};
+        if (poll(&p, 1, -1) < 0 && errno != EINTR)
+            break;
+        int c = accept4(s->fd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+        if (c >= 0)
+            admit(s, c);
+        else if (errno == EMFILE || errno == ENFILE)
+            refuse_at_limit(s);
+        else if (errno == ENOBUFS || errno == ENOMEM)
+            nanosleep(&pause, NULL);
+        else if (errno != EINTR && errno != ECONNABORTED && errno != EAGAIN)
+            break; /* shut down */
     }
     atomic_store(&s->running, 0); /* s is not touched after this */
     return NULL;
@@ -258,55 +516,87 @@ void nvipcfix_fd_server_init(struct nvipcfix_fd_server *s,
     memset(s, 0, sizeof *s);
     pthread_mutex_init(&s->lock, NULL);
     s->fd = -1;
+    s->spare = -1;
     s->service = *service;
 }
 
-int nvipcfix_fd_server_start(struct nvipcfix_fd_server *s, pid_t *pid, uint64_t *secret)
+/* A listening socket at a fresh name (a new nonce if the name is taken). */
+static int listen_at(struct nvipcfix_fd_server *s, const char *dir)
+{
+    int err = EADDRINUSE;
+    for (int tries = 0; tries < 8 && err == EADDRINUSE; tries++) {
+        struct sockaddr_un a;
+        if (random_bytes(&s->address.nonce, sizeof s->address.nonce) != 0)
+            return errno != 0 ? errno : EIO;
+        socklen_t len = nvipcfix_fd_sockaddr(&s->address, dir, &a);
+        int fd = len != 0 ? socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0) : -1;
+        if (len == 0)
+            return ENAMETOOLONG;
+        if (fd >= 0 && bind(fd, (struct sockaddr *)&a, len) == 0 && listen(fd, 128) == 0) {
+            s->fd = fd;
+            if (s->address.in_dir)
+                memcpy(s->path, a.sun_path, sizeof s->path);
+            return 0;
+        }
+        err = errno;
+        if (fd >= 0)
+            close(fd);
+    }
+    return err;
+}
+
+/* Starts the accepting thread; it takes no signal meant for the program's
+ * threads (nor do the client threads it starts). Detached: at exit it ends
+ * when the socket is shut down, and nothing waits for it. */
+static int start_thread(struct nvipcfix_fd_server *s)
+{
+    sigset_t all, old;
+    pthread_attr_t attr;
+    pthread_t thread;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &old);
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    atomic_store(&s->running, 1);
+    int err = pthread_create(&thread, &attr, server_main, s);
+    pthread_attr_destroy(&attr);
+    pthread_sigmask(SIG_SETMASK, &old, NULL);
+    if (err != 0)
+        atomic_store(&s->running, 0);
+    return err;
+}
+
+int nvipcfix_fd_server_start(struct nvipcfix_fd_server *s, const char *dir, int timeout_ms,
+                             uint32_t pid_ns, struct nvipcfix_fd_address *where, char *why,
+                             size_t n)
 {
     int err = 0;
     pthread_mutex_lock(&s->lock);
     if (s->fd < 0 && !atomic_load(&s->stopping)) {
-        uint64_t sec = 0;
-        while (sec == 0)
-            if (getrandom(&sec, sizeof sec, 0) != (ssize_t)sizeof sec) {
-                err = errno != 0 ? errno : EIO;
-                break;
-            }
-        int fd = err == 0 ? socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0) : -1;
-        struct sockaddr_un a;
-        socklen_t alen = address(&a, getpid(), sec);
-        if (err == 0 && (fd < 0 || bind(fd, (struct sockaddr *)&a, alen) != 0 ||
-                         listen(fd, 64) != 0))
-            err = errno;
-        if (err == 0) {
-            s->fd = fd;
-            s->pid = getpid();
-            s->secret = sec;
-            /* The thread takes no signal meant for the program's threads. */
-            sigset_t all, old;
-            /* Detached: at exit it ends when the socket is shut down, and
-             * nothing waits for it. */
-            pthread_attr_t attr;
-            pthread_t thread;
-            sigfillset(&all);
-            pthread_sigmask(SIG_SETMASK, &all, &old);
-            pthread_attr_init(&attr);
-            pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-            atomic_store(&s->running, 1);
-            err = pthread_create(&thread, &attr, server_main, s);
-            pthread_attr_destroy(&attr);
-            pthread_sigmask(SIG_SETMASK, &old, NULL);
-            if (err != 0) {
-                atomic_store(&s->running, 0);
+        int in_dir = dir != NULL && dir[0] != '\0';
+        struct nvipcfix_fd_address a = {(uint32_t)geteuid(), (uint32_t)getpid(), pid_ns, 0,
+                                        in_dir};
+        s->address = a;
+        s->timeout_ms = timeout_ms > 0 ? timeout_ms : 1;
+        if (in_dir && nvipcfix_fd_check_dir(dir, why, n) != 0)
+            err = ENOTDIR;
+        else if ((err = listen_at(s, dir)) != 0)
+            snprintf(why, n, "its socket could not be made (%s)", strerror(err));
+        else {
+            s->spare = open("/", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+            if ((err = start_thread(s)) != 0) {
+                snprintf(why, n, "its thread could not start (%s)", strerror(err));
+                if (s->path[0] != '\0')
+                    unlink(s->path);
+                close(s->fd);
                 s->fd = -1;
             }
         }
-        if (err != 0 && fd >= 0)
-            close(fd);
-    } else if (s->fd < 0)
+    } else if (s->fd < 0) {
         err = ESHUTDOWN;
-    *pid = s->pid;
-    *secret = s->secret;
+        snprintf(why, n, "the process is exiting");
+    }
+    *where = s->address;
     pthread_mutex_unlock(&s->lock);
     return err;
 }
@@ -317,6 +607,9 @@ void nvipcfix_fd_server_stop(struct nvipcfix_fd_server *s)
     atomic_store(&s->stopping, 1);
     if (s->fd >= 0)
         shutdown(s->fd, SHUT_RDWR); /* wakes the thread; the descriptor stays */
+    if (s->path[0] != '\0')
+        unlink(s->path);
+    s->path[0] = '\0';
     pthread_mutex_unlock(&s->lock);
 }
 
@@ -324,86 +617,184 @@ void nvipcfix_fd_server_destroy(struct nvipcfix_fd_server *s)
 {
     struct timespec pause = {0, 1000 * 1000};
     nvipcfix_fd_server_stop(s);
-    while (atomic_load(&s->running))
+    while (atomic_load(&s->running) || atomic_load(&s->clients) > 0)
         nanosleep(&pause, NULL);
     if (s->fd >= 0)
         close(s->fd);
-    s->fd = -1;
+    if (s->spare >= 0)
+        close(s->spare);
+    s->fd = s->spare = -1;
     pthread_mutex_destroy(&s->lock);
 }
 
 void nvipcfix_fd_server_forget(struct nvipcfix_fd_server *s)
 {
     if (s->fd >= 0)
-        close(s->fd); /* the parent's socket; its thread is not in the child */
+        close(s->fd); /* the parent's socket; its threads are not in the child */
+    if (s->spare >= 0)
+        close(s->spare);
     struct nvipcfix_fd_service service = s->service;
-    nvipcfix_fd_server_init(s, &service);
+    nvipcfix_fd_server_init(s, &service); /* the parent's file is the parent's to remove */
 }
 
-int nvipcfix_fd_request(pid_t pid, uint64_t secret, uint64_t export_id, int timeout_ms,
-                        const struct nvipcfix_fd_taker *taker, uint32_t *served,
-                        int32_t *driver_error)
+/* ---- the asking side ------------------------------------------------------ */
+
+static int link_status(const struct link *l)
 {
-    *served = 0;
-    *driver_error = 0;
-    int sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (sock < 0)
-        return NVIPCFIX_FD_BROKEN;
-    struct sockaddr_un a;
-    socklen_t alen = address(&a, pid, secret);
-    set_timeouts(sock, timeout_ms);
-    int r;
-    do
-        r = connect(sock, (struct sockaddr *)&a, alen);
-    while (r != 0 && errno == EINTR);
-    if (r != 0) {
-        int gone = errno == ECONNREFUSED || errno == ENOENT;
-        close(sock);
-        return gone ? NVIPCFIX_FD_NO_EXPORTER : NVIPCFIX_FD_BROKEN;
+    return l->timed_out ? NVIPCFIX_FD_TIMEOUT : NVIPCFIX_FD_BROKEN;
+}
+
+/* Connects within the deadline (a full backlog is waited out). */
+static int connect_to(struct link *l, const struct sockaddr_un *a, socklen_t len)
+{
+    struct timespec pause = {0, 2 * 1000 * 1000};
+    for (;;) {
+        if (connect(l->fd, (const struct sockaddr *)a, len) == 0)
+            return 0;
+        if (errno == EINTR)
+            continue;
+        if (errno == EAGAIN || errno == EINPROGRESS) {
+            if (errno == EINPROGRESS && wait_for(l, POLLOUT) == 0)
+                return 0;
+            if (now_ms() >= l->deadline) {
+                l->timed_out = 1;
+                return NVIPCFIX_FD_TIMEOUT;
+            }
+            nanosleep(&pause, NULL);
+            continue;
+        }
+        return errno == ECONNREFUSED || errno == ENOENT ? NVIPCFIX_FD_NO_EXPORTER
+                                                        : NVIPCFIX_FD_BROKEN;
     }
+}
+
+static uint32_t own_pid_ns(void)
+{
+    struct stat st;
+    return stat("/proc/self/ns/pid", &st) == 0 ? (uint32_t)st.st_ino : 0;
+}
+
+/* The server's identity and proof, then ours. 0 or a status. */
+static int authenticate(struct link *l, const struct nvipcfix_fd_address *to,
+                        uint32_t export_id, const unsigned char *secret)
+{
     struct ucred cred;
     socklen_t len = sizeof cred;
-    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0 || cred.pid != pid) {
-        close(sock);
-        return NVIPCFIX_FD_IMPOSTOR;
-    }
-    struct request q = {REQUEST_MAGIC, 1, secret, export_id};
-    struct reply_head h;
-    if (send_full(sock, &q, sizeof q) != 0 || recv_full(sock, &h, sizeof h) != 0 ||
-        h.magic != REPLY_MAGIC || h.n > NVIPCFIX_FD_MAX) {
-        close(sock);
+    if (getsockopt(l->fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0)
         return NVIPCFIX_FD_BROKEN;
+    if (cred.uid != to->uid)
+        return NVIPCFIX_FD_WRONG_USER;
+    struct request q = {REQUEST_MAGIC, VERSION, export_id, 0, {0}};
+    struct hello h;
+    unsigned char want[NVIPCFIX_TAG_BYTES], mine[NVIPCFIX_TAG_BYTES];
+    if (random_bytes(q.nonce, sizeof q.nonce) != 0)
+        return NVIPCFIX_FD_BROKEN;
+    /* A server that turns this process away may close before the request
+     * is sent: its status is read all the same. */
+    send_all(l, &q, sizeof q);
+    if (recv_all(l, &h, sizeof h) != 0)
+        return link_status(l);
+    if (h.magic != HELLO_MAGIC)
+        return NVIPCFIX_FD_BROKEN;
+    if (h.status != NVIPCFIX_FD_OK)
+        return h.status >= NVIPCFIX_FD_UNKNOWN && h.status <= NVIPCFIX_FD_EXPORTER_FDS
+                   ? h.status
+                   : NVIPCFIX_FD_BROKEN;
+    nvipcfix_fd_proof(secret, 'S', export_id, q.nonce, h.nonce, to, want);
+    if (!nvipcfix_equal_ct(want, h.proof, sizeof want))
+        return NVIPCFIX_FD_NO_PROOF;
+    /* In one PID namespace the process must also be the one named: a
+     * process of this user relaying to the exporter is not believed. */
+    if (to->pid_ns != 0 && to->pid_ns == own_pid_ns() && (uint32_t)cred.pid != to->pid)
+        return NVIPCFIX_FD_WRONG_PID;
+    nvipcfix_fd_proof(secret, 'C', export_id, q.nonce, h.nonce, to, mine);
+    return send_all(l, mine, sizeof mine) == 0 ? 0 : link_status(l);
+}
+
+/* Every descriptor offered, batch by batch, to the taker. */
+static int receive_all(struct link *l, uint32_t n, const struct nvipcfix_fd_taker *taker,
+                       int32_t *driver_error)
+{
+    int fds[FDS_PER_MESSAGE];
+    for (uint32_t first = 0; first < n;) {
+        uint32_t want = n - first < FDS_PER_MESSAGE ? n - first : FDS_PER_MESSAGE, k = 0;
+        struct batch b;
+        int st = recv_batch(l, &b, fds, &k, want);
+        if (st != 0)
+            return st;
+        if (b.tag == 'X') {
+            close_all(fds, k);
+            *driver_error = b.driver_error;
+            return b.status >= NVIPCFIX_FD_FREED && b.status <= NVIPCFIX_FD_EXPORTER_FDS &&
+                           b.status != NVIPCFIX_FD_REFUSED
+                       ? b.status
+                       : NVIPCFIX_FD_BROKEN;
+        }
+        /* a batch is whole: 'F' full with more to come, 'E' the rest */
+        if (k != want || (b.tag != 'F' && b.tag != 'E') || (b.tag == 'E') != (first + k == n)) {
+            close_all(fds, k);
+            return NVIPCFIX_FD_BROKEN;
+        }
+        int why = NVIPCFIX_FD_BROKEN;
+        if (taker->take(taker->arg, first, fds, k, &why) != 0)
+            return why;
+        first += k;
     }
+    return NVIPCFIX_FD_OK;
+}
+
+static int exchange(struct link *l, const struct nvipcfix_fd_address *to, uint32_t export_id,
+                    const unsigned char *secret, const struct nvipcfix_fd_taker *taker,
+                    int32_t *driver_error)
+{
+    int st = authenticate(l, to, export_id, secret);
+    if (st != 0)
+        return st;
+    struct reply_head h;
+    if (recv_all(l, &h, sizeof h) != 0)
+        return link_status(l);
+    if (h.magic != REPLY_MAGIC || h.n > NVIPCFIX_FD_MAX)
+        return NVIPCFIX_FD_BROKEN;
     if (h.status != NVIPCFIX_FD_OK || h.n == 0) {
-        close(sock);
         *driver_error = h.driver_error;
-        return h.status >= NVIPCFIX_FD_UNKNOWN && h.status <= NVIPCFIX_FD_FAILED
+        return h.status >= NVIPCFIX_FD_UNKNOWN && h.status <= NVIPCFIX_FD_EXPORTER_FDS
                    ? h.status
                    : NVIPCFIX_FD_BROKEN;
     }
     struct nvipcfix_fd_reply offer = {h.status, h.driver_error, h.n, NULL, NULL};
     offer.sizes = calloc(h.n, sizeof *offer.sizes);
     offer.offsets = calloc(h.n, sizeof *offer.offsets);
-    int status = NVIPCFIX_FD_BROKEN;
-    if (offer.sizes != NULL && offer.offsets != NULL &&
-        recv_full(sock, offer.sizes, h.n * sizeof(uint64_t)) == 0 &&
-        recv_full(sock, offer.offsets, h.n * sizeof(uint64_t)) == 0 &&
-        taker->begin(taker->arg, &offer) == 0) {
-        int fds[FDS_PER_MESSAGE];
-        char tag = 'F';
-        while (tag == 'F' && *served < h.n) {
-            uint32_t want = h.n - *served < FDS_PER_MESSAGE ? h.n - *served : FDS_PER_MESSAGE;
-            uint32_t k = 0;
-            if (recv_fds(sock, &tag, fds, &k, want) != 0 || (k < want && tag != 'E'))
-                break;
-            if (k > 0 && taker->take(taker->arg, *served, fds, k) != 0)
-                break;
-            *served += k;
-        }
-        if (tag == 'E' || *served == h.n)
-            status = *served > 0 ? NVIPCFIX_FD_OK : NVIPCFIX_FD_FREED;
+    st = NVIPCFIX_FD_BROKEN;
+    if (offer.sizes != NULL && offer.offsets != NULL) {
+        if (recv_all(l, offer.sizes, h.n * sizeof(uint64_t)) != 0 ||
+            recv_all(l, offer.offsets, h.n * sizeof(uint64_t)) != 0)
+            st = link_status(l);
+        else if (taker->begin(taker->arg, &offer) == 0)
+            st = receive_all(l, h.n, taker, driver_error);
     }
     nvipcfix_fd_reply_free(&offer);
-    close(sock);
-    return status;
+    return st;
+}
+
+int nvipcfix_fd_request(const struct nvipcfix_fd_address *to, const char *dir,
+                        uint32_t export_id, const unsigned char secret[NVIPCFIX_KEY_BYTES],
+                        int timeout_ms, const struct nvipcfix_fd_taker *taker,
+                        int32_t *driver_error)
+{
+    char why[200];
+    *driver_error = 0;
+    struct sockaddr_un a;
+    socklen_t len = nvipcfix_fd_sockaddr(to, dir, &a);
+    if (len == 0 || (to->in_dir && nvipcfix_fd_check_dir(dir, why, sizeof why) != 0))
+        return NVIPCFIX_FD_BAD_DIR;
+    struct link l = {socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0),
+                     now_ms() + (timeout_ms > 0 ? timeout_ms : 1), 0};
+    if (l.fd < 0)
+        return errno == EMFILE || errno == ENFILE ? NVIPCFIX_FD_IMPORTER_FDS
+                                                  : NVIPCFIX_FD_BROKEN;
+    int st = connect_to(&l, &a, len);
+    if (st == 0)
+        st = exchange(&l, to, export_id, secret, taker, driver_error);
+    close(l.fd);
+    return st;
 }

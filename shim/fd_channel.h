@@ -1,36 +1,70 @@
 /* File descriptors from one process to another of the same user, over a
- * Unix socket in the abstract namespace (no file on disk), with SCM_RIGHTS.
+ * Unix socket (abstract namespace, or a filesystem socket in a directory of
+ * the user's: NVIPCFIX_VMM_SOCKET_DIR), with SCM_RIGHTS.
  *
  * The server is a thread of the exporting process, started on its first
- * use. Its socket name holds the process id and a random 64-bit secret, and
- * every request must carry that secret: only a process that was given a
- * ticket (which holds both) can ask. The server also checks the asking
- * process with SO_PEERCRED (same user, or root), and the client checks that
- * the process listening on the name is the one the ticket names, so no
- * other process can pose as the exporter. */
+ * use; each client is served on a thread of its own (at most
+ * NVIPCFIX_FD_CLIENTS at once), within one deadline. The socket's name
+ * is public and grants nothing. Each export has a 128-bit secret, known
+ * to the exporter and to whoever holds the ticket, and the two prove it to
+ * each other without sending it (a challenge and response with
+ * SipHash-2-4-128, keyed_hash.h):
+ *
+ *   client -> server  export id, client nonce Nc (16 random bytes)
+ *   server -> client  server nonce Ns, H(secret; "S", id, Nc, Ns, address)
+ *   client -> server  H(secret; "C", id, Nc, Ns, address)
+ *   server -> client  the offer (sizes and places), then the descriptors
+ *
+ * The client first checks with SO_PEERCRED that the listening process runs
+ * as the user the ticket names (and, in one PID namespace, is the process
+ * it names), then checks the server's proof before it sends its own: a
+ * squatter on the name learns nothing and gives nothing. The server
+ * refuses at once a process of another user (root may ask), and answers
+ * the descriptors only after the client's proof: a guessed or replayed
+ * exchange gets nothing. */
 #ifndef NVIPCFIX_FD_CHANNEL_H
 #define NVIPCFIX_FD_CHANNEL_H
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stddef.h>
 #include <stdint.h>
+#include <sys/socket.h>
 #include <sys/types.h>
+#include <sys/un.h>
+
+#include "keyed_hash.h"
 
 /* The most descriptors one answer offers, and how many travel together. */
 #define NVIPCFIX_FD_MAX (1u << 20)
 #define NVIPCFIX_FD_BATCH 250
+/* Clients served at once; more wait, within their deadline. */
+#define NVIPCFIX_FD_CLIENTS 32
 
 enum nvipcfix_fd_status {
     NVIPCFIX_FD_OK = 0,
     /* from the exporter */
-    NVIPCFIX_FD_UNKNOWN = 1, /* no such export in that process */
-    NVIPCFIX_FD_FREED = 2,   /* the exported memory was freed or remapped since */
-    NVIPCFIX_FD_REFUSED = 3, /* wrong secret, or a process of another user */
-    NVIPCFIX_FD_FAILED = 4,  /* the exporter's driver could not export it */
+    NVIPCFIX_FD_UNKNOWN = 1,      /* no such export in that process */
+    NVIPCFIX_FD_FREED = 2,        /* the exported memory was freed or remapped since */
+    NVIPCFIX_FD_REFUSED = 3,      /* a process of another user, or a wrong proof */
+    NVIPCFIX_FD_FAILED = 4,       /* the exporter's driver could not export it */
+    NVIPCFIX_FD_EXPORTER_FDS = 5, /* the exporter is at its open-file limit */
     /* found by the asking side */
-    NVIPCFIX_FD_NO_EXPORTER = 5, /* nothing listens on the exporter's name */
-    NVIPCFIX_FD_IMPOSTOR = 6,    /* the process listening is not the exporter */
-    NVIPCFIX_FD_BROKEN = 7,      /* connection failed, timed out or was cut short */
+    NVIPCFIX_FD_NO_EXPORTER = 6,  /* nothing listens on the exporter's name */
+    NVIPCFIX_FD_WRONG_USER = 7,   /* the process listening runs as another user */
+    NVIPCFIX_FD_NO_PROOF = 8,     /* it could not prove it holds the export's secret */
+    NVIPCFIX_FD_WRONG_PID = 9,    /* it proved it, but is not the process named (a relay) */
+    NVIPCFIX_FD_TIMEOUT = 10,     /* no complete answer within the deadline */
+    NVIPCFIX_FD_IMPORTER_FDS = 11, /* this process is at its open-file limit */
+    NVIPCFIX_FD_BAD_DIR = 12,     /* the socket directory is missing or unsafe */
+    NVIPCFIX_FD_BROKEN = 13,      /* connection failed or was cut short, or nonsense came */
+    NVIPCFIX_FD_STATUS_COUNT
+};
+
+/* Where a server listens: all of it public (also in /proc/net/unix). */
+struct nvipcfix_fd_address {
+    uint32_t uid, pid, pid_ns, nonce;
+    int in_dir; /* a filesystem socket in the socket directory */
 };
 
 /* What the exporter says about an export: how many descriptors it offers,
@@ -38,7 +72,7 @@ enum nvipcfix_fd_status {
 struct nvipcfix_fd_reply {
     int32_t status;       /* enum nvipcfix_fd_status */
     int32_t driver_error; /* NVIPCFIX_FD_FAILED: the exporter's driver's error */
-    uint32_t n;           /* offered; the client learns at the end how many came */
+    uint32_t n;
     uint64_t *sizes;      /* n sizes, malloc'd */
     uint64_t *offsets;    /* n places, from the first one's, malloc'd */
 };
@@ -46,64 +80,94 @@ struct nvipcfix_fd_reply {
 /* Frees the reply's arrays. */
 void nvipcfix_fd_reply_free(struct nvipcfix_fd_reply *r);
 
-/* The exporter's side, on the server's thread. describe fills out for the
- * export (status; for NVIPCFIX_FD_OK n, sizes, offsets). export_fds writes
- * the descriptors of items [first, first + count) into fds, in order, and
- * returns how many it made: fewer means the rest is not to be handed over
- * (with none for item 0, *driver_error may say why). The channel sends them
- * in batches as they are made and closes them, so neither side ever holds
- * more than one batch. */
+/* The exporter's side, on a client's thread. secret gives the export's
+ * secret (0) or says there is no such export (-1). describe fills out for
+ * the export (status; for NVIPCFIX_FD_OK n, sizes, offsets): everything it
+ * offers must then be handed over, or the answer ends in an error.
+ * export_fds writes the descriptors of items [first, first + count) into
+ * fds, in order, and returns how many it made: fewer is an error (FREED,
+ * or FAILED with *driver_error; the channel finds out itself when the
+ * process is at its open-file limit). */
 struct nvipcfix_fd_service {
-    void (*describe)(void *arg, uint64_t export_id, struct nvipcfix_fd_reply *out);
-    uint32_t (*export_fds)(void *arg, uint64_t export_id, uint32_t first, uint32_t count,
+    int (*secret)(void *arg, uint32_t export_id, unsigned char key[NVIPCFIX_KEY_BYTES]);
+    void (*describe)(void *arg, uint32_t export_id, struct nvipcfix_fd_reply *out);
+    uint32_t (*export_fds)(void *arg, uint32_t export_id, uint32_t first, uint32_t count,
                            int *fds, int32_t *driver_error);
     void *arg;
 };
 
 /* The asking side: begin is called once with the offer (nonzero: give up);
  * take with each batch of descriptors, items [first, first + k), which it
- * owns from then on (nonzero: stop, the rest is not received). */
+ * owns from then on (nonzero: stop; its status in *why, else BROKEN). The
+ * answer is complete only when nvipcfix_fd_request returns NVIPCFIX_FD_OK;
+ * on any other status the taker must undo what it took. */
 struct nvipcfix_fd_taker {
     int (*begin)(void *arg, const struct nvipcfix_fd_reply *offer);
-    int (*take)(void *arg, uint32_t first, const int *fds, uint32_t k);
+    int (*take)(void *arg, uint32_t first, const int *fds, uint32_t k, int *why);
     void *arg;
 };
 
 struct nvipcfix_fd_server {
     pthread_mutex_t lock;
-    int fd; /* listening socket; -1 before the start */
-    pid_t pid;
-    uint64_t secret;
+    int fd;    /* listening socket; -1 before the start */
+    int spare; /* kept open, to answer one client when at the open-file limit */
+    struct nvipcfix_fd_address address;
+    char path[sizeof(((struct sockaddr_un *)0)->sun_path)]; /* filesystem socket, or "" */
+    int timeout_ms; /* the whole exchange with one client */
     struct nvipcfix_fd_service service;
     atomic_int stopping;
     atomic_ulong served, refused;
-    atomic_int running; /* the thread has not ended yet */
+    atomic_int running; /* the accepting thread has not ended yet */
+    atomic_int clients; /* client threads not ended yet */
 };
 
 void nvipcfix_fd_server_init(struct nvipcfix_fd_server *s,
                              const struct nvipcfix_fd_service *service);
 
-/* Starts the server if it is not running: 0, or an errno value. *pid and
- * *secret get what a client needs to reach it. */
-int nvipcfix_fd_server_start(struct nvipcfix_fd_server *s, pid_t *pid, uint64_t *secret);
+/* Starts the server if it is not running: 0, or an errno value (ENOTDIR:
+ * dir is unsafe; why says so). dir: NULL or "" for the abstract namespace,
+ * else the directory (checked: nvipcfix_fd_check_dir). pid_ns goes into
+ * the name. *where gets what a client needs to reach it. */
+int nvipcfix_fd_server_start(struct nvipcfix_fd_server *s, const char *dir, int timeout_ms,
+                             uint32_t pid_ns, struct nvipcfix_fd_address *where, char *why,
+                             size_t n);
 
-/* No request is served after this (at exit; the thread, detached, ends on
- * its own and is not waited for). */
+/* No request is served after this (at exit; the threads, detached, end on
+ * their own and are not waited for). A filesystem socket is removed. */
 void nvipcfix_fd_server_stop(struct nvipcfix_fd_server *s);
 
-/* Stops the server, waits for its thread and closes its socket. */
+/* Stops the server, waits for its threads and closes its socket. */
 void nvipcfix_fd_server_destroy(struct nvipcfix_fd_server *s);
 
 /* In a child after fork(): the parent's socket is closed, a server of the
  * child's own starts on its first use. Takes no lock. */
 void nvipcfix_fd_server_forget(struct nvipcfix_fd_server *s);
 
-/* Asks process pid for export_id's descriptors. Returns the status; on
- * NVIPCFIX_FD_OK, *served is how many descriptors were handed to the taker
- * (at least one). timeout_ms bounds every wait for the other side. */
-int nvipcfix_fd_request(pid_t pid, uint64_t secret, uint64_t export_id, int timeout_ms,
-                        const struct nvipcfix_fd_taker *taker, uint32_t *served,
+/* 0 when dir is a directory (not a symbolic link) owned by this process's
+ * effective user, with no permission for group or others, and short enough
+ * for a socket's name in it; else -1 and why says what is wrong. */
+int nvipcfix_fd_check_dir(const char *dir, char *why, size_t n);
+
+/* The socket's address for a server (dir for in_dir ones). Its length, or
+ * 0 when it does not fit. */
+socklen_t nvipcfix_fd_sockaddr(const struct nvipcfix_fd_address *a, const char *dir,
+                               struct sockaddr_un *out);
+
+/* Asks the server at *to for export_id's descriptors, proving knowledge of
+ * its secret. The whole exchange ends by timeout_ms. Returns the status; on
+ * NVIPCFIX_FD_OK, every descriptor offered was handed to the taker. */
+int nvipcfix_fd_request(const struct nvipcfix_fd_address *to, const char *dir,
+                        uint32_t export_id, const unsigned char secret[NVIPCFIX_KEY_BYTES],
+                        int timeout_ms, const struct nvipcfix_fd_taker *taker,
                         int32_t *driver_error);
 
+/* The proof of knowing an export's secret in one exchange: label 'S' the
+ * server's, 'C' the client's (public for tests that play a hostile peer). */
+void nvipcfix_fd_proof(const unsigned char key[NVIPCFIX_KEY_BYTES], char label, uint32_t id,
+                       const unsigned char *client_nonce, const unsigned char *server_nonce,
+                       const struct nvipcfix_fd_address *a, unsigned char out[NVIPCFIX_TAG_BYTES]);
+
+/* Nonzero when this process cannot open one more descriptor (EMFILE). */
+int nvipcfix_fd_at_limit(void);
 
 #endif

@@ -22,6 +22,7 @@ void nvipcfix_fix_init(struct nvipcfix_fix *fix, const struct nvipcfix_config *c
     pthread_mutex_init(&fix->slow, NULL);
     nvipcfix_audit_sites_init(&fix->audit);
     nvipcfix_vmm_init(&fix->vmm, driver);
+    nvipcfix_vmm_configure(&fix->vmm, config->vmm_timeout_ms, config->vmm_socket_dir);
 }
 
 void nvipcfix_fix_destroy(struct nvipcfix_fix *fix)
@@ -103,7 +104,7 @@ static CUresult native_export(struct nvipcfix_fix *fix, CUipcMemHandle *handle,
     return counted(fix, fix->driver->ipc_get_mem_handle(handle, ptr));
 }
 
-static void warn_vmm_export(enum nvipcfix_vmm_error e)
+static void warn_vmm_export(enum nvipcfix_vmm_error e, const char *detail)
 {
     static atomic_flag said[NVIPCFIX_VMM_ERROR_COUNT];
     static const char *const why[NVIPCFIX_VMM_ERROR_COUNT] = {
@@ -111,15 +112,14 @@ static void warn_vmm_export(enum nvipcfix_vmm_error e)
                                        "descriptor handles (CU_MEM_HANDLE_TYPE_POSIX_FILE_"
                                        "DESCRIPTOR), so it cannot be shared",
         [NVIPCFIX_VMM_NO_DRIVER] = "this driver lacks the VMM calls nvipcfix needs",
-        [NVIPCFIX_VMM_NO_SERVER] = "the descriptor server (a Unix socket in the abstract "
-                                   "namespace) could not start",
+        [NVIPCFIX_VMM_NO_SERVER] = "the descriptor server (a Unix socket) could not start",
         [NVIPCFIX_VMM_NOMEM] = "out of memory",
     };
     if (why[e] != NULL && !atomic_flag_test_and_set(&said[e]))
         nvipcfix_log(NVIPCFIX_LOG_WARN,
                      "cannot export VMM memory (cuMemCreate, PyTorch expandable segments) "
-                     "through legacy IPC: %s; the driver's error stands",
-                     why[e]);
+                     "through legacy IPC: %s%s%s; the driver's error stands",
+                     why[e], detail[0] != '\0' ? ": " : "", detail);
 }
 
 /* The driver refused a legacy handle: VMM memory gets a ticket when
@@ -148,7 +148,7 @@ static CUresult export_vmm(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CUd
     unsigned char ticket[NVIPCFIX_TICKET_BYTES];
     enum nvipcfix_vmm_error e = nvipcfix_vmm_export(&fix->vmm, ctx, ptr, ticket);
     if (e != NVIPCFIX_VMM_OK) {
-        warn_vmm_export(e);
+        warn_vmm_export(e, e == NVIPCFIX_VMM_NO_SERVER ? fix->vmm.server_why : "");
         return native;
     }
     memcpy(handle->reserved, ticket, sizeof ticket);
@@ -409,7 +409,7 @@ static void warn_vmm_open(enum nvipcfix_vmm_error e, const char *why)
 }
 
 /* The mapping for a VMM ticket: this process's own chunks, or chunks the
- * exporter hands over and nvipcfix maps. Called with fix->slow held. */
+ * exporter hands over and nvipcfix maps. Called without fix->slow. */
 static CUresult map_ticket(struct nvipcfix_fix *fix, const struct nvipcfix_vmm_ticket *tk,
                            uint64_t *base, uint64_t *size, int *origin)
 {
@@ -461,21 +461,27 @@ static CUresult open_ticket(struct nvipcfix_fix *fix, const unsigned char *raw,
         *pdptr = p;
         return CUDA_SUCCESS;
     }
+    if (ir != NVIPCFIX_IMPORT_MISS)
+        return import_error(fix, ir, tk->offset);
+    /* Mapped without fix->slow: the exchange with the exporter may wait
+     * up to its deadline, and other IPC calls must not wait with it. */
+    CUresult r = map_ticket(fix, tk, &base, &size, &origin);
+    if (r != CUDA_SUCCESS)
+        return counted(fix, r);
     pthread_mutex_lock(&fix->slow);
     ir = acquire(fix, ctx, key, tk->offset, &p);
     if (ir == NVIPCFIX_IMPORT_MISS) {
-        CUresult r = map_ticket(fix, tk, &base, &size, &origin);
-        if (r != CUDA_SUCCESS) {
-            pthread_mutex_unlock(&fix->slow);
-            return counted(fix, r);
-        }
         NVIPCFIX_STAT_ADD(&fix->stats, real_opens);
         ir = nvipcfix_import_insert(&fix->imports, origin == NVIPCFIX_ORIGIN_SELF ? NULL : ctx,
                                     key, base, size, origin, tk->offset, &p, &existed);
         if (ir != NVIPCFIX_IMPORT_HIT && origin == NVIPCFIX_ORIGIN_VMM)
             nvipcfix_vmm_unmap(&fix->vmm, base, size);
-    } else if (ir == NVIPCFIX_IMPORT_HIT)
-        NVIPCFIX_STAT_ADD(&fix->stats, table_hits);
+    } else {
+        if (origin == NVIPCFIX_ORIGIN_VMM) /* another thread mapped it meanwhile */
+            nvipcfix_vmm_unmap(&fix->vmm, base, size);
+        if (ir == NVIPCFIX_IMPORT_HIT)
+            NVIPCFIX_STAT_ADD(&fix->stats, table_hits);
+    }
     pthread_mutex_unlock(&fix->slow);
     if (ir != NVIPCFIX_IMPORT_HIT)
         return import_error(fix, ir, tk->offset);

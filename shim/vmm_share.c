@@ -10,12 +10,7 @@
 
 #include "log.h"
 
-#define TIMEOUT_MS 60000 /* the exporter exports about 1 ms per chunk (H100) */
-#define SWEEP_FIRST 256
-
-struct chunk {
-    uint64_t va, size, buffer_id;
-};
+#define chunk nvipcfix_vmm_chunk
 
 /* A mapping this process made from another's chunks: where each chunk
  * went, so the last close unmaps them one by one. */
@@ -26,15 +21,6 @@ struct nvipcfix_vmm_import {
     uint64_t offsets[];             /* cap places, then cap sizes */
 };
 
-struct nvipcfix_vmm_export {
-    uint64_t id, first;
-    CUcontext ctx;
-    int in_first;
-    size_t n;
-    UT_hash_handle hh_id, hh_first;
-    struct chunk chunks[];
-};
-
 static uint32_t own_pid_ns(void)
 {
     struct stat st;
@@ -43,7 +29,7 @@ static uint32_t own_pid_ns(void)
 
 /* A hash (FNV-1a) of the kernel's boot id: the same for every process of
  * one boot of one machine. */
-static uint64_t own_boot(void)
+static uint32_t own_boot(void)
 {
     char buf[64];
     int fd = open("/proc/sys/kernel/random/boot_id", O_RDONLY | O_CLOEXEC);
@@ -55,27 +41,36 @@ static uint64_t own_boot(void)
     uint64_t x = UINT64_C(14695981039346656037);
     for (ssize_t i = 0; i < n; i++)
         x = (x ^ (unsigned char)buf[i]) * UINT64_C(1099511628211);
-    return x | 1;
+    return (uint32_t)(x ^ (x >> 32)) | 1;
 }
 
-static void describe(void *arg, uint64_t export_id, struct nvipcfix_fd_reply *out);
-static uint32_t export_fds(void *arg, uint64_t export_id, uint32_t first, uint32_t count,
+static int service_secret(void *arg, uint32_t export_id, unsigned char key[NVIPCFIX_KEY_BYTES]);
+static void describe(void *arg, uint32_t export_id, struct nvipcfix_fd_reply *out);
+static uint32_t export_fds(void *arg, uint32_t export_id, uint32_t first, uint32_t count,
                            int *fds, int32_t *driver_error);
+static int chunk_still(void *arg, const struct chunk *c);
 
 void nvipcfix_vmm_init(struct nvipcfix_vmm *v, const struct nvipcfix_driver *driver)
 {
     memset(v, 0, sizeof *v);
     v->driver = driver;
+    v->timeout_ms = NVIPCFIX_VMM_TIMEOUT_DEFAULT_MS;
     pthread_mutex_init(&v->lock, NULL);
-    v->next_id = 1;
-    v->sweep_at = SWEEP_FIRST;
-    struct nvipcfix_fd_service service = {describe, export_fds, v};
+    nvipcfix_vmm_records_init(&v->records, chunk_still, v);
+    struct nvipcfix_fd_service service = {service_secret, describe, export_fds, v};
     nvipcfix_fd_server_init(&v->server, &service);
+}
+
+void nvipcfix_vmm_configure(struct nvipcfix_vmm *v, int timeout_ms, const char *socket_dir)
+{
+    if (timeout_ms > 0)
+        v->timeout_ms = timeout_ms;
+    snprintf(v->socket_dir, sizeof v->socket_dir, "%s", socket_dir != NULL ? socket_dir : "");
 }
 
 /* This process's PID namespace and machine, read on first use (so a
  * process that never shares VMM memory reads nothing), again after fork. */
-static void identity(struct nvipcfix_vmm *v, uint32_t *pid_ns, uint64_t *boot)
+static void identity(struct nvipcfix_vmm *v, uint32_t *pid_ns, uint32_t *boot)
 {
     pthread_mutex_lock(&v->lock);
     if (!v->have_identity) {
@@ -138,62 +133,36 @@ static int chunk_unchanged(const struct nvipcfix_driver *d, const struct chunk *
            now.buffer_id == c->buffer_id;
 }
 
-/* Caller holds v->lock. */
-static void drop(struct nvipcfix_vmm *v, struct nvipcfix_vmm_export *e)
+static int chunk_still(void *arg, const struct chunk *c)
 {
-    HASH_DELETE(hh_id, v->by_id, e);
-    if (e->in_first)
-        HASH_DELETE(hh_first, v->by_first, e);
-    free(e);
-    v->count--;
+    const struct nvipcfix_vmm *v = arg;
+    return chunk_unchanged(v->driver, c);
 }
 
-/* Caller holds v->lock: forgets exports whose first chunk is gone. */
-static void sweep(struct nvipcfix_vmm *v)
+/* The server started, the chunks recorded, the ticket written. */
+static enum nvipcfix_vmm_error make_ticket(struct nvipcfix_vmm *v, CUcontext ctx, CUdeviceptr ptr,
+                                           const struct chunk *chunks, size_t n, int device,
+                                           unsigned char ticket[NVIPCFIX_TICKET_BYTES])
 {
-    struct nvipcfix_vmm_export *e, *tmp;
-    HASH_ITER(hh_id, v->by_id, e, tmp)
-        if (!chunk_unchanged(v->driver, &e->chunks[0]))
-            drop(v, e);
-    v->sweep_at = v->count * 2 > SWEEP_FIRST ? v->count * 2 : SWEEP_FIRST;
-}
-
-/* The export id for these chunks: the last one made for the same chunks,
- * else a new one. 0 when out of memory. */
-static uint64_t record(struct nvipcfix_vmm *v, CUcontext ctx, const struct chunk *chunks,
-                       size_t n)
-{
-    struct nvipcfix_vmm_export *e;
-    uint64_t id = 0;
-    pthread_mutex_lock(&v->lock);
-    HASH_FIND(hh_first, v->by_first, &chunks[0].va, sizeof chunks[0].va, e);
-    if (e != NULL && e->n == n && e->ctx == ctx &&
-        memcmp(e->chunks, chunks, n * sizeof *chunks) == 0) {
-        id = e->id;
-        pthread_mutex_unlock(&v->lock);
-        return id;
-    }
-    if (e != NULL) { /* older chunks at this place: only their id finds them now */
-        HASH_DELETE(hh_first, v->by_first, e);
-        e->in_first = 0;
-    }
-    if (v->count >= v->sweep_at)
-        sweep(v);
-    e = malloc(sizeof *e + n * sizeof *chunks);
-    if (e != NULL) {
-        memset(e, 0, sizeof *e);
-        e->id = id = v->next_id++;
-        e->first = chunks[0].va;
-        e->ctx = ctx;
-        e->n = n;
-        e->in_first = 1;
-        memcpy(e->chunks, chunks, n * sizeof *chunks);
-        HASH_ADD(hh_id, v->by_id, id, sizeof e->id, e);
-        HASH_ADD(hh_first, v->by_first, first, sizeof e->first, e);
-        v->count++;
-    }
-    pthread_mutex_unlock(&v->lock);
-    return id;
+    struct nvipcfix_vmm_ticket t;
+    struct nvipcfix_fd_address where;
+    memset(&t, 0, sizeof t);
+    identity(v, &t.pid_ns, &t.boot);
+    if (nvipcfix_fd_server_start(&v->server, v->socket_dir, v->timeout_ms, t.pid_ns, &where,
+                                 v->server_why, sizeof v->server_why) != 0)
+        return NVIPCFIX_VMM_NO_SERVER;
+    if (ptr - chunks[0].va > NVIPCFIX_TICKET_MAX_OFFSET ||
+        nvipcfix_vmm_records_add(&v->records, ctx, chunks, n, &t.export_id, t.secret) != 0)
+        return NVIPCFIX_VMM_NOMEM;
+    t.pid = where.pid;
+    t.uid = where.uid;
+    t.nonce = where.nonce;
+    t.flags = where.in_dir ? NVIPCFIX_TICKET_IN_DIR : 0;
+    t.offset = ptr - chunks[0].va;
+    t.device = (uint8_t)device;
+    nvipcfix_vmm_ticket_encode(ticket, &t);
+    memset(&t, 0, sizeof t);
+    return NVIPCFIX_VMM_OK;
 }
 
 enum nvipcfix_vmm_error nvipcfix_vmm_export(struct nvipcfix_vmm *v, CUcontext ctx,
@@ -264,59 +233,28 @@ enum nvipcfix_vmm_error nvipcfix_vmm_export(struct nvipcfix_vmm *v, CUcontext ct
         next = c.va + c.size;
     }
 
-    pid_t pid;
-    uint64_t secret;
-    if (nvipcfix_fd_server_start(&v->server, &pid, &secret) != 0) {
-        free(chunks);
-        return NVIPCFIX_VMM_NO_SERVER;
-    }
-    uint64_t id = record(v, ctx, chunks, n);
-    struct nvipcfix_vmm_ticket t = {
-        .pid = (uint64_t)pid,
-        .export_id = id,
-        .secret = secret,
-        .offset = ptr - chunks[0].va,
-        .device = (uint8_t)device,
-    };
-    identity(v, &t.pid_ns, &t.boot);
+    enum nvipcfix_vmm_error e = make_ticket(v, ctx, ptr, chunks, n, device, ticket);
     free(chunks);
-    if (id == 0)
-        return NVIPCFIX_VMM_NOMEM;
-    nvipcfix_vmm_ticket_encode(ticket, &t);
-    return NVIPCFIX_VMM_OK;
+    return e;
 }
 
-/* A copy of chunks [first, first + *n) of export id (fewer where it has
- * fewer: *n is set to how many), malloc'd; NULL when there is no such
- * export or none from first on. */
-static struct chunk *find_export(struct nvipcfix_vmm *v, uint64_t id, size_t first, size_t *n,
-                                 CUcontext *ctx)
-{
-    struct nvipcfix_vmm_export *e;
-    struct chunk *copy = NULL;
-    pthread_mutex_lock(&v->lock);
-    HASH_FIND(hh_id, v->by_id, &id, sizeof id, e);
-    if (e != NULL && first < e->n) {
-        if (*n > e->n - first)
-            *n = e->n - first;
-        if ((copy = malloc(*n * sizeof *copy)) != NULL)
-            memcpy(copy, e->chunks + first, *n * sizeof *copy);
-        *ctx = e->ctx;
-    }
-    pthread_mutex_unlock(&v->lock);
-    return copy;
-}
-
-/* On the server's thread: what export id offers (every chunk recorded; the
- * descriptors say how many are still as exported). */
-static void describe(void *arg, uint64_t export_id, struct nvipcfix_fd_reply *out)
+static int service_secret(void *arg, uint32_t export_id, unsigned char key[NVIPCFIX_KEY_BYTES])
 {
     struct nvipcfix_vmm *v = arg;
-    size_t n = NVIPCFIX_FD_MAX;
+    return nvipcfix_vmm_records_secret(&v->records, export_id, key);
+}
+
+/* On a client's thread: what export id offers, every chunk recorded (the
+ * descriptors must then all be made, or the answer ends in an error). */
+static void describe(void *arg, uint32_t export_id, struct nvipcfix_fd_reply *out)
+{
+    struct nvipcfix_vmm *v = arg;
+    size_t n = NVIPCFIX_FD_MAX, total;
     CUcontext ctx = NULL;
-    struct chunk *chunks = find_export(v, export_id, 0, &n, &ctx);
+    struct chunk *chunks = nvipcfix_vmm_records_get(&v->records, export_id, 0, &n, &total, &ctx);
     if (chunks == NULL) {
-        out->status = NVIPCFIX_FD_UNKNOWN;
+        out->status = total == 0 ? NVIPCFIX_FD_UNKNOWN : NVIPCFIX_FD_FAILED;
+        out->driver_error = total == 0 ? 0 : CUDA_ERROR_OUT_OF_MEMORY;
         return;
     }
     out->sizes = calloc(n, sizeof *out->sizes);
@@ -336,21 +274,22 @@ static void describe(void *arg, uint64_t export_id, struct nvipcfix_fd_reply *ou
     free(chunks);
 }
 
-/* On the server's thread: a descriptor for each chunk still as exported,
- * in order, stopping at the first that is not. The allocation is retained
- * before the check, so the descriptor is of the mapping checked (buffer
- * ids are never reused). */
-static uint32_t export_fds(void *arg, uint64_t export_id, uint32_t first, uint32_t count,
+/* On a client's thread: a descriptor for each chunk, in order, stopping at
+ * the first that is not as exported. The allocation is retained before the
+ * check, so the descriptor is of the mapping checked (buffer ids are never
+ * reused). */
+static uint32_t export_fds(void *arg, uint32_t export_id, uint32_t first, uint32_t count,
                            int *fds, int32_t *driver_error)
 {
     struct nvipcfix_vmm *v = arg;
     const struct nvipcfix_driver *d = v->driver;
-    size_t n = count;
+    size_t n = count, total;
     CUcontext ctx = NULL;
-    struct chunk *chunks = find_export(v, export_id, first, &n, &ctx);
+    struct chunk *chunks =
+        nvipcfix_vmm_records_get(&v->records, export_id, first, &n, &total, &ctx);
     if (chunks == NULL)
         return 0;
-    if (first == 0 && ctx != NULL && d->ctx_set_current != NULL)
+    if (ctx != NULL && d->ctx_set_current != NULL)
         d->ctx_set_current(ctx);
     uint32_t k;
     for (k = 0; k < n; k++) {
@@ -366,8 +305,7 @@ static uint32_t export_fds(void *arg, uint64_t export_id, uint32_t first, uint32
         r = d->mem_export_to_shareable_handle(&fd, h, CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR, 0);
         d->mem_release(h);
         if (r != CUDA_SUCCESS) {
-            if (k == 0)
-                *driver_error = r;
+            *driver_error = r;
             break;
         }
         fds[k] = fd;
@@ -376,40 +314,65 @@ static uint32_t export_fds(void *arg, uint64_t export_id, uint32_t first, uint32
     return k;
 }
 
+/* Nonzero when the ticket names this process's server; then *base and
+ * *size give the export's chunks if every one is still as exported and the
+ * secret is right, else *size is 0. */
 int nvipcfix_vmm_own(struct nvipcfix_vmm *v, const struct nvipcfix_vmm_ticket *t,
                      uint64_t *base, uint64_t *size)
 {
     pthread_mutex_lock(&v->server.lock);
-    int own = v->server.fd >= 0 && t->pid == (uint64_t)v->server.pid &&
-              t->secret == v->server.secret;
+    const struct nvipcfix_fd_address *a = &v->server.address;
+    int own = v->server.fd >= 0 && t->pid == a->pid && t->nonce == a->nonce &&
+              t->uid == a->uid && (t->flags & NVIPCFIX_TICKET_IN_DIR) == (a->in_dir != 0) &&
+              t->pid_ns == a->pid_ns;
     pthread_mutex_unlock(&v->server.lock);
     if (!own)
         return 0;
-    size_t n = NVIPCFIX_FD_MAX, i;
+    unsigned char secret[NVIPCFIX_KEY_BYTES];
+    size_t n = NVIPCFIX_FD_MAX, total, i;
     CUcontext ctx;
-    struct chunk *chunks = find_export(v, t->export_id, 0, &n, &ctx);
-    if (chunks == NULL)
-        n = 0;
+    struct chunk *chunks = NULL;
+    if (nvipcfix_vmm_records_secret(&v->records, t->export_id, secret) == 0 &&
+        nvipcfix_equal_ct(secret, t->secret, sizeof secret))
+        chunks = nvipcfix_vmm_records_get(&v->records, t->export_id, 0, &n, &total, &ctx);
     *base = chunks != NULL ? chunks[0].va : 0;
     *size = 0;
-    for (i = 0; i < n && chunk_unchanged(v->driver, &chunks[i]); i++)
-        *size = chunks[i].va + chunks[i].size - chunks[0].va;
+    for (i = 0; chunks != NULL && i < n && chunk_unchanged(v->driver, &chunks[i]); i++)
+        ;
+    if (chunks != NULL && i == n)
+        *size = chunks[n - 1].va + chunks[n - 1].size - chunks[0].va;
     free(chunks);
+    memset(secret, 0, sizeof secret);
     return 1;
 }
 
-static const char *const channel_advice[] = {
+static const char *const channel_advice[NVIPCFIX_FD_STATUS_COUNT] = {
     [NVIPCFIX_FD_UNKNOWN] = "it has no such export (its memory was freed and the export "
-                            "forgotten)",
-    [NVIPCFIX_FD_FREED] = "the exported memory was freed or remapped since the export; "
-                          "nvipcfix never maps newer memory at the same place",
+                            "forgotten, or the ticket is from an earlier run)",
+    [NVIPCFIX_FD_FREED] = "a chunk of it was freed or remapped since the export; nvipcfix "
+                          "maps all of an export or nothing, and never newer memory at the "
+                          "same place",
     [NVIPCFIX_FD_REFUSED] = "it refused: this process runs as another user, or the ticket "
                             "was altered",
     [NVIPCFIX_FD_FAILED] = "its driver could not export the memory as a file descriptor",
+    [NVIPCFIX_FD_EXPORTER_FDS] = "the exporting process is at its open-file limit (raise its "
+                                 "RLIMIT_NOFILE: ulimit -n)",
     [NVIPCFIX_FD_NO_EXPORTER] = "nothing answers for it: the exporter has exited, or runs in "
-                                "another network namespace (container)",
-    [NVIPCFIX_FD_IMPOSTOR] = "another process answered in its name; nothing was taken from it",
-    [NVIPCFIX_FD_BROKEN] = "the connection failed or timed out (out of file descriptors?)",
+                                "another network namespace (containers: set "
+                                "NVIPCFIX_VMM_SOCKET_DIR in both to one directory)",
+    [NVIPCFIX_FD_WRONG_USER] = "a process of another user listens in its name (the exporter "
+                               "has exited and its name was taken); nothing was taken from it",
+    [NVIPCFIX_FD_NO_PROOF] = "the process answering could not prove it made the ticket (an "
+                             "impostor on its name, or an altered ticket); nothing was taken "
+                             "from it",
+    [NVIPCFIX_FD_WRONG_PID] = "another process relayed the exchange; nothing was taken from it",
+    [NVIPCFIX_FD_TIMEOUT] = "no complete answer within the deadline (the exporter is stopped "
+                            "or overloaded; NVIPCFIX_VMM_TIMEOUT_MS sets the deadline)",
+    [NVIPCFIX_FD_IMPORTER_FDS] = "this process is at its open-file limit (raise its "
+                                 "RLIMIT_NOFILE: ulimit -n)",
+    [NVIPCFIX_FD_BAD_DIR] = "its socket is in NVIPCFIX_VMM_SOCKET_DIR, which is not set here, "
+                            "or not a directory of this user's closed to others (mode 0700)",
+    [NVIPCFIX_FD_BROKEN] = "the connection failed or was cut short",
 };
 
 /* Unmaps each chunk mapped and frees the whole range: the first error. */
@@ -432,6 +395,7 @@ struct map_job {
     struct nvipcfix_vmm_import *im;
     int where; /* the memory's device, as this process numbers it */
     int bad_offer;
+    int fd_limit; /* an import failed with this process at its open-file limit */
     CUresult e;
 };
 
@@ -466,7 +430,7 @@ static int begin_map(void *arg, const struct nvipcfix_fd_reply *offer)
 }
 
 /* A batch of descriptors: imported, mapped at their places, closed. */
-static int take_chunks(void *arg, uint32_t first, const int *fds, uint32_t k)
+static int take_chunks(void *arg, uint32_t first, const int *fds, uint32_t k, int *why)
 {
     struct map_job *job = arg;
     struct nvipcfix_vmm_import *im = job->im;
@@ -474,9 +438,12 @@ static int take_chunks(void *arg, uint32_t first, const int *fds, uint32_t k)
     for (uint32_t j = 0; j < k; j++) {
         uint32_t i = first + j;
         CUmemGenericAllocationHandle h;
-        if (job->e == CUDA_SUCCESS)
+        if (job->e == CUDA_SUCCESS) {
             job->e = d->mem_import_from_shareable_handle(
                 &h, (void *)(intptr_t)fds[j], CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR);
+            if (job->e != CUDA_SUCCESS && nvipcfix_fd_at_limit())
+                job->fd_limit = 1; /* told before any descriptor is closed */
+        }
         close(fds[j]);
         if (job->e != CUDA_SUCCESS)
             continue; /* the rest are closed too */
@@ -493,7 +460,96 @@ static int take_chunks(void *arg, uint32_t first, const int *fds, uint32_t k)
             im->size = im->offsets[i] + im->offsets[im->cap + i];
         }
     }
+    *why = job->fd_limit ? NVIPCFIX_FD_IMPORTER_FDS : NVIPCFIX_FD_BROKEN;
     return job->e != CUDA_SUCCESS ? -1 : 0;
+}
+
+/* Says why an open did not go through; the error to return. */
+static enum nvipcfix_vmm_error explain(const struct nvipcfix_vmm *v,
+                                       const struct nvipcfix_vmm_ticket *t,
+                                       const struct map_job *job, int st, int32_t driver_error,
+                                       CUresult *r, char *why, size_t n)
+{
+    unsigned long long pid = t->pid;
+    if (job->bad_offer) {
+        snprintf(why, n, "exporting process %llu described its VMM chunks inconsistently; "
+                         "nothing was mapped (CUDA_ERROR_INVALID_HANDLE)", pid);
+        return NVIPCFIX_VMM_CHANNEL;
+    }
+    if (job->e != CUDA_SUCCESS && !job->fd_limit) {
+        *r = job->e;
+        snprintf(why, n, "importing VMM memory from process %llu failed in the driver (error "
+                         "%d); nothing was mapped", pid, (int)job->e);
+        return NVIPCFIX_VMM_IMPORT;
+    }
+    if (st == NVIPCFIX_FD_IMPORTER_FDS)
+        *r = CUDA_ERROR_OUT_OF_MEMORY;
+    if (st == NVIPCFIX_FD_TIMEOUT)
+        snprintf(why, n, "exporting process %llu did not hand over VMM memory within %d ms: %s; "
+                         "nothing was mapped (CUDA_ERROR_INVALID_HANDLE)", pid, v->timeout_ms,
+                 channel_advice[st]);
+    else if (st == NVIPCFIX_FD_FAILED)
+        snprintf(why, n, "exporting process %llu could not hand over VMM memory: %s (its error "
+                         "%d); nothing was mapped (CUDA_ERROR_INVALID_HANDLE)", pid,
+                 channel_advice[st], (int)driver_error);
+    else
+        snprintf(why, n, "exporting process %llu did not hand over VMM memory: %s; nothing was "
+                         "mapped (%s)", pid,
+                 channel_advice[st > 0 && st < NVIPCFIX_FD_STATUS_COUNT ? st : NVIPCFIX_FD_BROKEN],
+                 *r == CUDA_ERROR_OUT_OF_MEMORY ? "CUDA_ERROR_OUT_OF_MEMORY"
+                                                : "CUDA_ERROR_INVALID_HANDLE");
+    return NVIPCFIX_VMM_CHANNEL;
+}
+
+/* Access for device dev to every chunk mapped. */
+static enum nvipcfix_vmm_error grant(const struct nvipcfix_driver *d,
+                                     const struct nvipcfix_vmm_import *im, CUdevice dev,
+                                     int where, CUresult *r, char *why, size_t n)
+{
+    CUmemAccessDesc access;
+    memset(&access, 0, sizeof access);
+    access.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    access.location.id = dev;
+    access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+    for (size_t i = 0; i < im->n; i++) {
+        CUresult e = d->mem_set_access(im->base + im->offsets[i], im->offsets[im->cap + i],
+                                       &access, 1);
+        if (e != CUDA_SUCCESS) {
+            *r = e;
+            snprintf(why, n, "the VMM memory lives on device %d (as this process numbers it); "
+                             "the driver refused access from device %d, current here (error "
+                             "%d): open it with that device current, or enable peer access",
+                     where, (int)dev, (int)e);
+            return NVIPCFIX_VMM_ACCESS;
+        }
+    }
+    return NVIPCFIX_VMM_OK;
+}
+
+/* The ticket's machine, and a current context. */
+static enum nvipcfix_vmm_error can_open(struct nvipcfix_vmm *v,
+                                        const struct nvipcfix_vmm_ticket *t, CUdevice *dev,
+                                        CUresult *r, char *why, size_t n)
+{
+    uint32_t pid_ns, boot;
+    if (!has_vmm_calls(v->driver)) {
+        *r = CUDA_ERROR_NOT_SUPPORTED;
+        snprintf(why, n, "this driver lacks the VMM calls needed to open a VMM ticket");
+        return NVIPCFIX_VMM_NO_DRIVER;
+    }
+    identity(v, &pid_ns, &boot);
+    if (t->boot != 0 && boot != 0 && t->boot != boot) {
+        snprintf(why, n, "a VMM ticket from another machine (or an earlier boot) cannot be "
+                         "opened here (CUDA_ERROR_INVALID_HANDLE)");
+        return NVIPCFIX_VMM_OTHER_MACHINE;
+    }
+    CUresult e = v->driver->ctx_get_device(dev);
+    if (e != CUDA_SUCCESS) {
+        *r = e;
+        snprintf(why, n, "opening a VMM ticket needs a current context (error %d)", (int)e);
+        return NVIPCFIX_VMM_IMPORT;
+    }
+    return NVIPCFIX_VMM_OK;
 }
 
 enum nvipcfix_vmm_error nvipcfix_vmm_map(struct nvipcfix_vmm *v,
@@ -501,87 +557,29 @@ enum nvipcfix_vmm_error nvipcfix_vmm_map(struct nvipcfix_vmm *v,
                                          uint64_t *size, CUresult *r, char *why, size_t n)
 {
     const struct nvipcfix_driver *d = v->driver;
-    *r = CUDA_ERROR_INVALID_HANDLE;
-    if (!has_vmm_calls(d)) {
-        *r = CUDA_ERROR_NOT_SUPPORTED;
-        snprintf(why, n, "this driver lacks the VMM calls needed to open a VMM ticket");
-        return NVIPCFIX_VMM_NO_DRIVER;
-    }
-    uint32_t pid_ns;
-    uint64_t boot;
-    identity(v, &pid_ns, &boot);
-    if (t->boot != 0 && boot != 0 && t->boot != boot) {
-        snprintf(why, n, "a VMM ticket from another machine (or an earlier boot) cannot be "
-                         "opened here (CUDA_ERROR_INVALID_HANDLE)");
-        return NVIPCFIX_VMM_OTHER_MACHINE;
-    }
-    if (t->pid_ns != 0 && pid_ns != 0 && t->pid_ns != pid_ns) {
-        snprintf(why, n, "a VMM ticket from process %llu of another PID namespace (container) "
-                         "cannot be opened here: run both processes in one PID namespace "
-                         "(CUDA_ERROR_INVALID_HANDLE)",
-                 (unsigned long long)t->pid);
-        return NVIPCFIX_VMM_OTHER_NS;
-    }
     CUdevice dev;
-    CUresult e = d->ctx_get_device(&dev);
-    if (e != CUDA_SUCCESS) {
-        *r = e;
-        snprintf(why, n, "opening a VMM ticket needs a current context (error %d)", (int)e);
-        return NVIPCFIX_VMM_IMPORT;
-    }
-
+    *r = CUDA_ERROR_INVALID_HANDLE;
+    enum nvipcfix_vmm_error err = can_open(v, t, &dev, r, why, n);
+    if (err != NVIPCFIX_VMM_OK)
+        return err;
     struct map_job job = {.d = d};
     struct nvipcfix_fd_taker taker = {begin_map, take_chunks, &job};
-    uint32_t served = 0;
+    struct nvipcfix_fd_address to = {t->uid, t->pid, t->pid_ns, t->nonce,
+                                     (t->flags & NVIPCFIX_TICKET_IN_DIR) != 0};
     int32_t driver_error = 0;
-    int st = nvipcfix_fd_request((pid_t)t->pid, t->secret, t->export_id, TIMEOUT_MS, &taker,
-                                 &served, &driver_error);
+    int st = nvipcfix_fd_request(&to, v->socket_dir, t->export_id, t->secret, v->timeout_ms,
+                                 &taker, &driver_error);
     struct nvipcfix_vmm_import *im = job.im;
-    enum nvipcfix_vmm_error err = NVIPCFIX_VMM_OK;
-    if (job.bad_offer) {
-        snprintf(why, n, "exporting process %llu described its VMM chunks inconsistently; "
-                         "nothing was mapped (CUDA_ERROR_INVALID_HANDLE)",
-                 (unsigned long long)t->pid);
-        err = NVIPCFIX_VMM_CHANNEL;
-    } else if (job.e != CUDA_SUCCESS) {
-        *r = job.e;
-        snprintf(why, n, "importing VMM memory from process %llu failed in the driver "
-                         "(error %d)",
-                 (unsigned long long)t->pid, (int)job.e);
-        err = NVIPCFIX_VMM_IMPORT;
-    } else if (st != NVIPCFIX_FD_OK) {
-        if (st == NVIPCFIX_FD_FAILED)
-            snprintf(why, n, "exporting process %llu could not hand over VMM memory: %s "
-                             "(its error %d) (CUDA_ERROR_INVALID_HANDLE)",
-                     (unsigned long long)t->pid, channel_advice[st], (int)driver_error);
-        else
-            snprintf(why, n, "exporting process %llu did not hand over VMM memory: %s "
-                             "(CUDA_ERROR_INVALID_HANDLE)",
-                     (unsigned long long)t->pid, channel_advice[st]);
-        err = NVIPCFIX_VMM_CHANNEL;
-    } else if (t->offset >= im->size) {
+    if (st != NVIPCFIX_FD_OK || job.e != CUDA_SUCCESS || job.bad_offer)
+        err = explain(v, t, &job, st, driver_error, r, why, n);
+    else if (t->offset >= im->size) {
         *r = CUDA_ERROR_INVALID_VALUE;
-        snprintf(why, n, "a VMM ticket's offset %llu is beyond the %llu bytes its exporter "
-                         "still has (corrupted ticket, or memory freed since)",
+        snprintf(why, n, "a VMM ticket's offset %llu is beyond the %llu bytes of its export "
+                         "(an altered ticket)",
                  (unsigned long long)t->offset, (unsigned long long)im->size);
         err = NVIPCFIX_VMM_BAD_OFFSET;
-    }
-    CUmemAccessDesc access;
-    memset(&access, 0, sizeof access);
-    access.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-    access.location.id = dev;
-    access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-    for (size_t i = 0; err == NVIPCFIX_VMM_OK && i < im->n; i++) {
-        e = d->mem_set_access(im->base + im->offsets[i], im->offsets[im->cap + i], &access, 1);
-        if (e != CUDA_SUCCESS) {
-            *r = e;
-            snprintf(why, n, "the VMM memory lives on device %d (as this process numbers it); "
-                             "the driver refused access from device %d, current here (error "
-                             "%d): open it with that device current, or enable peer access",
-                     job.where, (int)dev, (int)e);
-            err = NVIPCFIX_VMM_ACCESS;
-        }
-    }
+    } else
+        err = grant(d, im, dev, job.where, r, why, n);
     if (err != NVIPCFIX_VMM_OK) {
         if (im != NULL && im->base != 0)
             unmap_all(d, im);
@@ -623,11 +621,9 @@ CUresult nvipcfix_vmm_unmap(struct nvipcfix_vmm *v, uint64_t base, uint64_t size
 
 void nvipcfix_vmm_destroy(struct nvipcfix_vmm *v)
 {
-    struct nvipcfix_vmm_export *e, *tmp;
     nvipcfix_fd_server_destroy(&v->server);
+    nvipcfix_vmm_records_destroy(&v->records);
     struct nvipcfix_vmm_import *im, *itmp;
-    HASH_ITER(hh_id, v->by_id, e, tmp)
-        drop(v, e);
     HASH_ITER(hh, v->imports, im, itmp) {
         HASH_DEL(v->imports, im);
         free(im);
@@ -640,32 +636,27 @@ void nvipcfix_vmm_stop(struct nvipcfix_vmm *v)
     nvipcfix_fd_server_stop(&v->server);
 }
 
-/* A child's copy of its parent's records, left behind but still reachable
+/* A child's copy of its parent's mappings, left behind but still reachable
  * (so leak checkers do not report them). */
-static void *volatile left_behind, *volatile left_behind_imports;
+static void *volatile left_behind_imports;
 
 void nvipcfix_vmm_forget_after_fork(struct nvipcfix_vmm *v)
 {
     /* The parent's records are left behind (another thread may have been
      * changing them); the child starts empty. */
-    left_behind = v->by_id;
     left_behind_imports = v->imports;
     nvipcfix_fd_server_forget(&v->server);
+    nvipcfix_vmm_records_forget(&v->records);
     pthread_mutex_init(&v->lock, NULL);
-    v->by_id = v->by_first = NULL;
     v->imports = NULL;
     v->have_identity = 0; /* a child may be in a new PID namespace */
-    v->count = 0;
-    v->next_id = 1;
-    v->sweep_at = SWEEP_FIRST;
 }
 
 void nvipcfix_vmm_counts(struct nvipcfix_vmm *v, size_t *exports, unsigned long *served,
                          unsigned long *refused)
 {
-    pthread_mutex_lock(&v->lock);
-    *exports = v->count;
-    pthread_mutex_unlock(&v->lock);
+    size_t chunks;
+    nvipcfix_vmm_records_counts(&v->records, exports, &chunks);
     *served = atomic_load(&v->server.served);
     *refused = atomic_load(&v->server.refused);
 }

@@ -12,11 +12,13 @@
  * mapping replaced since the export is noticed.
  *
  * Open: the importer asks the exporting process for the chunks' POSIX file
- * descriptors (fd_channel.h), imports them, reserves exactly the span
- * they cover, maps each at its place and grants the current device access. Only the
- * chunks still as they were at the export are served (a prefix that starts
- * with the exported pointer's own chunk): newer memory at the same place
- * is never mapped. */
+ * descriptors (fd_channel.h: only with the ticket's secret, within one
+ * deadline, without any lock other IPC calls need), imports them, reserves
+ * exactly the span they cover, maps each at its place and grants the
+ * current device access. Every chunk of the export is mapped, or none: a
+ * chunk freed or replaced since the export, either side at its open-file
+ * limit, or the exporter gone or stopped fails the open with a warning
+ * that says which; newer memory at the same place is never mapped. */
 #ifndef NVIPCFIX_VMM_SHARE_H
 #define NVIPCFIX_VMM_SHARE_H
 
@@ -27,22 +29,27 @@
 
 #include "driver_table.h"
 #include "fd_channel.h"
+#include "vmm_records.h"
 #include "vmm_ticket.h"
 
-struct nvipcfix_vmm_export;
+/* The exchange's deadline unless NVIPCFIX_VMM_TIMEOUT_MS says otherwise:
+ * the exporter makes about one descriptor a millisecond (H100). */
+#define NVIPCFIX_VMM_TIMEOUT_DEFAULT_MS 5000
+
 struct nvipcfix_vmm_import;
 
 struct nvipcfix_vmm {
     const struct nvipcfix_driver *driver;
-    pthread_mutex_t lock;
-    struct nvipcfix_vmm_export *by_id, *by_first;
+    pthread_mutex_t lock; /* imports, identity; never held while waiting on a socket */
+    struct nvipcfix_vmm_records records;
     struct nvipcfix_vmm_import *imports; /* mappings made here, by base */
-    uint64_t next_id;
-    size_t count, sweep_at;
     struct nvipcfix_fd_server server;
+    int timeout_ms;             /* one exchange, either side */
+    char socket_dir[96];        /* NVIPCFIX_VMM_SOCKET_DIR, or "" (abstract sockets) */
+    char server_why[256];       /* why the server did not start */
     int have_identity; /* pid_ns and boot read (under lock) */
     uint32_t pid_ns;   /* this process's PID namespace (0: not known) */
-    uint64_t boot;     /* hash of this machine's boot id (0: not known) */
+    uint32_t boot;     /* hash of this machine's boot id (0: not known) */
 };
 
 /* Why an export or an open did not go through. */
@@ -54,7 +61,6 @@ enum nvipcfix_vmm_error {
     NVIPCFIX_VMM_NO_SERVER,      /* export: the descriptor server could not start */
     NVIPCFIX_VMM_NOMEM,
     NVIPCFIX_VMM_OTHER_MACHINE,  /* open: the ticket comes from another boot */
-    NVIPCFIX_VMM_OTHER_NS,       /* open: from another PID namespace */
     NVIPCFIX_VMM_CHANNEL,        /* open: the exporter did not hand the descriptors */
     NVIPCFIX_VMM_BAD_OFFSET,     /* open: offset beyond what was served */
     NVIPCFIX_VMM_IMPORT,         /* open: import or map failed in the driver */
@@ -63,6 +69,10 @@ enum nvipcfix_vmm_error {
 };
 
 void nvipcfix_vmm_init(struct nvipcfix_vmm *v, const struct nvipcfix_driver *driver);
+
+/* The settings: the exchange's deadline (ms; 0 keeps the default) and the
+ * socket directory (NULL or "": abstract sockets). Before any export. */
+void nvipcfix_vmm_configure(struct nvipcfix_vmm *v, int timeout_ms, const char *socket_dir);
 
 /* Exports ptr as a ticket. ctx is the exporter's current context (the
  * server uses it). Returns NVIPCFIX_VMM_OK or why not. */

@@ -2,7 +2,7 @@
 
 #include <string.h>
 
-static const unsigned char magic[8] = {'n', 'v', 'i', 'p', 'c', 'V', 'M', 1};
+static const unsigned char magic[8] = {'n', 'v', 'i', 'p', 'c', 'V', 'M', 2};
 
 static void put(unsigned char *p, uint64_t v, int n)
 {
@@ -36,29 +36,35 @@ void nvipcfix_vmm_ticket_encode(unsigned char out[NVIPCFIX_TICKET_BYTES],
 {
     memset(out, 0, NVIPCFIX_TICKET_BYTES);
     memcpy(out, magic, sizeof magic);
-    put(out + 8, t->pid, 8);
-    put(out + 16, t->export_id, 8);
+    put(out + 8, t->pid, 4);
+    put(out + 12, t->uid, 4);
+    put(out + 16, t->export_id, 4);
+    put(out + 20, t->nonce, 4);
     put(out + 28, t->pid_ns, 4);
-    put(out + 32, t->secret, 8);
-    put(out + 40, t->offset, 8);
-    put(out + 48, t->boot, 8);
-    out[56] = t->device;
+    memcpy(out + 32, t->secret, NVIPCFIX_TICKET_SECRET_BYTES);
+    put(out + 48, t->offset, 6);
+    out[54] = t->device;
+    out[55] = t->flags;
+    put(out + 56, t->boot, 4);
     put(out + 60, check(out), 4);
 }
 
 int nvipcfix_vmm_ticket_decode(const unsigned char in[NVIPCFIX_TICKET_BYTES],
                                struct nvipcfix_vmm_ticket *t)
 {
-    if (memcmp(in, magic, sizeof magic) != 0 || get(in + 24, 4) != 0 || get(in + 57, 3) != 0 ||
-        get(in + 60, 4) != check(in))
+    if (memcmp(in, magic, sizeof magic) != 0 || get(in + 24, 4) != 0 ||
+        (in[55] & ~NVIPCFIX_TICKET_IN_DIR) != 0 || get(in + 60, 4) != check(in))
         return -1;
-    t->pid = get(in + 8, 8);
-    t->export_id = get(in + 16, 8);
+    t->pid = (uint32_t)get(in + 8, 4);
+    t->uid = (uint32_t)get(in + 12, 4);
+    t->export_id = (uint32_t)get(in + 16, 4);
+    t->nonce = (uint32_t)get(in + 20, 4);
     t->pid_ns = (uint32_t)get(in + 28, 4);
-    t->secret = get(in + 32, 8);
-    t->offset = get(in + 40, 8);
-    t->boot = get(in + 48, 8);
-    t->device = in[56];
+    memcpy(t->secret, in + 32, NVIPCFIX_TICKET_SECRET_BYTES);
+    t->offset = get(in + 48, 6);
+    t->device = in[54];
+    t->flags = in[55];
+    t->boot = (uint32_t)get(in + 56, 4);
     return 0;
 }
 
@@ -66,6 +72,6 @@ void nvipcfix_vmm_ticket_key(const unsigned char ticket[NVIPCFIX_TICKET_BYTES],
                              unsigned char key[NVIPCFIX_TICKET_BYTES])
 {
     memcpy(key, ticket, NVIPCFIX_TICKET_BYTES);
-    memset(key + 40, 0, 8); /* the offset */
+    memset(key + 48, 0, 6); /* the offset */
     memset(key + 60, 0, 4); /* the check, which covers the offset */
 }

@@ -224,9 +224,9 @@ PRE=$LIB check "VMM: importer on another device, a clear error" 2 NVIPCFIX_VMM=1
     VMM_IPC_IMPORTER_DEVICE=1 -- "$T/vmm_ipc"
 expect_in out "right 0/6, failed 6, wrong 0, stray 0, left 0"; expect_in err "lives on device 0 (as this process numbers it)"
 done_case
-PRE=$LIB check "VMM: ticket from another PID namespace refused" 2 NVIPCFIX_VMM=1 \
+PRE=$LIB check "VMM: ticket with another PID namespace's number finds nobody" 2 NVIPCFIX_VMM=1 \
     VMM_IPC_TICKET_EDIT=ns -- "$T/vmm_ipc"
-expect_in out "right 0/6, failed 6, wrong 0, stray 0, left 0"; expect_in err "of another PID namespace"; done_case
+expect_in out "right 0/6, failed 6, wrong 0, stray 0, left 0"; expect_in err "nothing answers for it"; done_case
 PRE=$LIB check "VMM: ticket from another machine refused" 2 NVIPCFIX_VMM=1 \
     VMM_IPC_TICKET_EDIT=boot -- "$T/vmm_ipc"
 expect_in out "right 0/6, failed 6, wrong 0, stray 0, left 0"; expect_in err "from another machine"; done_case
@@ -243,6 +243,72 @@ if [ "$(id -u)" = 0 ]; then
     expect_in out "right 0/6, failed 6, wrong 0, stray 0, left 0"; expect_in err "runs as another user"; done_case
 else
     skip "VMM: another user is refused" "needs root to start the importer as another user"
+fi
+# ---- VMM: only the ticket's secret grants memory; no peer stalls an open;
+# all of an export or nothing (an open that succeeds is read to its export's
+# last byte: a partial mapping shows as wrong); containers (docs/design.md,
+# threat model).
+PRE=$LIB check "VMM: a process of this user with what /proc/net/unix shows maps nothing" 2 \
+    NVIPCFIX_VMM=1 VMM_IPC_TICKET_EDIT=guess -- "$T/vmm_ipc"
+expect_in out "right 0/6, failed 6, wrong 0, stray 0, left 0"; expect_in err "could not prove it made the ticket"
+done_case
+PRE=$LIB check "VMM: a ticket with a wrong secret maps nothing" 2 NVIPCFIX_VMM=1 \
+    VMM_IPC_TICKET_EDIT=secret -- "$T/vmm_ipc"
+expect_in out "right 0/6, failed 6, wrong 0, stray 0, left 0"; expect_in err "could not prove it made the ticket"
+done_case
+PRE=$LIB check "VMM: a squatter of this user on an exited exporter's name gets and gives nothing" 2 \
+    NVIPCFIX_VMM=1 -- "$T/vmm_ipc" --squatter
+expect_in out "right 0/6, failed 6, wrong 0, stray 0, left 0"; expect_in err "could not prove it made the ticket"
+! grep -q "squatter got" "$OUT/err" || { ok=0; why="the squatter got a proof"; }; done_case
+PRE=$LIB check "VMM: exporter stopped: the open fails at its deadline, legacy IPC on another thread goes on" \
+    2 NVIPCFIX_VMM=1 NVIPCFIX_VMM_TIMEOUT_MS=$((1000 * TEST_TIME_SCALE)) -- "$T/vmm_ipc" --stopped
+expect_in out "right 0/6, failed 6, wrong 0, stray 0, left 0"
+expect_in err "did not hand over VMM memory within"; expect_in err "slowest .* ms: OK"
+done_case
+PRE=$LIB check "VMM: importer at its open-file limit: an error naming it, nothing mapped" 2 \
+    NVIPCFIX_VMM=1 VMM_IPC_IMPORTER_ROOM=2 -- "$T/vmm_ipc"
+expect_in out "right 0/6, failed 6, wrong 0, stray 0, left 0"
+expect_in err "this process is at its open-file limit"; done_case
+PRE=$LIB check "VMM: exporter at its open-file limit: an error naming it, never a partial mapping" 2 \
+    NVIPCFIX_VMM=1 VMM_IPC_EXPORTER_ROOM=2 -- "$T/vmm_ipc"
+# (how many single-chunk tensors still fit is not the property: none
+# partly mapped, nothing left, some refused)
+expect_in out "failed [1-9], wrong 0, stray 0, left 0"
+expect_in err "exporting process is at its open-file limit"
+done_case
+mkdir -m 755 "$OUT/vmm-open-dir"
+PRE=$LIB check "VMM: a socket directory open to others is refused, one warning" 2 NVIPCFIX_VMM=1 \
+    NVIPCFIX_VMM_SOCKET_DIR="$OUT/vmm-open-dir" -- "$T/vmm_ipc"
+expect_in out "right 0/6, export failed"; expect_in err "closed to others (mode 0700)"; done_case
+if [ "$(id -u)" = 0 ]; then
+    PRE=$LIB check "VMM: a squatter of another user on an exited exporter's name is refused" 2 \
+        NVIPCFIX_VMM=1 VMM_IPC_SQUATTER_UID=65534 -- "$T/vmm_ipc" --squatter
+    expect_in out "right 0/6, failed 6, wrong 0, stray 0, left 0"
+    expect_in err "a process of another user listens in its name"; done_case
+    PRE=$LIB check "VMM: 70 idle connections of another user and a dripping one delay no open, nor legacy IPC" 0 \
+        NVIPCFIX_VMM=1 VMM_IPC_LEGACY_THREAD=1 -- "$T/vmm_ipc" --hostile
+    expect_in out "right 6/6, failed 0, wrong 0, stray 0, left 0"; expect_in err "slowest .* ms: OK"; done_case
+else
+    skip "VMM: squatter and idle connections of another user" "needs root to act as another user"
+fi
+if [ -n "$RUNNER" ]; then
+    skip "VMM: importer in other namespaces" "the importer cannot start through unshare under qemu-user"
+elif ! unshare -p -f --mount-proc true 2>/dev/null || ! unshare -n true 2>/dev/null; then
+    skip "VMM: importer in other namespaces" "unshare -p/-n is not permitted here"
+else
+    PRE=$LIB check "VMM: importer in another PID namespace (unshare -p -f --mount-proc)" 0 \
+        NVIPCFIX_VMM=1 "VMM_IPC_IMPORTER_WRAP=unshare -p -f --mount-proc" -- "$T/vmm_ipc"
+    expect_in out "right 6/6, failed 0, wrong 0, stray 0, left 0"; done_case
+    PRE=$LIB check "VMM: importer in another network namespace, no socket directory: a clear error" 2 \
+        NVIPCFIX_VMM=1 "VMM_IPC_IMPORTER_WRAP=unshare -n -p -f --mount-proc" -- "$T/vmm_ipc"
+    expect_in out "right 0/6, failed 6, wrong 0, stray 0, left 0"; expect_in err "set NVIPCFIX_VMM_SOCKET_DIR"; done_case
+    mkdir -m 700 "$OUT/vmm-sockets"
+    PRE=$LIB check "VMM: importer in other network and PID namespaces, through NVIPCFIX_VMM_SOCKET_DIR" 0 \
+        NVIPCFIX_VMM=1 NVIPCFIX_VMM_SOCKET_DIR="$OUT/vmm-sockets" \
+        "VMM_IPC_IMPORTER_WRAP=unshare -n -p -f --mount-proc" -- "$T/vmm_ipc"
+    expect_in out "right 6/6, failed 0, wrong 0, stray 0, left 0"
+    [ -z "$(ls -A "$OUT/vmm-sockets")" ] || { ok=0; why="a socket left in the directory"; }
+    done_case
 fi
 PRE="" check "two devices, baseline: exporter on 1, importer on 0, bug without" 1 SIMCUDA_DEVICES=2 \
     LEGACY_IPC_DEVICE=1 LEGACY_IPC_IMPORTER_DEVICE=0 -- "$T/legacy_ipc"

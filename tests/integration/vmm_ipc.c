@@ -20,6 +20,18 @@
  *   --base            as vLLM's custom all-reduce does: every export is of
  *                     the range's start (RANGE_START_ADDR), and the child
  *                     adds each tensor's offset to what it opens
+ *   --squatter        the exporter exits; then a process of another user
+ *                     (VMM_IPC_SQUATTER_UID, if root) or of this one binds
+ *                     its socket's name and answers: nothing may be taken
+ *   --stopped         the exporter stops (SIGSTOP) after the export; the
+ *                     child opens tensor 0 alone, which must fail at the
+ *                     deadline (NVIPCFIX_VMM_TIMEOUT_MS) while legacy IPC
+ *                     calls on another thread of it go on unhindered
+ *   --hostile         a neighbour (user 65534 if root) holds 70 idle
+ *                     connections to the exporter's socket and drips bytes
+ *                     on another while the child opens everything
+ *                     (with VMM_IPC_LEGACY_THREAD=1 beside legacy IPC calls
+ *                     on another thread, as --stopped)
  *   --bench           no check: what a VMM export, first open, re-open and
  *                     last close cost against legacy IPC of cuMemAlloc
  *                     blocks of the same sizes (median of 30, us; open+close
@@ -27,26 +39,45 @@
  *                     the preload and NVIPCFIX_VMM=1)
  * Environment: VMM_IPC_IMPORTER_DEVICE (device the child uses, default 0),
  * VMM_IPC_IMPORTER_NO_PRELOAD=1 (child without LD_PRELOAD),
- * VMM_IPC_TICKET_EDIT=ns|boot (the child alters each ticket's PID
- * namespace or boot field, re-sealed, as a ticket from another namespace or
- * machine would be), VMM_IPC_IMPORTER_UID=N (the child, if root, becomes
- * user N first), VMM_IPC_OPEN_FLAGS=N (the child's first open of each
- * handle passes flags N instead of CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS).
+ * VMM_IPC_TICKET_EDIT=ns|boot|secret|guess (the child alters each ticket's
+ * PID namespace, boot or secret field, re-sealed; guess: the child keeps
+ * nothing of the tickets and makes its own from what any process can read,
+ * the exporter's name in /proc/net/unix, with ids 1..6 and random
+ * secrets), VMM_IPC_IMPORTER_UID=N (the child, if root, becomes user N
+ * first), VMM_IPC_IMPORTER_WRAP="unshare -p -f --mount-proc" (the child
+ * starts through that command: another PID or network namespace),
+ * VMM_IPC_IMPORTER_ROOM=N and VMM_IPC_EXPORTER_ROOM=N (the open-file limit
+ * leaves the child, or the exporter after its exports, room for N more),
+ * VMM_IPC_OPEN_FLAGS=N (the child's first open of each handle passes flags
+ * N instead of CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS).
+ *
+ * Every open that succeeds must map its whole export: the child also reads
+ * the last byte of the run of chunks the tensor starts in.
  *
  * Prints "right R/6, failed F, wrong W, stray S, left L" (a tensor is
- * right, wrong: a byte read was not the one exported or a second open gave
- * another pointer, or failed: a CUDA call on it failed; stray: exporter
- * bytes changed outside the tensors; left: mappings, allocations or ranges
- * left after the last close). Exit status, a bit mask: 0 all six right;
- * bit 1 (exit 1) wrong, stray or left; bit 2 (exit 2) a CUDA call failed
- * or a tensor did not open; 3 both. */
+ * right, wrong: a byte read was not the one exported, its export not mapped
+ * whole, or a second open gave another pointer, or failed: a CUDA call on
+ * it failed; stray: exporter bytes changed outside the tensors; left:
+ * mappings, allocations or ranges left after the last close). Exit status,
+ * a bit mask: 0 all six right; bit 1 (exit 1) wrong, stray or left, or a
+ * deadline property broken; bit 2 (exit 2) a CUDA call failed or a tensor
+ * did not open; 3 both. */
 #include <cuda.h>
 
 #include "../common/test_process.h"
+#include "../../shim/fd_channel.h"
 #include "../../shim/vmm_ticket.h"
 
+#include <dirent.h>
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <sys/prctl.h>
+#include <sys/random.h>
+#include <sys/resource.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -83,6 +114,7 @@ struct record {
     CUipcMemHandle handle;
     int32_t exported; /* the export's CUresult */
     uint64_t add;     /* what the importer adds to the pointer it opens */
+    uint64_t last;    /* the last byte the export covers, from the range's start */
 };
 
 /* What the child found for one tensor: status 0 right, bit 1 wrong, bit 2
@@ -153,13 +185,21 @@ static int import_one(const struct record *rec, int k, int reopen, CUdeviceptr *
         fprintf(stderr, "vmm_ipc: read of tensor %d failed\n", k);
         status |= 2;
     }
-    for (uint64_t i = 0; !(status & 2) && i < n; i++)
+    for (uint64_t i = 0; status == 0 && i < n; i++)
         if (buf[i] != pattern(tensors[k].offset + i)) {
             fprintf(stderr, "vmm_ipc: tensor %d byte %llu: 0x%02x, expected 0x%02x\n", k,
                     (unsigned long long)i, buf[i], pattern(tensors[k].offset + i));
             status |= 1;
             break;
         }
+    unsigned char end = 0; /* all of the export is mapped, not a prefix */
+    if (status == 0 && (cuMemcpyDtoH(&end, t + (rec->last - tensors[k].offset), 1) !=
+                            CUDA_SUCCESS ||
+                        end != pattern(rec->last))) {
+        fprintf(stderr, "vmm_ipc: tensor %d opened, but the end of its export is not mapped\n",
+                k);
+        status |= 1;
+    }
     if (status == 0) {
         for (uint64_t i = 0; i < n; i++)
             buf[i] = (unsigned char)~pattern(tensors[k].offset + i);
@@ -176,35 +216,159 @@ static int import_one(const struct record *rec, int k, int reopen, CUdeviceptr *
     return status;
 }
 
-/* Re-seals a ticket with its PID namespace or boot field changed. */
-static void edit_ticket(CUipcMemHandle *h, const char *what)
+/* The exporter's socket as anyone can read it in /proc/net/unix (the
+ * abstract name holds its user, PID namespace, pid and nonce). */
+static int public_address(uint32_t pid, struct nvipcfix_fd_address *a)
+{
+    FILE *f = fopen("/proc/net/unix", "r");
+    char line[512];
+    int found = 0;
+    while (f != NULL && !found && fgets(line, sizeof line, f) != NULL) {
+        const char *at = strstr(line, "@nvipcfix-vmm-");
+        found = at != NULL && sscanf(at, "@nvipcfix-vmm-%u-%u-%u-%x", &a->uid, &a->pid_ns,
+                                     &a->pid, &a->nonce) == 4 && a->pid == pid;
+    }
+    if (f != NULL)
+        fclose(f);
+    a->in_dir = 0;
+    return found ? 0 : -1;
+}
+
+/* Re-seals a ticket with its PID namespace, boot or secret field changed,
+ * or (guess) makes one from public facts alone: export id k + 1, a random
+ * secret. */
+static void edit_ticket(CUipcMemHandle *h, const char *what, int k)
 {
     struct nvipcfix_vmm_ticket t;
+    struct nvipcfix_fd_address a;
     if (what == NULL || nvipcfix_vmm_ticket_decode((unsigned char *)h->reserved, &t) != 0)
         return;
     if (strcmp(what, "ns") == 0)
         t.pid_ns += 1;
     else if (strcmp(what, "boot") == 0)
         t.boot ^= 2;
+    else if (strcmp(what, "secret") == 0)
+        t.secret[k % 16] ^= 1;
+    else if (strcmp(what, "guess") == 0) {
+        if (public_address(t.pid, &a) != 0) {
+            fprintf(stderr, "vmm_ipc: the exporter's socket is not in /proc/net/unix\n");
+            exit(2);
+        }
+        uint32_t boot = t.boot;
+        memset(&t, 0, sizeof t);
+        t.pid = a.pid;
+        t.uid = a.uid;
+        t.pid_ns = a.pid_ns;
+        t.nonce = a.nonce;
+        t.boot = boot;
+        t.export_id = (uint32_t)k + 1;
+        if (getrandom(t.secret, sizeof t.secret, 0) != (ssize_t)sizeof t.secret)
+            exit(2);
+    }
     nvipcfix_vmm_ticket_encode((unsigned char *)h->reserved, &t);
+}
+
+/* The open-file limit set so that only `room` more descriptors fit (the
+ * free numbers below the highest open one are filled first). */
+static void leave_room(int room)
+{
+    int top = 0;
+    DIR *d = opendir("/proc/self/fd");
+    for (struct dirent *e; d != NULL && (e = readdir(d)) != NULL;)
+        if (atoi(e->d_name) > top)
+            top = atoi(e->d_name);
+    if (d != NULL)
+        closedir(d);
+    for (int fd; (fd = open("/", O_RDONLY | O_CLOEXEC)) >= 0;)
+        if (fd > top) {
+            close(fd);
+            break;
+        }
+    struct rlimit lim;
+    getrlimit(RLIMIT_NOFILE, &lim);
+    lim.rlim_cur = (rlim_t)top + 1 + (rlim_t)room;
+    if (setrlimit(RLIMIT_NOFILE, &lim) != 0)
+        exit(2);
+}
+
+/* ---- legacy IPC on another thread while tickets are opened -------------- */
+
+static double now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
+}
+
+struct legacy_loop {
+    CUcontext ctx;
+    atomic_int stop;
+    int calls, failed;
+    double slowest; /* ms */
+};
+
+/* Legacy IPC on another thread: export a fresh block, open it (this
+ * process's own handle), close, free; each round timed. */
+static void *legacy_calls(void *arg)
+{
+    struct legacy_loop *l = arg;
+    cuCtxSetCurrent(l->ctx);
+    while (!atomic_load(&l->stop)) {
+        CUdeviceptr b, p;
+        CUipcMemHandle h;
+        double t0 = now_ms();
+        int bad = cuMemAlloc(&b, 1 << 20) != CUDA_SUCCESS ||
+                  cuIpcGetMemHandle(&h, b + 4096) != CUDA_SUCCESS ||
+                  cuIpcOpenMemHandle(&p, h, 1) != CUDA_SUCCESS ||
+                  cuIpcCloseMemHandle(p) != CUDA_SUCCESS || cuMemFree(b) != CUDA_SUCCESS;
+        double took = now_ms() - t0;
+        l->failed += bad;
+        l->calls++;
+        if (took > l->slowest)
+            l->slowest = took;
+        usleep(2000);
+    }
+    return NULL;
+}
+
+/* Says whether the legacy calls went on unhindered beside the opens (the
+ * slowest under half the deadline), and the opens ended by it. */
+static int legacy_verdict(struct legacy_loop *l, pthread_t thread, const char *what,
+                          double took, int deadline, int open_ok)
+{
+    atomic_store(&l->stop, 1);
+    pthread_join(thread, NULL);
+    int ok = open_ok && l->calls > 0 && l->failed == 0 && l->slowest < deadline / 2.0;
+    fprintf(stderr, "vmm_ipc: %s %.0f ms (deadline %d ms); legacy calls on another thread "
+                    "meanwhile: %d (%d failed), slowest %.1f ms: %s\n",
+            what, took, deadline, l->calls, l->failed, l->slowest, ok ? "OK" : "WRONG");
+    return ok;
 }
 
 static int importer(int reopen)
 {
     struct record recs[NT];
-    struct result res[NT];
+    struct result res[NT] = {{0, 0}};
     if (tp_read_full(0, recs, sizeof recs) != 0)
         return 2;
     int uid = env_int("VMM_IPC_IMPORTER_UID", -1);
     if (uid >= 0 && geteuid() == 0 && setuid((uid_t)uid) != 0)
         return 2;
-    if (tp_use_primary_context(env_int("VMM_IPC_IMPORTER_DEVICE", 0), NULL) != 0)
+    struct legacy_loop l = {0};
+    pthread_t thread;
+    int with_legacy = env_int("VMM_IPC_LEGACY_THREAD", 0);
+    double slowest = 0;
+    if (tp_use_primary_context(env_int("VMM_IPC_IMPORTER_DEVICE", 0), &l.ctx) != 0 ||
+        (with_legacy && pthread_create(&thread, NULL, legacy_calls, &l) != 0))
         return 2;
+    if (env_int("VMM_IPC_IMPORTER_ROOM", -1) >= 0)
+        leave_room(env_int("VMM_IPC_IMPORTER_ROOM", -1));
     for (int k = 0; k < NT; k++) {
         CUdeviceptr seen = 0;
-        edit_ticket(&recs[k].handle, getenv("VMM_IPC_TICKET_EDIT"));
+        edit_ticket(&recs[k].handle, getenv("VMM_IPC_TICKET_EDIT"), k);
+        double t0 = now_ms();
         res[k].status = import_one(&recs[k], k, reopen, &seen);
-        res[k].left = 0;
+        slowest = now_ms() - t0 > slowest ? now_ms() - t0 : slowest;
         /* After the last close nothing is mapped there any more. */
         CUdeviceptr base;
         size_t size;
@@ -224,7 +388,127 @@ static int importer(int reopen)
                 allocs, reserved);
         res[0].left += (int32_t)(maps + allocs + reserved);
     }
+    int deadline = env_int("NVIPCFIX_VMM_TIMEOUT_MS", 5000);
+    if (with_legacy &&
+        !legacy_verdict(&l, thread, "the slowest open took", slowest, deadline, slowest < deadline))
+        res[0].status |= 1;
     return tp_write_full(1, res, sizeof res) == 0 ? 0 : 2;
+}
+
+/* ---- --stopped: the exporter does not answer ------------------------- */
+
+/* Tensor 0's open must fail by the deadline, and legacy calls on another
+ * thread must never wait for it. */
+static int stopped_importer(void)
+{
+    struct record recs[NT];
+    struct result res[NT] = {{0, 0}};
+    struct legacy_loop l = {0};
+    pthread_t thread;
+    CUdeviceptr p;
+    int deadline = env_int("NVIPCFIX_VMM_TIMEOUT_MS", 5000);
+    if (tp_read_full(0, recs, sizeof recs) != 0 || tp_use_primary_context(0, &l.ctx) != 0 ||
+        pthread_create(&thread, NULL, legacy_calls, &l) != 0)
+        return 2;
+    double t0 = now_ms();
+    CUresult r = cuIpcOpenMemHandle(&p, recs[0].handle, 1);
+    double took = now_ms() - t0;
+    int ok = legacy_verdict(&l, thread, "open failed after", took, deadline,
+                            r != CUDA_SUCCESS && took >= deadline * 0.9);
+    for (int k = 0; k < NT; k++)
+        res[k].status = 2;
+    if (!ok)
+        res[0].status |= 1;
+    return tp_write_full(1, res, sizeof res) == 0 ? 0 : 2;
+}
+
+/* ---- hostile neighbours of the exporter --------------------------------- */
+
+/* The address of the exporter's server, from its ticket. */
+static int ticket_address(const CUipcMemHandle *h, struct nvipcfix_fd_address *a)
+{
+    struct nvipcfix_vmm_ticket t;
+    if (nvipcfix_vmm_ticket_decode((const unsigned char *)h->reserved, &t) != 0)
+        return -1;
+    struct nvipcfix_fd_address mine = {t.uid, t.pid, t.pid_ns, t.nonce,
+                                       (t.flags & NVIPCFIX_TICKET_IN_DIR) != 0};
+    *a = mine;
+    return 0;
+}
+
+/* A child, as user uid if root (-1: as this one), that dies with us and
+ * runs fn on the exporter's address; returns once fn said it is ready. */
+static pid_t neighbour(const CUipcMemHandle *h, int uid,
+                       void (*fn)(const struct sockaddr_un *, socklen_t, int ready))
+{
+    struct nvipcfix_fd_address a;
+    struct sockaddr_un sa;
+    int ready[2];
+    char r;
+    if (ticket_address(h, &a) != 0 || pipe(ready) != 0)
+        exit(2);
+    socklen_t len = nvipcfix_fd_sockaddr(&a, getenv("NVIPCFIX_VMM_SOCKET_DIR"), &sa);
+    pid_t child = fork();
+    if (child == 0) {
+        close(ready[0]);
+        if (uid >= 0 && geteuid() == 0 && (setgid((gid_t)uid) != 0 || setuid((uid_t)uid) != 0))
+            _exit(2);
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        fn(&sa, len, ready[1]);
+        _exit(0);
+    }
+    close(ready[1]);
+    if (child < 0 || tp_read_full(ready[0], &r, 1) != 0)
+        exit(2);
+    close(ready[0]);
+    return child;
+}
+
+static int dial(const struct sockaddr_un *sa, socklen_t len)
+{
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0 && connect(fd, (const struct sockaddr *)sa, len) != 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* 70 idle connections and one that drips a byte every 400 ms. */
+static void hold_and_drip(const struct sockaddr_un *sa, socklen_t len, int ready)
+{
+    for (int i = 0; i < 70; i++)
+        dial(sa, len);
+    int drip = dial(sa, len);
+    tp_write_full(ready, "r", 1);
+    for (char b = 0;; b++) {
+        usleep(400 * 1000);
+        if (drip < 0 || write(drip, &b, 1) != 1)
+            drip = dial(sa, len);
+    }
+}
+
+/* On the exited exporter's name: answers every client as a server would,
+ * with a proof made up, then a descriptor of its own memory. */
+static void squat(const struct sockaddr_un *sa, socklen_t len, int ready)
+{
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || bind(fd, (const struct sockaddr *)sa, len) != 0 || listen(fd, 8) != 0)
+        _exit(3);
+    tp_write_full(ready, "r", 1);
+    for (;;) {
+        int c = accept(fd, NULL, NULL);
+        unsigned char request[32], hello[40] = {0x4d, 0x6e, 0x76, 0x68}; /* "Mnvh", OK */
+        if (c < 0)
+            continue;
+        if (tp_read_full(c, request, sizeof request) == 0 &&
+            getrandom(hello + 8, 32, 0) == 32 && tp_write_full(c, hello, sizeof hello) == 0) {
+            unsigned char proof[16];
+            if (tp_read_full(c, proof, sizeof proof) == 0)
+                fprintf(stderr, "vmm_ipc: the squatter got a client's proof\n");
+        }
+        close(c);
+    }
 }
 
 /* Exports every tensor (base: the range's start for each, and the offset
@@ -234,6 +518,8 @@ static int export_all(CUdeviceptr va, struct record *recs, int base)
     int failed = 0;
     for (int k = 0; k < NT; k++) {
         recs[k].add = base ? tensors[k].offset : 0;
+        /* the run of chunks side by side from the tensor's, or all */
+        recs[k].last = (base ? 6 : tensors[k].offset / CHUNK <= 2 ? 3 : 6) * CHUNK - 1;
         recs[k].exported = cuIpcGetMemHandle(&recs[k].handle, base ? va : va + tensors[k].offset);
         if (recs[k].exported != CUDA_SUCCESS) {
             fprintf(stderr, "vmm_ipc: cuIpcGetMemHandle of tensor %d: error %d\n", k,
@@ -367,109 +653,191 @@ static int bench(char *self)
     return WIFEXITED(st) ? WEXITSTATUS(st) : 2;
 }
 
+/* ---- the exporter's side and the verdict --------------------------------- */
+
+struct run {
+    int reopen, self, freed, fd_handles, base;
+    int forked;  /* a child exports (and exits, or stops); this process passes tickets on */
+    int stopped, squatter, hostile;
+    CUdeviceptr va;
+    struct record recs[NT];
+    struct result res[NT];
+};
+
+static unsigned char host[SPAN * CHUNK], now_bytes[SPAN * CHUNK];
+
+/* Makes the chunks, fills them and exports every tensor. */
+static int export_side(struct run *r)
+{
+    CUmemGenericAllocationHandle h[NCHUNKS];
+    if (tp_use_primary_context(0, NULL) != 0 ||
+        cuMemAddressReserve(&r->va, 32 * CHUNK, 0, 0, 0) != CUDA_SUCCESS)
+        return 2;
+    for (int c = 0; c < NCHUNKS; c++)
+        if (create_chunk(r->va + place[c] * CHUNK, r->fd_handles, &h[c]) != CUDA_SUCCESS) {
+            fprintf(stderr, "vmm_ipc: cannot create VMM memory\n");
+            return 2;
+        }
+    for (uint64_t i = 0; i < SPAN * CHUNK; i++)
+        host[i] = pattern(i);
+    for (int c = 0; c < NCHUNKS; c++)
+        if (cuMemcpyHtoD(r->va + place[c] * CHUNK, host + place[c] * CHUNK, CHUNK))
+            return 2;
+    if (export_all(r->va, r->recs, r->base) != 0) {
+        printf("right 0/%d, export failed\n", NT);
+        return 2;
+    }
+    if (r->freed) { /* new memory where chunk 0 was, never to be seen */
+        if (cuMemUnmap(r->va, CHUNK) != CUDA_SUCCESS || cuMemRelease(h[0]) != CUDA_SUCCESS ||
+            create_chunk(r->va, r->fd_handles, &h[0]) != CUDA_SUCCESS ||
+            cuMemsetD8(r->va, 0xEE, CHUNK) != CUDA_SUCCESS)
+            return 2;
+        for (uint64_t i = 0; i < CHUNK; i++)
+            host[i] = 0xEE;
+    }
+    return 0;
+}
+
+/* The child that opens the tickets, started directly or through
+ * VMM_IPC_IMPORTER_WRAP (a command such as unshare). */
+static pid_t spawn_importer(char *self, const char *how, int *to, int *from)
+{
+    const char *wrap = getenv("VMM_IPC_IMPORTER_WRAP");
+    char *mode = (char *)(strcmp(how, "--stopped") == 0 ? "--stopped-importer" : "--importer");
+    char *arg = (char *)(strcmp(how, "--reopen") == 0 ? "--reopen" : "");
+    if (getenv("VMM_IPC_IMPORTER_NO_PRELOAD") != NULL)
+        unsetenv("LD_PRELOAD");
+    if (wrap == NULL || wrap[0] == '\0') {
+        char *args[] = {self, mode, arg, NULL};
+        return tp_spawn(self, args, to, from);
+    }
+    const char *runner = getenv("TEST_PROGRAM_RUNNER");
+    if (runner != NULL && runner[0] != '\0') {
+        fprintf(stderr, "vmm_ipc: VMM_IPC_IMPORTER_WRAP cannot run under an emulator\n");
+        exit(2);
+    }
+    static char script[600];
+    snprintf(script, sizeof script, "exec %s \"$0\" \"$1\" \"$2\"", wrap);
+    char *args[] = {"sh", "-c", script, self, mode, arg, NULL};
+    return tp_spawn("/bin/sh", args, to, from);
+}
+
+/* The importer's results, for every tensor. */
+static int run_importer(struct run *r, char *self, const char *how)
+{
+    int to, from, st;
+    pid_t child = spawn_importer(self, how, &to, &from);
+    if (env_int("VMM_IPC_EXPORTER_ROOM", -1) >= 0) /* the exporter's server, from now on */
+        leave_room(env_int("VMM_IPC_EXPORTER_ROOM", -1));
+    if (tp_write_full(to, r->recs, sizeof r->recs) != 0 ||
+        tp_read_full(from, r->res, sizeof r->res) != 0) {
+        fprintf(stderr, "vmm_ipc: the importer did not answer\n");
+        return 2;
+    }
+    waitpid(child, &st, 0);
+    return WIFEXITED(st) && WEXITSTATUS(st) == 0 ? 0 : 2;
+}
+
+/* Counts what the importer found; checks every byte of the exporter's
+ * memory when it is this process. */
+static int verdict(struct run *r)
+{
+    int right = 0, failed = 0, wrong = 0, left = 0;
+    long stray = 0;
+    for (int k = 0; k < NT; k++) {
+        right += r->res[k].status == 0;
+        wrong += (r->res[k].status & 1) != 0;
+        failed += (r->res[k].status & 2) != 0;
+        left += r->res[k].left;
+        if (r->res[k].status == 0 && !r->forked)
+            for (uint64_t i = 0; i < tensors[k].len; i++)
+                host[tensors[k].offset + i] = (unsigned char)~host[tensors[k].offset + i];
+    }
+    if (!r->forked) {
+        for (int c = 0; c < NCHUNKS; c++)
+            if (cuMemcpyDtoH(now_bytes + place[c] * CHUNK, r->va + place[c] * CHUNK, CHUNK))
+                return 2;
+        for (uint64_t i = 0; i < SPAN * CHUNK; i++)
+            stray += mapped(i) && now_bytes[i] != host[i];
+    }
+    printf("right %d/%d, failed %d, wrong %d, stray %ld, left %d\n", right, NT, failed, wrong,
+           stray, left);
+    return (wrong > 0 || stray > 0 || left > 0 ? 1 : 0) | (failed > 0 ? 2 : 0);
+}
+
+/* A child exports and writes the tickets here, then exits (or stops). */
+static int forked_exporter(struct run *r, pid_t *exporter)
+{
+    int p[2], st;
+    if (pipe(p) != 0 || (*exporter = fork()) < 0)
+        return 2;
+    if (*exporter == 0) {
+        close(p[0]);
+        int e = export_side(r);
+        fflush(stdout); /* its "export failed" line, before _exit */
+        if (e != 0 || tp_write_full(p[1], r->recs, sizeof r->recs) != 0)
+            _exit(2);
+        if (r->stopped)
+            raise(SIGSTOP); /* until killed */
+        _exit(0);
+    }
+    close(p[1]);
+    if (tp_read_full(p[0], r->recs, sizeof r->recs) != 0)
+        return 2;
+    close(p[0]);
+    if (!r->stopped &&
+        (waitpid(*exporter, &st, 0) != *exporter || !WIFEXITED(st) || WEXITSTATUS(st) != 0))
+        return 2;
+    return 0;
+}
+
+static void end_child(pid_t child)
+{
+    if (child > 0) {
+        kill(child, SIGKILL);
+        waitpid(child, NULL, 0);
+    }
+}
+
 int main(int argc, char **argv)
 {
     const char *mode = argc > 1 ? argv[1] : "";
     if (strcmp(mode, "--importer") == 0)
         return importer(argc > 2 && strcmp(argv[2], "--reopen") == 0);
+    if (strcmp(mode, "--stopped-importer") == 0)
+        return stopped_importer();
     if (strcmp(mode, "--bench-importer") == 0)
         return bench_importer();
     if (strcmp(mode, "--bench") == 0)
         return bench(argv[0]);
-    int reopen = strcmp(mode, "--reopen") == 0, self = strcmp(mode, "--self") == 0;
-    int freed = strcmp(mode, "--freed") == 0, exits = strcmp(mode, "--exporter-exits") == 0;
-    int fd_handles = strcmp(mode, "--no-fd") != 0, base = strcmp(mode, "--base") == 0;
-    struct record recs[NT];
-    struct result res[NT];
-    int to_exporter[2] = {-1, -1};
-    pid_t exporter = 0;
-
-    /* --exporter-exits: a child exports and exits; this process only
-     * passes the tickets on. */
-    if (exits) {
-        if (pipe(to_exporter) != 0 || (exporter = fork()) < 0)
-            return 2;
-        close(to_exporter[exporter == 0 ? 0 : 1]);
-    }
-    CUdeviceptr va = 0;
-    static unsigned char host[SPAN * CHUNK], now[SPAN * CHUNK];
-    if (!exits || exporter == 0) {
-        CUmemGenericAllocationHandle h[NCHUNKS];
-        if (tp_use_primary_context(0, NULL) != 0 ||
-            cuMemAddressReserve(&va, 32 * CHUNK, 0, 0, 0) != CUDA_SUCCESS)
-            return 2;
-        for (int c = 0; c < NCHUNKS; c++)
-            if (create_chunk(va + place[c] * CHUNK, fd_handles, &h[c]) != CUDA_SUCCESS) {
-                fprintf(stderr, "vmm_ipc: cannot create VMM memory\n");
-                return 2;
-            }
-        for (uint64_t i = 0; i < SPAN * CHUNK; i++)
-            host[i] = pattern(i);
-        for (int c = 0; c < NCHUNKS; c++)
-            if (cuMemcpyHtoD(va + place[c] * CHUNK, host + place[c] * CHUNK, CHUNK))
-                return 2;
-        if (export_all(va, recs, base) != 0) {
-            printf("right 0/%d, export failed\n", NT);
-            return 2;
-        }
-        if (freed) { /* new memory where chunk 0 was, never to be seen */
-            if (cuMemUnmap(va, CHUNK) != CUDA_SUCCESS || cuMemRelease(h[0]) != CUDA_SUCCESS ||
-                create_chunk(va, fd_handles, &h[0]) != CUDA_SUCCESS ||
-                cuMemsetD8(va, 0xEE, CHUNK) != CUDA_SUCCESS)
-                return 2;
-            for (uint64_t i = 0; i < CHUNK; i++)
-                host[i] = 0xEE;
-        }
-        if (exits)
-            return tp_write_full(to_exporter[1], recs, sizeof recs) == 0 ? 0 : 2;
-    } else {
-        int st;
-        if (tp_read_full(to_exporter[0], recs, sizeof recs) != 0 ||
-            waitpid(exporter, &st, 0) != exporter || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
-            return 2;
-    }
-
-    if (self) {
+    static struct run r;
+    r.reopen = strcmp(mode, "--reopen") == 0;
+    r.self = strcmp(mode, "--self") == 0;
+    r.freed = strcmp(mode, "--freed") == 0;
+    r.fd_handles = strcmp(mode, "--no-fd") != 0;
+    r.base = strcmp(mode, "--base") == 0;
+    r.stopped = strcmp(mode, "--stopped") == 0;
+    r.squatter = strcmp(mode, "--squatter") == 0;
+    r.hostile = strcmp(mode, "--hostile") == 0;
+    r.forked = strcmp(mode, "--exporter-exits") == 0 || r.stopped || r.squatter;
+    pid_t exporter = 0, other = 0;
+    int e = r.forked ? forked_exporter(&r, &exporter) : export_side(&r);
+    if (e != 0)
+        return e;
+    if (r.squatter) /* on the name of the exporter, which has exited */
+        other = neighbour(&r.recs[0].handle, env_int("VMM_IPC_SQUATTER_UID", -1), squat);
+    if (r.hostile)
+        other = neighbour(&r.recs[0].handle, 65534, hold_and_drip);
+    if (r.self)
         for (int k = 0; k < NT; k++) {
             CUdeviceptr seen;
-            res[k].status = import_one(&recs[k], k, 1, &seen);
-            res[k].left = 0;
+            r.res[k].status = import_one(&r.recs[k], k, 1, &seen);
+            r.res[k].left = 0;
         }
-    } else {
-        int to, from, st;
-        if (getenv("VMM_IPC_IMPORTER_NO_PRELOAD") != NULL)
-            unsetenv("LD_PRELOAD");
-        char *args[] = {argv[0], "--importer", reopen ? "--reopen" : "", NULL};
-        pid_t child = tp_spawn(argv[0], args, &to, &from);
-        if (tp_write_full(to, recs, sizeof recs) != 0 ||
-            tp_read_full(from, res, sizeof res) != 0) {
-            fprintf(stderr, "vmm_ipc: the importer did not answer\n");
-            return 2;
-        }
-        waitpid(child, &st, 0);
-        if (!WIFEXITED(st) || WEXITSTATUS(st) != 0)
-            return 2;
-    }
-
-    int right = 0, failed = 0, wrong = 0, left = 0;
-    long stray = 0;
-    for (int k = 0; k < NT; k++) {
-        right += res[k].status == 0;
-        wrong += (res[k].status & 1) != 0;
-        failed += (res[k].status & 2) != 0;
-        left += res[k].left;
-        if (res[k].status == 0 && !exits)
-            for (uint64_t i = 0; i < tensors[k].len; i++)
-                host[tensors[k].offset + i] = (unsigned char)~host[tensors[k].offset + i];
-    }
-    if (!exits) { /* every byte of the exporter's memory is what it should be */
-        for (int c = 0; c < NCHUNKS; c++)
-            if (cuMemcpyDtoH(now + place[c] * CHUNK, va + place[c] * CHUNK, CHUNK))
-                return 2;
-        for (uint64_t i = 0; i < SPAN * CHUNK; i++)
-            stray += mapped(i) && now[i] != host[i];
-    }
-    printf("right %d/%d, failed %d, wrong %d, stray %ld, left %d\n", right, NT, failed, wrong,
-           stray, left);
-    return (wrong > 0 || stray > 0 || left > 0 ? 1 : 0) | (failed > 0 ? 2 : 0);
+    else
+        e = run_importer(&r, argv[0], mode);
+    end_child(other);
+    if (r.stopped)
+        end_child(exporter);
+    return e != 0 ? e : verdict(&r);
 }

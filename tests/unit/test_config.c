@@ -115,6 +115,27 @@ static void test_unknown_variable(void **state)
     assert_non_null(strstr(c.warnings[0], "NVIPCFIX_MOD "));
 }
 
+/* The VMM exchange's deadline and socket directory. */
+static void test_vmm_settings(void **state)
+{
+    (void)state;
+    struct nvipcfix_config c;
+    const char *ok[] = {"NVIPCFIX_VMM_TIMEOUT_MS=250", "NVIPCFIX_VMM_SOCKET_DIR=/run/x", NULL};
+    parse(&c, ok);
+    assert_int_equal(c.vmm_timeout_ms, 250);
+    assert_string_equal(c.vmm_socket_dir, "/run/x");
+    assert_int_equal(c.nwarnings, 0);
+    const char *bad[] = {"NVIPCFIX_VMM_TIMEOUT_MS=0", "NVIPCFIX_VMM_SOCKET_DIR=run/x", NULL};
+    parse(&c, bad);
+    assert_int_equal(c.vmm_timeout_ms, 0); /* the default */
+    assert_string_equal(c.vmm_socket_dir, "");
+    assert_int_equal(c.nwarnings, 2);
+    const char *junk[] = {"NVIPCFIX_VMM_TIMEOUT_MS=5s", NULL};
+    parse(&c, junk);
+    assert_int_equal(c.vmm_timeout_ms, 0);
+    assert_int_equal(c.nwarnings, 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -123,6 +144,7 @@ int main(void)
         cmocka_unit_test(test_bad_values_keep_defaults),
         cmocka_unit_test(test_garbage_is_bounded),
         cmocka_unit_test(test_unknown_variable),
+        cmocka_unit_test(test_vmm_settings),
     };
     return cmocka_run_group_tests_name("config", tests, NULL, NULL);
 }

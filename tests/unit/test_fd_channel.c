@@ -1,7 +1,16 @@
-/* Unit tests of shim/fd_channel.c: descriptors handed over a Unix socket in
- * the abstract namespace, only to those who may have them. */
+/* Unit tests of shim/fd_channel.c: descriptors handed over a Unix socket
+ * only to a client that proves it holds the export's secret, only by a
+ * server that proves the same, within one deadline, whole or not at all.
+ * Hostile peers are played here: a same-user process without the secret,
+ * a replayed proof, a squatter on the name (same user, another user), idle
+ * and dripping connections, a server that never answers, malformed
+ * batches. */
 #include <setjmp.h>
 #include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -9,37 +18,56 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
+#include <sys/random.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
 #include "../common/unit_skip.h"
+#include "../common/test_process.h"
 
 #include "../../shim/fd_channel.h"
 
+#define SERVER_MS 1500 /* the server's deadline per client */
+
 /* Export id N offers N descriptors, item i a memfd holding the byte i;
- * id 0 is unknown; id 1000 + N offers N + 5 but hands over only N. */
-static uint64_t offered(uint64_t id)
+ * id 0 is unknown; id 1000 + N offers N + 5 but makes only N. Export N's
+ * secret is bytes N*7+i. */
+static uint32_t offered(uint32_t id)
 {
     return id >= 1000 ? id - 1000 + 5 : id;
 }
 
-static void describe(void *arg, uint64_t id, struct nvipcfix_fd_reply *out)
+static void key_of(uint32_t id, unsigned char key[16])
+{
+    for (int i = 0; i < 16; i++)
+        key[i] = (unsigned char)(id * 7 + (uint32_t)i);
+}
+
+static int secret(void *arg, uint32_t id, unsigned char key[16])
 {
     (void)arg;
-    if (id == 0) {
-        out->status = NVIPCFIX_FD_UNKNOWN;
-        return;
-    }
-    uint64_t n = offered(id);
+    if (id == 0)
+        return -1;
+    key_of(id, key);
+    return 0;
+}
+
+static void describe(void *arg, uint32_t id, struct nvipcfix_fd_reply *out)
+{
+    (void)arg;
+    uint32_t n = offered(id);
     out->sizes = calloc(n, sizeof *out->sizes);
     out->offsets = calloc(n, sizeof *out->offsets);
-    for (uint64_t i = 0; i < n; i++) {
+    for (uint32_t i = 0; i < n; i++) {
         out->sizes[i] = 4096 + i;
-        out->offsets[i] = 8192 * i;
+        out->offsets[i] = 8192 * (uint64_t)i;
     }
-    out->n = (uint32_t)n;
+    out->n = n;
     out->status = NVIPCFIX_FD_OK;
 }
 
@@ -57,13 +85,12 @@ static int open_fds(void)
 
 static int most_open; /* the most seen when a batch is made */
 
-static uint32_t export_fds(void *arg, uint64_t id, uint32_t first, uint32_t count, int *fds,
+static uint32_t export_fds(void *arg, uint32_t id, uint32_t first, uint32_t count, int *fds,
                            int32_t *driver_error)
 {
     (void)arg;
     (void)driver_error;
-    uint64_t give = id >= 1000 ? id - 1000 : id;
-    uint32_t k = 0;
+    uint32_t give = id >= 1000 ? id - 1000 : id, k = 0;
     for (uint32_t i = first; i < first + count && i < give; i++, k++) {
         unsigned char b = (unsigned char)i;
         fds[k] = memfd_create("fd-channel-test", MFD_CLOEXEC);
@@ -74,7 +101,7 @@ static uint32_t export_fds(void *arg, uint64_t id, uint32_t first, uint32_t coun
     return k;
 }
 
-static const struct nvipcfix_fd_service service = {describe, export_fds, NULL};
+static const struct nvipcfix_fd_service service = {secret, describe, export_fds, NULL};
 
 /* What the asking side got: each descriptor checked and closed at once. */
 struct got {
@@ -87,13 +114,14 @@ static int begin(void *arg, const struct nvipcfix_fd_reply *offer)
     struct got *g = arg;
     g->offered = offer->n;
     for (uint32_t i = 0; i < offer->n; i++)
-        g->bad += offer->sizes[i] != 4096 + i || offer->offsets[i] != 8192 * i;
+        g->bad += offer->sizes[i] != 4096 + i || offer->offsets[i] != 8192 * (uint64_t)i;
     return 0;
 }
 
-static int take(void *arg, uint32_t first, const int *fds, uint32_t k)
+static int take(void *arg, uint32_t first, const int *fds, uint32_t k, int *why)
 {
     struct got *g = arg;
+    (void)why;
     for (uint32_t j = 0; j < k; j++) {
         unsigned char b = 0xff;
         g->bad += first + j != g->taken || pread(fds[j], &b, 1, 0) != 1 ||
@@ -104,22 +132,42 @@ static int take(void *arg, uint32_t first, const int *fds, uint32_t k)
     return g->stop_after > 0 && g->taken >= (uint32_t)g->stop_after;
 }
 
-static int ask(pid_t to, uint64_t sec, uint64_t id, struct got *g, uint32_t *served)
+static struct nvipcfix_fd_server server;
+static struct nvipcfix_fd_address addr;
+static char dir[64];
+
+static int ask_with(const struct nvipcfix_fd_address *to, uint32_t id,
+                    const unsigned char key[16], int ms, struct got *g)
 {
     struct nvipcfix_fd_taker t = {begin, take, g};
     int32_t err;
-    return nvipcfix_fd_request(to, sec, id, 5000, &t, served, &err);
+    return nvipcfix_fd_request(to, dir, id, key, ms, &t, &err);
 }
 
-static struct nvipcfix_fd_server server;
-static pid_t pid;
-static uint64_t secret;
+static int ask(uint32_t id, struct got *g)
+{
+    unsigned char key[16];
+    key_of(id, key);
+    return ask_with(&addr, id, key, 5000, g);
+}
+
+static uint32_t pid_ns(void)
+{
+    struct stat st;
+    return stat("/proc/self/ns/pid", &st) == 0 ? (uint32_t)st.st_ino : 0;
+}
+
+static int start(struct nvipcfix_fd_server *s, const char *in)
+{
+    char why[256];
+    nvipcfix_fd_server_init(s, &service);
+    return nvipcfix_fd_server_start(s, in, SERVER_MS, pid_ns(), &addr, why, sizeof why);
+}
 
 static int setup(void **state)
 {
     (void)state;
-    nvipcfix_fd_server_init(&server, &service);
-    return nvipcfix_fd_server_start(&server, &pid, &secret);
+    return start(&server, NULL);
 }
 
 static int teardown(void **state)
@@ -138,39 +186,140 @@ static int settle_to(int n)
     return open_fds();
 }
 
+/* Descriptors open once the server has closed every client's socket. */
+static int quiet_fds(void)
+{
+    for (int i = 0; i < 5000 && atomic_load(&server.clients) > 0; i++)
+        usleep(1000);
+    return open_fds();
+}
+
+static double now_ms(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return t.tv_sec * 1e3 + t.tv_nsec / 1e6;
+}
+
+/* ---- the wire, as a hostile peer writes it ------------------------------ */
+
+struct wire_request {
+    uint32_t magic, version, export_id, zero;
+    unsigned char nonce[16];
+};
+struct wire_hello {
+    uint32_t magic;
+    int32_t status;
+    unsigned char nonce[16], proof[16];
+};
+struct wire_head {
+    uint32_t magic;
+    int32_t status, driver_error;
+    uint32_t n;
+};
+struct wire_batch {
+    uint32_t tag;
+    int32_t status, driver_error;
+};
+
+static int dial(const struct nvipcfix_fd_address *a)
+{
+    struct sockaddr_un sa;
+    socklen_t len = nvipcfix_fd_sockaddr(a, dir, &sa);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd >= 0 && connect(fd, (struct sockaddr *)&sa, len) == 0)
+        return fd;
+    if (fd >= 0)
+        close(fd);
+    return -1;
+}
+
+/* A listening socket on the name of a made-up server of this process. */
+static int bind_as(const struct nvipcfix_fd_address *a)
+{
+    struct sockaddr_un sa;
+    socklen_t len = nvipcfix_fd_sockaddr(a, dir, &sa);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&sa, len) != 0 || listen(fd, 8) != 0)
+        return -1;
+    return fd;
+}
+
+/* A raw client without the secret: the request, the server's hello, a
+ * proof it made up (or the one given); the status answered, and whether
+ * any descriptor came. */
+static int raw_exchange(uint32_t id, const unsigned char nonce[16], const unsigned char *proof,
+                        struct wire_hello *hello, int *fds_came)
+{
+    struct wire_request q = {0x71766e4du, 2, id, 0, {0}};
+    struct wire_head h = {0};
+    unsigned char made_up[16];
+    memcpy(q.nonce, nonce, 16);
+    int fd = dial(&addr);
+    assert_true(fd >= 0);
+    assert_int_equal(tp_write_full(fd, &q, sizeof q), 0);
+    assert_int_equal(tp_read_full(fd, hello, sizeof *hello), 0);
+    assert_int_equal(getrandom(made_up, sizeof made_up, 0), 16);
+    assert_int_equal(tp_write_full(fd, proof != NULL ? proof : made_up, 16), 0);
+    assert_int_equal(tp_read_full(fd, &h, sizeof h), 0);
+    char byte[64];
+    union {
+        char buf[CMSG_SPACE(64 * sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    struct iovec iov = {byte, sizeof byte};
+    struct msghdr m = {0};
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    m.msg_control = u.buf;
+    m.msg_controllen = sizeof u.buf;
+    *fds_came = h.status == 0 && recvmsg(fd, &m, MSG_CMSG_CLOEXEC) > 0 && m.msg_controllen > 0;
+    for (struct cmsghdr *c = *fds_came ? CMSG_FIRSTHDR(&m) : NULL; c != NULL;
+         c = CMSG_NXTHDR(&m, c))
+        for (size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
+            int one;
+            memcpy(&one, CMSG_DATA(c) + i * sizeof(int), sizeof one);
+            close(one);
+        }
+    close(fd);
+    return h.status;
+}
+
+/* ---- what the exporter hands over ---------------------------------------- */
+
 static void test_descriptors_arrive(void **state)
 {
     (void)state;
     struct got g = {0};
-    uint32_t served;
-    int before = open_fds();
-    assert_int_equal(pid, getpid());
-    assert_int_equal(ask(pid, secret, 3, &g, &served), NVIPCFIX_FD_OK);
-    assert_true(served == 3 && g.offered == 3 && g.taken == 3 && g.bad == 0);
+    int before = quiet_fds();
+    assert_int_equal(addr.pid, getpid());
+    assert_int_equal(ask(3, &g), NVIPCFIX_FD_OK);
+    assert_true(g.offered == 3 && g.taken == 3 && g.bad == 0);
     assert_int_equal(settle_to(before), before);
     /* more than one batch (the kernel takes 253 per message): neither side
      * holds more than one batch at a time, and nothing stays open */
     memset(&g, 0, sizeof g);
     most_open = 0;
-    assert_int_equal(ask(pid, secret, 600, &g, &served), NVIPCFIX_FD_OK);
-    assert_true(served == 600 && g.taken == 600 && g.bad == 0);
+    assert_int_equal(ask(600, &g), NVIPCFIX_FD_OK);
+    assert_true(g.taken == 600 && g.bad == 0);
     assert_true(most_open - before <= 2 * NVIPCFIX_FD_BATCH + 8);
     assert_int_equal(settle_to(before), before);
     assert_int_equal(atomic_load(&server.served), 2);
 }
 
-/* The exporter stops handing over part-way (memory freed since): the
- * asking side gets what came before, and knows how much. */
-static void test_fewer_than_offered(void **state)
+/* The exporter cannot make every descriptor it offered (memory freed
+ * since): the answer is an error, not a shorter success. */
+static void test_fewer_than_offered_is_an_error(void **state)
 {
     (void)state;
     struct got g = {0};
-    uint32_t served;
-    assert_int_equal(ask(pid, secret, 1000 + 260, &g, &served), NVIPCFIX_FD_OK);
-    assert_true(g.offered == 265 && served == 260 && g.taken == 260 && g.bad == 0);
+    int before = quiet_fds();
+    assert_int_equal(ask(1000 + 260, &g), NVIPCFIX_FD_FREED);
+    assert_true(g.offered == 265 && g.taken == NVIPCFIX_FD_BATCH && g.bad == 0);
     memset(&g, 0, sizeof g);
-    assert_int_equal(ask(pid, secret, 1000 + 0, &g, &served), NVIPCFIX_FD_FREED);
+    assert_int_equal(ask(1000 + 0, &g), NVIPCFIX_FD_FREED);
     assert_int_equal(g.taken, 0);
+    assert_int_equal(settle_to(before), before);
 }
 
 /* The asking side gives up part-way: nothing is left open on either side. */
@@ -178,77 +327,367 @@ static void test_taker_stops(void **state)
 {
     (void)state;
     struct got g = {.stop_after = 10};
-    uint32_t served;
-    assert_int_equal(ask(pid, secret, 600, &g, &served), NVIPCFIX_FD_BROKEN);
+    int before = quiet_fds();
+    assert_int_equal(ask(600, &g), NVIPCFIX_FD_BROKEN);
     assert_int_equal(g.taken, NVIPCFIX_FD_BATCH);
+    assert_int_equal(settle_to(before), before);
 }
 
-static void test_exporter_answers_pass_through(void **state)
+static void test_unknown_export(void **state)
 {
     (void)state;
     struct got g = {0};
-    uint32_t served;
-    assert_int_equal(ask(pid, secret, 0, &g, &served), NVIPCFIX_FD_UNKNOWN);
+    assert_int_equal(ask(0, &g), NVIPCFIX_FD_UNKNOWN);
     assert_int_equal(g.offered, 0);
 }
 
-static void test_wrong_secret_or_pid_finds_nobody(void **state)
+/* ---- only the secret grants ---------------------------------------------- */
+
+/* A process that read the name (it is public) and guesses ids and secrets:
+ * the server's proof does not check out, the client never answers it, and
+ * nothing is handed over. */
+static void test_guessed_secrets_get_nothing(void **state)
 {
     (void)state;
     struct got g = {0};
-    uint32_t served;
-    assert_int_equal(ask(pid, secret ^ 1, 3, &g, &served), NVIPCFIX_FD_NO_EXPORTER);
-    assert_int_equal(ask(pid + 100000, secret, 3, &g, &served), NVIPCFIX_FD_NO_EXPORTER);
-}
-
-/* A process listening under another process's name is not believed. */
-static void test_impostor_is_noticed(void **state)
-{
-    (void)state;
-    pid_t other = fork();
-    if (other == 0) {
-        pause();
-        _exit(0);
+    unsigned char key[16];
+    unsigned long served = atomic_load(&server.served);
+    key_of(3, key);
+    key[15] ^= 1;
+    assert_int_equal(ask_with(&addr, 3, key, 5000, &g), NVIPCFIX_FD_NO_PROOF);
+    for (uint32_t id = 1; id <= 40; id++) {
+        assert_int_equal(getrandom(key, sizeof key, 0), 16);
+        assert_int_equal(ask_with(&addr, id, key, 5000, &g), NVIPCFIX_FD_NO_PROOF);
     }
-    struct sockaddr_un a;
-    memset(&a, 0, sizeof a);
-    a.sun_family = AF_UNIX;
-    int n = snprintf(a.sun_path + 1, sizeof a.sun_path - 1, "nvipcfix-vmm-%d-%016llx",
-                     (int)other, 0x5eedULL);
-    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    assert_int_equal(bind(fd, (struct sockaddr *)&a,
-                          (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + (size_t)n)),
-                     0);
-    assert_int_equal(listen(fd, 4), 0);
-    struct got g = {0};
-    uint32_t served;
-    assert_int_equal(ask(other, 0x5eed, 3, &g, &served), NVIPCFIX_FD_IMPOSTOR);
-    assert_int_equal(g.offered, 0);
-    close(fd);
-    kill(other, SIGKILL);
-    waitpid(other, NULL, 0);
+    assert_true(g.offered == 0 && g.taken == 0);
+    assert_int_equal(atomic_load(&server.served), served);
 }
 
-/* Another user is refused; root may ask (it could take them anyway). */
+/* A raw client that answers the challenge with anything but the right
+ * proof is refused and gets no descriptor; a proof from an earlier
+ * exchange (replayed) does not fit a new one. */
+static void test_wrong_or_replayed_proof_refused(void **state)
+{
+    (void)state;
+    unsigned char nonce[16] = {1, 2, 3}, key[16], right[16];
+    struct wire_hello h;
+    int came;
+    unsigned long refused = atomic_load(&server.refused);
+    int before = quiet_fds();
+    assert_int_equal(raw_exchange(3, nonce, NULL, &h, &came), NVIPCFIX_FD_REFUSED);
+    assert_false(came);
+    assert_int_equal(atomic_load(&server.refused), refused + 1);
+    /* with the secret, the proof for this exchange works... */
+    key_of(3, key);
+    struct wire_request q = {0x71766e4du, 2, 3, 0, {1, 2, 3}};
+    int fd = dial(&addr);
+    assert_int_equal(tp_write_full(fd, &q, sizeof q), 0);
+    assert_int_equal(tp_read_full(fd, &h, sizeof h), 0);
+    nvipcfix_fd_proof(key, 'C', 3, nonce, h.nonce, &addr, right);
+    close(fd);
+    /* ...and only for it: the server's nonce is new in the next one */
+    assert_int_equal(raw_exchange(3, nonce, right, &h, &came), NVIPCFIX_FD_REFUSED);
+    assert_false(came);
+    /* the server's proof is not the client's: reflecting it fails too */
+    assert_int_equal(raw_exchange(3, nonce, h.proof, &h, &came), NVIPCFIX_FD_REFUSED);
+    assert_int_equal(settle_to(before), before);
+}
+
+/* Another user is refused at once, even with the secret (root may ask). */
 static void test_other_user_refused(void **state)
 {
     (void)state;
     if (geteuid() != 0)
         skip_because("needs root to act as another user");
+    unsigned long refused = atomic_load(&server.refused);
     pid_t child = fork();
     if (child == 0) {
         struct got g = {0};
-        uint32_t served;
         if (setuid(65534) != 0)
-            _exit(10);
-        _exit(ask(pid, secret, 3, &g, &served));
+            _exit(100);
+        _exit(ask(3, &g));
     }
     int st;
     assert_int_equal(waitpid(child, &st, 0), child);
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), NVIPCFIX_FD_REFUSED);
-    assert_int_equal(atomic_load(&server.refused), 1);
+    assert_int_equal(atomic_load(&server.refused), refused + 1);
 }
+
+/* ---- a squatter on the exporter's name ----------------------------------- */
+
+/* A child that listens on the name of a made-up server of this user's and
+ * answers every client with a hello that proves nothing (and would send
+ * descriptors after it). uid: the user it runs as (-1: this one). */
+static pid_t squatter(int uid, struct nvipcfix_fd_address *a)
+{
+    int ready[2];
+    assert_int_equal(pipe(ready), 0);
+    pid_t child = fork();
+    if (child == 0) {
+        struct nvipcfix_fd_address mine = {geteuid(), getpid(), pid_ns(), 0x5eed, 0};
+        if (uid >= 0 && setuid((uid_t)uid) != 0)
+            _exit(1);
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        int fd = bind_as(&mine);
+        if (fd < 0 || tp_write_full(ready[1], &mine, sizeof mine) != 0)
+            _exit(2);
+        for (;;) {
+            int c = accept(fd, NULL, NULL);
+            struct wire_request q;
+            struct wire_hello h = {0x68766e4du, 0, {7}, {9}};
+            if (c >= 0 && tp_read_full(c, &q, sizeof q) == 0)
+                tp_write_full(c, &h, sizeof h);
+            if (c >= 0)
+                close(c);
+        }
+    }
+    close(ready[1]);
+    assert_int_equal(tp_read_full(ready[0], a, sizeof *a), 0);
+    close(ready[0]);
+    return child;
+}
+
+static void kill_child(pid_t child)
+{
+    kill(child, SIGKILL);
+    waitpid(child, NULL, 0);
+}
+
+/* A process of this user on the name (an exporter's, after it exited)
+ * cannot prove it made the ticket: nothing is taken from it. */
+static void test_squatter_of_this_user(void **state)
+{
+    (void)state;
+    struct nvipcfix_fd_address fake;
+    pid_t child = squatter(-1, &fake);
+    struct got g = {0};
+    unsigned char key[16];
+    key_of(3, key);
+    assert_int_equal(ask_with(&fake, 3, key, 5000, &g), NVIPCFIX_FD_NO_PROOF);
+    assert_true(g.offered == 0 && g.taken == 0);
+    kill_child(child);
+}
+
+/* Another user on the name (pid reused, name taken): refused before a
+ * byte is sent to it. */
+static void test_squatter_of_another_user(void **state)
+{
+    (void)state;
+    if (geteuid() != 0)
+        skip_because("needs root to act as another user");
+    struct nvipcfix_fd_address fake;
+    pid_t child = squatter(65534, &fake);
+    struct got g = {0};
+    unsigned char key[16];
+    key_of(3, key);
+    assert_int_equal(ask_with(&fake, 3, key, 5000, &g), NVIPCFIX_FD_WRONG_USER);
+    assert_int_equal(g.offered, 0);
+    kill_child(child);
+}
+
+/* ---- liveness --------------------------------------------------------------- */
+
+/* A child holding idle connections to the server and one that drips a
+ * byte every 100 ms (as another user when root: 70 of them; else this
+ * user's, fewer than the server's client threads). */
+static pid_t hostile_neighbour(int *holding)
+{
+    int ready[2];
+    assert_int_equal(pipe(ready), 0);
+    int other = geteuid() == 0;
+    *holding = other ? 70 : NVIPCFIX_FD_CLIENTS - 4;
+    pid_t child = fork();
+    if (child == 0) {
+        int fds[72], n = *holding;
+        if (other && setuid(65534) != 0)
+            _exit(1);
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        for (int i = 0; i < n; i++)
+            fds[i] = dial(&addr); /* held open, never written */
+        (void)fds;
+        int drip = dial(&addr);
+        tp_write_full(ready[1], "r", 1);
+        for (int i = 0;; i++) {
+            char b = (char)i;
+            usleep(100 * 1000);
+            if (drip >= 0 && write(drip, &b, 1) < 0) {
+                close(drip);
+                drip = dial(&addr); /* dropped at its deadline: again */
+            }
+        }
+    }
+    char r;
+    close(ready[1]);
+    assert_int_equal(tp_read_full(ready[0], &r, 1), 0);
+    close(ready[0]);
+    return child;
+}
+
+/* Idle and dripping connections delay nobody: a client's answer comes
+ * within its deadline (the request's own, here 5 s). */
+static void test_hostile_connections_delay_nobody(void **state)
+{
+    (void)state;
+    int holding;
+    pid_t child = hostile_neighbour(&holding);
+    for (int round = 0; round < 3; round++) {
+        struct got g = {0};
+        double t0 = now_ms();
+        assert_int_equal(ask(5, &g), NVIPCFIX_FD_OK);
+        assert_int_equal(g.taken, 5);
+        print_message("[ INFO     ] %d idle connections and a dripping one (%s): an answer in "
+                      "%.1f ms\n", holding, geteuid() == 0 ? "another user" : "this user",
+                      now_ms() - t0);
+        usleep(SERVER_MS * 1000 / 2); /* the dripping one is dropped and comes back */
+    }
+    kill_child(child);
+}
+
+/* A server that never answers: the request ends at its deadline. */
+static void test_silent_server_times_out(void **state)
+{
+    (void)state;
+    struct nvipcfix_fd_address fake = {geteuid(), getpid(), pid_ns(), 0x51e47, 0};
+    int fd = bind_as(&fake);
+    assert_true(fd >= 0);
+    struct got g = {0};
+    unsigned char key[16] = {0};
+    double t0 = now_ms();
+    assert_int_equal(ask_with(&fake, 3, key, 300, &g), NVIPCFIX_FD_TIMEOUT);
+    double took = now_ms() - t0;
+    print_message("[ INFO     ] silent server: gave up after %.1f ms (deadline 300)\n", took);
+    assert_true(took >= 290);
+    close(fd);
+}
+
+/* ---- malformed answers ------------------------------------------------------ */
+
+/* A server that knows the secret of export 5 and proves it, offers 5
+ * descriptors, then sends one malformed batch: 'F' with 3, 'E' with 2,
+ * 'E' with 7 (more than offered), or an unknown tag with 5. */
+static void serve_malformed(int fd, const struct nvipcfix_fd_address *me, int how)
+{
+    static const struct {
+        char tag;
+        int n;
+    } bad[4] = {{'F', 3}, {'E', 2}, {'E', 7}, {'Q', 5}};
+    int c = accept(fd, NULL, NULL);
+    struct wire_request q;
+    struct wire_hello h = {0x68766e4du, 0, {42}, {0}};
+    unsigned char key[16], proof[16];
+    key_of(5, key);
+    if (c < 0 || tp_read_full(c, &q, sizeof q) != 0)
+        _exit(1);
+    nvipcfix_fd_proof(key, 'S', 5, q.nonce, h.nonce, me, h.proof);
+    struct wire_head head = {0x72766e4du, 0, 0, 5};
+    uint64_t sizes[5] = {4096, 4097, 4098, 4099, 4100}, offsets[5] = {0, 8192, 16384, 24576,
+                                                                        32768};
+    if (tp_write_full(c, &h, sizeof h) != 0 || tp_read_full(c, proof, sizeof proof) != 0 ||
+        tp_write_full(c, &head, sizeof head) != 0 || tp_write_full(c, sizes, sizeof sizes) != 0 ||
+        tp_write_full(c, offsets, sizeof offsets) != 0)
+        _exit(2);
+    int fds[8];
+    for (int i = 0; i < bad[how].n; i++)
+        fds[i] = memfd_create("malformed", MFD_CLOEXEC);
+    struct wire_batch b = {(uint32_t)bad[how].tag, 0, 0};
+    struct iovec iov = {&b, sizeof b};
+    union {
+        char buf[CMSG_SPACE(8 * sizeof(int))];
+        struct cmsghdr align;
+    } u;
+    struct msghdr m = {0};
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    m.msg_control = u.buf;
+    m.msg_controllen = CMSG_SPACE(bad[how].n * sizeof(int));
+    struct cmsghdr *cm = CMSG_FIRSTHDR(&m);
+    cm->cmsg_level = SOL_SOCKET;
+    cm->cmsg_type = SCM_RIGHTS;
+    cm->cmsg_len = CMSG_LEN(bad[how].n * sizeof(int));
+    memcpy(CMSG_DATA(cm), fds, bad[how].n * sizeof(int));
+    if (sendmsg(c, &m, MSG_NOSIGNAL) != (ssize_t)sizeof b)
+        _exit(3);
+    char end;
+    read(c, &end, 1); /* until the client hangs up */
+    _exit(0);
+}
+
+static void test_malformed_batches_leak_nothing(void **state)
+{
+    (void)state;
+    for (int how = 0; how < 4; how++) {
+        int ready[2];
+        struct nvipcfix_fd_address fake;
+        assert_int_equal(pipe(ready), 0);
+        pid_t child = fork();
+        if (child == 0) {
+            struct nvipcfix_fd_address me = {geteuid(), getpid(), pid_ns(), 0xbad0 + how, 0};
+            int fd = bind_as(&me);
+            if (fd < 0 || tp_write_full(ready[1], &me, sizeof me) != 0)
+                _exit(4);
+            serve_malformed(fd, &me, how);
+        }
+        close(ready[1]);
+        assert_int_equal(tp_read_full(ready[0], &fake, sizeof fake), 0);
+        close(ready[0]);
+        int before = quiet_fds();
+        struct got g = {0};
+        unsigned char key[16];
+        key_of(5, key);
+        assert_int_equal(ask_with(&fake, 5, key, 5000, &g), NVIPCFIX_FD_BROKEN);
+        assert_int_equal(g.taken, 0);
+        assert_int_equal(open_fds(), before); /* every descriptor received was closed */
+        int st;
+        assert_int_equal(waitpid(child, &st, 0), child);
+        assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    }
+}
+
+/* ---- the socket directory ---------------------------------------------------- */
+
+static void test_socket_directory(void **state)
+{
+    (void)state;
+    char why[256], path[128];
+    static struct nvipcfix_fd_server in_dir; /* beside the test's server */
+    struct nvipcfix_fd_address saved_addr = addr;
+    snprintf(dir, sizeof dir, "/tmp/nvipcfix-fd-test-XXXXXX");
+    assert_non_null(mkdtemp(dir));
+    assert_int_equal(nvipcfix_fd_check_dir(dir, why, sizeof why), 0);
+    assert_int_equal(start(&in_dir, dir), 0);
+    assert_true(addr.in_dir);
+    struct got g = {0};
+    assert_int_equal(ask(4, &g), NVIPCFIX_FD_OK);
+    assert_int_equal(g.taken, 4);
+    struct sockaddr_un sa;
+    nvipcfix_fd_sockaddr(&addr, dir, &sa);
+    snprintf(path, sizeof path, "%s", sa.sun_path);
+    assert_int_equal(access(path, F_OK), 0);
+    nvipcfix_fd_server_destroy(&in_dir);
+    assert_int_not_equal(access(path, F_OK), 0); /* removed at the end */
+    /* unsafe directories: open to others, a symbolic link, another owner */
+    assert_int_equal(chmod(dir, 0755), 0);
+    assert_int_equal(nvipcfix_fd_check_dir(dir, why, sizeof why), -1);
+    assert_non_null(strstr(why, "mode 0700"));
+    assert_int_equal(start(&in_dir, dir), ENOTDIR);
+    nvipcfix_fd_server_destroy(&in_dir);
+    assert_int_equal(chmod(dir, 0700), 0);
+    snprintf(path, sizeof path, "%s.link", dir);
+    assert_int_equal(symlink(dir, path), 0);
+    assert_int_equal(nvipcfix_fd_check_dir(path, why, sizeof why), -1);
+    assert_non_null(strstr(why, "symbolic link"));
+    unlink(path);
+    if (geteuid() == 0) {
+        assert_int_equal(chown(dir, 65534, 65534), 0);
+        assert_int_equal(nvipcfix_fd_check_dir(dir, why, sizeof why), -1);
+    }
+    rmdir(dir);
+    dir[0] = '\0';
+    addr = saved_addr;
+}
+
+/* ---- fork and stop ------------------------------------------------------------- */
 
 /* A child after fork: the parent's socket closed, its own server on first
  * use, the parent's still answering. */
@@ -263,16 +702,18 @@ static void test_fork_child_serves_itself(void **state)
         skip_because("qemu-user aborts on threads started after a multi-threaded fork");
     pid_t child = fork();
     if (child == 0) {
-        pid_t p2;
-        uint64_t s2;
+        struct nvipcfix_fd_address parent = addr;
         struct got g = {0};
-        uint32_t served;
+        char why[256];
         nvipcfix_fd_server_forget(&server);
-        if (nvipcfix_fd_server_start(&server, &p2, &s2) != 0 || p2 != getpid())
+        if (nvipcfix_fd_server_start(&server, NULL, SERVER_MS, pid_ns(), &addr, why,
+                                     sizeof why) != 0 ||
+            addr.pid != (uint32_t)getpid())
             _exit(1);
-        if (ask(p2, s2, 2, &g, &served) != NVIPCFIX_FD_OK || served != 2)
+        if (ask(2, &g) != NVIPCFIX_FD_OK || g.taken != 2)
             _exit(2);
-        if (ask(pid, secret, 2, &g, &served) != NVIPCFIX_FD_OK)
+        addr = parent;
+        if (ask(2, &g) != NVIPCFIX_FD_OK)
             _exit(3);
         _exit(0);
     }
@@ -286,9 +727,8 @@ static void test_stopped_server_answers_nobody(void **state)
 {
     (void)state;
     struct got g = {0};
-    uint32_t served;
     nvipcfix_fd_server_stop(&server);
-    assert_int_not_equal(ask(pid, secret, 3, &g, &served), NVIPCFIX_FD_OK);
+    assert_int_not_equal(ask(3, &g), NVIPCFIX_FD_OK);
     assert_int_equal(g.taken, 0);
 }
 
@@ -296,12 +736,18 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_descriptors_arrive),
-        cmocka_unit_test(test_fewer_than_offered),
+        cmocka_unit_test(test_fewer_than_offered_is_an_error),
         cmocka_unit_test(test_taker_stops),
-        cmocka_unit_test(test_exporter_answers_pass_through),
-        cmocka_unit_test(test_wrong_secret_or_pid_finds_nobody),
-        cmocka_unit_test(test_impostor_is_noticed),
+        cmocka_unit_test(test_unknown_export),
+        cmocka_unit_test(test_guessed_secrets_get_nothing),
+        cmocka_unit_test(test_wrong_or_replayed_proof_refused),
         cmocka_unit_test(test_other_user_refused),
+        cmocka_unit_test(test_squatter_of_this_user),
+        cmocka_unit_test(test_squatter_of_another_user),
+        cmocka_unit_test(test_hostile_connections_delay_nobody),
+        cmocka_unit_test(test_silent_server_times_out),
+        cmocka_unit_test(test_malformed_batches_leak_nothing),
+        cmocka_unit_test(test_socket_directory),
         cmocka_unit_test(test_fork_child_serves_itself),
         cmocka_unit_test(test_stopped_server_answers_nobody),
     };

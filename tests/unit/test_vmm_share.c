@@ -9,6 +9,10 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 #include <cmocka.h>
@@ -132,7 +136,38 @@ static void test_not_vmm_or_not_shareable(void **state)
     unmap_chunk(5);
 }
 
-/* In a child: map the ticket, check the bytes, unmap, nothing left. */
+/* The open-file limit set so that only `room` more descriptors fit: the
+ * free numbers below the highest open one are filled first (fillers are
+ * kept in filler[], *nfill of them, for the caller to close). */
+static int filler[1024];
+
+static int leave_room(int room)
+{
+    int top = 0, n = 0;
+    DIR *d = opendir("/proc/self/fd");
+    for (struct dirent *e; d != NULL && (e = readdir(d)) != NULL;)
+        if (atoi(e->d_name) > top)
+            top = atoi(e->d_name);
+    closedir(d);
+    for (int fd; n < 1024 && (fd = open("/", O_RDONLY | O_CLOEXEC)) >= 0;) {
+        if (fd > top) {
+            close(fd);
+            break;
+        }
+        filler[n++] = fd;
+    }
+    struct rlimit lim;
+    getrlimit(RLIMIT_NOFILE, &lim);
+    lim.rlim_cur = (rlim_t)top + 1 + (rlim_t)room;
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &lim), 0);
+    return n;
+}
+
+static const char *expect_why; /* a failing child's message must hold it */
+static int child_room = -1;    /* the child's open-file room, -1 as it is */
+
+/* In a child: map the ticket, check the bytes, unmap, nothing left. A
+ * failure: 10 + the error, with nothing left mapped. */
 static int child_maps(const struct nvipcfix_vmm_ticket *t, uint64_t expect_size,
                       unsigned char first_byte)
 {
@@ -143,10 +178,28 @@ static int child_maps(const struct nvipcfix_vmm_ticket *t, uint64_t expect_size,
     unsigned char byte = 0;
     long maps, allocs, ranges;
     nvipcfix_vmm_init(&mine, &linked_driver);
-    if (nvipcfix_vmm_map(&mine, t, &base, &size, &r, why, sizeof why) != NVIPCFIX_VMM_OK)
+    nvipcfix_vmm_configure(&mine, 5000, NULL);
+    struct rlimit lim; /* not the parent's limit, if it set one */
+    getrlimit(RLIMIT_NOFILE, &lim);
+    lim.rlim_cur = lim.rlim_max < 65536 ? lim.rlim_max : 65536;
+    setrlimit(RLIMIT_NOFILE, &lim);
+    if (child_room >= 0)
+        leave_room(child_room);
+    if (nvipcfix_vmm_map(&mine, t, &base, &size, &r, why, sizeof why) != NVIPCFIX_VMM_OK) {
+        simcuda_vmm_counts(&maps, &allocs, &ranges);
+        if (maps != 3 || ranges != 1) /* all or nothing: what was mapped is undone */
+            return 7;
+        if (expect_why != NULL && strstr(why, expect_why) == NULL) {
+            fprintf(stderr, "child: %s\n", why);
+            return 6;
+        }
         return 10 + (int)r % 100;
-    if (size != expect_size)
+    }
+    if (size != expect_size) {
+        fprintf(stderr, "child: %llu bytes mapped, expected %llu\n", (unsigned long long)size,
+                (unsigned long long)expect_size);
         return 2;
+    }
     if (cuMemcpyDtoH(&byte, base + t->offset, 1) != CUDA_SUCCESS || byte != first_byte)
         return 3;
     if (nvipcfix_vmm_unmap(&mine, base, size) != CUDA_SUCCESS)
@@ -175,7 +228,8 @@ static void test_another_process_maps_what_was_exported(void **state)
     assert_int_equal(run_child(&t, 2 * CHUNK, 0x11), 0);
 }
 
-/* Only chunks still as exported are served, from the pointer's own on. */
+/* An export with a chunk replaced since is not served at all (all or
+ * nothing), and never the newer memory at the same place. */
 static void test_replaced_chunks_are_never_served(void **state)
 {
     (void)state;
@@ -183,11 +237,14 @@ static void test_replaced_chunks_are_never_served(void **state)
     uint64_t base, size;
     unmap_chunk(1);
     assert_int_equal(map_chunk(1, 1), CUDA_SUCCESS); /* new memory, same place */
-    assert_int_equal(run_child(&t0, CHUNK, 0x10), 0); /* chunk 0 alone */
+    expect_why = "freed or remapped since the export";
+    assert_int_equal(run_child(&t0, 0, 0), 10 + CUDA_ERROR_INVALID_HANDLE % 100);
+    assert_true(nvipcfix_vmm_own(&vmm, &t0, &base, &size));
+    assert_int_equal(size, 0);
     assert_true(nvipcfix_vmm_own(&vmm, &t1, &base, &size));
     assert_int_equal(size, 0);
-    /* the child's error: the exporter says freed */
     assert_int_equal(run_child(&t1, 0, 0), 10 + CUDA_ERROR_INVALID_HANDLE % 100);
+    expect_why = NULL;
     /* a new export of the new chunk is a new export id */
     struct nvipcfix_vmm_ticket t2 = export(va + CHUNK + 1);
     assert_int_not_equal(t2.export_id, t1.export_id);
@@ -240,6 +297,7 @@ static void test_many_chunks_arrive_in_batches(void **state)
         CUresult r;
         char why[512];
         nvipcfix_vmm_init(&mine, &linked_driver);
+        nvipcfix_vmm_configure(&mine, 20000, NULL);
         if (nvipcfix_vmm_map(&mine, &t, &base, &size, &r, why, sizeof why) != NVIPCFIX_VMM_OK ||
             size != N * CHUNK)
             _exit(1);
@@ -258,21 +316,58 @@ static void test_many_chunks_arrive_in_batches(void **state)
     assert_int_equal(cuMemAddressFree(big, N * CHUNK), CUDA_SUCCESS);
 }
 
-static void test_ticket_of_another_machine_or_namespace(void **state)
+static void test_ticket_of_another_machine(void **state)
 {
     (void)state;
     struct nvipcfix_vmm_ticket t = export(va + 3);
     uint64_t base, size;
     CUresult r;
     char why[512];
-    t.pid_ns ^= 1;
-    assert_int_equal(nvipcfix_vmm_map(&vmm, &t, &base, &size, &r, why, sizeof why),
-                     NVIPCFIX_VMM_OTHER_NS);
-    assert_int_equal(r, CUDA_ERROR_INVALID_HANDLE);
-    t.pid_ns ^= 1;
     t.boot ^= 2;
     assert_int_equal(nvipcfix_vmm_map(&vmm, &t, &base, &size, &r, why, sizeof why),
                      NVIPCFIX_VMM_OTHER_MACHINE);
+    assert_int_equal(r, CUDA_ERROR_INVALID_HANDLE);
+}
+
+/* A ticket with its secret guessed (all else public and right): refused,
+ * nothing mapped; this process does not take it for its own either. */
+static void test_guessed_secret_maps_nothing(void **state)
+{
+    (void)state;
+    struct nvipcfix_vmm_ticket t = export(va + 3);
+    uint64_t base, size;
+    t.secret[0] ^= 1;
+    assert_true(nvipcfix_vmm_own(&vmm, &t, &base, &size));
+    assert_int_equal(size, 0);
+    expect_why = "could not prove it made the ticket";
+    assert_int_equal(run_child(&t, 0, 0), 10 + CUDA_ERROR_INVALID_HANDLE % 100);
+    expect_why = NULL;
+}
+
+/* At the open-file limit, on either side: an error naming it, never a
+ * partial mapping. The export has three chunks. */
+static void test_fd_limits_fail_whole(void **state)
+{
+    (void)state;
+    struct nvipcfix_vmm_ticket t = export(va + 5);
+    struct rlimit saved;
+    getrlimit(RLIMIT_NOFILE, &saved);
+    nvipcfix_vmm_configure(&vmm, 5000, NULL);
+    /* the exporter (this process): room for the connection and one chunk */
+    int filled = leave_room(2);
+    expect_why = "exporting process is at its open-file limit";
+    int st = run_child(&t, 0, 0);
+    setrlimit(RLIMIT_NOFILE, &saved);
+    while (filled > 0)
+        close(filler[--filled]);
+    assert_int_equal(st, 10 + CUDA_ERROR_INVALID_HANDLE % 100);
+    /* the importer: room for the connection and one of three */
+    child_room = 2;
+    expect_why = "this process is at its open-file limit";
+    assert_int_equal(run_child(&t, 0, 0), 10 + CUDA_ERROR_OUT_OF_MEMORY % 100);
+    child_room = -1;
+    expect_why = NULL;
+    assert_int_equal(run_child(&t, 3 * CHUNK, 0x10), 0); /* and with room, all of it */
 }
 
 int main(void)
@@ -285,7 +380,9 @@ int main(void)
         cmocka_unit_test(test_replaced_chunks_are_never_served),
         cmocka_unit_test(test_records_of_freed_memory_are_swept),
         cmocka_unit_test(test_many_chunks_arrive_in_batches),
-        cmocka_unit_test(test_ticket_of_another_machine_or_namespace),
+        cmocka_unit_test(test_ticket_of_another_machine),
+        cmocka_unit_test(test_guessed_secret_maps_nothing),
+        cmocka_unit_test(test_fd_limits_fail_whole),
     };
     return cmocka_run_group_tests_name("vmm_share", tests, setup, teardown);
 }

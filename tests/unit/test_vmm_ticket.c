@@ -10,12 +10,16 @@
 
 static const struct nvipcfix_vmm_ticket sample = {
     .pid = 4242,
+    .uid = 1000,
     .export_id = 7,
+    .nonce = 0x5eed5eedu,
     .pid_ns = 4026531836u,
-    .secret = UINT64_C(0x1122334455667788),
-    .offset = (UINT64_C(20) << 20) + 513,
-    .boot = UINT64_C(0xfeedfacecafebeef),
+    .secret = {0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd,
+               0xee, 0xf0, 0x0f},
+    .offset = (UINT64_C(1) << 47) + 513,
+    .boot = 0xcafebeefu,
     .device = 3,
+    .flags = NVIPCFIX_TICKET_IN_DIR,
 };
 
 static void test_round_trip(void **state)
@@ -25,9 +29,13 @@ static void test_round_trip(void **state)
     struct nvipcfix_vmm_ticket t;
     nvipcfix_vmm_ticket_encode(b, &sample);
     assert_int_equal(nvipcfix_vmm_ticket_decode(b, &t), 0);
-    assert_true(t.pid == sample.pid && t.export_id == sample.export_id &&
-                t.pid_ns == sample.pid_ns && t.secret == sample.secret &&
-                t.offset == sample.offset && t.boot == sample.boot && t.device == 3);
+    assert_true(t.pid == sample.pid && t.uid == sample.uid && t.export_id == sample.export_id &&
+                t.nonce == sample.nonce && t.pid_ns == sample.pid_ns &&
+                t.offset == sample.offset && t.boot == sample.boot && t.device == 3 &&
+                t.flags == NVIPCFIX_TICKET_IN_DIR);
+    assert_memory_equal(t.secret, sample.secret, sizeof t.secret);
+    /* 128 bits of the export's secret, as they were */
+    assert_memory_equal(b + 32, sample.secret, 16);
     /* the pid where drivers put theirs, and zero where a driver reads the
      * chunk size (so a driver alone refuses the ticket) */
     assert_int_equal(b[8] | b[9] << 8, 4242);
@@ -75,6 +83,11 @@ static void test_key_ignores_the_offset_only(void **state)
     nvipcfix_vmm_ticket_key(tb, kb);
     assert_memory_equal(ka, kb, 64);
     b.export_id = 8;
+    nvipcfix_vmm_ticket_encode(tb, &b);
+    nvipcfix_vmm_ticket_key(tb, kb);
+    assert_memory_not_equal(ka, kb, 64);
+    b = sample; /* two exports differ in their secrets alone: two keys */
+    b.secret[15] ^= 1;
     nvipcfix_vmm_ticket_encode(tb, &b);
     nvipcfix_vmm_ticket_key(tb, kb);
     assert_memory_not_equal(ka, kb, 64);
