@@ -39,7 +39,7 @@ UNIT_BIN  := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 INTEG_BIN := $(BUILD)/tests/legacy_ipc $(BUILD)/tests/rtld_next $(BUILD)/tests/ipc_stress \
              $(BUILD)/tests/ipc_faults $(BUILD)/tests/no_driver $(BUILD)/tests/libother_preload.so \
              $(BUILD)/tests/fork_safety $(BUILD)/tests/libgpu_share.so $(BUILD)/tests/quota_probe \
-             $(BUILD)/tests/libcuda_proxy.so $(BUILD)/tests/vmm_ipc
+             $(BUILD)/tests/libcuda_proxy.so $(BUILD)/tests/vmm_ipc $(BUILD)/tests/entry_owner
 
 # The verification copy path tool, when nvcc is here.
 NVCC      ?= $(shell command -v nvcc 2>/dev/null || ls $(CUDA_HOME)/bin/nvcc 2>/dev/null)
@@ -76,10 +76,13 @@ $(LIB): $(SHIM_OBJ) $(PRELOAD_OBJ) $(PRELOAD_ASM)
 	$(call say,LD,$@)$(CC) $(LIB_CFLAGS) -shared -Wl,-soname,libnvipcfix.so -Wl,-z,now -Wl,-z,defs \
 	    -o $@ $(SHIM_OBJ) $(PRELOAD_OBJ) $(PRELOAD_ASM) -ldl
 
-# The simulated driver: a test instrument, never installed.
+# The simulated driver: a test instrument, never installed. -Bsymbolic: its
+# cuGetProcAddress table and its calls among its own entry points bind to
+# its own functions, as the real driver's do (a preloaded definition of the
+# same name never replaces them).
 $(SIM): tests/simdrv/simdrv.c
 	@mkdir -p $(@D)
-	$(call say,CC,$@)$(CC) $(CFLAGS) -shared -Wl,-soname,libcuda.so.1 -o $@ $< -ldl
+	$(call say,CC,$@)$(CC) $(CFLAGS) -shared -Wl,-soname,libcuda.so.1 -Wl,-Bsymbolic -o $@ $< -ldl
 
 $(BUILD)/tests/test_%: tests/unit/test_%.c $(SHIM_OBJ) $(TEST_COMMON) | test-deps
 	@mkdir -p $(@D)
@@ -97,10 +100,24 @@ $(BUILD)/tests/legacy_ipc: tests/integration/legacy_ipc.c $(TEST_COMMON) $(SIM)
 	@mkdir -p $(@D)
 	$(call say,CC,$@)$(CC) $(CFLAGS) -o $@ $< -L$(BUILD)/sim -l:libcuda.so.1 -ldl
 
+$(BUILD)/tests/entry_owner: tests/integration/entry_owner.c
+	@mkdir -p $(@D)
+	$(call say,CC,$@)$(CC) $(CFLAGS) -o $@ $< -ldl
+
 VMM_IPC_SHIM := shim/vmm_ticket.c shim/fd_channel.c shim/keyed_hash.c
 $(BUILD)/tests/vmm_ipc: tests/integration/vmm_ipc.c $(VMM_IPC_SHIM) $(TEST_COMMON) $(SIM)
 	@mkdir -p $(@D)
 	$(call say,CC,$@)$(CC) $(CFLAGS) -o $@ $< $(VMM_IPC_SHIM) -L$(BUILD)/sim -l:libcuda.so.1 -ldl
+
+# Everything make test runs, built (make mutants rebuilds it per mutant).
+.PHONY: test-build mutants
+test-build: $(LIB) $(SIM) $(UNIT_BIN) $(INTEG_BIN) $(BUILD)/nvipcfix-doctor | test-deps
+
+# Mutation testing (not in make test): each small break of preload/ and
+# shim/ in tests/mutants/ built and run against the CPU tier in a scratch
+# copy; a table of which test caught each; fails if one survives.
+mutants:
+	@bash scripts/mutants $(MUTANTS)
 
 test: $(LIB) $(SIM) $(UNIT_BIN) $(INTEG_BIN) $(BUILD)/nvipcfix-doctor | test-deps
 	@SANITIZER_PRELOAD="$(if $(SANITIZER_RUNTIME),$(shell $(CC) -print-file-name=lib$(SANITIZER_RUNTIME).so))" \

@@ -105,16 +105,22 @@ static inline pid_t tp_spawn(const char *path, char *const argv[], int *to, int 
     return pid;
 }
 
-/* cuInit, then the primary context of device `ordinal` made current. */
+/* cuInit, then the primary context of device `ordinal` made current.
+ * Returns the first error, as the driver gave it. */
 static inline int tp_use_primary_context(int ordinal, CUcontext *ctx)
 {
     CUdevice dev;
-    CUcontext c;
-    int r = cuInit(0) || cuDeviceGet(&dev, ordinal) || cuDevicePrimaryCtxRetain(&c, dev) ||
-            cuCtxSetCurrent(c);
-    if (r == 0 && ctx != NULL)
+    CUcontext c = NULL;
+    CUresult r = cuInit(0);
+    if (r == CUDA_SUCCESS)
+        r = cuDeviceGet(&dev, ordinal);
+    if (r == CUDA_SUCCESS)
+        r = cuDevicePrimaryCtxRetain(&c, dev);
+    if (r == CUDA_SUCCESS)
+        r = cuCtxSetCurrent(c);
+    if (r == CUDA_SUCCESS && ctx != NULL)
         *ctx = c;
-    return r;
+    return (int)r;
 }
 
 #endif

@@ -51,14 +51,19 @@ def exporter():
         print("cupy_ipc: importer failed:", res.stderr.strip()[-500:])
         return 2
     results = json.loads(res.stdout.strip().splitlines()[-1])
-    written = sum(bool((cp.asnumpy(a) == 255 - pattern(k, n)).all())
-                  for k, (a, n) in enumerate(zip(arrays, SIZES)))
-    read = results.count("ok")
+    wrote = [bool((cp.asnumpy(a) == 255 - pattern(k, n)).all())
+             for k, (a, n) in enumerate(zip(arrays, SIZES))]
+    read, written = results.count("ok"), sum(wrote)
     errors = sum(r.startswith("error") for r in results)
-    right = read == len(SIZES) and written == len(SIZES)
-    print("cupy_ipc: %d arrays from the memory pool: read %d right, written back %d right, "
-          "%d errors -> %s" % (len(SIZES), read, written, errors, "CORRECT" if right else "WRONG"))
-    return 0 if right else (2 if errors else 1)
+    # each array right, wrong (bytes read or written back wrong) or failed
+    good = sum(r == "ok" and w for r, w in zip(results, wrote))
+    wrong = len(SIZES) - good - errors
+    print("cupy_ipc: %d arrays from the memory pool: right %d, wrong %d, failed %d; read %d "
+          "right, written back %d right, %d errors -> %s" % (len(SIZES), good, wrong, errors,
+                                                             read, written, errors,
+                                                             "CORRECT" if good == len(SIZES)
+                                                             else "WRONG"))
+    return (1 if wrong else 0) | (2 if errors else 0)
 
 
 if __name__ == "__main__":

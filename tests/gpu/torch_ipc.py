@@ -78,14 +78,18 @@ def exporter():
         print("torch_ipc: importer failed:", res.stderr.strip()[-500:])
         return 2
     results = json.loads(res.stdout.strip().splitlines()[-1])
-    written = sum(bool(torch.equal(t.cpu(), 255 - pattern(k, n)))
-                  for k, (t, n) in enumerate(zip(tensors, SIZES)))
-    read = results.count("ok")
+    wrote = [bool(torch.equal(t.cpu(), 255 - pattern(k, n)))
+             for k, (t, n) in enumerate(zip(tensors, SIZES))]
+    read, written = results.count("ok"), sum(wrote)
     errors = sum(r.startswith("error") for r in results)
-    right = read == len(SIZES) and written == len(SIZES)
-    print("torch_ipc: %d tensors (64 B .. 8 MiB): read %d right, written back %d right, "
-          "%d errors -> %s" % (len(SIZES), read, written, errors, "CORRECT" if right else "WRONG"))
-    return 0 if right else (2 if errors else 1)
+    # each tensor right, wrong (bytes read or written back wrong) or failed
+    good = sum(r == "ok" and w for r, w in zip(results, wrote))
+    wrong = len(SIZES) - good - errors
+    print("torch_ipc: %d tensors (64 B .. 8 MiB): right %d, wrong %d, failed %d; read %d right, "
+          "written back %d right, %d errors -> %s" % (len(SIZES), good, wrong, errors, read,
+                                                      written, errors,
+                                                      "CORRECT" if good == len(SIZES) else "WRONG"))
+    return (1 if wrong else 0) | (2 if errors else 0)
 
 
 if __name__ == "__main__":

@@ -32,10 +32,16 @@
  * Environment: LEGACY_IPC_DEVICE (default 0) is the device both use;
  * LEGACY_IPC_IMPORTER_DEVICE, if set, the importer's;
  * LEGACY_IPC_IMPORTER_NO_PRELOAD=1 starts the importer without LD_PRELOAD
- * (a deployment where only the exporter has nvipcfix).
+ * (a deployment where only the exporter has nvipcfix);
+ * LEGACY_IPC_REOPEN_FLAGS=N: with --reopen, the second open passes flags N.
  *
- * Prints one line. Exit status: 0 every byte right, 1 wrong bytes (the bug),
- * 2 a CUDA call failed. Runs on the simulated driver and on a real GPU. */
+ * Prints one line, "... right R, wrong W, failed F; ..." (each buffer is
+ * right, wrong: its bytes were not what was exported or its write landed
+ * wrong, or failed: a CUDA call on it failed), then the details. Exit
+ * status, a bit mask: 0 every byte right; bit 1 (exit 1) wrong bytes,
+ * stray bytes, mappings left or tagged base handles (the bug); bit 2
+ * (exit 2) a CUDA call failed; 3 both. Runs on the simulated driver and on
+ * a real GPU. */
 #include <cuda.h>
 #ifdef LEGACY_RUNTIME
 #include <cuda_runtime.h>
@@ -242,11 +248,12 @@ static unsigned char import_one(const struct record *rec, int reopen)
 {
     unsigned char got[MAX_LEN], back[MAX_LEN], result = 0;
     CUdeviceptr p = 0, p2 = 0;
+    const char *flags2 = getenv("LEGACY_IPC_REOPEN_FLAGS");
+    unsigned int reopen_flags =
+        flags2 != NULL ? (unsigned int)strtoul(flags2, NULL, 0) : CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS;
     if (check(ipc_open(&p, rec->handle, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS), "open"))
         return 0x80;
-    if (reopen &&
-        (check(ipc_open(&p2, rec->handle, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS), "reopen") ||
-         p2 != p))
+    if (reopen && (check(ipc_open(&p2, rec->handle, reopen_flags), "reopen") || p2 != p))
         result |= 0x80;
     if (to_host(got, p, rec->len))
         result |= 0x80;
@@ -420,7 +427,7 @@ int main(int argc, char **argv)
 
     /* Every buffer must now hold the complement, every other byte the
      * pattern. */
-    unsigned read_ok = 0, written_ok = 0, errors = 0, stray = 0;
+    unsigned read_ok = 0, written_ok = 0, errors = 0, stray = 0, right_bufs = 0, wrong_bufs = 0;
     for (unsigned a = 0; a < 3; a++) {
         if (to_host(host, base[a], sizes[a]))
             return 2;
@@ -442,6 +449,12 @@ int main(int argc, char **argv)
             written_ok += i == bufs[k].len;
             read_ok += results[k] & 1;
             errors += (results[k] & 0x80) != 0;
+            if (results[k] & 0x80)
+                continue;
+            if ((results[k] & 1) && i == bufs[k].len)
+                right_bufs++;
+            else
+                wrong_bufs++;
         }
     }
     if (strcmp(order, "fresh") != 0) {
@@ -453,13 +466,14 @@ int main(int argc, char **argv)
         printf("order=%s: %u opened, %u refused, %u read wrong\n", order, n - refused, refused,
                wrong);
     }
-    int right = read_ok == n && written_ok == n && stray == 0 && errors == 0 && left <= 0 &&
-                untouched == base_exports;
+    int bug = wrong_bufs != 0 || stray != 0 || left > 0 || untouched != base_exports;
     char leftstr[32];
     snprintf(leftstr, sizeof leftstr, left >= 0 ? "%ld" : "n/a", left);
-    printf("road=%s%s%s: %u buffers: read %u/%u right, written %u/%u right, %u stray bytes, "
-           "%u failed calls, base handles untagged %u/%u, mappings left %s -> %s\n",
-           road, reopen ? " reopen" : "", self ? " self" : "", n, read_ok, n, written_ok, n,
-           stray, errors, untouched, base_exports, leftstr, right ? "CORRECT" : "WRONG");
-    return right ? 0 : errors ? 2 : 1;
+    printf("road=%s%s%s: %u buffers: right %u, wrong %u, failed %u; read %u/%u right, "
+           "written %u/%u right, %u stray bytes, %u failed calls, base handles untagged %u/%u, "
+           "mappings left %s -> %s\n",
+           road, reopen ? " reopen" : "", self ? " self" : "", n, right_bufs, wrong_bufs, errors,
+           read_ok, n, written_ok, n, stray, errors, untouched, base_exports, leftstr,
+           !bug && errors == 0 ? "CORRECT" : "WRONG");
+    return (bug ? 1 : 0) | (errors != 0 ? 2 : 0);
 }

@@ -47,13 +47,21 @@
  * first), VMM_IPC_IMPORTER_WRAP="unshare -p -f --mount-proc" (the child
  * starts through that command: another PID or network namespace),
  * VMM_IPC_IMPORTER_ROOM=N and VMM_IPC_EXPORTER_ROOM=N (the open-file limit
- * leaves the child, or the exporter after its exports, room for N more).
+ * leaves the child, or the exporter after its exports, room for N more),
+ * VMM_IPC_OPEN_FLAGS=N (the child's first open of each handle passes flags
+ * N instead of CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS).
  *
  * Every open that succeeds must map its whole export: the child also reads
  * the last byte of the run of chunks the tensor starts in.
  *
- * Prints "right R/5, failed F, wrong W, stray S" and exits 0 when all five
- * were right, 1 when any byte was wrong, else 2 (a CUDA call failed). */
+ * Prints "right R/6, failed F, wrong W, stray S, left L" (a tensor is
+ * right, wrong: a byte read was not the one exported, its export not mapped
+ * whole, or a second open gave another pointer, or failed: a CUDA call on
+ * it failed; stray: exporter bytes changed outside the tensors; left:
+ * mappings, allocations or ranges left after the last close). Exit status,
+ * a bit mask: 0 all six right; bit 1 (exit 1) wrong, stray or left, or a
+ * deadline property broken; bit 2 (exit 2) a CUDA call failed or a tensor
+ * did not open; 3 both. */
 #include <cuda.h>
 
 #include "../common/test_process.h"
@@ -109,9 +117,12 @@ struct record {
     uint64_t last;    /* the last byte the export covers, from the range's start */
 };
 
-/* What the child found for one tensor: 0 right, 1 wrong, 2 open failed. */
+/* What the child found for one tensor: status 0 right, bit 1 wrong, bit 2
+ * a call failed; left: mappings still there after its last close (and, in
+ * the first, everything the simulated driver still holds at the end). */
 struct result {
     int32_t status;
+    int32_t left;
 };
 
 static unsigned char pattern(uint64_t i)
@@ -150,28 +161,36 @@ static CUresult create_chunk(CUdeviceptr at, int fd_handles, CUmemGenericAllocat
 static int import_one(const struct record *rec, int k, int reopen, CUdeviceptr *seen)
 {
     CUdeviceptr p = 0, q = 0;
-    CUresult r = cuIpcOpenMemHandle(&p, rec->handle, CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS);
+    CUresult r = cuIpcOpenMemHandle(
+        &p, rec->handle,
+        (unsigned int)env_int("VMM_IPC_OPEN_FLAGS", CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS));
     if (r != CUDA_SUCCESS) {
         fprintf(stderr, "vmm_ipc: open of tensor %d failed: error %d\n", k, (int)r);
         return 2;
     }
-    if (reopen && (cuIpcOpenMemHandle(&q, rec->handle, 0) != CUDA_SUCCESS || q != p)) {
-        fprintf(stderr, "vmm_ipc: second open of tensor %d gave another pointer\n", k);
+    int status = 0;
+    if (reopen && (r = cuIpcOpenMemHandle(&q, rec->handle, 0)) != CUDA_SUCCESS) {
+        fprintf(stderr, "vmm_ipc: second open of tensor %d failed: error %d\n", k, (int)r);
+        cuIpcCloseMemHandle(p);
         return 2;
+    }
+    if (reopen && q != p) {
+        fprintf(stderr, "vmm_ipc: second open of tensor %d gave another pointer\n", k);
+        status |= 1;
     }
     uint64_t n = tensors[k].len;
     unsigned char *buf = malloc(n);
-    int status = 0;
     CUdeviceptr t = p + rec->add;
     if (buf == NULL || cuMemcpyDtoH(buf, t, n) != CUDA_SUCCESS) {
         fprintf(stderr, "vmm_ipc: read of tensor %d failed\n", k);
-        status = 2;
+        status |= 2;
     }
     for (uint64_t i = 0; status == 0 && i < n; i++)
         if (buf[i] != pattern(tensors[k].offset + i)) {
             fprintf(stderr, "vmm_ipc: tensor %d byte %llu: 0x%02x, expected 0x%02x\n", k,
                     (unsigned long long)i, buf[i], pattern(tensors[k].offset + i));
-            status = 1;
+            status |= 1;
+            break;
         }
     unsigned char end = 0; /* all of the export is mapped, not a prefix */
     if (status == 0 && (cuMemcpyDtoH(&end, t + (rec->last - tensors[k].offset), 1) !=
@@ -179,19 +198,19 @@ static int import_one(const struct record *rec, int k, int reopen, CUdeviceptr *
                         end != pattern(rec->last))) {
         fprintf(stderr, "vmm_ipc: tensor %d opened, but the end of its export is not mapped\n",
                 k);
-        status = 1;
+        status |= 1;
     }
     if (status == 0) {
         for (uint64_t i = 0; i < n; i++)
             buf[i] = (unsigned char)~pattern(tensors[k].offset + i);
         if (cuMemcpyHtoD(t, buf, n) != CUDA_SUCCESS || cuCtxSynchronize() != CUDA_SUCCESS)
-            status = 2;
+            status |= 2;
     }
     free(buf);
     if (cuIpcCloseMemHandle(p) != CUDA_SUCCESS ||
         (reopen && cuIpcCloseMemHandle(q) != CUDA_SUCCESS)) {
         fprintf(stderr, "vmm_ipc: close of tensor %d failed\n", k);
-        return 2;
+        status |= 2;
     }
     *seen = p;
     return status;
@@ -329,7 +348,7 @@ static int legacy_verdict(struct legacy_loop *l, pthread_t thread, const char *w
 static int importer(int reopen)
 {
     struct record recs[NT];
-    struct result res[NT];
+    struct result res[NT] = {{0, 0}};
     if (tp_read_full(0, recs, sizeof recs) != 0)
         return 2;
     int uid = env_int("VMM_IPC_IMPORTER_UID", -1);
@@ -344,7 +363,6 @@ static int importer(int reopen)
         return 2;
     if (env_int("VMM_IPC_IMPORTER_ROOM", -1) >= 0)
         leave_room(env_int("VMM_IPC_IMPORTER_ROOM", -1));
-    int closed_ok = 1;
     for (int k = 0; k < NT; k++) {
         CUdeviceptr seen = 0;
         edit_ticket(&recs[k].handle, getenv("VMM_IPC_TICKET_EDIT"), k);
@@ -354,9 +372,9 @@ static int importer(int reopen)
         /* After the last close nothing is mapped there any more. */
         CUdeviceptr base;
         size_t size;
-        if (res[k].status == 0 && cuMemGetAddressRange(&base, &size, seen) == CUDA_SUCCESS) {
+        if (seen != 0 && cuMemGetAddressRange(&base, &size, seen) == CUDA_SUCCESS) {
             fprintf(stderr, "vmm_ipc: tensor %d still mapped after its last close\n", k);
-            closed_ok = 0;
+            res[k].left = 1;
         }
     }
     /* On the simulated driver: no mapping, allocation or reservation left. */
@@ -368,14 +386,12 @@ static int importer(int reopen)
     if (maps != 0 || allocs != 0 || reserved != 0) {
         fprintf(stderr, "vmm_ipc: left behind: %ld mappings, %ld allocations, %ld ranges\n", maps,
                 allocs, reserved);
-        closed_ok = 0;
+        res[0].left += (int32_t)(maps + allocs + reserved);
     }
-    if (!closed_ok)
-        res[0].status = 2;
     int deadline = env_int("NVIPCFIX_VMM_TIMEOUT_MS", 5000);
     if (with_legacy &&
         !legacy_verdict(&l, thread, "the slowest open took", slowest, deadline, slowest < deadline))
-        res[0].status = 1;
+        res[0].status |= 1;
     return tp_write_full(1, res, sizeof res) == 0 ? 0 : 2;
 }
 
@@ -386,7 +402,7 @@ static int importer(int reopen)
 static int stopped_importer(void)
 {
     struct record recs[NT];
-    struct result res[NT];
+    struct result res[NT] = {{0, 0}};
     struct legacy_loop l = {0};
     pthread_t thread;
     CUdeviceptr p;
@@ -402,7 +418,7 @@ static int stopped_importer(void)
     for (int k = 0; k < NT; k++)
         res[k].status = 2;
     if (!ok)
-        res[0].status = 1;
+        res[0].status |= 1;
     return tp_write_full(1, res, sizeof res) == 0 ? 0 : 2;
 }
 
@@ -726,12 +742,13 @@ static int run_importer(struct run *r, char *self, const char *how)
  * memory when it is this process. */
 static int verdict(struct run *r)
 {
-    int right = 0, failed = 0, wrong = 0;
+    int right = 0, failed = 0, wrong = 0, left = 0;
     long stray = 0;
     for (int k = 0; k < NT; k++) {
         right += r->res[k].status == 0;
-        wrong += r->res[k].status == 1;
-        failed += r->res[k].status == 2;
+        wrong += (r->res[k].status & 1) != 0;
+        failed += (r->res[k].status & 2) != 0;
+        left += r->res[k].left;
         if (r->res[k].status == 0 && !r->forked)
             for (uint64_t i = 0; i < tensors[k].len; i++)
                 host[tensors[k].offset + i] = (unsigned char)~host[tensors[k].offset + i];
@@ -743,10 +760,9 @@ static int verdict(struct run *r)
         for (uint64_t i = 0; i < SPAN * CHUNK; i++)
             stray += mapped(i) && now_bytes[i] != host[i];
     }
-    printf("right %d/%d, failed %d, wrong %d, stray %ld\n", right, NT, failed, wrong, stray);
-    if (wrong > 0 || stray > 0)
-        return 1;
-    return right == NT ? 0 : 2;
+    printf("right %d/%d, failed %d, wrong %d, stray %ld, left %d\n", right, NT, failed, wrong,
+           stray, left);
+    return (wrong > 0 || stray > 0 || left > 0 ? 1 : 0) | (failed > 0 ? 2 : 0);
 }
 
 /* A child exports and writes the tickets here, then exits (or stops). */
@@ -758,6 +774,7 @@ static int forked_exporter(struct run *r, pid_t *exporter)
     if (*exporter == 0) {
         close(p[0]);
         int e = export_side(r);
+        fflush(stdout); /* its "export failed" line, before _exit */
         if (e != 0 || tp_write_full(p[1], r->recs, sizeof r->recs) != 0)
             _exit(2);
         if (r->stopped)
@@ -815,6 +832,7 @@ int main(int argc, char **argv)
         for (int k = 0; k < NT; k++) {
             CUdeviceptr seen;
             r.res[k].status = import_one(&r.recs[k], k, 1, &seen);
+            r.res[k].left = 0;
         }
     else
         e = run_importer(&r, argv[0], mode);

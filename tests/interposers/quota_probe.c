@@ -5,7 +5,9 @@
  * handles hold:
  *   - a proxy library that defines cuIpcGetMemHandle itself keeps it;
  *   - libcuda.so.1 opened again in a new link-map namespace (dlmopen) gives
- *     that namespace's own function, not one of the base namespace.
+ *     that namespace's own function, not one of the base namespace;
+ * and says which library answered the same look-up on libcuda.so.1's own
+ * handle (an interposer's hook, if one is preloaded).
  * Usage: quota_probe MIB [PROXY_LIBRARY]; MIB 0 checks only the look-ups,
  * which are checked only when PROXY_LIBRARY is given;
  * QUOTA_PROBE_NO_DLMOPEN=1 leaves out the dlmopen check.
@@ -82,6 +84,9 @@ int main(int argc, char **argv)
 lookups:;
     int wrong = 0;
     if (argc > 2) {
+        /* The driver's own handle: what a preloaded hook hands out there. */
+        printf("driver handle: cuIpcGetMemHandle from %s\n",
+               object_of(dlsym(cuda, "cuIpcGetMemHandle")));
         void *proxy = dlopen(argv[2], RTLD_NOW | RTLD_LOCAL);
         void *own = proxy ? dlsym(proxy, "proxy_own_get") : NULL;
         void *found = proxy ? dlsym(proxy, "cuIpcGetMemHandle") : NULL;

@@ -36,6 +36,10 @@
  *     table; ipc_open below says what is modelled). Bytes 48-51 hold the
  *     exporter's "client" (0xc1 and its pid), 52-55 the chunk's "memory
  *     handle" (its memfd's descriptor number and chunk id).
+ * The entry points the driver hands out (cuGetProcAddress) are its own
+ * functions, bound inside the library (built with -Bsymbolic), as the real
+ * driver's are (measured on the H200): a preloaded library's definition of
+ * the same name never replaces them there.
  * Switches (environment, read at cuInit):
  *   SIMCUDA_DEVICES=N       number of devices (1..8, default 1)
  *   SIMCUDA_REOPEN_UNCHECKED=1  a re-open of a mapped block checks nothing but
@@ -44,6 +48,9 @@
  *   SIMCUDA_OLD_DRIVER=1    a second open of an open handle fails with
  *                           CUDA_ERROR_ALREADY_MAPPED (drivers before CUDA 11)
  *   SIMCUDA_HANDLE_TAIL=1   the driver writes non-zero bytes 56-63
+ *   SIMCUDA_IPC_ANY_FLAGS=1 cuIpcOpenMemHandle accepts any flags (a newer
+ *                           driver with flags this one does not know;
+ *                           they change nothing here)
  *   SIMCUDA_FAIL=a,b|all    the named entry points fail with CUDA_ERROR_UNKNOWN
  *   SIMCUDA_VA_GIB=N        address space reserved per device (default 64;
  *                           smaller under valgrind)
@@ -141,7 +148,7 @@ struct vmm_range {
 
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static int initialized;
-static int ndevices = 1, old_driver, handle_tail, reopen_unchecked;
+static int ndevices = 1, old_driver, handle_tail, reopen_unchecked, any_ipc_flags;
 static uint64_t va_per_device = UINT64_C(64) << 30;
 static char fail_list[512];
 static unsigned char ident[8];
@@ -291,6 +298,7 @@ SIM_EXPORT CUresult cuInit(unsigned int flags)
         old_driver = env_flag("SIMCUDA_OLD_DRIVER");
         reopen_unchecked = env_flag("SIMCUDA_REOPEN_UNCHECKED");
         handle_tail = env_flag("SIMCUDA_HANDLE_TAIL");
+        any_ipc_flags = env_flag("SIMCUDA_IPC_ANY_FLAGS");
         const char *va = getenv("SIMCUDA_VA_GIB");
         if (va != NULL && atoi(va) >= 1 && atoi(va) <= 1024)
             va_per_device = (uint64_t)atoi(va) << 30;
@@ -895,7 +903,7 @@ static CUresult ipc_open(CUdeviceptr *pdptr, CUipcMemHandle handle, unsigned int
                          int legacy)
 {
     const unsigned char *h = (const unsigned char *)handle.reserved;
-    if (pdptr == NULL || flags > CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS)
+    if (pdptr == NULL || (flags > CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS && !any_ipc_flags))
         return CUDA_ERROR_INVALID_VALUE;
     if (current == NULL)
         return CUDA_ERROR_INVALID_CONTEXT;

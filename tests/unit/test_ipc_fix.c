@@ -187,6 +187,7 @@ static void start(enum nvipcfix_mode mode, int self_open)
     fake.nblocks = 0;
     fake.exporter = fake.tail = fake.measured = 0;
     fake.gets = fake.opens = fake.closes = 0;
+    fake.next_id = 0; /* each test's ids small, whatever ran before */
     fake.ctx = (CUcontext)&ctx_storage[0];
     nvipcfix_fix_init(&fix, &cfg, &driver);
     nvipcfix_log_open(NVIPCFIX_LOG_ERROR, NULL); /* the tests provoke warnings */
@@ -285,6 +286,27 @@ static void test_reallocated_block_gets_fresh_handle(void **state)
     CUipcMemHandle native;
     f_get(&native, b);
     assert_memory_equal(now.reserved, native.reserved, 56);
+}
+
+/* When the export cache fills, the entries of blocks freed since their
+ * export are swept by the fix's own liveness check (the driver's answer for
+ * the block's base), and a live block's entry stays. */
+static void test_export_cache_sweeps_freed_blocks(void **state)
+{
+    (void)state;
+    uint64_t kept = fake_alloc(0x100000, 4096);
+    export_ok(kept + 8);
+    fake_alloc(0x200000, 4096);
+    struct fake_block *moving = &fake.blocks[1];
+    for (uint64_t i = 0; i < NVIPCFIX_EXPORT_CACHE_MAX; i++) {
+        moving->base = 0x200000 + i * 4096; /* the previous one freed, a new one here */
+        moving->id = ++fake.next_id;
+        export_ok(moving->base + 8);
+    }
+    assert_int_equal(nvipcfix_export_cache_count(&fix.exports), 2);
+    int gets = fake.gets;
+    export_ok(kept + 16);
+    assert_int_equal(fake.gets, gets); /* the live block is still cached */
 }
 
 static void test_driver_using_tail_exports_natively(void **state)
@@ -632,6 +654,7 @@ int main(void)
         T(test_interior_export_is_tagged_and_cached),
         T(test_guarded_export_and_open),
         T(test_reallocated_block_gets_fresh_handle),
+        T(test_export_cache_sweeps_freed_blocks),
         T(test_driver_using_tail_exports_natively),
         T(test_unknown_pointer_goes_native),
         T(test_open_returns_pointer_and_counts),
