@@ -616,9 +616,9 @@ static int listen_at(struct nvipcfix_fd_server *s, const char *dir)
         if (random_bytes(&s->address.nonce, sizeof s->address.nonce) != 0)
             return errno != 0 ? errno : EIO;
         socklen_t len = nvipcfix_fd_sockaddr(&s->address, dir, &a);
-        int fd = len != 0 ? socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0) : -1;
         if (len == 0)
             return ENAMETOOLONG;
+        int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
         if (fd >= 0 && bind(fd, (struct sockaddr *)&a, len) == 0 && listen(fd, 128) == 0) {
             s->fd = fd;
             if (s->address.in_dir)
@@ -675,8 +675,11 @@ int nvipcfix_fd_server_start(struct nvipcfix_fd_server *s, const char *dir, int 
                 snprintf(why, n, "its thread could not start (%s)", strerror(err));
                 if (s->path[0] != '\0')
                     unlink(s->path);
+                s->path[0] = '\0';
                 close(s->fd);
-                s->fd = -1;
+                if (s->spare >= 0)
+                    close(s->spare); /* a later start opens its own */
+                s->fd = s->spare = -1;
             }
         }
     } else if (s->fd < 0) {
