@@ -8,7 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -395,21 +394,6 @@ void nvipcfix_fd_proof(const unsigned char key[NVIPCFIX_KEY_BYTES], char label, 
     nvipcfix_siphash128(key, msg, at, out);
 }
 
-static int random_bytes(void *buf, size_t n)
-{
-    unsigned char *p = buf;
-    while (n > 0) {
-        ssize_t k = getrandom(p, n, 0);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0)
-            return -1;
-        p += k;
-        n -= (size_t)k;
-    }
-    return 0;
-}
-
 /* ---- the exporter's side ------------------------------------------------- */
 
 /* The offer, then the descriptors batch by batch as they are made: no more
@@ -478,7 +462,7 @@ static void serve_client(struct nvipcfix_fd_server *s, int sock)
         send_status(&l, NVIPCFIX_FD_UNKNOWN);
         return;
     }
-    if (random_bytes(h.nonce, sizeof h.nonce) != 0) {
+    if (nvipcfix_random_bytes(h.nonce, sizeof h.nonce) != 0) {
         send_status(&l, NVIPCFIX_FD_FAILED);
         return;
     }
@@ -613,7 +597,7 @@ static int listen_at(struct nvipcfix_fd_server *s, const char *dir)
     int err = EADDRINUSE;
     for (int tries = 0; tries < 8 && err == EADDRINUSE; tries++) {
         struct sockaddr_un a;
-        if (random_bytes(&s->address.nonce, sizeof s->address.nonce) != 0)
+        if (nvipcfix_random_bytes(&s->address.nonce, sizeof s->address.nonce) != 0)
             return errno != 0 ? errno : EIO;
         socklen_t len = nvipcfix_fd_sockaddr(&s->address, dir, &a);
         if (len == 0)
@@ -759,7 +743,7 @@ static int connect_to(struct link *l, const struct sockaddr_un *a, socklen_t len
     }
 }
 
-static uint32_t own_pid_ns(void)
+uint32_t nvipcfix_own_pid_ns(void)
 {
     struct stat st;
     return stat("/proc/self/ns/pid", &st) == 0 ? (uint32_t)st.st_ino : 0;
@@ -778,7 +762,7 @@ static int authenticate(struct link *l, const struct nvipcfix_fd_address *to,
     struct request q = {REQUEST_MAGIC, VERSION, export_id, 0, {0}};
     struct hello h;
     unsigned char want[NVIPCFIX_TAG_BYTES], mine[NVIPCFIX_TAG_BYTES];
-    if (random_bytes(q.nonce, sizeof q.nonce) != 0)
+    if (nvipcfix_random_bytes(q.nonce, sizeof q.nonce) != 0)
         return NVIPCFIX_FD_BROKEN;
     /* A server that turns this process away may close before the request
      * is sent: its status is read all the same. */
@@ -796,7 +780,7 @@ static int authenticate(struct link *l, const struct nvipcfix_fd_address *to,
         return NVIPCFIX_FD_NO_PROOF;
     /* In one PID namespace the process must also be the one named: a
      * process of this user relaying to the exporter is not believed. */
-    if (to->pid_ns != 0 && to->pid_ns == own_pid_ns() && (uint32_t)cred.pid != to->pid)
+    if (to->pid_ns != 0 && to->pid_ns == nvipcfix_own_pid_ns() && (uint32_t)cred.pid != to->pid)
         return NVIPCFIX_FD_WRONG_PID;
     nvipcfix_fd_proof(secret, 'C', export_id, q.nonce, h.nonce, to, mine);
     return send_all(l, mine, sizeof mine) == 0 ? 0 : link_status(l);

@@ -175,6 +175,9 @@ void nvipcfix_fd_proof(const unsigned char key[NVIPCFIX_KEY_BYTES], char label, 
  * (so a child forked meanwhile knows it is not to be closed). */
 void nvipcfix_fd_close(int *fd);
 
+/* The inode of this process's PID namespace (0: not known). */
+uint32_t nvipcfix_own_pid_ns(void);
+
 /* Nonzero when this process cannot open one more descriptor (EMFILE). */
 int nvipcfix_fd_at_limit(void);
 

@@ -1,5 +1,9 @@
 #include "keyed_hash.h"
 
+#include <errno.h>
+#include <sys/random.h>
+#include <sys/types.h>
+
 static uint64_t load64(const unsigned char *p)
 {
     uint64_t v = 0;
@@ -63,6 +67,21 @@ void nvipcfix_siphash128(const unsigned char key[NVIPCFIX_KEY_BYTES], const void
     v[1] ^= 0xdd;
     rounds(v, 4);
     store64(tag + 8, v[0] ^ v[1] ^ v[2] ^ v[3]);
+}
+
+int nvipcfix_random_bytes(void *buf, size_t n)
+{
+    unsigned char *p = buf;
+    while (n > 0) {
+        ssize_t k = getrandom(p, n, 0);
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0)
+            return -1;
+        p += k;
+        n -= (size_t)k;
+    }
+    return 0;
 }
 
 int nvipcfix_equal_ct(const void *a, const void *b, size_t n)

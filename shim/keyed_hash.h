@@ -14,6 +14,10 @@
 void nvipcfix_siphash128(const unsigned char key[NVIPCFIX_KEY_BYTES], const void *msg,
                          size_t n, unsigned char tag[NVIPCFIX_TAG_BYTES]);
 
+/* n bytes from getrandom (keys, secrets, nonces): 0, or -1 when the
+ * kernel gave none. */
+int nvipcfix_random_bytes(void *buf, size_t n);
+
 /* Nonzero when a and b (n bytes) are equal; the time taken does not depend
  * on where they differ. */
 int nvipcfix_equal_ct(const void *a, const void *b, size_t n);

@@ -1,10 +1,8 @@
 #include "vmm_records.h"
 
-#include <errno.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/random.h>
 #include <uthash.h>
 
 #define SWEEP_FIRST 256
@@ -268,16 +266,9 @@ static struct vmm_entry *entry_for(struct nvipcfix_vmm_records *r, struct vmm_ru
     e = calloc(1, sizeof *e);
     if (e == NULL)
         return NULL;
-    size_t got = 0;
-    while (got < sizeof e->secret) {
-        ssize_t k = getrandom(e->secret + got, sizeof e->secret - got, 0);
-        if (k < 0 && errno == EINTR)
-            continue;
-        if (k <= 0) {
-            free(e);
-            return NULL;
-        }
-        got += (size_t)k;
+    if (nvipcfix_random_bytes(e->secret, sizeof e->secret) != 0) {
+        free(e);
+        return NULL;
     }
     e->id = r->next_id++; /* 0 after 2^32 - 1 ids: no more exports */
     e->start = start;

@@ -4,7 +4,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 #include <uthash.h>
 
@@ -20,12 +19,6 @@ struct nvipcfix_vmm_import {
     UT_hash_handle hh;
     uint64_t offsets[];             /* cap places, then cap sizes */
 };
-
-static uint32_t own_pid_ns(void)
-{
-    struct stat st;
-    return stat("/proc/self/ns/pid", &st) == 0 ? (uint32_t)st.st_ino : 0;
-}
 
 /* A hash (FNV-1a) of the kernel's boot id: the same for every process of
  * one boot of one machine. */
@@ -74,7 +67,7 @@ static void identity(struct nvipcfix_vmm *v, uint32_t *pid_ns, uint32_t *boot)
 {
     pthread_mutex_lock(&v->lock);
     if (!v->have_identity) {
-        v->pid_ns = own_pid_ns();
+        v->pid_ns = nvipcfix_own_pid_ns();
         v->boot = own_boot();
         v->have_identity = 1;
     }
