@@ -158,6 +158,25 @@ static enum nvipcfix_vmm_error make_ticket(struct nvipcfix_vmm *v, CUcontext ctx
     return NVIPCFIX_VMM_OK;
 }
 
+/* The end of the reservation that starts at ptr, and in *step the
+ * granularity to walk its gaps by; 0 when ptr is not a reservation's start
+ * (or the driver does not say). */
+static uint64_t reservation_end(const struct nvipcfix_driver *d, CUdeviceptr ptr,
+                                const CUmemAllocationProp *prop, size_t *step)
+{
+    CUdeviceptr start = 0;
+    size_t size = 0;
+    CUpointer_attribute attrs[2] = {CU_POINTER_ATTRIBUTE_RANGE_START_ADDR,
+                                    CU_POINTER_ATTRIBUTE_RANGE_SIZE};
+    void *data[2] = {&start, &size};
+    if (d->pointer_get_attributes(2, attrs, data, ptr) != CUDA_SUCCESS || start != ptr ||
+        d->mem_get_allocation_granularity(step, prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM) !=
+            CUDA_SUCCESS ||
+        *step == 0)
+        return 0;
+    return start + size;
+}
+
 enum nvipcfix_vmm_error nvipcfix_vmm_export(struct nvipcfix_vmm *v, CUcontext ctx,
                                             CUdeviceptr ptr,
                                             unsigned char ticket[NVIPCFIX_TICKET_BYTES])
@@ -190,18 +209,7 @@ enum nvipcfix_vmm_error nvipcfix_vmm_export(struct nvipcfix_vmm *v, CUcontext ct
         free(chunks);
         return NVIPCFIX_VMM_NOT_VMM;
     }
-    CUdeviceptr res_start = 0;
-    size_t res_size = 0;
-    CUpointer_attribute attrs[2] = {CU_POINTER_ATTRIBUTE_RANGE_START_ADDR,
-                                    CU_POINTER_ATTRIBUTE_RANGE_SIZE};
-    void *data[2] = {&res_start, &res_size};
-    uint64_t end = 0;
-    if (ptr == chunks[0].va && d->pointer_get_attributes(2, attrs, data, ptr) == CUDA_SUCCESS &&
-        res_start == ptr &&
-        d->mem_get_allocation_granularity(&step, &prop, CU_MEM_ALLOC_GRANULARITY_MINIMUM) ==
-            CUDA_SUCCESS &&
-        step > 0)
-        end = res_start + res_size;
+    uint64_t end = ptr == chunks[0].va ? reservation_end(d, ptr, &prop, &step) : 0;
     for (uint64_t next = chunks[0].va + chunks[0].size; n < NVIPCFIX_FD_MAX;) {
         /* In a reservation's gaps only the buffer id is asked (0: nothing
          * mapped there): 0.14 us a probe on the H100, where a failing
