@@ -21,6 +21,11 @@ static const char *read_env(const char *name)
     return getenv(name);
 }
 
+void nvipcfix_config_from_environ(struct nvipcfix_config *cfg)
+{
+    nvipcfix_config_parse(cfg, read_env, environ);
+}
+
 static pid_t setup_pid;
 
 /* At load, before the program can close fd 2 and open a file of its own
@@ -71,7 +76,7 @@ static void at_exit(void)
 static void setup(void)
 {
     struct nvipcfix_config cfg;
-    nvipcfix_config_parse(&cfg, read_env, environ);
+    nvipcfix_config_from_environ(&cfg);
     nvipcfix_log_open(cfg.log_level, cfg.log_file);
     for (int i = 0; i < cfg.nwarnings; i++)
         nvipcfix_log(NVIPCFIX_LOG_WARN, "%s", cfg.warnings[i]);

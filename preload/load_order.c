@@ -7,19 +7,11 @@
 #include <dlfcn.h>
 #include <link.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
+#include "library.h"
 #include "real_driver.h"
-#include "../shim/config.h"
 #include "../shim/log.h"
-
-extern char **environ;
-
-static const char *read_env(const char *name)
-{
-    return getenv(name);
-}
 
 static const char *const watched[] = {
     "dlsym", "cuIpcGetMemHandle", "cuIpcOpenMemHandle", "cuIpcOpenMemHandle_v2",
@@ -71,7 +63,7 @@ __attribute__((constructor)) static void check_load_order(void)
     if (before == NULL)
         return;
     struct nvipcfix_config cfg;
-    nvipcfix_config_parse(&cfg, read_env, environ);
+    nvipcfix_config_from_environ(&cfg);
     if (cfg.mode == NVIPCFIX_MODE_OFF)
         return;
     nvipcfix_log_open(cfg.log_level, cfg.log_file);
