@@ -148,7 +148,10 @@ static CUresult export_vmm(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CUd
     unsigned char ticket[NVIPCFIX_TICKET_BYTES];
     enum nvipcfix_vmm_error e = nvipcfix_vmm_export(&fix->vmm, ctx, ptr, ticket);
     if (e != NVIPCFIX_VMM_OK) {
-        warn_vmm_export(e, e == NVIPCFIX_VMM_NO_SERVER ? fix->vmm.server_why : "");
+        char why[sizeof fix->vmm.server_why] = "";
+        if (e == NVIPCFIX_VMM_NO_SERVER)
+            nvipcfix_vmm_server_why(&fix->vmm, why, sizeof why);
+        warn_vmm_export(e, why);
         return native;
     }
     memcpy(handle->reserved, ticket, sizeof ticket);

@@ -637,6 +637,13 @@ void nvipcfix_vmm_stop(struct nvipcfix_vmm *v)
     nvipcfix_fd_server_stop(&v->server);
 }
 
+void nvipcfix_vmm_server_why(struct nvipcfix_vmm *v, char *out, size_t n)
+{
+    pthread_mutex_lock(&v->server.lock); /* nvipcfix_fd_server_start writes it under it */
+    snprintf(out, n, "%s", v->server_why);
+    pthread_mutex_unlock(&v->server.lock);
+}
+
 /* A child's copy of its parent's mappings, left behind but still reachable
  * (so leak checkers do not report them). */
 static void *volatile left_behind_imports;

@@ -46,7 +46,7 @@ struct nvipcfix_vmm {
     struct nvipcfix_fd_server server;
     int timeout_ms;             /* one exchange, either side */
     char socket_dir[96];        /* NVIPCFIX_VMM_SOCKET_DIR, or "" (abstract sockets) */
-    char server_why[256];       /* why the server did not start */
+    char server_why[256];       /* why the server did not start (under server.lock) */
     int have_identity; /* pid_ns and boot read (under lock) */
     uint32_t pid_ns;   /* this process's PID namespace (0: not known) */
     uint32_t boot;     /* hash of this machine's boot id (0: not known) */
@@ -101,6 +101,10 @@ void nvipcfix_vmm_destroy(struct nvipcfix_vmm *v);
 
 /* At exit: no more descriptors are handed out. */
 void nvipcfix_vmm_stop(struct nvipcfix_vmm *v);
+
+/* A copy of why the descriptor server did not start (after
+ * NVIPCFIX_VMM_NO_SERVER; another thread may be writing it). */
+void nvipcfix_vmm_server_why(struct nvipcfix_vmm *v, char *out, size_t n);
 
 /* In a child after fork(): no records, the parent's socket closed. */
 void nvipcfix_vmm_forget_after_fork(struct nvipcfix_vmm *v);
