@@ -111,9 +111,9 @@ static void release_batch(struct held_batch *h)
 
 void nvipcfix_fd_close(int *fd)
 {
-    int was = *fd;
-    *fd = -1;
-    atomic_thread_fence(memory_order_seq_cst);
+    /* cleared (a sequentially consistent store) before the close: a child
+     * forked meanwhile never closes a number the parent reused */
+    int was = __atomic_exchange_n(fd, -1, __ATOMIC_SEQ_CST);
     if (was >= 0)
         close(was);
 }

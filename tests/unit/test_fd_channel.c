@@ -679,7 +679,13 @@ static void test_malformed_batches_leak_nothing(void **state)
         int st = ask_with(&fake, 5, key, 5000, &g);
         assert_int_equal(st, how == 6 ? NVIPCFIX_FD_OK : NVIPCFIX_FD_BROKEN);
         assert_int_equal(g.taken, how == 6 ? 5 : 0);
-        assert_int_equal(open_fds(), before); /* every descriptor received was closed */
+        /* every descriptor received was closed; but qemu-user (make
+         * test-aarch64) takes a control message whole and hands on what
+         * fits, leaving the rest open in the process where a kernel closes
+         * it: the 253-descriptor batch is counted natively only */
+        const char *runner = getenv("TEST_PROGRAM_RUNNER");
+        if (how != 5 || runner == NULL || runner[0] == '\0')
+            assert_int_equal(open_fds(), before);
         assert_int_equal(waitpid(child, &st, 0), child);
         assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
     }
