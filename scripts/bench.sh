@@ -24,8 +24,9 @@ if nvidia-smi -L >/dev/null 2>&1; then
     cc -O2 -std=c11 -D_GNU_SOURCE -pthread -I"$CUDA_HOME/include" tests/bench/ipc_bench.c \
         -o "$B/bench/ipc_bench" -L"$CUDA_HOME/lib64/stubs" -lcuda -ldl || exit 2
     BENCH=$B/bench/ipc_bench
-    cc -O2 -std=c11 -D_GNU_SOURCE -I"$CUDA_HOME/include" tests/integration/vmm_ipc.c \
-        shim/vmm_ticket.c -o "$B/bench/vmm_ipc" -L"$CUDA_HOME/lib64/stubs" -lcuda -ldl || exit 2
+    cc -O2 -std=c11 -D_GNU_SOURCE -pthread -I"$CUDA_HOME/include" tests/integration/vmm_ipc.c \
+        shim/vmm_ticket.c shim/fd_channel.c shim/keyed_hash.c -o "$B/bench/vmm_ipc" \
+        -L"$CUDA_HOME/lib64/stubs" -lcuda -ldl || exit 2
     VMM=$B/bench/vmm_ipc
     gpu=1
 else
