@@ -852,8 +852,15 @@ static CUresult map_import(const unsigned char *h, int fd, CUdeviceptr *pdptr)
     if (fstat(fd, &st) != 0 || (uint64_t)st.st_size != chunk)
         return CUDA_ERROR_INVALID_VALUE; /* not the chunk's size */
     int poison = (off & UINT32_C(0x80000000)) != 0;
+    /* A size past the chunk counts as the chunk (measured: a packed block's
+     * then fails the offset check with 208, an unpacked one opens). A size
+     * of 0 was never measured: the simulator maps the rest of the chunk,
+     * so that what opens is always an allocation (the fuzzer found a zero
+     * size opening an empty one). */
     if (size > chunk)
         size = chunk;
+    if (size == 0)
+        size = off < chunk ? chunk - off : 0;
     if (!poison && off + size > chunk)
         return CUDA_ERROR_ALREADY_MAPPED;
     void *map = mmap(NULL, chunk, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
