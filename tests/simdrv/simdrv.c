@@ -766,6 +766,23 @@ SIM_EXPORT CUresult cuIpcGetMemHandle(CUipcMemHandle *handle, CUdeviceptr p)
  * the same chunk then takes the re-open path, where a changed chunk size
  * opened); the NOT_PERMITTED (800) of byte 52 xor 0x80 (see chunk_of). */
 
+/* Whether pid is a live process: /proc/PID also answers for a thread's id
+ * (qemu-user's own threads, say), whose descriptors are its process's, so
+ * a client is a thread-group leader only. */
+static int is_process(pid_t pid)
+{
+    char path[40], line[128];
+    snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+    FILE *f = fopen(path, "re");
+    long tgid = -1;
+    while (f != NULL && fgets(line, sizeof line, f) != NULL)
+        if (sscanf(line, "Tgid: %ld", &tgid) == 1)
+            break;
+    if (f != NULL)
+        fclose(f);
+    return tgid == (long)pid;
+}
+
 /* The exporter's process id in a valid client, or 0. */
 static pid_t client_pid(const unsigned char *h)
 {
@@ -773,9 +790,7 @@ static pid_t client_pid(const unsigned char *h)
     if ((client & ~SIM_CLIENT_PID_MASK) != SIM_CLIENT_BASE)
         return 0;
     pid_t pid = (pid_t)(client & SIM_CLIENT_PID_MASK);
-    char path[32];
-    snprintf(path, sizeof path, "/proc/%d", (int)pid);
-    return pid != 0 && access(path, F_OK) == 0 ? pid : 0;
+    return pid != 0 && is_process(pid) ? pid : 0;
 }
 
 /* Nonzero when process pid holds a chunk of a simulated driver (a live
