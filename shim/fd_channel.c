@@ -486,7 +486,7 @@ static void serve_client(struct nvipcfix_fd_server *s, int sock)
 
 struct client {
     struct nvipcfix_fd_server *s;
-    int sock;
+    struct nvipcfix_fd_client_slot *slot;
 };
 
 static void *client_main(void *arg)
@@ -494,10 +494,46 @@ static void *client_main(void *arg)
     struct client c = *(struct client *)arg;
     free(arg);
     if (!atomic_load(&c.s->stopping))
-        serve_client(c.s, c.sock);
-    close(c.sock);
-    atomic_fetch_sub(&c.s->clients, 1); /* c.s is not touched after this */
+        serve_client(c.s, c.slot->sock);
+    pthread_mutex_lock(&c.s->lock); /* the accepting thread may be cutting it short */
+    close(c.slot->sock);
+    c.slot->sock = -1;
+    pthread_mutex_unlock(&c.s->lock);
+    atomic_fetch_sub(&c.s->clients, 1);
+    atomic_store(&c.slot->state, 2); /* c.s is not touched after this */
     return NULL;
+}
+
+/* Joins the threads of clients that are done; returns how many still
+ * serve. Accepting thread only. */
+static int reap_clients(struct nvipcfix_fd_server *s)
+{
+    int serving = 0;
+    for (int i = 0; i < NVIPCFIX_FD_CLIENTS; i++) {
+        int state = atomic_load(&s->slots[i].state);
+        if (state == 2) {
+            pthread_join(s->slots[i].thread, NULL);
+            atomic_store(&s->slots[i].state, 0);
+        }
+        serving += state == 1;
+    }
+    return serving;
+}
+
+/* At the end: every client's connection cut short, every thread joined.
+ * Accepting thread only. */
+static void end_clients(struct nvipcfix_fd_server *s)
+{
+    pthread_mutex_lock(&s->lock);
+    for (int i = 0; i < NVIPCFIX_FD_CLIENTS; i++)
+        if (atomic_load(&s->slots[i].state) == 1 && s->slots[i].sock >= 0)
+            shutdown(s->slots[i].sock, SHUT_RDWR);
+    pthread_mutex_unlock(&s->lock);
+    for (int i = 0; i < NVIPCFIX_FD_CLIENTS; i++)
+        if (atomic_load(&s->slots[i].state) != 0) {
+            pthread_join(s->slots[i].thread, NULL);
+            atomic_store(&s->slots[i].state, 0);
+        }
 }
 
 /* A status at once, without waiting on the client, then the end. */
@@ -520,24 +556,27 @@ static void admit(struct nvipcfix_fd_server *s, int sock)
         turn_away(sock, NVIPCFIX_FD_REFUSED);
         return;
     }
-    struct client *c = malloc(sizeof *c);
-    pthread_attr_t attr;
-    pthread_t thread;
+    struct nvipcfix_fd_client_slot *slot = NULL;
+    for (int i = 0; i < NVIPCFIX_FD_CLIENTS && slot == NULL; i++)
+        if (atomic_load(&s->slots[i].state) == 0)
+            slot = &s->slots[i];
+    struct client *c = slot != NULL ? malloc(sizeof *c) : NULL;
     if (c == NULL) {
         turn_away(sock, NVIPCFIX_FD_FAILED);
         return;
     }
     c->s = s;
-    c->sock = sock;
+    c->slot = slot;
+    slot->sock = sock;
+    atomic_store(&slot->state, 1);
     atomic_fetch_add(&s->clients, 1);
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    if (pthread_create(&thread, &attr, client_main, c) != 0) {
+    if (pthread_create(&slot->thread, NULL, client_main, c) != 0) {
         atomic_fetch_sub(&s->clients, 1);
+        atomic_store(&slot->state, 0);
+        slot->sock = -1;
         free(c);
         turn_away(sock, NVIPCFIX_FD_FAILED);
     }
-    pthread_attr_destroy(&attr);
 }
 
 /* At the open-file limit: the spare descriptor makes room to tell one
@@ -560,7 +599,7 @@ static void *server_main(void *arg)
     struct nvipcfix_fd_server *s = arg;
     struct timespec pause = {0, 1000 * 1000};
     while (!atomic_load(&s->stopping)) {
-        if (atomic_load(&s->clients) >= NVIPCFIX_FD_CLIENTS) {
+        if (reap_clients(s) >= NVIPCFIX_FD_CLIENTS) {
             nanosleep(&pause, NULL); /* each client ends by its deadline */
             continue;
         }
@@ -577,7 +616,7 @@ static void *server_main(void *arg)
         else if (errno != EINTR && errno != ECONNABORTED && errno != EAGAIN)
             break; /* shut down */
     }
-    atomic_store(&s->running, 0); /* s is not touched after this */
+    end_clients(s);
     return NULL;
 }
 
@@ -586,6 +625,8 @@ void nvipcfix_fd_server_init(struct nvipcfix_fd_server *s,
 {
     memset(s, 0, sizeof *s);
     pthread_mutex_init(&s->lock, NULL);
+    for (int i = 0; i < NVIPCFIX_FD_CLIENTS; i++)
+        s->slots[i].sock = -1;
     s->fd = -1;
     s->spare = -1;
     s->service = *service;
@@ -616,24 +657,17 @@ static int listen_at(struct nvipcfix_fd_server *s, const char *dir)
     return err;
 }
 
-/* Starts the accepting thread; it takes no signal meant for the program's
- * threads (nor do the client threads it starts). Detached: at exit it ends
- * when the socket is shut down, and nothing waits for it. */
+/* Starts the accepting thread (caller holds the lock); it takes no signal
+ * meant for the program's threads (nor do the client threads it starts).
+ * It ends when the socket is shut down, and is joined then. */
 static int start_thread(struct nvipcfix_fd_server *s)
 {
     sigset_t all, old;
-    pthread_attr_t attr;
-    pthread_t thread;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &old);
-    pthread_attr_init(&attr);
-    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
-    atomic_store(&s->running, 1);
-    int err = pthread_create(&thread, &attr, server_main, s);
-    pthread_attr_destroy(&attr);
+    int err = pthread_create(&s->thread, NULL, server_main, s);
     pthread_sigmask(SIG_SETMASK, &old, NULL);
-    if (err != 0)
-        atomic_store(&s->running, 0);
+    s->has_thread = err == 0;
     return err;
 }
 
@@ -675,8 +709,9 @@ int nvipcfix_fd_server_start(struct nvipcfix_fd_server *s, const char *dir, int 
     return err;
 }
 
-void nvipcfix_fd_server_stop(struct nvipcfix_fd_server *s)
+void nvipcfix_fd_server_stop(struct nvipcfix_fd_server *s, int wait_ms)
 {
+    pthread_t thread;
     pthread_mutex_lock(&s->lock);
     atomic_store(&s->stopping, 1);
     if (s->fd >= 0)
@@ -684,15 +719,29 @@ void nvipcfix_fd_server_stop(struct nvipcfix_fd_server *s)
     if (s->path[0] != '\0')
         unlink(s->path);
     s->path[0] = '\0';
+    int joinable = s->has_thread;
+    s->has_thread = 0; /* joined once, by whoever stops first */
+    thread = s->thread;
     pthread_mutex_unlock(&s->lock);
+    if (!joinable)
+        return;
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += wait_ms / 1000;
+    until.tv_nsec += (long)(wait_ms % 1000) * 1000000L;
+    if (until.tv_nsec >= 1000000000L) {
+        until.tv_sec++;
+        until.tv_nsec -= 1000000000L;
+    }
+    if (wait_ms >= 0 && pthread_timedjoin_np(thread, NULL, &until) != 0)
+        pthread_detach(thread); /* still ending (a driver call that hangs): left to run */
+    else if (wait_ms < 0)
+        pthread_join(thread, NULL);
 }
 
 void nvipcfix_fd_server_destroy(struct nvipcfix_fd_server *s)
 {
-    struct timespec pause = {0, 1000 * 1000};
-    nvipcfix_fd_server_stop(s);
-    while (atomic_load(&s->running) || atomic_load(&s->clients) > 0)
-        nanosleep(&pause, NULL);
+    nvipcfix_fd_server_stop(s, -1);
     if (s->fd >= 0)
         close(s->fd);
     if (s->spare >= 0)

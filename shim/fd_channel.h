@@ -119,8 +119,17 @@ struct nvipcfix_fd_server {
     struct nvipcfix_fd_service service;
     atomic_int stopping;
     atomic_ulong served, refused;
-    atomic_int running; /* the accepting thread has not ended yet */
-    atomic_int clients; /* client threads not ended yet */
+    pthread_t thread;   /* the accepting thread, */
+    int has_thread;     /* not yet joined (under lock) */
+    atomic_int clients; /* clients whose socket is still open */
+    /* One per client thread: started and joined by the accepting thread
+     * only; a client marks its own slot done (its socket closed, under
+     * lock) just before its thread ends. */
+    struct nvipcfix_fd_client_slot {
+        pthread_t thread;
+        int sock;           /* -1 once closed */
+        atomic_int state;   /* 0 free, 1 serving, 2 done: to be joined */
+    } slots[NVIPCFIX_FD_CLIENTS];
 };
 
 void nvipcfix_fd_server_init(struct nvipcfix_fd_server *s,
@@ -134,11 +143,14 @@ int nvipcfix_fd_server_start(struct nvipcfix_fd_server *s, const char *dir, int 
                              uint32_t pid_ns, struct nvipcfix_fd_address *where, char *why,
                              size_t n);
 
-/* No request is served after this (at exit; the threads, detached, end on
- * their own and are not waited for). A filesystem socket is removed. */
-void nvipcfix_fd_server_stop(struct nvipcfix_fd_server *s);
+/* No request is served after this (at exit), and a filesystem socket is
+ * removed. The accepting thread cuts every client's connection short and
+ * waits for their threads, and this waits for it, up to wait_ms: so no
+ * thread of the server is still ending while the process exits. */
+void nvipcfix_fd_server_stop(struct nvipcfix_fd_server *s, int wait_ms);
 
-/* Stops the server, waits for its threads and closes its socket. */
+/* Stops the server, waits for its threads however long and closes its
+ * socket. */
 void nvipcfix_fd_server_destroy(struct nvipcfix_fd_server *s);
 
 /* In a child after fork(): the parent's socket is closed, a server of the

@@ -634,7 +634,7 @@ void nvipcfix_vmm_destroy(struct nvipcfix_vmm *v)
 
 void nvipcfix_vmm_stop(struct nvipcfix_vmm *v)
 {
-    nvipcfix_fd_server_stop(&v->server);
+    nvipcfix_fd_server_stop(&v->server, 1000); /* a stuck driver call waits no longer */
 }
 
 void nvipcfix_vmm_server_why(struct nvipcfix_vmm *v, char *out, size_t n)

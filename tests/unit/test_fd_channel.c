@@ -842,11 +842,37 @@ static void test_fork_mid_batch_leaves_child_nothing(void **state)
     }
 }
 
+/* At exit the server stops: idle clients (each would hold its thread for
+ * a minute here) are cut short, and every thread of the server has ended
+ * when stop returns, so none is still ending while the process exits. */
 static void test_stopped_server_answers_nobody(void **state)
 {
     (void)state;
     struct got g = {0};
-    nvipcfix_fd_server_stop(&server);
+    char why[256];
+    int idle[8];
+    nvipcfix_fd_server_destroy(&server);
+    nvipcfix_fd_server_init(&server, &service);
+    assert_int_equal(nvipcfix_fd_server_start(&server, NULL, 5 * 60 * 1000, pid_ns(), &addr,
+                                              why, sizeof why), 0);
+    for (int i = 0; i < 8; i++)
+        assert_true((idle[i] = dial(&addr)) >= 0);
+    for (int i = 0; i < 5000 && atomic_load(&server.clients) < 8; i++)
+        usleep(1000);
+    assert_int_equal(atomic_load(&server.clients), 8);
+    double t0 = now_ms();
+    nvipcfix_fd_server_stop(&server, 30 * 1000);
+    double took = now_ms() - t0;
+    print_message("[ INFO     ] stop with 8 idle clients: %.1f ms\n", took);
+    assert_true(took < 20 * 1000); /* not the clients' deadline (a minute) */
+    assert_int_equal(atomic_load(&server.clients), 0);
+    for (int i = 0; i < NVIPCFIX_FD_CLIENTS; i++)
+        assert_int_equal(atomic_load(&server.slots[i].state), 0); /* every thread joined */
+    for (int i = 0; i < 8; i++) {
+        char b;
+        assert_int_equal(read(idle[i], &b, 1), 0); /* closed by the server, not pending */
+        close(idle[i]);
+    }
     assert_int_not_equal(ask(3, &g), NVIPCFIX_FD_OK);
     assert_int_equal(g.taken, 0);
 }
