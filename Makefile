@@ -298,7 +298,8 @@ uninstall:
 # make test-packages builds both and tests them (tests/packages/run.sh).
 PKG_ARCHES ?= x86_64 aarch64
 DIST       := $(BUILD)/dist
-# $(call pkg_make,ARCH): make for ARCH in its own build folder, no nvcc.
+# $(call pkg_make,ARCH): make for ARCH in its own build folder, no nvcc
+# (the recipes that call it start with +: they run make).
 pkg_make = CPATH=$(abspath $(CROSS_INCLUDE)) $(MAKE) --no-print-directory BUILD=$(BUILD)/pkg/$1 \
            CC=$1-linux-gnu-gcc ARCH=$1 NVCC=
 .PHONY: wheel deb package-deps test-packages
@@ -306,13 +307,13 @@ package-deps: cross-include
 	@sh scripts/ensure-deps.sh packages
 	@sh scripts/ensure-deps.sh build
 wheel: package-deps
-	@for a in $(PKG_ARCHES); do \
+	+@for a in $(PKG_ARCHES); do \
 	    $(call pkg_make,$$a) $(BUILD)/pkg/$$a/libnvipcfix.so $(BUILD)/pkg/$$a/nvipcfix-doctor && \
 	    mkdir -p $(BUILD)/pkg/$$a/stamped && $(call stamp_launcher,) >$(BUILD)/pkg/$$a/stamped/nvipcfix && \
 	    sh scripts/package.sh wheel $$a $(BUILD)/pkg/$$a $(DIST) || exit 1; \
 	done
 deb: package-deps
-	@for a in $(PKG_ARCHES); do \
+	+@for a in $(PKG_ARCHES); do \
 	    rm -rf $(BUILD)/pkg/$$a/deb-root && \
 	    $(call pkg_make,$$a) -s install DESTDIR=$(abspath $(BUILD)/pkg/$$a/deb-root) PREFIX=/usr \
 	        LIBDIR=/usr/lib/$$a-linux-gnu >/dev/null && \
