@@ -533,6 +533,10 @@ static int compare(const char *self, const char *lib)
                rows[i].med[0] > 0 ? rows[i].med[1] / rows[i].med[0] : 0.0, rows[i].p99[0],
                rows[i].p99[1]);
     }
+    /* the same, machine-readable, for bench.sh's goal table */
+    printf("\n");
+    for (int i = 0; i < n; i++)
+        printf("COMPARE %s %.4f %.4f\n", rows[i].name, rows[i].med[0], rows[i].med[1]);
     return 0;
 }
 
