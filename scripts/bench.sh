@@ -174,8 +174,8 @@ fi
 for size in 2mib 16mib; do
     v=""; t=""
     if [ -n "$torch" ]; then
-        v=$(awk -v k="vmm_first_open_$size" '$1 == "BENCH" && $2 == k { print $3 }' "$torch")
-        t=$(awk -v k="torch_import_$size" '$1 == "BENCH" && $2 == k { print $3 }' "$torch")
+        v=$(awk -v k="vmm_first_open_$size" '$1 == "BENCH" && tolower($2) == k { print $3 }' "$torch")
+        t=$(awk -v k="torch_import_$size" '$1 == "BENCH" && tolower($2) == k { print $3 }' "$torch")
     fi
     label="VMM first open of $( [ $size = 2mib ] && echo "2 MiB" || echo "16 MiB") against PyTorch's own import"
     if [ -n "$v" ] && [ -n "$t" ]; then
