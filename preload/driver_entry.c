@@ -1,5 +1,7 @@
 /* The driver entry points the library exports, and the cuGetProcAddress
- * hooks that hand them out in place of the driver's own. */
+ * hooks that hand them out in place of the driver's own. Above the fix's
+ * instance (library.c) and the real driver (real_driver.c); below the dlsym
+ * hook and the load-order check, which use hooks.h. */
 #include <string.h>
 
 #include "export.h"
@@ -136,3 +138,11 @@ void *nvipcfix_wrapper_for(const char *name, void *found, int version)
         return w->newer;
     return version >= w->since ? w->newer : w->wrapper;
 }
+
+/* The hidden names of hooks.h. */
+#define OWN(hidden_name, name) \
+    extern __typeof__(name) hidden_name __attribute__((alias(#name), visibility("hidden")))
+OWN(nvipcfix_own_ipc_get_mem_handle, cuIpcGetMemHandle);
+OWN(nvipcfix_own_ipc_open_mem_handle, cuIpcOpenMemHandle);
+OWN(nvipcfix_own_ipc_open_mem_handle_v2, cuIpcOpenMemHandle_v2);
+OWN(nvipcfix_own_ipc_close_mem_handle, cuIpcCloseMemHandle);

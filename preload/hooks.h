@@ -1,7 +1,10 @@
-/* Which names the library wraps, and the wrapper for each, shared by the
- * dlsym hook and the cuGetProcAddress hooks. */
+/* What driver_entry.c gives the files above it (dlsym_hook.c, load_order.c):
+ * which names the library wraps, the wrapper for each, and nvipcfix's own
+ * definitions of the entry points. */
 #ifndef NVIPCFIX_HOOKS_H
 #define NVIPCFIX_HOOKS_H
+
+#include "real_driver.h"
 
 /* Nonzero for the driver names whose look-ups the library answers. */
 int nvipcfix_is_wrapped_name(const char *name);
@@ -11,5 +14,15 @@ int nvipcfix_is_wrapped_name(const char *name);
  * or -1 for a dlsym look-up of the exported symbol name. Returns found
  * itself for names that are not wrapped. */
 void *nvipcfix_wrapper_for(const char *name, void *found, int version);
+
+/* nvipcfix's own exported entry points under hidden names: always this
+ * library's functions, whichever definition the search order binds the
+ * exported names to. */
+CUresult nvipcfix_own_ipc_get_mem_handle(CUipcMemHandle *pHandle, CUdeviceptr dptr);
+CUresult nvipcfix_own_ipc_open_mem_handle(CUdeviceptr *pdptr, CUipcMemHandle handle,
+                                          unsigned int Flags);
+CUresult nvipcfix_own_ipc_open_mem_handle_v2(CUdeviceptr *pdptr, CUipcMemHandle handle,
+                                             unsigned int Flags);
+CUresult nvipcfix_own_ipc_close_mem_handle(CUdeviceptr dptr);
 
 #endif

@@ -1,3 +1,7 @@
+/* The one instance of the fix in this process (library.h): set up on the
+ * first IPC call, reset in a forked child, reported on at exit. Uses the
+ * real driver (real_driver.c) below it; the entry points (driver_entry.c)
+ * and the load-order check (load_order.c) above it use it. */
 #include "library.h"
 
 #include <pthread.h>

@@ -1,4 +1,6 @@
-/* The one instance of the fix in this process, set up on first use. */
+/* The one instance of the fix in this process, set up on first use. Above
+ * the real driver (real_driver.c); used by the entry points
+ * (driver_entry.c) and the load-order check (load_order.c). */
 #ifndef NVIPCFIX_LIBRARY_H
 #define NVIPCFIX_LIBRARY_H
 
@@ -6,9 +8,9 @@
 #include "../shim/config.h"
 
 /* Reads the configuration, opens the log, loads the real driver and
- * installs the fork handlers, all once; never in a constructor (the
- * constructors, in library.c and load_order.c, record what fd 2 is and make
- * a few look-ups; no driver call). */
+ * installs the fork handler, all once; never in a constructor (the
+ * constructors, in library.c and load_order.c, record what fd 2 is and
+ * compare a few addresses the loader bound; no look-up, no driver call). */
 struct nvipcfix_fix *nvipcfix_library(void);
 
 /* The NVIPCFIX_* settings of this process's environment. */

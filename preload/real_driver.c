@@ -1,9 +1,68 @@
+/* The bottom of preload/: where the real functions are. glibc's dlsym and
+ * the next dlsym after nvipcfix in the chain (for the dlsym hook), and the
+ * table of the real driver's functions (for the entry points and the fix).
+ * Calls nothing else in preload/. */
 #include "real_driver.h"
 
 #include <dlfcn.h>
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stddef.h>
 
+#include "export.h"
 #include "../shim/log.h"
+
+/* ---- the dlsym chain ------------------------------------------------------ */
+
+static _Atomic(nvipcfix_dlsym_fn) next_dlsym_fn;
+static _Atomic(nvipcfix_dlsym_fn) glibc_dlsym_fn;
+
+NVIPCFIX_UNINSTRUMENTED static void *no_dlsym(void *handle, const char *name)
+{
+    (void)handle;
+    (void)name;
+    return NULL;
+}
+
+/* The next dlsym after nvipcfix in the search order: another interposer's
+ * (GPU-sharing layers such as HAMi-core define an unversioned dlsym and
+ * enforce their quotas through it), else glibc's. */
+NVIPCFIX_UNINSTRUMENTED static nvipcfix_dlsym_fn find_next_dlsym(void)
+{
+    /* glibc >= 2.34 defines dlsym in libc under GLIBC_2.34; older ones in
+     * libdl under the architecture's first version. */
+    static const char *const versions[] = {"GLIBC_2.34", "GLIBC_2.2.5", "GLIBC_2.17"};
+    nvipcfix_dlsym_fn glibc = NULL;
+    for (size_t i = 0; i < sizeof versions / sizeof versions[0] && glibc == NULL; i++)
+        glibc = (nvipcfix_dlsym_fn)dlvsym(RTLD_NEXT, "dlsym", versions[i]);
+    if (glibc == NULL) {
+        nvipcfix_log(NVIPCFIX_LOG_ERROR, "cannot find glibc's dlsym; every dlsym returns NULL");
+        return no_dlsym;
+    }
+    atomic_store_explicit(&glibc_dlsym_fn, glibc, memory_order_release);
+    /* Called from here, RTLD_NEXT means: after nvipcfix. */
+    nvipcfix_dlsym_fn next = (nvipcfix_dlsym_fn)glibc(RTLD_NEXT, "dlsym");
+    return next != NULL ? next : glibc;
+}
+
+NVIPCFIX_UNINSTRUMENTED nvipcfix_dlsym_fn nvipcfix_next_dlsym(void)
+{
+    nvipcfix_dlsym_fn f = atomic_load_explicit(&next_dlsym_fn, memory_order_acquire);
+    if (f == NULL) {
+        f = find_next_dlsym(); /* racing threads find the same answer */
+        atomic_store_explicit(&next_dlsym_fn, f, memory_order_release);
+    }
+    return f;
+}
+
+void *nvipcfix_real_dlsym(void *handle, const char *name)
+{
+    nvipcfix_next_dlsym();
+    nvipcfix_dlsym_fn glibc = atomic_load_explicit(&glibc_dlsym_fn, memory_order_acquire);
+    return glibc != NULL ? glibc(handle, name) : NULL;
+}
+
+/* ---- the real driver's functions ------------------------------------------- */
 
 static struct nvipcfix_real_driver real;
 static pthread_once_t real_once = PTHREAD_ONCE_INIT;

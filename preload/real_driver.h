@@ -1,7 +1,8 @@
-/* The table of real driver functions, looked up lazily and once: the next
- * definition after nvipcfix (the driver, or another interposer preloaded
- * after nvipcfix), else libcuda.so.1's own. Nothing here runs before the
- * first wrapped call. */
+/* The bottom of preload/ (real_driver.c calls nothing else in it): the dlsym
+ * chain after nvipcfix, and the table of real driver functions, looked up
+ * lazily and once: the next definition after nvipcfix (the driver, or
+ * another interposer preloaded after nvipcfix), else libcuda.so.1's own.
+ * Nothing here runs at load. */
 #ifndef NVIPCFIX_REAL_DRIVER_H
 #define NVIPCFIX_REAL_DRIVER_H
 
@@ -30,8 +31,15 @@ const struct nvipcfix_real_driver *nvipcfix_real_driver(void);
  * definition after nvipcfix, or libcuda.so.1's own. */
 int nvipcfix_real_driver_owns(const char *name, void *fn);
 
+typedef void *(*nvipcfix_dlsym_fn)(void *handle, const char *name);
+
+/* The next dlsym after nvipcfix in the search order (another interposer's,
+ * else glibc's), found on first use; where the dlsym hook sends every
+ * look-up it does not answer. */
+nvipcfix_dlsym_fn nvipcfix_next_dlsym(void);
+
 /* glibc's dlsym, for the library's own look-ups (RTLD_NEXT: after
- * nvipcfix). Defined with the dlsym hook. */
+ * nvipcfix, whatever the next interposer's dlsym would make of it). */
 void *nvipcfix_real_dlsym(void *handle, const char *name);
 
 #endif

@@ -1,8 +1,11 @@
 #!/bin/sh
 # make bench: what nvipcfix costs against native, per call, median and p99,
-# at 1, 8 and 32 threads; start-up of a process without CUDA; the tables'
-# memory; and (on the simulated driver, under valgrind) the library's own
-# instructions per call. On a machine with a GPU the timings use the GPU.
+# at 1, 8 and 32 threads; start-up of a process without CUDA; fork() beside
+# busy threads; VMM exports and first opens; the tables' memory; and (on the
+# simulated driver, under valgrind) the library's own instructions per call
+# and per start-up. Ends with one table: issue 20's goals, each measured
+# here, and whether it holds. On a machine with a GPU the timings use the
+# GPU; without one, the simulated driver (and the table says so).
 # Usage: scripts/bench.sh BUILD_DIR [--quick]
 set -u
 B=$(cd "${1:-build}" 2>/dev/null && pwd) || { echo "bench: no build folder '${1:-build}' (run make)" >&2; exit 2; }
@@ -17,6 +20,8 @@ if LD_PRELOAD=$LIB /bin/true 2>&1 | grep -q "cannot be preloaded"; then
 fi
 CUDA_HOME=${CUDA_HOME:-/usr/local/cuda}
 mkdir -p "$B/bench"
+OUT=$B/bench/out
+mkdir -p "$OUT"
 cc -shared -fPIC -O2 -o "$B/bench/empty_preload.so" tests/bench/empty_preload.c
 
 if nvidia-smi -L >/dev/null 2>&1; then
@@ -36,32 +41,71 @@ else
     VMM=$B/tests/vmm_ipc
     gpu=0
 fi
+case " $* " in *" --quick "*) quick=1 ;; *) quick=0 ;; esac
 
 echo "## per call: native against nvipcfix ($where; $(nproc) CPUs)"
 echo
-"$BENCH" compare "$LIB" "$@" || exit 2
+"$BENCH" compare "$LIB" "$@" >"$OUT/compare" || exit 2
+grep -v '^COMPARE ' "$OUT/compare" | sed '${/^$/d}'
 echo
 echo "## start-up of /bin/true: no preload, a preload that does nothing, nvipcfix"
 echo
-"$BENCH" startup "$B/bench/empty_preload.so" "$LIB" "$@"
+"$BENCH" startup "$B/bench/empty_preload.so" "$LIB" "$@" >"$OUT/startup" || exit 2
+grep -v '^STARTUP ' "$OUT/startup" | sed '${/^$/d}'
+if command -v valgrind >/dev/null 2>&1; then
+    # Instructions (the loader's and the constructors'), whatever the machine's load.
+    instr() {
+        LD_PRELOAD=$1 valgrind --tool=callgrind --callgrind-out-file="$B/bench/cg.startup" \
+            /bin/true 2>&1 | sed -n 's/.*Collected : *//p'
+    }
+    echo
+    echo "Instructions to start /bin/true (callgrind, user space, loader included): none" \
+         "$(instr ''), empty preload $(instr "$B/bench/empty_preload.so"), nvipcfix $(instr "$LIB")."
+fi
 echo
-cc -O2 -o "$B/bench/load_order_cost" tests/bench/load_order_cost.c -ldl &&
-    LD_PRELOAD=$LIB "$B/bench/load_order_cost"
+# fork(): ROUNDS rounds, each a native run and an nvipcfix run of FORKS forks
+# (which goes first alternating); a round's ratio is the ratio of the two
+# medians; the median of the rounds' ratios and their range.
+if [ $quick = 1 ]; then rounds=3 forks=100; else rounds=9 forks=150; fi
+echo "## fork() in the parent while 8 threads are busy in IPC calls ($rounds rounds of $forks forks a side, us)"
 echo
-echo "## fork() in the parent while 8 threads are busy in IPC calls (median of 300, us)"
-echo
-echo "| run | native | nvipcfix | ratio |"
+echo "| round | native median | nvipcfix median | ratio |"
 echo "| --- | --- | --- | --- |"
-for run in 1 2 3; do
-    med() { sed -n 's/.*median \([0-9.]*\) us.*/\1/p'; }
-    a=$(LD_PRELOAD= "$B/tests/fork_safety" --bench 8 300 | med)
-    b=$(LD_PRELOAD=$LIB "$B/tests/fork_safety" --bench 8 300 | med)
-    echo "| $run | $a | $b | $(awk -v a="$a" -v b="$b" 'BEGIN { if (a > 0) printf "%.3f", b / a }') |"
+med() { sed -n 's/.*median \([0-9.]*\) us.*/\1/p'; }
+: >"$OUT/fork"
+r=1
+while [ $r -le $rounds ]; do
+    if [ $((r % 2)) = 1 ]; then
+        a=$(LD_PRELOAD= "$B/tests/fork_safety" --bench 8 $forks | med)
+        b=$(LD_PRELOAD=$LIB "$B/tests/fork_safety" --bench 8 $forks | med)
+    else
+        b=$(LD_PRELOAD=$LIB "$B/tests/fork_safety" --bench 8 $forks | med)
+        a=$(LD_PRELOAD= "$B/tests/fork_safety" --bench 8 $forks | med)
+    fi
+    ratio=$(awk -v a="$a" -v b="$b" 'BEGIN { if (a > 0) printf "%.3f", b / a }')
+    echo "| $r | $a | $b | $ratio |"
+    echo "$a $b $ratio" >>"$OUT/fork"
+    r=$((r + 1))
 done
+# column $1 of a file of numbers: median, the middle half's ends (the 3rd
+# and 7th of 9), the lowest and the highest
+stat_of() { sort -n -k"$1","$1" "$2" | awk -v c="$1" '{ v[NR] = $c } END {
+    if (NR == 0) exit; m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
+    q = int((NR - 1) / 4); printf "%s %s %s %s %s\n", m, v[1 + q], v[NR - q], v[1], v[NR] }'; }
 echo
 echo "## VMM memory (NVIPCFIX_VMM=1) against legacy IPC, both through nvipcfix (median of 30)"
 echo
-NVIPCFIX_VMM=1 LD_PRELOAD=$LIB "$VMM" --bench | sed 's/^BENCH /    /'
+NVIPCFIX_VMM=1 LD_PRELOAD=$LIB "$VMM" --bench >"$OUT/vmm" 2>&1
+sed 's/^BENCH /    /' "$OUT/vmm"
+torch=""
+if [ $gpu = 1 ] && [ -f tests/gpu/vmm_vs_torch.py ] && python3 -c 'import torch' >/dev/null 2>&1; then
+    echo
+    echo "## VMM first open against PyTorch's own import of the same memory (tests/gpu/vmm_vs_torch.py)"
+    echo
+    NVIPCFIX_VMM=1 LD_PRELOAD=$LIB timeout 120 python3 tests/gpu/vmm_vs_torch.py 10 >"$OUT/torch" 2>&1
+    sed 's/^BENCH /    /' "$OUT/torch"
+    torch=$OUT/torch
+fi
 echo
 echo "## memory of the tables (heap bytes, glibc malloc)"
 echo
@@ -85,4 +129,69 @@ if [ $gpu = 0 ] && command -v valgrind >/dev/null 2>&1; then
         b=$(total 4000)
         echo "| $op | $(( (b - a) / 2000 )) |"
     done
+fi
+
+# ---- the goals of issue 20, each with what was measured above ----------------
+echo
+if [ $gpu = 1 ]; then
+    echo "## goals ($where)"
+else
+    echo "## goals (NOT on a GPU: the simulated driver, so native times and the verdicts are the simulator's)"
+fi
+echo
+echo "| measure | native | nvipcfix | ratio | goal | |"
+echo "| --- | --- | --- | --- | --- | --- |"
+verdict() { awk -v v="$1" -v g="$2" 'BEGIN { print (v != "" && v + 0 <= g + 0) ? "held" : "NOT held" }'; }
+# row for a COMPARE line: NAME LABEL UNIT GOAL_RATIO
+compare_row() {
+    set -- "$1" "$2" "$3" "$4" "$(awk -v n="$1" '$1 == "COMPARE" && $2 == n { print $3, $4 }' "$OUT/compare")"
+    if [ -z "$5" ]; then
+        echo "| $2 | | | | <= ${4}x | not measured |"
+        return
+    fi
+    awk -v l="$2" -v u="$3" -v g="$4" -v v="$5" 'BEGIN { split(v, x, " "); r = x[1] > 0 ? x[2] / x[1] : 0
+        printf "| %s | %.3f %s | %.3f %s | %.2fx | <= %sx | %s |\n", l, x[1], u, x[2], u, r, g,
+               (x[1] > 0 && r <= g) ? "held" : "NOT held" }'
+}
+# start-up: points over the empty preload
+set -- $(awk '$1 == "STARTUP" { printf "%s ", $3 }' "$OUT/startup") \
+       $(awk '$1 == "STARTUP" && NR > 0 { last = $0 } END { split(last, x, " "); print x[5], x[6], x[7] }' "$OUT/startup")
+if [ $# -eq 5 ]; then
+    echo "| start-up of /bin/true | empty preload $1 us | $2 us | $(printf '%+.1f' "$3") points over the empty preload (rounds $(printf '%+.1f' "$4") to $(printf '%+.1f' "$5")) | within 1 point of the empty preload | $(verdict "$3" 1) |"
+fi
+compare_row export_base "export of a block base" us 1.3
+compare_row export_interior "export of an interior pointer, 1 thread" us 1.3
+compare_row export_interior_threads_32 "... 32 threads" us 1.0
+compare_row scale_open_total_ms "$( [ $quick = 1 ] && echo 10,000 || echo 100,000) new pointers opened in held blocks" ms 1.2
+compare_row scale_heap_while_open_kib "heap while they are open" KiB 2
+again=$(sed -n 's/.*again: legacy \([0-9.]*\) us, VMM \([0-9.]*\) us.*/\1 \2/p' "$OUT/vmm")
+if [ -n "$again" ]; then
+    set -- $again
+    echo "| VMM export of an exported chunk again | (legacy $1 us) | $2 us | | <= 1 us | $(verdict "$2" 1) |"
+else
+    echo "| VMM export of an exported chunk again | | | | <= 1 us | not measured (vmm_ipc --bench failed: $OUT/vmm) |"
+fi
+for size in 2mib 16mib; do
+    v=""; t=""
+    if [ -n "$torch" ]; then
+        v=$(awk -v k="vmm_first_open_$size" '$1 == "BENCH" && tolower($2) == k { print $3 }' "$torch")
+        t=$(awk -v k="torch_import_$size" '$1 == "BENCH" && tolower($2) == k { print $3 }' "$torch")
+    fi
+    label="VMM first open of $( [ $size = 2mib ] && echo "2 MiB" || echo "16 MiB") against PyTorch's own import"
+    if [ -n "$v" ] && [ -n "$t" ]; then
+        awk -v l="$label" -v v="$v" -v t="$t" 'BEGIN { r = t > 0 ? v / t : 0
+            printf "| %s | PyTorch %.1f us | %.1f us | %.2fx | <= 1.2x | %s |\n", l, t, v, r,
+                   (t > 0 && r <= 1.2) ? "held" : "NOT held" }'
+    elif [ -n "$torch" ]; then
+        echo "| $label | | | | <= 1.2x | not measured (vmm_vs_torch.py printed no figure: $torch) |"
+    else
+        echo "| $label | | | | <= 1.2x | not measured (needs PyTorch on a GPU) |"
+    fi
+done
+set -- $(stat_of 3 "$OUT/fork") $(stat_of 1 "$OUT/fork") $(stat_of 2 "$OUT/fork")
+if [ $# -eq 15 ]; then
+    # stable: the middle half of the rounds' ratios within 0.1 (one round
+    # disturbed by another program does not decide it)
+    stable=$(awk -v lo="$2" -v hi="$3" 'BEGIN { print (hi - lo <= 0.1) ? 1 : 0 }')
+    echo "| fork with 8 busy threads | $6 us (rounds $9-${10}) | ${11} us (rounds ${14}-${15}) | $1 (middle half of the rounds $2-$3, all $4-$5) | <= 1.05, stable (middle half within 0.1) | $( [ "$(verdict "$1" 1.05)" = held ] && [ "$stable" = 1 ] && echo held || echo "NOT held") |"
 fi

@@ -366,40 +366,100 @@ static double spawn_true(char **env)
 }
 
 /* Start-up of a process that never uses CUDA: no preload, then each of the
- * libraries, interleaved run by run. Medians in *med (nlibs + 1 of them). */
-static void bench_startup(char **libs, int nlibs, double *med)
+ * libraries, interleaved run by run (the order rotating from one run to
+ * the next), in ROUNDS rounds of n runs. t[k * total + r * n + i] gets run
+ * i of round r of column k. */
+#define ROUNDS 7
+static void bench_startup(char **libs, int nlibs, int n, double *t)
 {
-    int n = quick ? 100 : 400;
-    double *t = malloc(sizeof *t * (size_t)n * (size_t)(nlibs + 1));
     static char pre[4][4200];
     char *envs[5][2];
+    int w = nlibs + 1, total = ROUNDS * n;
     envs[0][0] = NULL;
     for (int k = 0; k < nlibs && k < 4; k++) {
         snprintf(pre[k], sizeof pre[k], "LD_PRELOAD=%s", libs[k]);
         envs[k + 1][0] = pre[k];
         envs[k + 1][1] = NULL;
     }
-    for (int i = 0; i < n; i++)
-        for (int k = 0; k <= nlibs; k++)
-            t[k * n + i] = spawn_true(envs[k]);
-    for (int k = 0; k <= nlibs; k++) {
-        qsort(t + k * n, (size_t)n, sizeof *t, cmp_double);
-        med[k] = t[k * n + n / 2];
-    }
-    free(t);
+    for (int k = 0; k < w; k++) /* the page cache warm for every column */
+        spawn_true(envs[k]);
+    for (int j = 0; j < total; j++)
+        for (int m = 0; m < w; m++) {
+            int k = (m + j) % w;
+            t[k * total + j] = spawn_true(envs[k]);
+        }
 }
 
+static double median_of(double *v, int n)
+{
+    qsort(v, (size_t)n, sizeof *v, cmp_double);
+    return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+/* Round r's cost of column k over column base in points of the start-up
+ * without preload: the median of the run-by-run differences (runs a
+ * millisecond apart, so the machine's drift cancels), over the round's
+ * median without preload. */
+static double round_points(const double *t, int total, int n, int r, int k, int base,
+                           double *scratch)
+{
+    for (int i = 0; i < n; i++)
+        scratch[i] = t[k * total + r * n + i] - t[base * total + r * n + i];
+    double d = median_of(scratch, n);
+    for (int i = 0; i < n; i++)
+        scratch[i] = t[r * n + i];
+    return 100 * d / median_of(scratch, n);
+}
+
+/* One row per library: its median start-up, and its cost in points of the
+ * start-up without preload, over none and over the first library (the
+ * empty preload): the median of the rounds and their range. A
+ * machine-readable line per library follows the table:
+ *   STARTUP NAME MEDIAN_US POINTS_OVER_NONE POINTS_OVER_FIRST MIN MAX
+ * (MIN and MAX: the range of the rounds' points over the first library). */
 static int startup(char **libs, int nlibs)
 {
-    double med[5];
+    int n = quick ? 40 : 150;
     if (nlibs > 4)
         nlibs = 4;
-    bench_startup(libs, nlibs, med);
-    printf("| preload | median start-up | against none |\n| --- | --- | --- |\n");
-    printf("| none | %.1f us | |\n", med[0]);
+    int w = nlibs + 1, total = ROUNDS * n;
+    double *t = malloc(sizeof *t * (size_t)(w * total)), *scratch = malloc(sizeof *t * (size_t)total);
+    double pts[ROUNDS], over[ROUNDS];
+    bench_startup(libs, nlibs, n, t);
+    memcpy(scratch, t, sizeof *t * (size_t)total);
+    double none = median_of(scratch, total);
+    printf("%d rounds of %d runs of each, interleaved run by run; a round's points are the "
+           "median of the run-by-run differences over the round's median without preload; "
+           "here the median of the %d rounds and their range.\n\n",
+           ROUNDS, n, ROUNDS);
+    printf("| preload | start-up | points over none (range) | points over %s (range) |\n",
+           nlibs > 0 ? (strrchr(libs[0], '/') ? strrchr(libs[0], '/') + 1 : libs[0]) : "-");
+    printf("| --- | --- | --- | --- |\n");
+    printf("| none | %.1f us | | |\n", none);
+    char lines[4][200];
+    for (int k = 1; k <= nlibs; k++) {
+        for (int r = 0; r < ROUNDS; r++) {
+            pts[r] = round_points(t, total, n, r, k, 0, scratch);
+            over[r] = round_points(t, total, n, r, k, 1, scratch);
+        }
+        memcpy(scratch, t + k * total, sizeof *t * (size_t)total);
+        double us = median_of(scratch, total);
+        double p = median_of(pts, ROUNDS), o = median_of(over, ROUNDS);
+        const char *name = strrchr(libs[k - 1], '/') ? strrchr(libs[k - 1], '/') + 1 : libs[k - 1];
+        if (k == 1)
+            printf("| %s | %.1f us | %+.1f (%+.1f to %+.1f) | |\n", name, us, p, pts[0],
+                   pts[ROUNDS - 1]);
+        else
+            printf("| %s | %.1f us | %+.1f (%+.1f to %+.1f) | %+.1f (%+.1f to %+.1f) |\n", name,
+                   us, p, pts[0], pts[ROUNDS - 1], o, over[0], over[ROUNDS - 1]);
+        snprintf(lines[k - 1], sizeof lines[0], "STARTUP %s %.1f %.2f %.2f %.2f %.2f", name, us,
+                 p, o, over[0], over[ROUNDS - 1]);
+    }
+    printf("\n");
     for (int k = 0; k < nlibs; k++)
-        printf("| %s | %.1f us | %+.1f%% |\n", strrchr(libs[k], '/') ? strrchr(libs[k], '/') + 1 : libs[k],
-               med[k + 1], 100 * (med[k + 1] / med[0] - 1));
+        printf("%s\n", lines[k]);
+    free(t);
+    free(scratch);
     return 0;
 }
 
@@ -473,6 +533,10 @@ static int compare(const char *self, const char *lib)
                rows[i].med[0] > 0 ? rows[i].med[1] / rows[i].med[0] : 0.0, rows[i].p99[0],
                rows[i].p99[1]);
     }
+    /* the same, machine-readable, for bench.sh's goal table */
+    printf("\n");
+    for (int i = 0; i < n; i++)
+        printf("COMPARE %s %.4f %.4f\n", rows[i].name, rows[i].med[0], rows[i].med[1]);
     return 0;
 }
 
