@@ -53,43 +53,53 @@ static uint32_t slot_start(uint64_t key, uint32_t cap)
     return (uint32_t)(((key & 0xffffffffu) * cap) >> 32);
 }
 
-/* The slots a block of that many pointers gets, and how many may be used:
- * 7/8 at most, at least one slot free (an insert's probe always ends). */
+/* The slots a block of that many pointers gets (half used), and how many
+ * may be used: 3/4 at most, at least one slot free (a probe always ends). */
 static uint32_t cap_for(uint32_t n)
 {
-    return n + n / 2 + 2;
+    return 2 * n + 2;
 }
 
 static uint32_t limit_of(uint32_t cap)
 {
-    return cap - cap / 8 - 1;
+    return cap - cap / 4 - 1;
 }
 
-/* The slot holding key, or NULL. Caller holds the lock (either way). */
-static struct import_slot *slot_find(const struct nvipcfix_import_block *b, uint64_t key)
+/* Where key is in b's slots, or else the empty slot where its probe
+ * ended. Caller holds the lock (either way). */
+static uint32_t slot_probe(const struct nvipcfix_import_block *b, uint64_t key, int *found)
 {
     uint32_t i = slot_start(key, b->cap);
     for (;;) {
         uint64_t k = atomic_load_explicit(&b->slots[i].key, memory_order_acquire);
-        if (k == key)
-            return &b->slots[i];
-        if (k == 0)
-            return NULL;
+        if (k == key || k == 0) {
+            *found = k == key;
+            return i;
+        }
         if (++i == b->cap)
             i = 0;
     }
 }
 
-/* Caller holds the lock (either way) and has reserved a slot in b->used:
- * the slot holding key, taken now if no other thread took it first.
- * *fresh: 1 if this call filled it. */
-static struct import_slot *slot_claim(struct nvipcfix_import_block *b, uint64_t key, int *fresh)
+/* The slot holding key, or NULL. Caller holds the lock (either way). */
+static struct import_slot *slot_find(const struct nvipcfix_import_block *b, uint64_t key)
 {
-    uint32_t i = slot_start(key, b->cap);
+    int found;
+    uint32_t i = slot_probe(b, key, &found);
+    return found ? &b->slots[i] : NULL;
+}
+
+/* Caller holds the lock (either way) and has reserved a slot in b->used:
+ * the slot holding key, taken now (from i on, where its probe found an
+ * empty slot) if no other thread took it first. *fresh: 1 if this call
+ * filled it. */
+static struct import_slot *slot_claim(struct nvipcfix_import_block *b, uint64_t key, uint32_t i,
+                                      int *fresh)
+{
     *fresh = 0;
     for (;;) {
-        uint64_t k = atomic_load_explicit(&b->slots[i].key, memory_order_acquire);
-        if (k == 0 && atomic_compare_exchange_strong(&b->slots[i].key, &k, key)) {
+        uint64_t k = 0;
+        if (atomic_compare_exchange_strong(&b->slots[i].key, &k, key)) {
             *fresh = 1;
             return &b->slots[i];
         }
@@ -107,11 +117,10 @@ static struct import_slot *slot_claim(struct nvipcfix_import_block *b, uint64_t 
 static int slots_rebuild(struct nvipcfix_import_table *t, struct nvipcfix_import_block *b,
                          uint32_t extra)
 {
+    /* Exclusive: used and idle are exact, and no other thread reads. */
     int drop_idle = atomic_load(&b->idle) > NVIPCFIX_IMPORT_IDLE_MAX;
-    uint32_t keep = 0;
-    for (uint32_t i = 0; i < b->cap; i++)
-        if (b->slots[i].key != 0 && (!drop_idle || b->slots[i].refs != 0))
-            keep++;
+    uint32_t used = atomic_load(&b->used);
+    uint32_t keep = drop_idle ? used - (uint32_t)atomic_load(&b->idle) : used;
     uint32_t cap = cap_for(keep + extra);
     struct import_slot *n = calloc(cap, sizeof *n);
     if (n == NULL)
@@ -122,16 +131,19 @@ static int slots_rebuild(struct nvipcfix_import_table *t, struct nvipcfix_import
     b->cap = cap;
     b->limit = limit_of(cap);
     for (uint32_t i = 0; i < old_cap; i++) {
-        uint64_t k = old[i].key, refs = old[i].refs;
+        uint64_t k = atomic_load_explicit(&old[i].key, memory_order_relaxed);
+        uint64_t refs = atomic_load_explicit(&old[i].refs, memory_order_relaxed);
         if (k == 0 || (drop_idle && refs == 0))
             continue;
-        int fresh;
-        struct import_slot *s = slot_claim(b, k, &fresh);
-        s->refs = refs;
+        uint32_t j = slot_start(k, cap); /* keys are distinct: the first empty slot */
+        while (atomic_load_explicit(&n[j].key, memory_order_relaxed) != 0)
+            j = j + 1 == cap ? 0 : j + 1;
+        atomic_store_explicit(&n[j].key, k, memory_order_relaxed);
+        atomic_store_explicit(&n[j].refs, refs, memory_order_relaxed);
         idle += refs == 0;
     }
     free(old);
-    atomic_fetch_sub(&t->nptrs, atomic_load(&b->used) - keep);
+    atomic_fetch_sub(&t->nptrs, used - keep);
     atomic_store(&b->used, keep);
     atomic_store(&b->idle, (int)idle);
     return 0;
@@ -158,14 +170,16 @@ static void slot_take(struct nvipcfix_import_block *b, struct import_slot *s)
 static int take_shared(struct nvipcfix_import_table *t, struct nvipcfix_import_block *b,
                        uint64_t key)
 {
-    struct import_slot *s = slot_find(b, key);
-    if (s == NULL) {
+    int found;
+    uint32_t i = slot_probe(b, key, &found);
+    struct import_slot *s = &b->slots[i];
+    if (!found) {
         if (atomic_fetch_add(&b->used, 1) >= b->limit) {
             atomic_fetch_sub(&b->used, 1);
             return -1;
         }
         int fresh;
-        s = slot_claim(b, key, &fresh);
+        s = slot_claim(b, key, i, &fresh);
         if (fresh) {
             atomic_fetch_add(&t->nptrs, 1);
             atomic_fetch_add(&b->idle, 1); /* a closed pointer, until taken below */

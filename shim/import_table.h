@@ -11,9 +11,9 @@
  * Storage: a block is one record (about 140 bytes) found by (context,
  * handle) through a chained hash, and by address through a sorted array of
  * block bases. Its pointers are (offset, count) slots of 16 bytes in one
- * open-addressed array per block, filled to at most 7/8 and rebuilt 1.5
- * times larger when full (18 to 28 bytes a pointer): no allocation per
- * pointer.
+ * open-addressed array per block (linear probing), used to 3/4 at most
+ * and rebuilt with twice as many slots as pointers when full (21 to 33
+ * bytes a pointer): no allocation per pointer.
  *
  * A close is matched by the block that contains the address, then by the
  * exact offset: a close of any address inside a block nvipcfix holds
