@@ -408,7 +408,7 @@ nvipcfix_import_insert(struct nvipcfix_import_table *t, const void *ctx,
     if (offset != 0 && offset >= size)
         return NVIPCFIX_IMPORT_BAD_OFFSET;
     fresh = calloc(1, sizeof *fresh);
-    struct import_slot *slots = calloc(cap_for(1), sizeof *slots);
+    struct import_slot *slots = calloc(2, sizeof *slots); /* the first pointer's */
     if (fresh == NULL || slots == NULL) {
         free(fresh);
         free(slots);
@@ -421,7 +421,7 @@ nvipcfix_import_insert(struct nvipcfix_import_table *t, const void *ctx,
     fresh->size = size;
     fresh->origin = (unsigned char)origin;
     fresh->slots = slots;
-    fresh->cap = cap_for(1);
+    fresh->cap = 2;
     fresh->limit = limit_of(fresh->cap);
 
     pthread_rwlock_wrlock(&t->lock);
