@@ -5,13 +5,12 @@
 #include <string.h>
 #include "table_hash.h"
 
-/* One pointer returned into a block: key is its offset + 1 (0: an empty
- * slot). A key goes from 0 to an offset under the shared lock (by
- * compare-and-swap) and back only under the exclusive lock. */
-struct import_slot {
-    _Atomic uint64_t key;
-    atomic_uint_fast64_t refs; /* opens through this pointer not yet closed */
-};
+/* A block's pointers are slots i < cap of two arrays in one allocation:
+ * keys[i], the pointer's offset + 1 (0: an empty slot), and counts[i], the
+ * opens through it not yet closed. A key goes from 0 to an offset under the
+ * shared lock (by compare-and-swap) and back only under the exclusive
+ * lock. A count stops at UINT32_MAX (an open more is refused: NOMEM). */
+#define SLOT_BYTES (sizeof(uint64_t) + sizeof(uint32_t))
 
 struct nvipcfix_import_block {
     struct nvipcfix_import_block *next; /* in its hash bucket */
@@ -20,7 +19,8 @@ struct nvipcfix_import_block {
     uint64_t base;
     uint64_t size;
     atomic_uint_fast64_t refs; /* sum of its pointers' counts */
-    struct import_slot *slots; /* cap of them; replaced only under the exclusive lock */
+    _Atomic uint64_t *keys;    /* cap of them; replaced only under the exclusive lock */
+    _Atomic uint32_t *counts;  /* cap of them, after the keys in the same allocation */
     uint32_t cap, limit;       /* slots, and how many may be in use */
     atomic_uint used;          /* slots in use (or reserved by an insert) */
     atomic_int idle;           /* slots in use whose count is zero */
@@ -53,11 +53,13 @@ static uint32_t slot_start(uint64_t key, uint32_t cap)
     return (uint32_t)(((key & 0xffffffffu) * cap) >> 32);
 }
 
-/* The slots a block of that many pointers gets (half used), and how many
- * may be used: 3/4 at most, at least one slot free (a probe always ends). */
+/* The slots a block of that many pointers gets (half used; a quarter while
+ * small, so that a block filled with pointers is copied fewer times), and
+ * how many may be used: 3/4 at most, at least one slot free (a probe always
+ * ends). */
 static uint32_t cap_for(uint32_t n)
 {
-    return 2 * n + 2;
+    return n < 32 ? 4 * n + 2 : 2 * n + 2;
 }
 
 static uint32_t limit_of(uint32_t cap)
@@ -71,7 +73,7 @@ static uint32_t slot_probe(const struct nvipcfix_import_block *b, uint64_t key, 
 {
     uint32_t i = slot_start(key, b->cap);
     for (;;) {
-        uint64_t k = atomic_load_explicit(&b->slots[i].key, memory_order_acquire);
+        uint64_t k = atomic_load_explicit(&b->keys[i], memory_order_acquire);
         if (k == key || k == 0) {
             *found = k == key;
             return i;
@@ -81,33 +83,40 @@ static uint32_t slot_probe(const struct nvipcfix_import_block *b, uint64_t key, 
     }
 }
 
-/* The slot holding key, or NULL. Caller holds the lock (either way). */
-static struct import_slot *slot_find(const struct nvipcfix_import_block *b, uint64_t key)
+/* The slot holding key, or -1. Caller holds the lock (either way). */
+static int64_t slot_find(const struct nvipcfix_import_block *b, uint64_t key)
 {
     int found;
     uint32_t i = slot_probe(b, key, &found);
-    return found ? &b->slots[i] : NULL;
+    return found ? (int64_t)i : -1;
 }
 
 /* Caller holds the lock (either way) and has reserved a slot in b->used:
  * the slot holding key, taken now (from i on, where its probe found an
  * empty slot) if no other thread took it first. *fresh: 1 if this call
  * filled it. */
-static struct import_slot *slot_claim(struct nvipcfix_import_block *b, uint64_t key, uint32_t i,
-                                      int *fresh)
+static uint32_t slot_claim(struct nvipcfix_import_block *b, uint64_t key, uint32_t i, int *fresh)
 {
     *fresh = 0;
     for (;;) {
         uint64_t k = 0;
-        if (atomic_compare_exchange_strong(&b->slots[i].key, &k, key)) {
+        if (atomic_compare_exchange_strong(&b->keys[i], &k, key)) {
             *fresh = 1;
-            return &b->slots[i];
+            return i;
         }
         if (k == key)
-            return &b->slots[i];
+            return i;
         if (++i == b->cap)
             i = 0;
     }
+}
+
+/* Room for cap slots, empty; NULL out of memory. */
+static _Atomic uint64_t *slots_alloc(uint32_t cap, _Atomic uint32_t **counts)
+{
+    _Atomic uint64_t *keys = calloc(cap, SLOT_BYTES);
+    *counts = keys != NULL ? (_Atomic uint32_t *)(keys + cap) : NULL;
+    return keys;
 }
 
 /* Caller holds the lock exclusively. Puts b's slots in a new array for
@@ -122,27 +131,30 @@ static int slots_rebuild(struct nvipcfix_import_table *t, struct nvipcfix_import
     uint32_t used = atomic_load(&b->used);
     uint32_t keep = drop_idle ? used - (uint32_t)atomic_load(&b->idle) : used;
     uint32_t cap = cap_for(keep + extra);
-    struct import_slot *n = calloc(cap, sizeof *n);
-    if (n == NULL)
+    _Atomic uint32_t *counts;
+    _Atomic uint64_t *keys = slots_alloc(cap, &counts);
+    if (keys == NULL)
         return -1;
-    struct import_slot *old = b->slots;
+    _Atomic uint64_t *old_keys = b->keys;
+    _Atomic uint32_t *old_counts = b->counts;
     uint32_t old_cap = b->cap, idle = 0;
-    b->slots = n;
+    b->keys = keys;
+    b->counts = counts;
     b->cap = cap;
     b->limit = limit_of(cap);
     for (uint32_t i = 0; i < old_cap; i++) {
-        uint64_t k = atomic_load_explicit(&old[i].key, memory_order_relaxed);
-        uint64_t refs = atomic_load_explicit(&old[i].refs, memory_order_relaxed);
-        if (k == 0 || (drop_idle && refs == 0))
+        uint64_t k = atomic_load_explicit(&old_keys[i], memory_order_relaxed);
+        uint32_t n = atomic_load_explicit(&old_counts[i], memory_order_relaxed);
+        if (k == 0 || (drop_idle && n == 0))
             continue;
         uint32_t j = slot_start(k, cap); /* keys are distinct: the first empty slot */
-        while (atomic_load_explicit(&n[j].key, memory_order_relaxed) != 0)
+        while (atomic_load_explicit(&keys[j], memory_order_relaxed) != 0)
             j = j + 1 == cap ? 0 : j + 1;
-        atomic_store_explicit(&n[j].key, k, memory_order_relaxed);
-        atomic_store_explicit(&n[j].refs, refs, memory_order_relaxed);
-        idle += refs == 0;
+        atomic_store_explicit(&keys[j], k, memory_order_relaxed);
+        atomic_store_explicit(&counts[j], n, memory_order_relaxed);
+        idle += n == 0;
     }
-    free(old);
+    free(old_keys);
     atomic_fetch_sub(&t->nptrs, used - keep);
     atomic_store(&b->used, keep);
     atomic_store(&b->idle, (int)idle);
@@ -156,30 +168,37 @@ static int slots_want_trim(const struct nvipcfix_import_block *b)
     return idle > NVIPCFIX_IMPORT_IDLE_MAX && (uint32_t)idle > b->cap / 4;
 }
 
-/* Caller holds the lock (either way). One more reference through s. */
-static void slot_take(struct nvipcfix_import_block *b, struct import_slot *s)
+/* Caller holds the lock (either way). One more reference through slot i;
+ * returns 0, or -1 if its count is at its maximum (nothing taken). */
+static int slot_take(struct nvipcfix_import_block *b, uint32_t i)
 {
-    if (atomic_fetch_add(&s->refs, 1) == 0) /* a closed pointer, kept (or a new one) */
+    uint32_t n = atomic_load_explicit(&b->counts[i], memory_order_relaxed);
+    do {
+        if (n == UINT32_MAX)
+            return -1;
+    } while (!atomic_compare_exchange_weak(&b->counts[i], &n, n + 1));
+    if (n == 0) /* a closed pointer, kept (or a new one) */
         atomic_fetch_sub(&b->idle, 1);
     atomic_fetch_add(&b->refs, 1);
+    return 0;
 }
 
 /* Caller holds the lock shared. Takes one reference of b at key, adding its
- * slot if there is room. Returns 0, or -1 when the slots are full (nothing
- * taken: the caller grows them under the exclusive lock). */
+ * slot if there is room. Returns 0; -1 when the slots are full (nothing
+ * taken: the caller grows them under the exclusive lock); -2 when the
+ * pointer's count is at its maximum. */
 static int take_shared(struct nvipcfix_import_table *t, struct nvipcfix_import_block *b,
                        uint64_t key)
 {
     int found;
     uint32_t i = slot_probe(b, key, &found);
-    struct import_slot *s = &b->slots[i];
     if (!found) {
         if (atomic_fetch_add(&b->used, 1) >= b->limit) {
             atomic_fetch_sub(&b->used, 1);
             return -1;
         }
         int fresh;
-        s = slot_claim(b, key, i, &fresh);
+        i = slot_claim(b, key, i, &fresh);
         if (fresh) {
             atomic_fetch_add(&t->nptrs, 1);
             atomic_fetch_add(&b->idle, 1); /* a closed pointer, until taken below */
@@ -187,8 +206,7 @@ static int take_shared(struct nvipcfix_import_table *t, struct nvipcfix_import_b
             atomic_fetch_sub(&b->used, 1); /* another thread added it first */
         }
     }
-    slot_take(b, s);
-    return 0;
+    return slot_take(b, i) == 0 ? 0 : -2;
 }
 
 /* ---- blocks -------------------------------------------------------------- */
@@ -264,7 +282,7 @@ static void remove_block(struct nvipcfix_import_table *t, struct nvipcfix_import
         pp = &(*pp)->next;
     *pp = b->next;
     atomic_fetch_sub(&t->nptrs, atomic_load(&b->used));
-    free(b->slots);
+    free(b->keys);
     free(b);
     t->nblocks--;
 }
@@ -303,10 +321,11 @@ static enum nvipcfix_import_result take(struct nvipcfix_import_table *t,
 {
     if (offset != 0 && offset >= b->size)
         return NVIPCFIX_IMPORT_BAD_OFFSET;
-    if (slot_find(b, offset + 1) == NULL && atomic_load(&b->used) >= b->limit &&
+    if (slot_find(b, offset + 1) < 0 && atomic_load(&b->used) >= b->limit &&
         slots_rebuild(t, b, 1) != 0)
         return NVIPCFIX_IMPORT_NOMEM;
-    take_shared(t, b, offset + 1); /* room made above */
+    if (take_shared(t, b, offset + 1) != 0) /* room made above: a count at its maximum */
+        return NVIPCFIX_IMPORT_NOMEM;
     *ptr = b->base + offset;
     return NVIPCFIX_IMPORT_HIT;
 }
@@ -328,11 +347,15 @@ nvipcfix_import_acquire(struct nvipcfix_import_table *t, const void *ctx,
     if (b != NULL) {
         if (offset != 0 && offset >= b->size) {
             r = NVIPCFIX_IMPORT_BAD_OFFSET;
-        } else if (take_shared(t, b, offset + 1) == 0) {
-            *ptr = b->base + offset;
-            r = NVIPCFIX_IMPORT_HIT;
         } else {
-            full = 1;
+            int taken = take_shared(t, b, offset + 1);
+            if (taken == 0) {
+                *ptr = b->base + offset;
+                r = NVIPCFIX_IMPORT_HIT;
+            } else {
+                r = NVIPCFIX_IMPORT_NOMEM;
+                full = taken == -1;
+            }
         }
     }
     pthread_rwlock_unlock(&t->lock);
@@ -408,10 +431,11 @@ nvipcfix_import_insert(struct nvipcfix_import_table *t, const void *ctx,
     if (offset != 0 && offset >= size)
         return NVIPCFIX_IMPORT_BAD_OFFSET;
     fresh = calloc(1, sizeof *fresh);
-    struct import_slot *slots = calloc(2, sizeof *slots); /* the first pointer's */
-    if (fresh == NULL || slots == NULL) {
+    _Atomic uint32_t *counts;
+    _Atomic uint64_t *keys = slots_alloc(2, &counts); /* the first pointer's */
+    if (fresh == NULL || keys == NULL) {
         free(fresh);
-        free(slots);
+        free(keys);
         return NVIPCFIX_IMPORT_NOMEM;
     }
     fresh->ctx = ctx;
@@ -420,7 +444,8 @@ nvipcfix_import_insert(struct nvipcfix_import_table *t, const void *ctx,
     fresh->base = base;
     fresh->size = size;
     fresh->origin = (unsigned char)origin;
-    fresh->slots = slots;
+    fresh->keys = keys;
+    fresh->counts = counts;
     fresh->cap = 2;
     fresh->limit = limit_of(fresh->cap);
 
@@ -441,29 +466,29 @@ nvipcfix_import_insert(struct nvipcfix_import_table *t, const void *ctx,
     }
     pthread_rwlock_unlock(&t->lock);
     if (fresh != NULL) {
-        free(fresh->slots);
+        free(fresh->keys);
         free(fresh);
     }
     return r;
 }
 
-/* Caller holds the lock shared. Drops one reference through s unless it
- * would be its block's last; returns 1 if it did. A reference through s
+/* Caller holds the lock shared. Drops one reference through slot i unless
+ * it would be its block's last; returns 1 if it did. A reference through i
  * must exist (count above zero); a count that reaches zero keeps the slot
  * (idle), for a quick re-open. */
-static int release_shared(struct nvipcfix_import_block *b, struct import_slot *s)
+static int release_shared(struct nvipcfix_import_block *b, uint32_t i)
 {
-    uint_fast64_t k = atomic_load(&s->refs);
+    uint32_t k = atomic_load(&b->counts[i]);
     do {
         if (k == 0)
             return 0; /* closed more often than opened: the exclusive path decides */
-    } while (!atomic_compare_exchange_weak(&s->refs, &k, k - 1));
+    } while (!atomic_compare_exchange_weak(&b->counts[i], &k, k - 1));
     if (k == 1)
         atomic_fetch_add(&b->idle, 1);
     uint_fast64_t m = atomic_load(&b->refs);
     do {
         if (m <= 1) { /* the block's last: undo, for the exclusive path */
-            if (atomic_fetch_add(&s->refs, 1) == 0)
+            if (atomic_fetch_add(&b->counts[i], 1) == 0)
                 atomic_fetch_sub(&b->idle, 1);
             return 0;
         }
@@ -471,8 +496,8 @@ static int release_shared(struct nvipcfix_import_block *b, struct import_slot *s
     return 1;
 }
 
-/* The slot of addr in b, if nvipcfix returned it. */
-static struct import_slot *slot_of(const struct nvipcfix_import_block *b, uint64_t addr)
+/* The slot of addr in b if nvipcfix returned it, else -1. */
+static int64_t slot_of(const struct nvipcfix_import_block *b, uint64_t addr)
 {
     return slot_find(b, addr - b->base + 1);
 }
@@ -481,7 +506,7 @@ enum nvipcfix_release_result
 nvipcfix_import_release(struct nvipcfix_import_table *t, uint64_t addr, int allow_last,
                         struct nvipcfix_released_block *out)
 {
-    struct import_slot *s;
+    int64_t s;
     struct nvipcfix_import_block *b;
     enum nvipcfix_release_result r;
     if (!allow_last) {
@@ -489,10 +514,10 @@ nvipcfix_import_release(struct nvipcfix_import_table *t, uint64_t addr, int allo
         int trim = 0;
         pthread_rwlock_rdlock(&t->lock);
         b = find_range(t, addr);
-        s = b != NULL ? slot_of(b, addr) : NULL;
-        r = b == NULL                          ? NVIPCFIX_RELEASE_NOT_OURS
-            : s != NULL && release_shared(b, s) ? NVIPCFIX_RELEASE_DONE
-                                               : NVIPCFIX_RELEASE_WOULD_BE_LAST;
+        s = b != NULL ? slot_of(b, addr) : -1;
+        r = b == NULL                                   ? NVIPCFIX_RELEASE_NOT_OURS
+            : s >= 0 && release_shared(b, (uint32_t)s) ? NVIPCFIX_RELEASE_DONE
+                                                        : NVIPCFIX_RELEASE_WOULD_BE_LAST;
         if (r == NVIPCFIX_RELEASE_DONE)
             trim = slots_want_trim(b);
         pthread_rwlock_unlock(&t->lock);
@@ -512,7 +537,7 @@ nvipcfix_import_release(struct nvipcfix_import_table *t, uint64_t addr, int allo
      * and blocks are freed, only here. */
     pthread_rwlock_wrlock(&t->lock);
     b = find_range(t, addr);
-    s = b != NULL ? slot_of(b, addr) : NULL;
+    s = b != NULL ? slot_of(b, addr) : -1;
     if (b == NULL) {
         r = NVIPCFIX_RELEASE_NOT_OURS;
     } else if (!allow_last && atomic_load(&b->refs) == 1) {
@@ -521,14 +546,14 @@ nvipcfix_import_release(struct nvipcfix_import_table *t, uint64_t addr, int allo
         /* An address nvipcfix did not return, or a pointer closed more often
          * than opened: one reference of the block, charged to a pointer that
          * has one. */
-        if (s == NULL || atomic_load(&s->refs) == 0)
-            for (s = b->slots; s < b->slots + b->cap && (s->key == 0 || s->refs == 0); s++)
+        if (s < 0 || atomic_load(&b->counts[s]) == 0)
+            for (s = 0; s < b->cap && (b->keys[s] == 0 || b->counts[s] == 0); s++)
                 ;
-        if (s == b->slots + b->cap) { /* cannot be: a block's count is its pointers' sum */
+        if (s == b->cap) { /* cannot be: a block's count is its pointers' sum */
             pthread_rwlock_unlock(&t->lock);
             return NVIPCFIX_RELEASE_NOT_OURS;
         }
-        if (atomic_fetch_sub(&s->refs, 1) == 1)
+        if (atomic_fetch_sub(&b->counts[s], 1) == 1)
             atomic_fetch_add(&b->idle, 1);
         if (atomic_fetch_sub(&b->refs, 1) == 1) {
             out->base = b->base;
@@ -593,9 +618,9 @@ uint64_t nvipcfix_import_pointer_refs(struct nvipcfix_import_table *t, uint64_t 
     uint64_t refs = 0;
     pthread_rwlock_rdlock(&t->lock);
     struct nvipcfix_import_block *b = find_range(t, addr);
-    struct import_slot *s = b != NULL ? slot_of(b, addr) : NULL;
-    if (s != NULL)
-        refs = atomic_load(&s->refs);
+    int64_t s = b != NULL ? slot_of(b, addr) : -1;
+    if (s >= 0)
+        refs = atomic_load(&b->counts[s]);
     pthread_rwlock_unlock(&t->lock);
     return refs;
 }
