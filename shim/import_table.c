@@ -217,18 +217,19 @@ static uint64_t end_of(const struct nvipcfix_import_block *b)
     return b->base + (b->size != 0 ? b->size : 1);
 }
 
-/* Index of the first block in ranges whose base is above addr. */
+/* Index of the first block in ranges whose base is above addr (a search
+ * without a branch on the comparison: every close takes it). */
 static size_t upper_bound(const struct nvipcfix_import_table *t, uint64_t addr)
 {
-    size_t lo = 0, hi = t->nblocks;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        if (t->ranges[mid].base <= addr)
-            lo = mid + 1;
-        else
-            hi = mid;
+    size_t n = t->nblocks, lo = 0;
+    if (n == 0)
+        return 0;
+    while (n > 1) { /* the answer is in [lo, lo + n] */
+        size_t half = n / 2;
+        lo = t->ranges[lo + half].base <= addr ? lo + half : lo;
+        n -= half;
     }
-    return lo;
+    return lo + (t->ranges[lo].base <= addr);
 }
 
 static struct nvipcfix_import_block *find_range(const struct nvipcfix_import_table *t,
