@@ -41,16 +41,13 @@ void nvipcfix_import_table_init(struct nvipcfix_import_table *t)
 
 /* ---- slots --------------------------------------------------------------- */
 
-/* Where the probe for a key starts: the key's bits mixed (offsets are often
- * multiples of a page), scaled to cap. */
+/* Where the probe for a key starts: the high half of the key times an odd
+ * constant (every bit of an offset moves it, page multiples too), scaled
+ * to cap. */
 static uint32_t slot_start(uint64_t key, uint32_t cap)
 {
-    key ^= key >> 31;
-    key *= 0xBF58476D1CE4E5B9ull;
-    key ^= key >> 29;
-    key *= 0x94D049BB133111EBull;
-    key ^= key >> 32;
-    return (uint32_t)(((key & 0xffffffffu) * cap) >> 32);
+    uint64_t h = (key * 0x9E3779B97F4A7C15ull) >> 32;
+    return (uint32_t)((h * cap) >> 32);
 }
 
 /* The slots a block of that many pointers gets (half used; a quarter while
@@ -253,8 +250,8 @@ static void make_key(struct lookup *l, const void *ctx,
 {
     l->ctx = ctx;
     l->handle = handle;
-    l->hash = nvipcfix_table_hash(handle, NVIPCFIX_HANDLE_BYTES) ^
-              nvipcfix_table_hash(&ctx, sizeof ctx);
+    uint64_t c = (uint64_t)(uintptr_t)ctx * 0x9E3779B97F4A7C15ull;
+    l->hash = nvipcfix_table_hash(handle, NVIPCFIX_HANDLE_BYTES) ^ (unsigned)(c >> 32);
 }
 
 static struct nvipcfix_import_block *find_block(const struct nvipcfix_import_table *t,
