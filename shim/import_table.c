@@ -127,6 +127,8 @@ static int slots_rebuild(struct nvipcfix_import_table *t, struct nvipcfix_import
     int drop_idle = atomic_load(&b->idle) > NVIPCFIX_IMPORT_IDLE_MAX;
     uint32_t used = atomic_load(&b->used);
     uint32_t keep = drop_idle ? used - (uint32_t)atomic_load(&b->idle) : used;
+    if (keep > UINT32_MAX / 2 - 2) /* 2^31 pointers in one block */
+        return -1;
     uint32_t cap = cap_for(keep + extra);
     _Atomic uint32_t *counts;
     _Atomic uint64_t *keys = slots_alloc(cap, &counts);

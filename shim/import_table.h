@@ -8,12 +8,13 @@
  * its slots, they are dropped: opening and closing ever new offsets of a
  * block kept open does not grow the table.
  *
- * Storage: a block is one record (about 140 bytes) found by (context,
- * handle) through a chained hash, and by address through a sorted array of
- * block bases. Its pointers are (offset, count) slots of 16 bytes in one
- * open-addressed array per block (linear probing), used to 3/4 at most
- * and rebuilt with twice as many slots as pointers when full (21 to 33
- * bytes a pointer): no allocation per pointer.
+ * Storage: a block is one record (144 bytes) found by (context, handle)
+ * through a chained hash, and by address through a sorted array of block
+ * bases. Its pointers are slots of 12 bytes (an 8-byte offset key, a 32-bit
+ * count) in one open-addressed allocation per block (linear probing), used
+ * to 3/4 at most and rebuilt with twice as many slots as pointers when full
+ * (four times while under 32): 16 to 24 bytes a pointer from 100 pointers
+ * a block on, no allocation per pointer.
  *
  * A close is matched by the block that contains the address, then by the
  * exact offset: a close of any address inside a block nvipcfix holds
@@ -36,7 +37,7 @@
 
 #include "handle_tag.h"
 
-/* Closed pointers a block keeps for quick re-opens (a 16-byte slot each). */
+/* Closed pointers a block keeps for quick re-opens (a 12-byte slot each). */
 #define NVIPCFIX_IMPORT_IDLE_MAX 64
 
 struct nvipcfix_import_block;
@@ -56,7 +57,8 @@ enum nvipcfix_import_result {
     NVIPCFIX_IMPORT_HIT,        /* *ptr set, one more reference taken */
     NVIPCFIX_IMPORT_MISS,       /* no such block open */
     NVIPCFIX_IMPORT_BAD_OFFSET, /* offset not inside the block: nothing taken */
-    NVIPCFIX_IMPORT_NOMEM,      /* out of memory: nothing taken */
+    NVIPCFIX_IMPORT_NOMEM,      /* out of memory, or 2^32-1 opens of one pointer not
+                                 * closed: nothing taken */
 };
 
 enum nvipcfix_release_result {

@@ -498,6 +498,17 @@ static size_t heap_in_use(void)
     return m.uordblks + m.hblkhd;
 }
 
+/* Whether heap_in_use() sees allocations: glibc's malloc does, a
+ * sanitizer's allocator does not. */
+static int heap_is_measured(void)
+{
+    size_t before = heap_in_use();
+    void *volatile probe = malloc(1 << 20);
+    int seen = heap_in_use() >= before + (1 << 20);
+    free(probe);
+    return seen;
+}
+
 /* A block's pointer set grows to many thousands and shrinks back: the
  * heap it took is given back once they are closed, and it grows again. */
 static void test_pointer_set_grows_and_shrinks(void **state)
@@ -505,6 +516,9 @@ static void test_pointer_set_grows_and_shrinks(void **state)
     struct nvipcfix_import_table *t = *state;
     enum { N = 20000 };
     driver_reset();
+    int measured = heap_is_measured();
+    if (!measured)
+        print_message("[ INFO     ] this malloc is not glibc's: heap sizes not checked\n");
     uint64_t held_base = fix_open(t, 0, 0);
     size_t heap0 = heap_in_use();
     for (uint64_t i = 1; i <= N; i++)
@@ -512,7 +526,7 @@ static void test_pointer_set_grows_and_shrinks(void **state)
     assert_int_equal(nvipcfix_import_pointers(t), N + 1);
     assert_int_equal(nvipcfix_import_refs(t, held_base), N + 1);
     size_t heap1 = heap_in_use();
-    assert_true(heap1 - heap0 >= (size_t)N * 12); /* the slots are there */
+    assert_true(!measured || heap1 - heap0 >= (size_t)N * 12); /* the slots are there */
     /* closed in a scrambled order: every close but the base's is answered
      * from the table, and the block keeps few closed pointers */
     for (uint64_t i = 0; i < N; i++) {
@@ -523,7 +537,7 @@ static void test_pointer_set_grows_and_shrinks(void **state)
     assert_int_equal(nvipcfix_import_refs(t, held_base), 1);
     assert_true(nvipcfix_import_pointers(t) <= 1 + NVIPCFIX_IMPORT_IDLE_MAX);
     size_t heap2 = heap_in_use();
-    assert_true(heap2 < heap0 + 4096); /* given back */
+    assert_true(!measured || heap2 < heap0 + 4096); /* given back */
     /* and again: new pointers and old ones, each with its own count */
     for (uint64_t i = 1; i <= N; i++)
         fix_open(t, 0, i * 24);
