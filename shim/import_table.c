@@ -438,7 +438,7 @@ nvipcfix_import_insert(struct nvipcfix_import_table *t, const void *ctx,
         free(keys);
         return NVIPCFIX_IMPORT_NOMEM;
     }
-    fresh->ctx = ctx;
+    fresh->ctx = l.ctx;
     memcpy(fresh->handle, handle, NVIPCFIX_HANDLE_BYTES);
     fresh->hash = l.hash;
     fresh->base = base;
