@@ -3,20 +3,31 @@
  * nvipcfix returned into it (block base + offset), each with a count of its
  * own. A block's count is the sum of its pointers' counts; the block is
  * freed when its count reaches zero. A pointer whose count reaches zero
- * keeps its entry for a quick re-open, but a block keeps at most
- * NVIPCFIX_IMPORT_IDLE_MAX such closed pointers (the most recent): opening
- * and closing ever new offsets of a block kept open does not grow the table.
+ * keeps its slot for a quick re-open; once a block has more than
+ * NVIPCFIX_IMPORT_IDLE_MAX such closed pointers, and they are a quarter of
+ * its slots, they are dropped: opening and closing ever new offsets of a
+ * block kept open does not grow the table.
  *
- * A close is matched by the exact pointer first, else by address range: a
- * close of any address inside a block nvipcfix holds releases one reference
- * of that block (charged to one of its pointers), so it never reaches the
- * driver while nvipcfix still counts references.
+ * Storage: a block is one record (144 bytes) found by (context, handle)
+ * through a chained hash, and by address through a sorted array of block
+ * bases. Its pointers are slots of 12 bytes (an 8-byte offset key, a 32-bit
+ * count) in one open-addressed allocation per block (linear probing), used
+ * to 3/4 at most and rebuilt with twice as many slots as pointers when full
+ * (four times while under 32): 16 to 24 bytes a pointer from 100 pointers
+ * a block on, no allocation per pointer.
  *
- * Locking: a read-write lock; re-opens of a known pointer, and closes that
- * are not the block's last, take it shared and change the counts
- * atomically, so threads using the same block do not serialise. Adding a
- * block or a pointer, freeing either, and closes by address range take it
- * exclusively. */
+ * A close is matched by the block that contains the address, then by the
+ * exact offset: a close of any address inside a block nvipcfix holds
+ * releases one reference of that block (charged to one of its pointers), so
+ * it never reaches the driver while nvipcfix still counts references.
+ *
+ * Locking: a read-write lock. Taken shared: opens of a known or a new
+ * pointer of an open block (a new offset takes an empty slot with a
+ * compare-and-swap), and closes that are not the block's last; counts
+ * change atomically, so threads using the same block do not serialise.
+ * Taken exclusively: adding or removing a block, rebuilding a block's slot
+ * array (grown, or its closed pointers dropped), and closes that are a
+ * block's last or that no open pointer matches. */
 #ifndef NVIPCFIX_IMPORT_TABLE_H
 #define NVIPCFIX_IMPORT_TABLE_H
 
@@ -26,18 +37,19 @@
 
 #include "handle_tag.h"
 
-/* Closed pointers a block keeps for quick re-opens (112 bytes each). */
+/* Closed pointers a block keeps for quick re-opens (a 12-byte slot each). */
 #define NVIPCFIX_IMPORT_IDLE_MAX 64
 
 struct nvipcfix_import_block;
-struct nvipcfix_import_ptr;
+struct nvipcfix_import_range;
 
 struct nvipcfix_import_table {
     pthread_rwlock_t lock;
-    struct nvipcfix_import_block *blocks; /* by (context, handle) */
-    struct nvipcfix_import_ptr *ptrs;     /* by returned pointer */
-    struct nvipcfix_import_block **ranges; /* by base address, sorted */
-    size_t nblocks, nptrs, ranges_cap;
+    struct nvipcfix_import_block **buckets; /* by (context, handle), chained */
+    size_t nbuckets;                        /* a power of two, or 0 */
+    struct nvipcfix_import_range *ranges;   /* by base address, sorted */
+    size_t nblocks, ranges_cap;
+    _Atomic size_t nptrs; /* pointer slots in use, open or kept closed */
     size_t stale;   /* blocks dropped because a new one overlapped them */
 };
 
@@ -45,7 +57,8 @@ enum nvipcfix_import_result {
     NVIPCFIX_IMPORT_HIT,        /* *ptr set, one more reference taken */
     NVIPCFIX_IMPORT_MISS,       /* no such block open */
     NVIPCFIX_IMPORT_BAD_OFFSET, /* offset not inside the block: nothing taken */
-    NVIPCFIX_IMPORT_NOMEM,      /* out of memory: nothing taken */
+    NVIPCFIX_IMPORT_NOMEM,      /* out of memory, or 2^32-1 opens of one pointer not
+                                 * closed: nothing taken */
 };
 
 enum nvipcfix_release_result {
@@ -107,6 +120,10 @@ void nvipcfix_import_usage(struct nvipcfix_import_table *t, size_t *blocks, uint
 
 /* Reference count of the block that contains addr (0 if none). */
 uint64_t nvipcfix_import_refs(struct nvipcfix_import_table *t, uint64_t addr);
+
+/* Reference count of the pointer addr itself, as nvipcfix returned it (0 if
+ * it has none, or is not a pointer nvipcfix returned). */
+uint64_t nvipcfix_import_pointer_refs(struct nvipcfix_import_table *t, uint64_t addr);
 
 /* In a child after fork(): an empty table with a fresh lock. The parent's
  * entries are left behind, not freed (another thread may have been changing

@@ -1,9 +1,11 @@
 /* Unit tests of shim/import_table.c. */
+#include <malloc.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -310,6 +312,341 @@ static void test_threads(void **state)
     assert_int_equal(nvipcfix_import_pointers(shared), 0);
 }
 
+
+/* ---- the table as ipc_fix.c uses it, against a counting driver ---------- */
+
+/* A driver that maps a block at its first open and unmaps it at its close,
+ * and counts both; nvipcfix's slow lock around them, as in ipc_fix.c. */
+#define DBLOCKS 4
+#define DSIZE (1u << 20)
+
+static struct {
+    pthread_mutex_t slow;
+    int mapped[DBLOCKS];
+    long opens, closes, wrong; /* wrong: an open of a mapped block, a close of an unmapped one */
+} drv = {.slow = PTHREAD_MUTEX_INITIALIZER};
+
+static uint64_t dbase(int b)
+{
+    return 0x40000000ull + (uint64_t)b * 2 * DSIZE;
+}
+
+static void dhandle(unsigned char h[64], int b)
+{
+    handle(h, (unsigned char)(0xd0 + b));
+}
+
+/* nvipcfix_open's road: the table, else (slow lock) a real open recorded. */
+static uint64_t fix_open(struct nvipcfix_import_table *t, int b, uint64_t off)
+{
+    unsigned char h[64];
+    uint64_t p = 0;
+    int existed = 0;
+    dhandle(h, b);
+    if (nvipcfix_import_acquire(t, &ctx_a, h, off, &p) == NVIPCFIX_IMPORT_HIT)
+        return p;
+    pthread_mutex_lock(&drv.slow);
+    if (nvipcfix_import_acquire(t, &ctx_a, h, off, &p) != NVIPCFIX_IMPORT_HIT) {
+        if (drv.mapped[b])
+            drv.wrong++;
+        drv.mapped[b] = 1;
+        drv.opens++;
+        if (nvipcfix_import_insert(t, &ctx_a, h, dbase(b), DSIZE, 0, off, &p, &existed) !=
+                NVIPCFIX_IMPORT_HIT ||
+            existed)
+            drv.wrong++;
+    }
+    pthread_mutex_unlock(&drv.slow);
+    return p;
+}
+
+/* nvipcfix_close's road: returns what the table said (NOT_OURS: the close
+ * went to the driver). */
+static enum nvipcfix_release_result fix_close(struct nvipcfix_import_table *t, uint64_t p)
+{
+    struct nvipcfix_released_block out;
+    enum nvipcfix_release_result rr = nvipcfix_import_release(t, p, 0, &out);
+    if (rr != NVIPCFIX_RELEASE_WOULD_BE_LAST)
+        return rr;
+    pthread_mutex_lock(&drv.slow);
+    rr = nvipcfix_import_release(t, p, 1, &out);
+    if (rr == NVIPCFIX_RELEASE_LAST) {
+        int b = (int)((out.base - dbase(0)) / (2 * DSIZE));
+        if (out.base != dbase(b) || !drv.mapped[b])
+            drv.wrong++;
+        drv.mapped[b] = 0;
+        drv.closes++;
+    }
+    pthread_mutex_unlock(&drv.slow);
+    return rr;
+}
+
+static void driver_reset(void)
+{
+    memset(drv.mapped, 0, sizeof drv.mapped);
+    drv.opens = drv.closes = drv.wrong = 0;
+}
+
+/* Many pointers per block, opened and closed in random orders by several
+ * threads: at every pause, each block's count and each pointer's count are
+ * exactly the opens not yet closed, a block is mapped exactly while it has
+ * references, and every real open is matched by one real close. */
+#define RTHREADS 6
+#define RPHASES 12
+#define RSTEPS 3000
+#define ROFFSETS 512 /* distinct offsets a thread uses in each block */
+
+struct held {
+    uint64_t p[RSTEPS * RPHASES];
+    int n;
+};
+
+static struct held held[RTHREADS];
+static pthread_barrier_t phase;
+static long random_bad;
+
+/* A thread's offsets are its own (id in the low bits): held[] alone says
+ * each pointer's count. */
+static uint64_t offset_of(long id, unsigned r)
+{
+    return ((uint64_t)(r % ROFFSETS) * RTHREADS + (uint64_t)id) * 8 % DSIZE;
+}
+
+static void check_counts(struct nvipcfix_import_table *t)
+{
+    for (int b = 0; b < DBLOCKS; b++) {
+        uint64_t refs = 0;
+        for (int i = 0; i < RTHREADS; i++)
+            for (int k = 0; k < held[i].n; k++)
+                refs += held[i].p[k] - dbase(b) < DSIZE;
+        if (nvipcfix_import_refs(t, dbase(b)) != refs || drv.mapped[b] != (refs > 0))
+            random_bad++;
+    }
+    for (int i = 0; i < RTHREADS; i++)
+        for (int k = 0; k < held[i].n; k++) {
+            uint64_t n = 0;
+            for (int m = 0; m < held[i].n; m++)
+                n += held[i].p[m] == held[i].p[k];
+            if (nvipcfix_import_pointer_refs(t, held[i].p[k]) != n)
+                random_bad++;
+        }
+    if (drv.wrong != 0)
+        random_bad++;
+}
+
+static void *random_worker(void *arg)
+{
+    long id = (long)arg;
+    unsigned seed = (unsigned)(id * 7919 + 1);
+    struct held *me = &held[id];
+    for (int ph = 0; ph < RPHASES; ph++) {
+        /* opens outnumber closes in the first half, closes in the second:
+         * each block's pointer set grows, then shrinks */
+        unsigned open_pct = ph < RPHASES / 2 ? 70 : 30;
+        for (int s = 0; s < RSTEPS; s++) {
+            if (me->n == 0 || (unsigned)rand_r(&seed) % 100 < open_pct) {
+                int b = (int)(rand_r(&seed) % DBLOCKS);
+                uint64_t off = offset_of(id, (unsigned)rand_r(&seed));
+                uint64_t p = fix_open(shared, b, off);
+                if (p != dbase(b) + off)
+                    __atomic_add_fetch(&random_bad, 1, __ATOMIC_RELAXED);
+                me->p[me->n++] = p;
+            } else {
+                int k = (int)(rand_r(&seed) % (unsigned)me->n);
+                if (fix_close(shared, me->p[k]) == NVIPCFIX_RELEASE_NOT_OURS)
+                    __atomic_add_fetch(&random_bad, 1, __ATOMIC_RELAXED);
+                me->p[k] = me->p[--me->n];
+            }
+        }
+        pthread_barrier_wait(&phase);
+        if (id == 0)
+            check_counts(shared);
+        pthread_barrier_wait(&phase);
+    }
+    while (me->n > 0) /* the rest, newest first */
+        if (fix_close(shared, me->p[--me->n]) == NVIPCFIX_RELEASE_NOT_OURS)
+            __atomic_add_fetch(&random_bad, 1, __ATOMIC_RELAXED);
+    return NULL;
+}
+
+static void test_random_orders_exact_counts(void **state)
+{
+    shared = *state;
+    driver_reset();
+    random_bad = 0;
+    memset(held, 0, sizeof held);
+    test_alarm(120);
+    pthread_barrier_init(&phase, NULL, RTHREADS);
+    pthread_t th[RTHREADS];
+    for (long i = 0; i < RTHREADS; i++)
+        pthread_create(&th[i], NULL, random_worker, (void *)i);
+    for (int i = 0; i < RTHREADS; i++)
+        pthread_join(th[i], NULL);
+    pthread_barrier_destroy(&phase);
+    assert_int_equal(random_bad, 0);
+    assert_int_equal(drv.wrong, 0);
+    assert_true(drv.opens > 0);
+    assert_int_equal(drv.opens, drv.closes);
+    assert_int_equal(nvipcfix_import_blocks(shared), 0);
+    assert_int_equal(nvipcfix_import_pointers(shared), 0);
+}
+
+/* Heap in use, large (mmapped) blocks included. */
+static size_t heap_in_use(void)
+{
+    struct mallinfo2 m = mallinfo2();
+    return m.uordblks + m.hblkhd;
+}
+
+/* Whether heap_in_use() sees allocations: glibc's malloc does, a
+ * sanitizer's allocator does not. */
+static int heap_is_measured(void)
+{
+    size_t before = heap_in_use();
+    void *volatile probe = malloc(1 << 20);
+    int seen = heap_in_use() >= before + (1 << 20);
+    free(probe);
+    return seen;
+}
+
+/* A block's pointer set grows to many thousands and shrinks back: the
+ * heap it took is given back once they are closed, and it grows again. */
+static void test_pointer_set_grows_and_shrinks(void **state)
+{
+    struct nvipcfix_import_table *t = *state;
+    enum { N = 20000 };
+    driver_reset();
+    int measured = heap_is_measured();
+    if (!measured)
+        print_message("[ INFO     ] this malloc is not glibc's: heap sizes not checked\n");
+    uint64_t held_base = fix_open(t, 0, 0);
+    size_t heap0 = heap_in_use();
+    for (uint64_t i = 1; i <= N; i++)
+        assert_true(fix_open(t, 0, i * 16) == dbase(0) + i * 16);
+    assert_int_equal(nvipcfix_import_pointers(t), N + 1);
+    assert_int_equal(nvipcfix_import_refs(t, held_base), N + 1);
+    size_t heap1 = heap_in_use();
+    assert_true(!measured || heap1 - heap0 >= (size_t)N * 12); /* the slots are there */
+    /* closed in a scrambled order: every close but the base's is answered
+     * from the table, and the block keeps few closed pointers */
+    for (uint64_t i = 0; i < N; i++) {
+        uint64_t k = 1 + (i * 7919) % N;
+        assert_int_equal(fix_close(t, dbase(0) + k * 16), NVIPCFIX_RELEASE_DONE);
+        assert_int_equal(nvipcfix_import_pointer_refs(t, dbase(0) + k * 16), 0);
+    }
+    assert_int_equal(nvipcfix_import_refs(t, held_base), 1);
+    assert_true(nvipcfix_import_pointers(t) <= 1 + NVIPCFIX_IMPORT_IDLE_MAX);
+    size_t heap2 = heap_in_use();
+    assert_true(!measured || heap2 < heap0 + 4096); /* given back */
+    /* and again: new pointers and old ones, each with its own count */
+    for (uint64_t i = 1; i <= N; i++)
+        fix_open(t, 0, i * 24);
+    for (uint64_t i = 1; i <= N; i += 1000) {
+        assert_int_equal(nvipcfix_import_pointer_refs(t, dbase(0) + i * 24), 1);
+        assert_int_equal(nvipcfix_import_pointer_refs(t, dbase(0) + i * 24 + 8), 0);
+    }
+    assert_int_equal(nvipcfix_import_refs(t, held_base), N + 1);
+    for (uint64_t i = 1; i <= N; i++)
+        assert_int_equal(fix_close(t, dbase(0) + i * 24), NVIPCFIX_RELEASE_DONE);
+    assert_int_equal(drv.opens, 1);
+    assert_int_equal(drv.closes, 0);
+    assert_int_equal(fix_close(t, held_base), NVIPCFIX_RELEASE_LAST);
+    assert_int_equal(drv.closes, 1);
+    assert_int_equal(drv.wrong, 0);
+    assert_int_equal(nvipcfix_import_pointers(t), 0);
+}
+
+/* A pointer at a block's last byte is the block's, with a count of its
+ * own; the next byte is another block's, or nobody's. */
+static void test_offset_at_last_byte(void **state)
+{
+    struct nvipcfix_import_table *t = *state;
+    unsigned char h[64], h2[64];
+    uint64_t p, q, last = DSIZE - 1;
+    int existed;
+    handle(h, 0x31);
+    handle(h2, 0x32);
+    assert_int_equal(nvipcfix_import_insert(t, &ctx_a, h, 0x10000000, DSIZE, 0, last, &p, &existed),
+                     NVIPCFIX_IMPORT_HIT);
+    assert_true(p == 0x10000000 + last);
+    assert_int_equal(nvipcfix_import_acquire(t, &ctx_a, h, last, &p), NVIPCFIX_IMPORT_HIT);
+    assert_int_equal(nvipcfix_import_acquire(t, &ctx_a, h, last + 1, &q),
+                     NVIPCFIX_IMPORT_BAD_OFFSET);
+    assert_int_equal(nvipcfix_import_pointer_refs(t, p), 2);
+    assert_int_equal(nvipcfix_import_refs(t, p), 2);
+    struct nvipcfix_released_block out;
+    assert_int_equal(nvipcfix_import_release(t, p + 1, 1, &out), NVIPCFIX_RELEASE_NOT_OURS);
+    /* a neighbour right after it */
+    assert_int_equal(nvipcfix_import_insert(t, &ctx_a, h2, 0x10000000 + DSIZE, DSIZE, 0, 0, &q,
+                                            &existed),
+                     NVIPCFIX_IMPORT_HIT);
+    assert_int_equal(nvipcfix_import_blocks(t), 2); /* not taken for an overlap */
+    assert_int_equal(nvipcfix_import_release(t, p, 0, &out), NVIPCFIX_RELEASE_DONE);
+    assert_int_equal(nvipcfix_import_pointer_refs(t, p), 1);
+    assert_int_equal(nvipcfix_import_refs(t, q), 1);
+    assert_int_equal(nvipcfix_import_release(t, p, 0, &out), NVIPCFIX_RELEASE_WOULD_BE_LAST);
+    assert_int_equal(nvipcfix_import_release(t, p, 1, &out), NVIPCFIX_RELEASE_LAST);
+    assert_true(out.base == 0x10000000);
+    assert_int_equal(nvipcfix_import_refs(t, q), 1);
+}
+
+/* Closes of addresses nvipcfix never returned, inside a block with many
+ * pointers open: each is one reference of the block, and the real close
+ * comes once, with the block's last reference, whatever the order. */
+static void test_unknown_pointer_inside_held_block(void **state)
+{
+    struct nvipcfix_import_table *t = *state;
+    driver_reset();
+    for (uint64_t i = 0; i < 100; i++) /* 100 pointers, 2 references each */
+        for (int k = 0; k < 2; k++)
+            fix_open(t, 1, i * 4096 + 8);
+    assert_int_equal(nvipcfix_import_refs(t, dbase(1)), 200);
+    for (int i = 0; i < 199; i++) {
+        /* alternate: an unknown address, a returned pointer */
+        uint64_t p = i % 2 ? dbase(1) + (uint64_t)(i % 100) * 4096 + 8
+                           : dbase(1) + (uint64_t)i * 4096 + 9 + (uint64_t)i;
+        assert_int_equal(fix_close(t, p), NVIPCFIX_RELEASE_DONE);
+        assert_int_equal(nvipcfix_import_refs(t, dbase(1)), 199 - i);
+        /* charged to pointers that had references: the counts still add up */
+        uint64_t sum = 0;
+        for (uint64_t k = 0; k < 100; k++) {
+            assert_true(nvipcfix_import_pointer_refs(t, dbase(1) + k * 4096 + 8) <= 2);
+            sum += nvipcfix_import_pointer_refs(t, dbase(1) + k * 4096 + 8);
+        }
+        assert_int_equal(sum, 199 - i);
+    }
+    assert_int_equal(drv.closes, 0);
+    /* the last reference, through an address never returned */
+    assert_int_equal(fix_close(t, dbase(1) + 5), NVIPCFIX_RELEASE_LAST);
+    assert_int_equal(drv.opens, 1);
+    assert_int_equal(drv.closes, 1);
+    assert_int_equal(drv.wrong, 0);
+    assert_int_equal(nvipcfix_import_blocks(t), 0);
+    /* and now the block is not ours: the driver's */
+    assert_int_equal(fix_close(t, dbase(1) + 8), NVIPCFIX_RELEASE_NOT_OURS);
+
+    /* The pointer an unknown close was charged to has no reference left: a
+     * close of it later is charged to another one that has, never below 0. */
+    for (int trial = 0; trial < 20; trial++) {
+        uint64_t p[5];
+        for (int k = 0; k < 5; k++)
+            p[k] = fix_open(t, 2, (uint64_t)(trial * 5 + k) * 40 + 16);
+        assert_int_equal(fix_close(t, dbase(2) + 1), NVIPCFIX_RELEASE_DONE);
+        for (int k = 0; k < 3; k++)
+            assert_int_equal(fix_close(t, p[k]), NVIPCFIX_RELEASE_DONE);
+        uint64_t sum = 0;
+        for (int k = 0; k < 5; k++) {
+            assert_true(nvipcfix_import_pointer_refs(t, p[k]) <= 1);
+            sum += nvipcfix_import_pointer_refs(t, p[k]);
+        }
+        assert_int_equal(sum, 1);
+        assert_int_equal(nvipcfix_import_refs(t, dbase(2)), 1);
+        assert_int_equal(fix_close(t, p[3]), NVIPCFIX_RELEASE_LAST);
+    }
+    assert_int_equal(drv.opens, drv.closes);
+    assert_int_equal(drv.wrong, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -323,6 +660,10 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_forget_after_fork, setup, teardown),
         cmocka_unit_test_setup_teardown(test_threads, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_random_orders_exact_counts, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pointer_set_grows_and_shrinks, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_offset_at_last_byte, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_unknown_pointer_inside_held_block, setup, teardown),
     };
     return cmocka_run_group_tests_name("import_table", tests, NULL, NULL);
 }
