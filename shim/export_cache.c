@@ -17,6 +17,7 @@ struct nvipcfix_export_slot {
     atomic_uint_least64_t key[KEY_WORDS];
     atomic_uint_least64_t base;
     atomic_uint_least64_t size;
+    atomic_uint_least64_t check; /* nvipcfix_tag_check_head of the handle */
 };
 
 static void handle_words(const unsigned char handle[NVIPCFIX_HANDLE_BYTES],
@@ -25,43 +26,55 @@ static void handle_words(const unsigned char handle[NVIPCFIX_HANDLE_BYTES],
     memcpy(w, handle, NVIPCFIX_HANDLE_BYTES);
 }
 
-/* The first slot of the handle's bucket. */
+/* The first slot of the handle's bucket: every word mixed in (rotated, so
+ * that equal words do not cancel), one multiplication. */
 static size_t bucket_of(const uint64_t w[KEY_WORDS])
 {
-    uint64_t h = 0;
+    uint64_t x = 0;
+#pragma GCC unroll 8
     for (int i = 0; i < KEY_WORDS; i++)
-        h = (h ^ w[i]) * 0x9E3779B97F4A7C15ull;
-    h ^= h >> 29;
-    return (size_t)(h >> 20) & (NVIPCFIX_EXPORT_FAST_SLOTS - 1) &
+        x = ((x << 23) | (x >> 41)) ^ w[i];
+    x *= 0x9E3779B97F4A7C15ull;
+    return (size_t)(x >> 40) & (NVIPCFIX_EXPORT_FAST_SLOTS - 1) &
            ~(size_t)(NVIPCFIX_EXPORT_FAST_WAYS - 1);
 }
 
+/* The word compared first: bytes 40-47, the driver's object id, which
+ * differs most between handles (handle-format.md; any word would be right,
+ * as all eight are compared). */
+#define FIRST_WORD 5
+
 /* Lock-free: 1 and the block if a slot holds exactly these words. */
 static int fast_find(struct nvipcfix_export_slot *t, const uint64_t w[KEY_WORDS],
-                     uint64_t *base, uint64_t *size)
+                     uint64_t *base, uint64_t *size, uint64_t *check)
 {
     struct nvipcfix_export_slot *s = &t[bucket_of(w)];
     for (int way = 0; way < NVIPCFIX_EXPORT_FAST_WAYS; way++, s++) {
         uint64_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
+        if (atomic_load_explicit(&s->key[FIRST_WORD], memory_order_relaxed) != w[FIRST_WORD])
+            continue;
         uint64_t diff = seq & 1;
+#pragma GCC unroll 8
         for (int i = 0; i < KEY_WORDS; i++)
             diff |= atomic_load_explicit(&s->key[i], memory_order_relaxed) ^ w[i];
         if (diff != 0)
             continue;
         uint64_t b = atomic_load_explicit(&s->base, memory_order_relaxed);
         uint64_t n = atomic_load_explicit(&s->size, memory_order_relaxed);
+        uint64_t k = atomic_load_explicit(&s->check, memory_order_relaxed);
         atomic_thread_fence(memory_order_acquire);
         if (n == 0 || atomic_load_explicit(&s->seq, memory_order_relaxed) != seq)
             continue; /* never used, or changed while read: a miss */
         *base = b;
         *size = n;
+        *check = k;
         return 1;
     }
     return 0;
 }
 
 static void slot_write(struct nvipcfix_export_slot *s, const uint64_t w[KEY_WORDS],
-                       uint64_t base, uint64_t size)
+                       uint64_t base, uint64_t size, uint64_t check)
 {
     uint64_t seq = atomic_load_explicit(&s->seq, memory_order_relaxed);
     atomic_store_explicit(&s->seq, seq + 1, memory_order_relaxed);
@@ -70,6 +83,7 @@ static void slot_write(struct nvipcfix_export_slot *s, const uint64_t w[KEY_WORD
         atomic_store_explicit(&s->key[i], w[i], memory_order_relaxed);
     atomic_store_explicit(&s->base, base, memory_order_relaxed);
     atomic_store_explicit(&s->size, size, memory_order_relaxed);
+    atomic_store_explicit(&s->check, check, memory_order_relaxed);
     atomic_store_explicit(&s->seq, seq + 2, memory_order_release);
 }
 
@@ -85,6 +99,7 @@ static void fast_put(struct nvipcfix_export_cache *c,
     if (size == 0)
         return; /* never happens (the driver's blocks have a size); 0 marks a free slot */
     handle_words(handle, w);
+    uint64_t check = nvipcfix_tag_check_head(handle);
     pthread_mutex_lock(&c->fast_write);
     struct nvipcfix_export_slot *t = atomic_load_explicit(&c->fast, memory_order_relaxed);
     if (t == NULL) {
@@ -106,7 +121,7 @@ static void fast_put(struct nvipcfix_export_cache *c,
     }
     if (victim == NULL)
         victim = &b[c->fast_victim++ % NVIPCFIX_EXPORT_FAST_WAYS];
-    slot_write(victim, w, base, size);
+    slot_write(victim, w, base, size, check);
     pthread_mutex_unlock(&c->fast_write);
 }
 
@@ -183,14 +198,14 @@ void nvipcfix_export_cache_destroy(struct nvipcfix_export_cache *c)
 
 int nvipcfix_export_cache_base_of(struct nvipcfix_export_cache *c,
                                   const unsigned char handle[NVIPCFIX_HANDLE_BYTES],
-                                  uint64_t *base, uint64_t *size)
+                                  uint64_t *base, uint64_t *size, uint64_t *check)
 {
     uint64_t w[KEY_WORDS];
     handle_words(handle, w);
     struct nvipcfix_export_slot *t = atomic_load_explicit(&c->fast, memory_order_acquire);
     if (t == NULL)
         return 0; /* nothing recorded yet */
-    if (fast_find(t, w, base, size))
+    if (fast_find(t, w, base, size, check))
         return 1;
     struct nvipcfix_export_block found;
     if (!nvipcfix_export_cache_find_handle(c, handle, &found))
@@ -198,6 +213,7 @@ int nvipcfix_export_cache_base_of(struct nvipcfix_export_cache *c,
     fast_put(c, handle, found.base, found.size);
     *base = found.base;
     *size = found.size;
+    *check = nvipcfix_tag_check_head(handle);
     return 1;
 }
 

@@ -45,7 +45,7 @@ struct nvipcfix_export_entry;
 struct nvipcfix_export_slot;
 
 struct nvipcfix_export_cache {
-    /* NULL until the first block is recorded (allocated then, 352 KiB of
+    /* NULL until the first block is recorded (allocated then, 384 KiB of
      * zeroed pages, touched only where slots are used). */
     struct nvipcfix_export_slot *_Atomic fast;
     pthread_mutex_t fast_write; /* serialises writers of the fast table */
@@ -78,12 +78,14 @@ int nvipcfix_export_cache_get(struct nvipcfix_export_cache *c, uint64_t base,
                               uint64_t buffer_id, unsigned char handle[NVIPCFIX_HANDLE_BYTES]);
 
 /* The block that the driver's handle (all 64 bytes, as the driver wrote
- * them) names: 1 with *base and *size, or 0 if it was never recorded. The
+ * them) names: 1 with *base and *size (and *check, the tag check's state
+ * after the handle's bytes 0-55: nvipcfix_tag_check_head), or 0 if it was
+ * never recorded. The
  * fast table first (no lock, no shared write), then the complete record
  * (a read lock; a hit there goes back into the fast table). */
 int nvipcfix_export_cache_base_of(struct nvipcfix_export_cache *c,
                                   const unsigned char handle[NVIPCFIX_HANDLE_BYTES],
-                                  uint64_t *base, uint64_t *size);
+                                  uint64_t *base, uint64_t *size, uint64_t *check);
 
 /* Records the driver's handle of a block, replacing whatever was recorded
  * at that base or for that handle. The caller guarantees that the handle

@@ -166,10 +166,10 @@ static CUresult export_vmm(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CUd
  * thread). */
 #define EXPORT_TRIES 4
 
-/* The block that `handle`, the driver's handle of ptr just taken, names.
- * Fills *blk (base, size, and in blk->handle the handle to tag: normally
- * `handle` itself) and returns 0; returns -1 when it cannot be told, and
- * ptr is exported natively.
+/* The block that `handle`, the driver's handle of ptr just taken, names:
+ * returns 0 with its base and size, or -1 when it cannot be told (then ptr
+ * is exported natively). On the slow path below `handle` may be replaced by
+ * the handle of the block that holds ptr now.
  *
  * Hot path: the handle's bytes in the export cache give the base (no lock,
  * no shared write). A given handle always names the same base, so a hit is
@@ -187,31 +187,48 @@ static CUresult export_vmm(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CUd
  * A driver that cannot tell buffer ids gets what nvipcfix did before the
  * cache (the handle of B, nothing recorded), with the range checked
  * unchanged around it. */
-static int resolve_block(struct nvipcfix_fix *fix, CUdeviceptr ptr,
-                         const unsigned char handle[NVIPCFIX_HANDLE_BYTES],
-                         struct nvipcfix_export_block *blk)
+static int resolve_miss(struct nvipcfix_fix *fix, CUdeviceptr ptr,
+                        unsigned char handle[NVIPCFIX_HANDLE_BYTES], uint64_t *base,
+                        uint64_t *size, uint64_t *check);
+
+/* *check: the tag check's state after the handle's bytes 0-55 (kept in the
+ * cache, so that a tag costs the offset's part only). */
+static inline int resolve_block(struct nvipcfix_fix *fix, CUdeviceptr ptr,
+                                unsigned char handle[NVIPCFIX_HANDLE_BYTES], uint64_t *base,
+                                uint64_t *size, uint64_t *check)
+{
+    if (nvipcfix_export_cache_base_of(&fix->exports, handle, base, size, check) &&
+        ptr >= *base && ptr - *base < *size)
+        return 0;
+    return resolve_miss(fix, ptr, handle, base, size, check);
+}
+
+/* Kept out of line: the hit path above stays small. */
+__attribute__((noinline)) static int resolve_miss(struct nvipcfix_fix *fix, CUdeviceptr ptr,
+                                                  unsigned char handle[NVIPCFIX_HANDLE_BYTES],
+                                                  uint64_t *base, uint64_t *size,
+                                                  uint64_t *check)
 {
     const struct nvipcfix_driver *d = fix->driver;
-    if (nvipcfix_export_cache_base_of(&fix->exports, handle, &blk->base, &blk->size) &&
-        ptr >= blk->base && ptr - blk->base < blk->size) {
-        memcpy(blk->handle, handle, NVIPCFIX_HANDLE_BYTES);
-        return 0;
-    }
     for (int i = 0; i < EXPORT_TRIES; i++) {
-        struct nvipcfix_export_block again;
+        struct nvipcfix_export_block blk, again;
         CUipcMemHandle h;
-        if (find_block(d, ptr, blk) != 0) {
+        if (find_block(d, ptr, &blk) != 0) {
             NVIPCFIX_DEBUG("export of 0x%llx: no allocation found; native call", (ull)ptr);
             return -1;
         }
-        if (d->ipc_get_mem_handle(&h, blk->base) != CUDA_SUCCESS ||
-            find_block(d, ptr, &again) != 0 || again.base != blk->base ||
-            again.size != blk->size || again.buffer_id != blk->buffer_id)
+        if (d->ipc_get_mem_handle(&h, blk.base) != CUDA_SUCCESS ||
+            find_block(d, ptr, &again) != 0 || again.base != blk.base ||
+            again.size != blk.size || again.buffer_id != blk.buffer_id)
             continue; /* the block changed meanwhile: ask again */
-        memcpy(blk->handle, h.reserved, NVIPCFIX_HANDLE_BYTES);
-        if (blk->buffer_id != 0 && nvipcfix_export_cache_put(&fix->exports, blk) != 0)
+        memcpy(blk.handle, h.reserved, NVIPCFIX_HANDLE_BYTES);
+        if (blk.buffer_id != 0 && nvipcfix_export_cache_put(&fix->exports, &blk) != 0)
             NVIPCFIX_WARN_ONCE("out of memory for the export cache; blocks are looked up in "
                                "the driver each time");
+        memcpy(handle, blk.handle, NVIPCFIX_HANDLE_BYTES);
+        *base = blk.base;
+        *size = blk.size;
+        *check = nvipcfix_tag_check_head(handle);
         return 0;
     }
     NVIPCFIX_WARN_ONCE("the allocation holding an exported pointer changed at every look "
@@ -240,9 +257,11 @@ CUresult nvipcfix_export(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CUdev
 static CUresult export_audit(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CUdeviceptr ptr)
 {
     struct nvipcfix_export_block blk;
+    uint64_t check;
     CUresult r = native_export(fix, handle, ptr);
+    memcpy(blk.handle, handle->reserved, sizeof blk.handle); /* *handle stays native */
     if (r != CUDA_SUCCESS ||
-        resolve_block(fix, ptr, (const unsigned char *)handle->reserved, &blk) != 0)
+        resolve_block(fix, ptr, blk.handle, &blk.base, &blk.size, &check) != 0)
         return r;
     uint64_t offset = ptr - blk.base;
     if (offset != 0) {
@@ -269,23 +288,22 @@ static CUresult export_audit(struct nvipcfix_fix *fix, CUipcMemHandle *handle, C
 static CUresult export_fixed(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CUdeviceptr ptr)
 {
     const struct nvipcfix_driver *d = fix->driver;
-    struct nvipcfix_export_block blk;
+    unsigned char *bytes = (unsigned char *)handle->reserved;
+    uint64_t base, size, check;
     CUresult r = d->ipc_get_mem_handle(handle, ptr);
-    if (r != CUDA_SUCCESS || resolve_block(fix, ptr, (const unsigned char *)handle->reserved,
-                                           &blk) != 0)
+    if (r != CUDA_SUCCESS || resolve_block(fix, ptr, bytes, &base, &size, &check) != 0)
         return r; /* the driver's answer: its error, or its handle of ptr */
-    uint64_t offset = ptr - blk.base;
+    uint64_t offset = ptr - base;
 
     if (offset == 0) {
-        memcpy(handle->reserved, blk.handle, sizeof blk.handle);
         NVIPCFIX_DEBUG("export of block base 0x%llx: native handle", (ull)ptr);
         return CUDA_SUCCESS;
     }
-    if (!nvipcfix_tail_is_zero(blk.handle)) {
+    if (!nvipcfix_tail_is_zero(bytes)) {
         NVIPCFIX_WARN_ONCE("this driver writes bytes 56-63 of IPC handles, where nvipcfix "
                            "carries offsets; interior pointers are exported natively "
                            "(receivers will get the block base)");
-        return r; /* the driver's handle of ptr, still in *handle */
+        return r; /* the driver's handle */
     }
     if (offset > NVIPCFIX_MAX_OFFSET) {
         NVIPCFIX_WARN_ONCE("offset %llu is too large to carry in a handle; exported natively",
@@ -296,17 +314,16 @@ static CUresult export_fixed(struct nvipcfix_fix *fix, CUipcMemHandle *handle, C
      * handle has the layout measured on real drivers; else a plain one. */
     enum nvipcfix_tag_style style = NVIPCFIX_TAG_PLAIN;
     if (!fix->config.plain_tags) {
-        if (nvipcfix_tag_can_guard(blk.handle))
+        if (nvipcfix_tag_can_guard(bytes))
             style = NVIPCFIX_TAG_GUARDED;
         else
             NVIPCFIX_WARN_ONCE("this driver's IPC handles do not have the layout nvipcfix knows; "
                                "tags are plain, so a receiver without nvipcfix would open the "
                                "block base instead of failing");
     }
-    memcpy(handle->reserved, blk.handle, sizeof blk.handle);
-    nvipcfix_tag_encode_style((unsigned char *)handle->reserved, offset, style);
+    nvipcfix_tag_encode_from(bytes, check, offset, style);
     NVIPCFIX_STAT_ADD(&fix->stats, exports_tagged);
-    NVIPCFIX_DEBUG("export of 0x%llx: block 0x%llx + %llu, tagged", (ull)ptr, (ull)blk.base,
+    NVIPCFIX_DEBUG("export of 0x%llx: block 0x%llx + %llu, tagged", (ull)ptr, (ull)base,
                    (ull)offset);
     return CUDA_SUCCESS;
 }
