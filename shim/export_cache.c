@@ -10,8 +10,13 @@
 
 /* One slot of the fast table: the handle's bytes as eight words, the block
  * it names. seq is odd while a writer changes the slot; size 0 is a slot
- * never used. Every word is an atomic read with relaxed order, so readers
- * racing a writer are no data race; the sequence counter tells them. */
+ * never used. Every word is atomic, so readers racing a writer are no data
+ * race; the sequence counter tells them. Without fences (ThreadSanitizer
+ * does not model them): the writer marks seq odd, then stores each word
+ * with release order, so a reader whose acquire load of a word sees a new
+ * value also sees seq changed when it reads it again (Boehm, "Can seqlocks
+ * get along with programming language memory models?", 2012). On x86
+ * acquire loads and release stores are plain moves. */
 struct nvipcfix_export_slot {
     atomic_uint_least64_t seq;
     atomic_uint_least64_t key[KEY_WORDS];
@@ -51,18 +56,17 @@ static int fast_find(struct nvipcfix_export_slot *t, const uint64_t w[KEY_WORDS]
     struct nvipcfix_export_slot *s = &t[bucket_of(w)];
     for (int way = 0; way < NVIPCFIX_EXPORT_FAST_WAYS; way++, s++) {
         uint64_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
-        if (atomic_load_explicit(&s->key[FIRST_WORD], memory_order_relaxed) != w[FIRST_WORD])
+        if (atomic_load_explicit(&s->key[FIRST_WORD], memory_order_acquire) != w[FIRST_WORD])
             continue;
         uint64_t diff = seq & 1;
 #pragma GCC unroll 8
         for (int i = 0; i < KEY_WORDS; i++)
-            diff |= atomic_load_explicit(&s->key[i], memory_order_relaxed) ^ w[i];
+            diff |= atomic_load_explicit(&s->key[i], memory_order_acquire) ^ w[i];
         if (diff != 0)
             continue;
-        uint64_t b = atomic_load_explicit(&s->base, memory_order_relaxed);
-        uint64_t n = atomic_load_explicit(&s->size, memory_order_relaxed);
-        uint64_t k = atomic_load_explicit(&s->check, memory_order_relaxed);
-        atomic_thread_fence(memory_order_acquire);
+        uint64_t b = atomic_load_explicit(&s->base, memory_order_acquire);
+        uint64_t n = atomic_load_explicit(&s->size, memory_order_acquire);
+        uint64_t k = atomic_load_explicit(&s->check, memory_order_acquire);
         if (n == 0 || atomic_load_explicit(&s->seq, memory_order_relaxed) != seq)
             continue; /* never used, or changed while read: a miss */
         *base = b;
@@ -78,12 +82,11 @@ static void slot_write(struct nvipcfix_export_slot *s, const uint64_t w[KEY_WORD
 {
     uint64_t seq = atomic_load_explicit(&s->seq, memory_order_relaxed);
     atomic_store_explicit(&s->seq, seq + 1, memory_order_relaxed);
-    atomic_thread_fence(memory_order_release);
     for (int i = 0; i < KEY_WORDS; i++)
-        atomic_store_explicit(&s->key[i], w[i], memory_order_relaxed);
-    atomic_store_explicit(&s->base, base, memory_order_relaxed);
-    atomic_store_explicit(&s->size, size, memory_order_relaxed);
-    atomic_store_explicit(&s->check, check, memory_order_relaxed);
+        atomic_store_explicit(&s->key[i], w[i], memory_order_release);
+    atomic_store_explicit(&s->base, base, memory_order_release);
+    atomic_store_explicit(&s->size, size, memory_order_release);
+    atomic_store_explicit(&s->check, check, memory_order_release);
     atomic_store_explicit(&s->seq, seq + 2, memory_order_release);
 }
 
