@@ -7,8 +7,9 @@
  * base. So the export path asks the driver for the pointer's handle and
  * looks the base up here by the handle bytes (nvipcfix_export_cache_base_of)
  * in a table of fixed size read without locks and without any shared write:
- * each slot is read under its own sequence counter, its words with relaxed
- * atomics; writers are serialised by a mutex. An entry there is never
+ * each slot is read under its own sequence counter, its words as atomics
+ * (acquire loads, release stores: plain moves on x86); writers are
+ * serialised by a mutex. An entry there is never
  * wrong, only useless once its block is freed, so a full bucket simply
  * replaces one of its slots.
  *
