@@ -1,11 +1,24 @@
 /* Export cache: the driver's handle of each block this process exported,
- * keyed by the block's base address and checked against the driver's
- * buffer id, which is unique per allocation and never reused in a process.
- * A block freed and re-allocated at the same address has a new buffer id,
- * so it can never be given the old block's handle.
+ * and the block it names (base, size, buffer id).
  *
- * A second index by handle bytes lets an open of our own export (in the
- * exporting process) find the block it names. */
+ * The driver's handle of a pointer identifies its allocation (the handle of
+ * an interior pointer is byte-identical to its block's; a free and a new
+ * allocation give a new handle): a given handle always names one block
+ * base. So the export path asks the driver for the pointer's handle and
+ * looks the base up here by the handle bytes (nvipcfix_export_cache_base_of)
+ * in a table of fixed size read without locks and without any shared write:
+ * each slot is read under its own sequence counter, its words as atomics
+ * (acquire loads, release stores: plain moves on x86); writers are
+ * serialised by a mutex. An entry there is never
+ * wrong, only useless once its block is freed, so a full bucket simply
+ * replaces one of its slots.
+ *
+ * Behind it, the complete record: every block exported and still live,
+ * indexed by handle (an open of our own export in the exporting process
+ * finds the block it names; a slot replaced in the fast table is found
+ * again) and by base (a block freed and re-allocated at the same address
+ * replaces its predecessor's entry; the buffer id, unique per allocation
+ * and never reused in a process, tells them apart). */
 #ifndef NVIPCFIX_EXPORT_CACHE_H
 #define NVIPCFIX_EXPORT_CACHE_H
 
@@ -25,10 +38,20 @@
 /* Whether the block recorded at base with this buffer id still exists. */
 typedef int (*nvipcfix_export_live_fn)(void *arg, uint64_t base, uint64_t buffer_id);
 
+/* The lock-free table in front: a power of two, in buckets of WAYS slots. */
+#define NVIPCFIX_EXPORT_FAST_SLOTS 4096
+#define NVIPCFIX_EXPORT_FAST_WAYS 4
+
 struct nvipcfix_export_entry;
+struct nvipcfix_export_slot;
 
 struct nvipcfix_export_cache {
-    pthread_rwlock_t lock;
+    /* NULL until the first block is recorded (allocated then, 384 KiB of
+     * zeroed pages, touched only where slots are used). */
+    struct nvipcfix_export_slot *_Atomic fast;
+    pthread_mutex_t fast_write; /* serialises writers of the fast table */
+    unsigned fast_victim;       /* under fast_write: next slot replaced */
+    pthread_rwlock_t lock;      /* the complete record below */
     struct nvipcfix_export_entry *by_base;
     struct nvipcfix_export_entry *by_handle;
     size_t count;
@@ -55,8 +78,21 @@ void nvipcfix_export_cache_destroy(struct nvipcfix_export_cache *c);
 int nvipcfix_export_cache_get(struct nvipcfix_export_cache *c, uint64_t base,
                               uint64_t buffer_id, unsigned char handle[NVIPCFIX_HANDLE_BYTES]);
 
+/* The block that the driver's handle (all 64 bytes, as the driver wrote
+ * them) names: 1 with *base and *size (and *check, the tag check's state
+ * after the handle's bytes 0-55: nvipcfix_tag_check_head), or 0 if it was
+ * never recorded. The
+ * fast table first (no lock, no shared write), then the complete record
+ * (a read lock; a hit there goes back into the fast table). */
+int nvipcfix_export_cache_base_of(struct nvipcfix_export_cache *c,
+                                  const unsigned char handle[NVIPCFIX_HANDLE_BYTES],
+                                  uint64_t *base, uint64_t *size, uint64_t *check);
+
 /* Records the driver's handle of a block, replacing whatever was recorded
- * at that base or for that handle. Returns 0, or -1 if out of memory. */
+ * at that base or for that handle. The caller guarantees that the handle
+ * names this block (the export path checks it with the driver's buffer id
+ * before and after taking the handle of the base). Returns 0, or -1 if out
+ * of memory (then nothing is recorded). */
 int nvipcfix_export_cache_put(struct nvipcfix_export_cache *c,
                               const struct nvipcfix_export_block *block);
 
@@ -67,8 +103,9 @@ int nvipcfix_export_cache_find_handle(struct nvipcfix_export_cache *c,
 
 size_t nvipcfix_export_cache_count(struct nvipcfix_export_cache *c);
 
-/* In a child after fork(): an empty cache with a fresh lock, the parent's
- * entries left behind. Takes no lock. */
+/* In a child after fork(): an empty cache with fresh locks, the parent's
+ * entries and fast table left behind (not freed: another thread may have
+ * been writing them when fork() copied the memory). Takes no lock. */
 void nvipcfix_export_cache_forget(struct nvipcfix_export_cache *c);
 
 #endif

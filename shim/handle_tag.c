@@ -28,13 +28,23 @@ static uint64_t mix(uint64_t h, uint64_t v)
     return h ^ (h >> 31);
 }
 
-uint16_t nvipcfix_tag_check(const unsigned char head[NVIPCFIX_TAIL_AT], uint64_t offset)
+uint64_t nvipcfix_tag_check_head(const unsigned char head[NVIPCFIX_TAIL_AT])
 {
     /* Domain constant: "nvipcfx1". */
     uint64_t h = UINT64_C(0x6e76697063667831);
     for (int i = 0; i < NVIPCFIX_TAIL_AT; i += 8)
         h = mix(h, load64(head + i));
-    h = mix(h, offset);
+    return h;
+}
+
+uint16_t nvipcfix_tag_check(const unsigned char head[NVIPCFIX_TAIL_AT], uint64_t offset)
+{
+    return nvipcfix_tag_check_from(nvipcfix_tag_check_head(head), offset);
+}
+
+uint16_t nvipcfix_tag_check_from(uint64_t head_state, uint64_t offset)
+{
+    uint64_t h = mix(head_state, offset);
     /* Final avalanche (splitmix64's), then fold to 16 bits. */
     h ^= h >> 30;
     h *= UINT64_C(0xBF58476D1CE4E5B9);
@@ -68,12 +78,19 @@ int nvipcfix_tag_guard_byte(enum nvipcfix_tag_style style)
 int nvipcfix_tag_encode_style(unsigned char handle[NVIPCFIX_HANDLE_BYTES], uint64_t offset,
                               enum nvipcfix_tag_style style)
 {
+    return nvipcfix_tag_encode_from(handle, nvipcfix_tag_check_head(handle), offset, style);
+}
+
+int nvipcfix_tag_encode_from(unsigned char handle[NVIPCFIX_HANDLE_BYTES], uint64_t head_state,
+                             uint64_t offset, enum nvipcfix_tag_style style)
+{
     if (offset == 0 || offset > NVIPCFIX_MAX_OFFSET || !nvipcfix_tail_is_zero(handle) ||
         (unsigned)style >= sizeof guards / sizeof guards[0])
         return -1;
     int byte = guards[style].byte;
     uint64_t tail = offset | (byte >= 0 ? NVIPCFIX_GUARD_FLAG : 0) |
-                    ((uint64_t)nvipcfix_tag_check(handle, offset | guards[style].domain) << 48);
+                    ((uint64_t)nvipcfix_tag_check_from(head_state, offset | guards[style].domain)
+                     << 48);
     store64(handle + NVIPCFIX_TAIL_AT, tail);
     if (byte >= 0)
         handle[byte] ^= NVIPCFIX_GUARD_MASK;

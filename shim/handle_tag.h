@@ -50,6 +50,12 @@ enum nvipcfix_tag_kind {
 /* The 16-bit check value for these 56 bytes and this offset. */
 uint16_t nvipcfix_tag_check(const unsigned char head[NVIPCFIX_TAIL_AT], uint64_t offset);
 
+/* The same in two steps: the check's state after the 56 bytes (a function
+ * of the handle alone, which the export cache keeps beside each handle),
+ * then the check for an offset from that state. */
+uint64_t nvipcfix_tag_check_head(const unsigned char head[NVIPCFIX_TAIL_AT]);
+uint16_t nvipcfix_tag_check_from(uint64_t head_state, uint64_t offset);
+
 /* Nonzero when bytes 56-63 are all zero, i.e. free for a tag. */
 int nvipcfix_tail_is_zero(const unsigned char handle[NVIPCFIX_HANDLE_BYTES]);
 
@@ -61,6 +67,10 @@ int nvipcfix_tag_encode(unsigned char handle[NVIPCFIX_HANDLE_BYTES], uint64_t of
 /* The same with a tag of the given style. */
 int nvipcfix_tag_encode_style(unsigned char handle[NVIPCFIX_HANDLE_BYTES], uint64_t offset,
                               enum nvipcfix_tag_style style);
+
+/* The same, given nvipcfix_tag_check_head(handle) already computed. */
+int nvipcfix_tag_encode_from(unsigned char handle[NVIPCFIX_HANDLE_BYTES], uint64_t head_state,
+                             uint64_t offset, enum nvipcfix_tag_style style);
 
 /* Nonzero when a driver's handle has the layout measured on real drivers
  * (type byte 0x06 at 32, a client handle 0xc1xxxxxx in bytes 48-51), so

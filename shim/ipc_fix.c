@@ -18,6 +18,7 @@ void nvipcfix_fix_init(struct nvipcfix_fix *fix, const struct nvipcfix_config *c
     fix->config = *config;
     fix->driver = driver;
     nvipcfix_export_cache_init(&fix->exports, block_is_live, fix);
+    fix->stats.quiet = !config->stats;
     nvipcfix_import_table_init(&fix->imports);
     pthread_mutex_init(&fix->slow, NULL);
     nvipcfix_audit_sites_init(&fix->audit);
@@ -160,6 +161,82 @@ static CUresult export_vmm(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CUd
     return CUDA_SUCCESS;
 }
 
+/* How many times the export path asks the driver again when the block of a
+ * pointer changed between its questions (freed and re-allocated by another
+ * thread). */
+#define EXPORT_TRIES 4
+
+/* The block that `handle`, the driver's handle of ptr just taken, names:
+ * returns 0 with its base and size, or -1 when it cannot be told (then ptr
+ * is exported natively). On the slow path below `handle` may be replaced by
+ * the handle of the block that holds ptr now.
+ *
+ * Hot path: the handle's bytes in the export cache give the base (no lock,
+ * no shared write). A given handle always names the same base, so a hit is
+ * never stale: the handle was taken for ptr just now, so the block it names
+ * held ptr then.
+ *
+ * Miss: the driver's range query for ptr (base B, buffer id I), the
+ * driver's handle of B, and the range query again. Only if the buffer id is
+ * I both times was that one block at B all along, so the handle of B names
+ * it, and only then is it recorded; a free and a re-allocation in between,
+ * at the same address, another size, from another thread, means asking
+ * again. The handle tagged is the handle of B: the same bytes as the
+ * pointer's own handle on every driver measured, and if the block changed
+ * since the pointer's handle was taken, that of the block holding ptr now.
+ * A driver that cannot tell buffer ids gets what nvipcfix did before the
+ * cache (the handle of B, nothing recorded), with the range checked
+ * unchanged around it. */
+static int resolve_miss(struct nvipcfix_fix *fix, CUdeviceptr ptr,
+                        unsigned char handle[NVIPCFIX_HANDLE_BYTES], uint64_t *base,
+                        uint64_t *size, uint64_t *check);
+
+/* *check: the tag check's state after the handle's bytes 0-55 (kept in the
+ * cache, so that a tag costs the offset's part only). */
+static inline int resolve_block(struct nvipcfix_fix *fix, CUdeviceptr ptr,
+                                unsigned char handle[NVIPCFIX_HANDLE_BYTES], uint64_t *base,
+                                uint64_t *size, uint64_t *check)
+{
+    if (nvipcfix_export_cache_base_of(&fix->exports, handle, base, size, check) &&
+        ptr >= *base && ptr - *base < *size)
+        return 0;
+    return resolve_miss(fix, ptr, handle, base, size, check);
+}
+
+/* Kept out of line: the hit path above stays small. */
+__attribute__((noinline)) static int resolve_miss(struct nvipcfix_fix *fix, CUdeviceptr ptr,
+                                                  unsigned char handle[NVIPCFIX_HANDLE_BYTES],
+                                                  uint64_t *base, uint64_t *size,
+                                                  uint64_t *check)
+{
+    const struct nvipcfix_driver *d = fix->driver;
+    for (int i = 0; i < EXPORT_TRIES; i++) {
+        struct nvipcfix_export_block blk, again;
+        CUipcMemHandle h;
+        if (find_block(d, ptr, &blk) != 0) {
+            NVIPCFIX_DEBUG("export of 0x%llx: no allocation found; native call", (ull)ptr);
+            return -1;
+        }
+        if (d->ipc_get_mem_handle(&h, blk.base) != CUDA_SUCCESS ||
+            find_block(d, ptr, &again) != 0 || again.base != blk.base ||
+            again.size != blk.size || again.buffer_id != blk.buffer_id)
+            continue; /* the block changed meanwhile: ask again */
+        memcpy(blk.handle, h.reserved, NVIPCFIX_HANDLE_BYTES);
+        if (blk.buffer_id != 0 && nvipcfix_export_cache_put(&fix->exports, &blk) != 0)
+            NVIPCFIX_WARN_ONCE("out of memory for the export cache; blocks are looked up in "
+                               "the driver each time");
+        memcpy(handle, blk.handle, NVIPCFIX_HANDLE_BYTES);
+        *base = blk.base;
+        *size = blk.size;
+        *check = nvipcfix_tag_check_head(handle);
+        return 0;
+    }
+    NVIPCFIX_WARN_ONCE("the allocation holding an exported pointer changed at every look "
+                       "(freed and re-allocated by another thread while it was exported?); "
+                       "such exports are native (receivers get the block base)");
+    return -1;
+}
+
 static CUresult export_fixed(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CUdeviceptr ptr);
 static CUresult export_audit(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CUdeviceptr ptr);
 
@@ -180,10 +257,13 @@ CUresult nvipcfix_export(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CUdev
 static CUresult export_audit(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CUdeviceptr ptr)
 {
     struct nvipcfix_export_block blk;
-    if (find_block(fix->driver, ptr, &blk) != 0)
-        return native_export(fix, handle, ptr);
-    uint64_t offset = ptr - blk.base;
+    uint64_t check;
     CUresult r = native_export(fix, handle, ptr);
+    memcpy(blk.handle, handle->reserved, sizeof blk.handle); /* *handle stays native */
+    if (r != CUDA_SUCCESS ||
+        resolve_block(fix, ptr, blk.handle, &blk.base, &blk.size, &check) != 0)
+        return r;
+    uint64_t offset = ptr - blk.base;
     if (offset != 0) {
         char where[NVIPCFIX_AUDIT_SITE_LEN] = "";
         if (fix->describe_caller != NULL)
@@ -202,61 +282,48 @@ static CUresult export_audit(struct nvipcfix_fix *fix, CUipcMemHandle *handle, C
     return r;
 }
 
-/* Fix mode: the block's handle, tagged with the offset. Errors are not
- * counted here (the caller counts what it returns). */
+/* Fix mode: the driver's handle of ptr, which is its block's; tagged with
+ * the offset when ptr is not the block's base. Errors are not counted here
+ * (the caller counts what it returns). */
 static CUresult export_fixed(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CUdeviceptr ptr)
 {
     const struct nvipcfix_driver *d = fix->driver;
-    struct nvipcfix_export_block blk;
-    if (find_block(d, ptr, &blk) != 0) {
-        NVIPCFIX_DEBUG("export of 0x%llx: no allocation found; native call", (ull)ptr);
-        return d->ipc_get_mem_handle(handle, ptr);
-    }
-    uint64_t offset = ptr - blk.base;
-
-    if (blk.buffer_id == 0 ||
-        !nvipcfix_export_cache_get(&fix->exports, blk.base, blk.buffer_id, blk.handle)) {
-        CUipcMemHandle h;
-        CUresult r = d->ipc_get_mem_handle(&h, blk.base);
-        if (r != CUDA_SUCCESS)
-            return r;
-        memcpy(blk.handle, h.reserved, sizeof blk.handle);
-        if (blk.buffer_id != 0 && nvipcfix_export_cache_put(&fix->exports, &blk) != 0)
-            NVIPCFIX_WARN_ONCE("out of memory for the export cache; handles are fetched "
-                               "from the driver each time");
-    }
+    unsigned char *bytes = (unsigned char *)handle->reserved;
+    uint64_t base, size, check;
+    CUresult r = d->ipc_get_mem_handle(handle, ptr);
+    if (r != CUDA_SUCCESS || resolve_block(fix, ptr, bytes, &base, &size, &check) != 0)
+        return r; /* the driver's answer: its error, or its handle of ptr */
+    uint64_t offset = ptr - base;
 
     if (offset == 0) {
-        memcpy(handle->reserved, blk.handle, sizeof blk.handle);
         NVIPCFIX_DEBUG("export of block base 0x%llx: native handle", (ull)ptr);
         return CUDA_SUCCESS;
     }
-    if (!nvipcfix_tail_is_zero(blk.handle)) {
+    if (!nvipcfix_tail_is_zero(bytes)) {
         NVIPCFIX_WARN_ONCE("this driver writes bytes 56-63 of IPC handles, where nvipcfix "
                            "carries offsets; interior pointers are exported natively "
                            "(receivers will get the block base)");
-        return d->ipc_get_mem_handle(handle, ptr);
+        return r; /* the driver's handle */
     }
     if (offset > NVIPCFIX_MAX_OFFSET) {
         NVIPCFIX_WARN_ONCE("offset %llu is too large to carry in a handle; exported natively",
                            (ull)offset);
-        return d->ipc_get_mem_handle(handle, ptr);
+        return r;
     }
     /* A guarded tag, which a driver without nvipcfix refuses, where the
      * handle has the layout measured on real drivers; else a plain one. */
     enum nvipcfix_tag_style style = NVIPCFIX_TAG_PLAIN;
     if (!fix->config.plain_tags) {
-        if (nvipcfix_tag_can_guard(blk.handle))
+        if (nvipcfix_tag_can_guard(bytes))
             style = NVIPCFIX_TAG_GUARDED;
         else
             NVIPCFIX_WARN_ONCE("this driver's IPC handles do not have the layout nvipcfix knows; "
                                "tags are plain, so a receiver without nvipcfix would open the "
                                "block base instead of failing");
     }
-    memcpy(handle->reserved, blk.handle, sizeof blk.handle);
-    nvipcfix_tag_encode_style((unsigned char *)handle->reserved, offset, style);
+    nvipcfix_tag_encode_from(bytes, check, offset, style);
     NVIPCFIX_STAT_ADD(&fix->stats, exports_tagged);
-    NVIPCFIX_DEBUG("export of 0x%llx: block 0x%llx + %llu, tagged", (ull)ptr, (ull)blk.base,
+    NVIPCFIX_DEBUG("export of 0x%llx: block 0x%llx + %llu, tagged", (ull)ptr, (ull)base,
                    (ull)offset);
     return CUDA_SUCCESS;
 }

@@ -15,11 +15,13 @@ void nvipcfix_stats_reset(struct nvipcfix_stats *s)
                            &s->vmm_exports, &s->vmm_maps};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         atomic_store_explicit(all[i], 0, memory_order_relaxed);
+    atomic_store_explicit(&s->used, 0, memory_order_relaxed);
 }
 
 int nvipcfix_stats_any(const struct nvipcfix_stats *s)
 {
-    return get(&s->exports) || get(&s->opens) || get(&s->closes);
+    return atomic_load_explicit(&s->used, memory_order_relaxed) || get(&s->exports) ||
+           get(&s->opens) || get(&s->closes);
 }
 
 char *nvipcfix_stats_format(const struct nvipcfix_stats *s, char *buf, size_t bufsz)

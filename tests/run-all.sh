@@ -798,10 +798,12 @@ for dir in /nonexistent "$OUT/broken"; do
 done
 PRE="" check "driver failing every call, baseline: its error without the preload" 2 SIMCUDA_FAIL=all -- "$T/legacy_ipc"
 expect_in err "context failed: error 999"; done_case
-PRE=$LIB check "driver failing every call the export makes: the same error through nvipcfix, one warning" 2 \
+# The export's first call is the driver's own cuIpcGetMemHandle: its error
+# is the native answer, and nothing of nvipcfix failed, so nothing is said.
+PRE=$LIB check "driver failing every call the export makes: the same error through nvipcfix, silent" 2 \
     SIMCUDA_FAIL=cuIpcGetMemHandle,cuPointerGetAttributes -- "$T/legacy_ipc"
 expect_in err "^legacy_ipc: export failed: error 999$"
-[ "$(grep -c "nvipcfix.*cannot tell which allocation" "$OUT/err")" -eq 1 ] || { ok=0; why="not one warning"; }
+[ "$(grep -c "nvipcfix" "$OUT/err")" -eq 0 ] || { ok=0; why="nvipcfix said something"; }
 done_case
 PRE=$LIB check "driver failing cuPointerGetAttributes: native export, one warning" 1 \
     SIMCUDA_FAIL=cuPointerGetAttributes -- "$T/legacy_ipc"

@@ -3,7 +3,9 @@
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
+#include <stdatomic.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
 
@@ -168,6 +170,85 @@ static void test_threads(void **state)
     assert_true(nvipcfix_export_cache_count(c) <= 64);
 }
 
+/* A handle naming block number n (its base and size derived from n), in
+ * bytes 0-7, 40-47 and 16-23 as a driver would place them. */
+static struct nvipcfix_export_block numbered(uint64_t n)
+{
+    struct nvipcfix_export_block b;
+    memset(&b, 0, sizeof b);
+    b.base = 0x7f0000000000ull + n * 0x200000;
+    b.size = 0x1000 * (n % 512 + 1);
+    b.buffer_id = n + 1;
+    memcpy(b.handle, &b.base, 8);
+    memcpy(b.handle + 16, &b.size, 8);
+    memcpy(b.handle + 40, &n, 8);
+    b.handle[32] = 0x06;
+    return b;
+}
+
+/* The lock-free look-up by handle: what it answers is the block recorded
+ * for exactly those bytes (and the tag check's state of those bytes), also
+ * while writers record more blocks than the table holds, so that slots are
+ * replaced under the readers; what the table lost, the record behind it
+ * still answers. */
+#define BLOCKS 20000
+static atomic_int writing;
+
+static void *recorder(void *arg)
+{
+    struct nvipcfix_export_cache *c = arg;
+    for (uint64_t n = 0; n < BLOCKS; n++) {
+        struct nvipcfix_export_block b = numbered(n);
+        nvipcfix_export_cache_put(c, &b);
+    }
+    atomic_store(&writing, 0);
+    return NULL;
+}
+
+static void *looker(void *arg)
+{
+    struct nvipcfix_export_cache *c = arg;
+    long bad = 0;
+    unsigned seed = 7;
+    while (atomic_load(&writing))
+        for (int i = 0; i < 1000; i++) {
+            struct nvipcfix_export_block b = numbered((uint64_t)rand_r(&seed) % BLOCKS);
+            uint64_t base, size, check;
+            if (nvipcfix_export_cache_base_of(c, b.handle, &base, &size, &check) &&
+                (base != b.base || size != b.size || check != nvipcfix_tag_check_head(b.handle)))
+                bad++;
+        }
+    return (void *)bad;
+}
+
+static void test_lookup_by_handle_races_writers(void **state)
+{
+    struct nvipcfix_export_cache *c = *state;
+    pthread_t w, t[4];
+    atomic_store(&writing, 1);
+    for (int i = 0; i < 4; i++)
+        pthread_create(&t[i], NULL, looker, c);
+    pthread_create(&w, NULL, recorder, c);
+    pthread_join(w, NULL);
+    long bad = 0;
+    for (int i = 0; i < 4; i++) {
+        void *r;
+        pthread_join(t[i], &r);
+        bad += (long)r;
+    }
+    assert_int_equal(bad, 0);
+    /* every block is still answered for (the record keeps live blocks) */
+    for (uint64_t n = 0; n < BLOCKS; n++) {
+        struct nvipcfix_export_block b = numbered(n);
+        uint64_t base = 0, size = 0, check = 0;
+        assert_int_equal(nvipcfix_export_cache_base_of(c, b.handle, &base, &size, &check), 1);
+        assert_true(base == b.base && size == b.size);
+    }
+    struct nvipcfix_export_block never = numbered(BLOCKS + 1);
+    uint64_t base, size, check;
+    assert_int_equal(nvipcfix_export_cache_base_of(c, never.handle, &base, &size, &check), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -177,6 +258,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_full_cache_drops_only_dead_blocks, setup, teardown),
         cmocka_unit_test_setup_teardown(test_full_cache_of_live_blocks_grows, setup, teardown),
         cmocka_unit_test_setup_teardown(test_threads, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lookup_by_handle_races_writers, setup, teardown),
     };
     return cmocka_run_group_tests_name("export_cache", tests, NULL, NULL);
 }

@@ -10,6 +10,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -34,7 +37,13 @@ static struct {
     int exporter; /* opens fail as in the exporting process */
     int tail;     /* the driver writes bytes 56-63 */
     int measured; /* handles have the measured layout (type 0x06, client 0xc1xxxxxx) */
-    int gets, opens, closes;
+    int gets, attrs, opens, closes;
+    /* A hostile neighbour: before the driver call numbered `replace_at`
+     * (gets and range queries counted together from 0), the block holding
+     * `replace_ptr` is freed and another allocated in its place:
+     * [replace_base, + replace_size), with a new id. */
+    int calls, replace_at;
+    uint64_t replace_ptr, replace_base, replace_size;
     struct CUctx_st *ctx;
 } fake = {.lock = PTHREAD_MUTEX_INITIALIZER};
 
@@ -59,8 +68,31 @@ static void fake_realloc_same_address(uint64_t base)
     containing(base)->id = ++fake.next_id;
 }
 
+static atomic_int neighbour_runs; /* a thread replaces blocks (test_threads_export_...) */
+
+/* Caller holds fake.lock: the block holding p freed, a new one allocated
+ * at [base, base + size) (which holds p). */
+static void fake_replace(uint64_t p, uint64_t base, uint64_t size)
+{
+    struct fake_block *b = containing(p);
+    b->base = base;
+    b->size = size;
+    b->id = ++fake.next_id;
+}
+
+/* Caller holds fake.lock. */
+static void neighbour_acts(void)
+{
+    if (fake.calls++ == fake.replace_at)
+        fake_replace(fake.replace_ptr, fake.replace_base, fake.replace_size);
+}
+
 static CUresult f_attrs(unsigned int n, CUpointer_attribute *attrs, void **data, CUdeviceptr p)
 {
+    CUresult r = CUDA_SUCCESS;
+    pthread_mutex_lock(&fake.lock);
+    neighbour_acts();
+    fake.attrs++;
     struct fake_block *b = containing(p);
     for (unsigned i = 0; i < n; i++) {
         if (attrs[i] == CU_POINTER_ATTRIBUTE_RANGE_START_ADDR)
@@ -70,9 +102,12 @@ static CUresult f_attrs(unsigned int n, CUpointer_attribute *attrs, void **data,
         else if (attrs[i] == CU_POINTER_ATTRIBUTE_BUFFER_ID)
             *(unsigned long long *)data[i] = b ? b->id : 0;
         else
-            return CUDA_ERROR_INVALID_VALUE;
+            r = CUDA_ERROR_INVALID_VALUE;
     }
-    return CUDA_SUCCESS;
+    pthread_mutex_unlock(&fake.lock);
+    if (atomic_load_explicit(&neighbour_runs, memory_order_relaxed))
+        sched_yield(); /* the racing neighbour's chance between two calls */
+    return r;
 }
 
 static CUresult f_range(CUdeviceptr *base, size_t *size, CUdeviceptr p)
@@ -108,12 +143,15 @@ static void fill_head(CUipcMemHandle *h, const struct fake_block *b)
 static CUresult f_get(CUipcMemHandle *h, CUdeviceptr p)
 {
     pthread_mutex_lock(&fake.lock);
+    neighbour_acts();
     struct fake_block *b = containing(p);
     fake.gets++;
-    pthread_mutex_unlock(&fake.lock);
-    if (b == NULL)
+    if (b == NULL) {
+        pthread_mutex_unlock(&fake.lock);
         return CUDA_ERROR_INVALID_VALUE;
+    }
     fill_head(h, b);
+    pthread_mutex_unlock(&fake.lock);
     if (fake.tail)
         h->reserved[63] = 0x42;
     return CUDA_SUCCESS;
@@ -183,10 +221,13 @@ static void start(enum nvipcfix_mode mode, int self_open)
     cfg.mode = mode;
     cfg.log_level = NVIPCFIX_LOG_ERROR;
     cfg.self_open = self_open;
+    cfg.stats = 1;
     memset(fake.blocks, 0, sizeof fake.blocks);
     fake.nblocks = 0;
     fake.exporter = fake.tail = fake.measured = 0;
-    fake.gets = fake.opens = fake.closes = 0;
+    fake.gets = fake.attrs = fake.opens = fake.closes = 0;
+    fake.calls = 0;
+    fake.replace_at = -1;
     fake.next_id = 0; /* each test's ids small, whatever ran before */
     fake.ctx = (CUcontext)&ctx_storage[0];
     nvipcfix_fix_init(&fix, &cfg, &driver);
@@ -241,10 +282,13 @@ static void test_interior_export_is_tagged_and_cached(void **state)
     assert_memory_equal(h1.reserved, native.reserved, 56);
     assert_memory_not_equal(h1.reserved, native.reserved, 64);
     assert_memory_not_equal(h1.reserved, h2.reserved, 64);
-    int gets = fake.gets;
+    /* the block is known now: each export is the driver's handle of the
+     * pointer (one call) and a look-up in the cache, no range query */
+    int gets = fake.gets, attrs = fake.attrs;
     export_ok(b + 99);
     export_ok(b);
-    assert_int_equal(fake.gets, gets); /* answered from the cache */
+    assert_int_equal(fake.gets, gets + 2);
+    assert_int_equal(fake.attrs, attrs);
     assert_int_equal(atomic_load(&fix.stats.exports_tagged), 3);
 }
 
@@ -288,6 +332,145 @@ static void test_reallocated_block_gets_fresh_handle(void **state)
     assert_memory_equal(now.reserved, native.reserved, 56);
 }
 
+/* What a receiver with nvipcfix gets for an exported handle: the base of
+ * the block the handle names (the fake writes it in bytes 0-7) plus the
+ * tag's offset (0 for a native handle); *id: the block's id (bytes 8-15). */
+static uint64_t received_pointer(CUipcMemHandle h, uint64_t *id)
+{
+    unsigned char native[64];
+    uint64_t offset = 0, base;
+    if (nvipcfix_tag_decode((const unsigned char *)h.reserved, &offset, native) ==
+        NVIPCFIX_TAG_FOREIGN)
+        return 0;
+    memcpy(&base, native, 8);
+    if (id != NULL)
+        memcpy(id, native + 8, 8);
+    return base + offset;
+}
+
+/* The block of an exported pointer is freed and another allocated where it
+ * was (at the same address, another size; or beginning lower, or higher)
+ * before each of the driver calls an export makes in turn:
+ * the handle and offset given always take a receiver to the pointer, never
+ * to another offset, and once the change is over the handle names the
+ * block that holds the pointer now. */
+static void test_reallocation_between_export_calls(void **state)
+{
+    (void)state;
+    static const struct {
+        uint64_t base, size;
+    } now[] = {
+        {0x100000, 2 << 20},        /* the same address, larger */
+        {0x100000, 0x90000},        /* the same address, smaller, still holding ptr */
+        {0x0c0000, 2 << 20},        /* lower, holding the old base */
+        {0x0f0000, 0x100000},       /* lower, the same size */
+        {0x140000, 0x80000},        /* higher, after the old base */
+    };
+    const uint64_t ptr = 0x100000 + 0x80000;
+    for (size_t k = 0; k < sizeof now / sizeof now[0]; k++)
+        for (int at = 0; at < 6; at++) {
+            nvipcfix_fix_destroy(&fix);
+            start(NVIPCFIX_MODE_FIX, 1);
+            fake_alloc(0x100000, 1 << 20);
+            fake.replace_ptr = ptr;
+            fake.replace_base = now[k].base;
+            fake.replace_size = now[k].size;
+            fake.replace_at = at;
+            /* until the neighbour has acted, and once more */
+            for (int round = 0, after = 0; after < 2 && round < 12; round++) {
+                uint64_t id = 0;
+                after += fake.calls > at;
+                CUipcMemHandle h = export_ok(ptr);
+                if (received_pointer(h, &id) != ptr)
+                    fail_msg("new block [0x%llx, +0x%llx) before call %d: export %d gives "
+                             "0x%llx, not 0x%llx",
+                             (unsigned long long)now[k].base, (unsigned long long)now[k].size,
+                             at, round, (unsigned long long)received_pointer(h, NULL),
+                             (unsigned long long)ptr);
+                if (after) /* the neighbour acted before this export */
+                    assert_int_equal(id, fake.blocks[0].id);
+            }
+            assert_true(fake.calls > at);
+        }
+}
+
+/* Another thread frees and re-allocates blocks where exported pointers are
+ * (each new block somewhere else around them, of another size) while eight
+ * threads export pointers inside them: every tag takes a receiver to the
+ * exported pointer. An export may fall back to the native handle when the
+ * block changed at every look (the driver's own answer; counted, allowed),
+ * never to a tag with another offset. */
+#define REGIONS 8
+#define REGION(r) (0x10000000ull * (uint64_t)((r) + 1))
+
+static void *neighbour(void *arg)
+{
+    unsigned seed = 12345;
+    (void)arg;
+    while (atomic_load(&neighbour_runs)) {
+        int r = rand_r(&seed) % REGIONS;
+        uint64_t lower = (uint64_t)(rand_r(&seed) % 16) * 0x10000;
+        uint64_t more = (uint64_t)(rand_r(&seed) % 16) * 0x10000;
+        pthread_mutex_lock(&fake.lock);
+        fake_replace(REGION(r), REGION(r) - lower, lower + 0x10000 + more);
+        pthread_mutex_unlock(&fake.lock);
+        struct timespec ts = {0, 1000 * (rand_r(&seed) % 20)};
+        nanosleep(&ts, NULL);
+    }
+    return NULL;
+}
+
+static atomic_long race_wrong, race_native, race_tagged;
+
+static void *racing_exporter(void *arg)
+{
+    unsigned seed = (unsigned)(uintptr_t)arg;
+    for (int i = 0; i < 4000; i++) {
+        uint64_t ptr = REGION(rand_r(&seed) % REGIONS) + 1 + (uint64_t)(rand_r(&seed) % 0xffff);
+        CUipcMemHandle h;
+        uint64_t offset;
+        unsigned char native[64];
+        if (nvipcfix_export(&fix, &h, ptr) != CUDA_SUCCESS) {
+            atomic_fetch_add(&race_wrong, 1); /* ptr is always in a block */
+            continue;
+        }
+        enum nvipcfix_tag_kind k =
+            nvipcfix_tag_decode((const unsigned char *)h.reserved, &offset, native);
+        if (received_pointer(h, NULL) == ptr)
+            atomic_fetch_add(k == NVIPCFIX_TAG_OURS ? &race_tagged : &race_native, 1);
+        else if (k == NVIPCFIX_TAG_NONE)
+            atomic_fetch_add(&race_native, 1);
+        else
+            atomic_fetch_add(&race_wrong, 1);
+    }
+    return NULL;
+}
+
+static void test_threads_export_while_blocks_are_replaced(void **state)
+{
+    (void)state;
+    test_alarm(120);
+    for (int r = 0; r < REGIONS; r++)
+        fake_alloc(REGION(r), 0x10000);
+    atomic_store(&race_wrong, 0);
+    atomic_store(&race_native, 0);
+    atomic_store(&race_tagged, 0);
+    atomic_store(&neighbour_runs, 1);
+    pthread_t n, t[8];
+    pthread_create(&n, NULL, neighbour, NULL);
+    for (long i = 0; i < 8; i++)
+        pthread_create(&t[i], NULL, racing_exporter, (void *)(i + 1));
+    for (int i = 0; i < 8; i++)
+        pthread_join(t[i], NULL);
+    atomic_store(&neighbour_runs, 0);
+    pthread_join(n, NULL);
+    print_message("racing exports: %ld tagged, %ld native fallbacks\n", atomic_load(&race_tagged),
+                  atomic_load(&race_native));
+    assert_int_equal(atomic_load(&race_wrong), 0);
+    assert_true(atomic_load(&race_tagged) > 0);
+    alarm(0);
+}
+
 /* When the export cache fills, the entries of blocks freed since their
  * export are swept by the fix's own liveness check (the driver's answer for
  * the block's base), and a live block's entry stays. */
@@ -304,9 +487,9 @@ static void test_export_cache_sweeps_freed_blocks(void **state)
         export_ok(moving->base + 8);
     }
     assert_int_equal(nvipcfix_export_cache_count(&fix.exports), 2);
-    int gets = fake.gets;
+    int attrs = fake.attrs;
     export_ok(kept + 16);
-    assert_int_equal(fake.gets, gets); /* the live block is still cached */
+    assert_int_equal(fake.attrs, attrs); /* the live block is still known */
 }
 
 static void test_driver_using_tail_exports_natively(void **state)
@@ -654,6 +837,8 @@ int main(void)
         T(test_interior_export_is_tagged_and_cached),
         T(test_guarded_export_and_open),
         T(test_reallocated_block_gets_fresh_handle),
+        T(test_reallocation_between_export_calls),
+        T(test_threads_export_while_blocks_are_replaced),
         T(test_export_cache_sweeps_freed_blocks),
         T(test_driver_using_tail_exports_natively),
         T(test_unknown_pointer_goes_native),
