@@ -132,13 +132,22 @@ static int mapped_at(const struct nvipcfix_driver *d, uint64_t va)
     return d->pointer_get_attributes(1, &attr, &data, va) == CUDA_SUCCESS && id != 0;
 }
 
-/* Nonzero while the mapping recorded as c is still there. */
+/* The buffer id of the mapping at va (0: none). */
+static unsigned long long buffer_at(const struct nvipcfix_driver *d, uint64_t va)
+{
+    unsigned long long id = 0;
+    CUpointer_attribute attr = CU_POINTER_ATTRIBUTE_BUFFER_ID;
+    void *data = &id;
+    return d->pointer_get_attributes(1, &attr, &data, va) == CUDA_SUCCESS ? id : 0;
+}
+
+/* Nonzero while the mapping recorded as c is still there: the mapping at
+ * its place has its buffer id, new for every mapping and never reused, so
+ * it is the same mapping, at the same place with the same size (one
+ * driver call, where a range query and the id took two). */
 static int chunk_unchanged(const struct nvipcfix_driver *d, const struct chunk *c)
 {
-    struct chunk now;
-    int device;
-    return chunk_at(d, c->va, &now, &device) == 0 && now.va == c->va && now.size == c->size &&
-           now.buffer_id == c->buffer_id;
+    return c->buffer_id != 0 && buffer_at(d, c->va) == c->buffer_id;
 }
 
 static int chunk_still(void *arg, const struct chunk *c)
@@ -237,15 +246,6 @@ static void remember(struct nvipcfix_vmm *v, CUcontext ctx, CUdeviceptr ptr,
     pthread_mutex_unlock(&v->again_lock);
 }
 
-/* The buffer id of the mapping at va (0: none). */
-static unsigned long long buffer_at(const struct nvipcfix_driver *d, uint64_t va)
-{
-    unsigned long long id = 0;
-    CUpointer_attribute attr = CU_POINTER_ATTRIBUTE_BUFFER_ID;
-    void *data = &id;
-    return d->pointer_get_attributes(1, &attr, &data, va) == CUDA_SUCCESS ? id : 0;
-}
-
 enum nvipcfix_vmm_error nvipcfix_vmm_export_again(struct nvipcfix_vmm *v, CUcontext ctx,
                                                   CUdeviceptr ptr,
                                                   unsigned char ticket[NVIPCFIX_TICKET_BYTES])
@@ -281,7 +281,7 @@ enum nvipcfix_vmm_error nvipcfix_vmm_export_again(struct nvipcfix_vmm *v, CUcont
     unsigned char secret[NVIPCFIX_KEY_BYTES];
     int same = (ptr != c[0].va || got.start_ok) && ptr - c[0].va <= NVIPCFIX_TICKET_MAX_OFFSET;
     for (size_t i = 1; same && i < got.n; i++)
-        same = buffer_at(d, c[i].va) == c[i].buffer_id;
+        same = chunk_unchanged(d, &c[i]);
     same = same && buffer_at(d, c[got.n - 1].va + c[got.n - 1].size) == 0 &&
            nvipcfix_vmm_records_secret(&v->records, got.t.export_id, secret) == 0 &&
            nvipcfix_equal_ct(secret, got.t.secret, sizeof secret);
@@ -517,7 +517,6 @@ static CUresult unmap_all(const struct nvipcfix_driver *d, const struct nvipcfix
 struct map_job {
     const struct nvipcfix_driver *d;
     struct nvipcfix_vmm_import *im;
-    int where; /* the memory's device, as this process numbers it */
     int bad_offer;
     int fd_limit; /* an import failed with this process at its open-file limit */
     CUresult e;
@@ -537,7 +536,6 @@ static int begin_map(void *arg, const struct nvipcfix_fd_reply *offer)
         }
         total = offer->offsets[i] + offer->sizes[i];
     }
-    job->where = -1;
     job->im = calloc(1, sizeof *job->im + 2 * (size_t)offer->n * sizeof(uint64_t));
     if (job->im == NULL) {
         job->e = CUDA_ERROR_OUT_OF_MEMORY;
@@ -571,12 +569,6 @@ static int take_chunks(void *arg, uint32_t first, int *fds, uint32_t k, int *why
         nvipcfix_fd_close(&fds[j]);
         if (job->e != CUDA_SUCCESS)
             continue; /* the rest are closed too */
-        if (i == 0) {
-            CUmemAllocationProp prop;
-            memset(&prop, 0, sizeof prop);
-            if (d->mem_get_allocation_properties_from_handle(&prop, h) == CUDA_SUCCESS)
-                job->where = prop.location.id;
-        }
         job->e = d->mem_map(im->base + im->offsets[i], im->offsets[im->cap + i], 0, h, 0);
         d->mem_release(h); /* the mapping keeps the memory */
         if (job->e == CUDA_SUCCESS) {
@@ -625,20 +617,39 @@ static enum nvipcfix_vmm_error explain(const struct nvipcfix_vmm *v,
     return NVIPCFIX_VMM_CHANNEL;
 }
 
-/* Access for device dev to every chunk mapped. */
+/* The device of the memory mapped at va, as this process numbers it (-1:
+ * not known); only to say so when access is refused. */
+static int device_of(const struct nvipcfix_driver *d, uint64_t va)
+{
+    CUmemGenericAllocationHandle h;
+    CUmemAllocationProp prop;
+    memset(&prop, 0, sizeof prop);
+    if (d->mem_retain_allocation_handle(&h, (void *)(uintptr_t)va) != CUDA_SUCCESS)
+        return -1;
+    CUresult e = d->mem_get_allocation_properties_from_handle(&prop, h);
+    d->mem_release(h);
+    return e == CUDA_SUCCESS ? prop.location.id : -1;
+}
+
+/* Access for device dev to every chunk mapped: one call for each stretch
+ * of chunks side by side (the driver takes a range over several mappings;
+ * a base export's gaps are not mapped, so they split it). */
 static enum nvipcfix_vmm_error grant(const struct nvipcfix_driver *d,
                                      const struct nvipcfix_vmm_import *im, CUdevice dev,
-                                     int where, CUresult *r, char *why, size_t n)
+                                     CUresult *r, char *why, size_t n)
 {
     CUmemAccessDesc access;
     memset(&access, 0, sizeof access);
     access.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
     access.location.id = dev;
     access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-    for (size_t i = 0; i < im->n; i++) {
-        CUresult e = d->mem_set_access(im->base + im->offsets[i], im->offsets[im->cap + i],
-                                       &access, 1);
+    for (size_t i = 0, j; i < im->n; i = j) {
+        uint64_t from = im->offsets[i], to = from + im->offsets[im->cap + i];
+        for (j = i + 1; j < im->n && im->offsets[j] == to; j++)
+            to += im->offsets[im->cap + j];
+        CUresult e = d->mem_set_access(im->base + from, to - from, &access, 1);
         if (e != CUDA_SUCCESS) {
+            int where = device_of(d, im->base + from);
             *r = e;
             snprintf(why, n, "the VMM memory lives on device %d (as this process numbers it); "
                              "the driver refused access from device %d, current here (error "
@@ -703,7 +714,7 @@ enum nvipcfix_vmm_error nvipcfix_vmm_map(struct nvipcfix_vmm *v,
                  (unsigned long long)t->offset, (unsigned long long)im->size);
         err = NVIPCFIX_VMM_BAD_OFFSET;
     } else
-        err = grant(d, im, dev, job.where, r, why, n);
+        err = grant(d, im, dev, r, why, n);
     if (err != NVIPCFIX_VMM_OK) {
         if (im != NULL && im->base != 0)
             unmap_all(d, im);
