@@ -702,7 +702,7 @@ enum nvipcfix_vmm_error nvipcfix_vmm_map(struct nvipcfix_vmm *v,
     struct nvipcfix_fd_address to = {t->uid, t->pid, t->pid_ns, t->nonce,
                                      (t->flags & NVIPCFIX_TICKET_IN_DIR) != 0};
     int32_t driver_error = 0;
-    int st = nvipcfix_fd_request(&to, v->socket_dir, t->export_id, t->secret, v->timeout_ms,
+    int st = nvipcfix_fd_request_kept(&to, v->socket_dir, t->export_id, t->secret, v->timeout_ms,
                                  &taker, &driver_error);
     struct nvipcfix_vmm_import *im = job.im;
     if (st != NVIPCFIX_FD_OK || job.e != CUDA_SUCCESS || job.bad_offer)
