@@ -500,7 +500,7 @@ static void serve_client(struct nvipcfix_fd_server *s, struct nvipcfix_fd_client
     while (keep && !atomic_load(&s->stopping)) {
         struct pollfd p = {slot->sock, POLLIN, 0};
         atomic_store(&slot->idle, 1);
-        int r = poll(&p, 1, s->idle_ms);
+        int r = poll(&p, 1, atomic_load(&s->idle_ms));
         atomic_store(&slot->idle, 0);
         if (r <= 0 || atomic_load(&s->stopping))
             break;
@@ -673,7 +673,7 @@ void nvipcfix_fd_server_init(struct nvipcfix_fd_server *s,
         s->slots[i].sock = -1;
     s->fd = -1;
     s->spare = -1;
-    s->idle_ms = NVIPCFIX_FD_IDLE_MS;
+    atomic_store(&s->idle_ms, NVIPCFIX_FD_IDLE_MS);
     s->service = *service;
 }
 

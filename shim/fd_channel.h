@@ -123,7 +123,7 @@ struct nvipcfix_fd_server {
     atomic_int stopping;
     atomic_ulong served, refused;
     atomic_ulong connections; /* accepted from a client of this user */
-    int idle_ms;              /* a kept connection's wait for its next request */
+    atomic_int idle_ms;       /* a kept connection's wait for its next request */
     pthread_t thread;   /* the accepting thread, */
     int has_thread;     /* not yet joined (under lock) */
     atomic_int clients; /* clients whose socket is still open */

@@ -887,8 +887,11 @@ static void test_kept_connection_given_up_is_replaced(void **state)
     unsigned char key[16];
     struct got g = {0};
     key_of(5, key);
-    nvipcfix_fd_kept_forget(); /* none kept from the test before */
-    server.idle_ms = 50;       /* no client thread runs now */
+    nvipcfix_fd_kept_forget(); /* none kept from the test before: its thread ends */
+    for (int i = 0; i < 5000 && atomic_load(&server.clients) > 0; i++)
+        usleep(1000);
+    assert_int_equal(atomic_load(&server.clients), 0);
+    server.idle_ms = 50; /* no client thread runs now */
     unsigned long was = atomic_load(&server.connections);
     assert_int_equal(ask_kept(5, key, 5000, &g), NVIPCFIX_FD_OK);
     usleep(300 * 1000);
