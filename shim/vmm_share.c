@@ -242,6 +242,11 @@ static void remember(struct nvipcfix_vmm *v, CUcontext ctx, CUdeviceptr ptr,
         memcpy(a->chunks, chunks, n * sizeof *chunks);
         HASH_ADD(hh, v->again, buffer_id, sizeof a->buffer_id, a);
         atomic_fetch_add(&v->again_count, 1);
+        uint64_t end = chunks[n - 1].va + chunks[n - 1].size;
+        if (atomic_load(&v->again_lo) == 0 || chunks[0].va < atomic_load(&v->again_lo))
+            atomic_store(&v->again_lo, chunks[0].va);
+        if (end > atomic_load(&v->again_hi))
+            atomic_store(&v->again_hi, end);
     }
     pthread_mutex_unlock(&v->again_lock);
 }
@@ -251,7 +256,9 @@ enum nvipcfix_vmm_error nvipcfix_vmm_export_again(struct nvipcfix_vmm *v, CUcont
                                                   unsigned char ticket[NVIPCFIX_TICKET_BYTES])
 {
     const struct nvipcfix_driver *d = v->driver;
-    if (atomic_load(&v->again_count) == 0 || d->pointer_get_attributes == NULL ||
+    /* outside every export kept (a legacy block, mostly): no driver call */
+    if (atomic_load(&v->again_count) == 0 || ptr < atomic_load(&v->again_lo) ||
+        ptr >= atomic_load(&v->again_hi) || d->pointer_get_attributes == NULL ||
         atomic_load(&v->server.stopping))
         return NVIPCFIX_VMM_NOT_AGAIN;
     unsigned long long id = buffer_at(d, ptr);
@@ -301,8 +308,6 @@ enum nvipcfix_vmm_error nvipcfix_vmm_export(struct nvipcfix_vmm *v, CUcontext ct
     const struct nvipcfix_driver *d = v->driver;
     if (!has_vmm_calls(d))
         return NVIPCFIX_VMM_NO_DRIVER;
-    if (nvipcfix_vmm_export_again(v, ctx, ptr, ticket) == NVIPCFIX_VMM_OK)
-        return NVIPCFIX_VMM_OK;
     CUmemGenericAllocationHandle h;
     CUmemAllocationProp prop;
     memset(&prop, 0, sizeof prop);

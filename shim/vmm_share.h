@@ -50,6 +50,7 @@ struct nvipcfix_vmm {
     pthread_mutex_t again_lock;
     struct nvipcfix_vmm_again *again;
     atomic_size_t again_count;
+    _Atomic uint64_t again_lo, again_hi; /* the span of the chunks kept (only grows) */
     struct nvipcfix_fd_server server;
     int timeout_ms;             /* one exchange, either side */
     char socket_dir[96];        /* NVIPCFIX_VMM_SOCKET_DIR, or "" (abstract sockets) */
