@@ -21,7 +21,13 @@
  * squatter on the name learns nothing and gives nothing. The server
  * refuses at once a process of another user (root may ask), and answers
  * the descriptors only after the client's proof: a guessed or replayed
- * exchange gets nothing. */
+ * exchange gets nothing.
+ *
+ * An importer may keep its connection for its next request to the same
+ * exporter (nvipcfix_fd_request_kept): each request on it is a whole
+ * exchange as above, with fresh nonces and its own export's secret; the
+ * server keeps it only after a whole answer, idle NVIPCFIX_FD_IDLE_MS at
+ * most, and cuts an idle one when a new client waits for a thread. */
 #ifndef NVIPCFIX_FD_CHANNEL_H
 #define NVIPCFIX_FD_CHANNEL_H
 
