@@ -18,9 +18,10 @@
 #define VERSION 2
 #define FDS_PER_MESSAGE NVIPCFIX_FD_BATCH /* under the kernel's SCM_MAX_FD (253) */
 #define NONCE_BYTES 16
+#define REQUEST_KEEP 1u /* flags: the client would send its next request on this connection */
 
 struct request {
-    uint32_t magic, version, export_id, zero;
+    uint32_t magic, version, export_id, flags;
     unsigned char nonce[NONCE_BYTES];
 };
 
@@ -398,10 +399,12 @@ void nvipcfix_fd_proof(const unsigned char key[NVIPCFIX_KEY_BYTES], char label, 
 
 /* The offer, then the descriptors batch by batch as they are made: no more
  * than one batch is open here at a time. If one cannot be made, the
- * answer ends in an error that says why. */
-static void send_reply(struct nvipcfix_fd_server *s, struct link *l, uint32_t id,
-                       struct nvipcfix_fd_reply *r)
+ * answer ends in an error that says why. Nonzero when every descriptor
+ * offered was sent. */
+static int send_reply(struct nvipcfix_fd_server *s, struct link *l, uint32_t id,
+                      struct nvipcfix_fd_reply *r)
 {
+    int whole = 0;
     const struct nvipcfix_fd_service *sv = &s->service;
     struct held_batch held;
     int *fds = held.fds;
@@ -412,7 +415,7 @@ static void send_reply(struct nvipcfix_fd_server *s, struct link *l, uint32_t id
     if (send_all(l, &h, sizeof h) != 0 || h.n == 0 ||
         send_all(l, r->sizes, h.n * sizeof(uint64_t)) != 0 ||
         send_all(l, r->offsets, h.n * sizeof(uint64_t)) != 0)
-        return;
+        return 0;
     hold_batch(&held);
     for (uint32_t first = 0; first < h.n && !atomic_load(&s->stopping);) {
         uint32_t want = h.n - first < FDS_PER_MESSAGE ? h.n - first : FDS_PER_MESSAGE;
@@ -433,8 +436,10 @@ static void send_reply(struct nvipcfix_fd_server *s, struct link *l, uint32_t id
         if (!sent)
             break;
         first += k;
+        whole = first == h.n;
     }
     release_batch(&held);
+    return whole;
 }
 
 static void send_status(struct link *l, int32_t status)
@@ -443,12 +448,13 @@ static void send_status(struct link *l, int32_t status)
     send_all(l, &h, sizeof h);
 }
 
-/* One client, on its own thread, within the server's deadline: its
- * request, our proof, its proof, the answer. A client sends its request and
- * its proof as soon as it can, so those two get a fifth of the deadline (at
- * least a second): a process without the secret holds a thread that long,
- * not the whole deadline. */
-static void serve_client(struct nvipcfix_fd_server *s, int sock)
+/* One request, within the server's deadline: its export id, our proof,
+ * its proof, the answer. A client sends its request and its proof as soon
+ * as it can, so those two get a fifth of the deadline (at least a second):
+ * a process without the secret holds a thread that long, not the whole
+ * deadline. Nonzero when the answer was whole and the client asked to
+ * send its next request on this connection. */
+static int serve_one(struct nvipcfix_fd_server *s, int sock)
 {
     int64_t start = now_ms();
     int handshake = s->timeout_ms / 5 > 1000 ? s->timeout_ms / 5 : 1000;
@@ -457,20 +463,20 @@ static void serve_client(struct nvipcfix_fd_server *s, int sock)
     struct hello h = {.magic = HELLO_MAGIC, .status = NVIPCFIX_FD_OK};
     unsigned char key[NVIPCFIX_KEY_BYTES], want[NVIPCFIX_TAG_BYTES], got[NVIPCFIX_TAG_BYTES];
     if (recv_all(&l, &q, sizeof q) != 0 || q.magic != REQUEST_MAGIC || q.version != VERSION)
-        return;
+        return 0;
     if (s->service.secret(s->service.arg, q.export_id, key) != 0) {
         send_status(&l, NVIPCFIX_FD_UNKNOWN);
-        return;
+        return 0;
     }
     if (nvipcfix_random_bytes(h.nonce, sizeof h.nonce) != 0) {
         send_status(&l, NVIPCFIX_FD_FAILED);
-        return;
+        return 0;
     }
     nvipcfix_fd_proof(key, 'S', q.export_id, q.nonce, h.nonce, &s->address, h.proof);
     nvipcfix_fd_proof(key, 'C', q.export_id, q.nonce, h.nonce, &s->address, want);
     memset(key, 0, sizeof key);
     if (send_all(&l, &h, sizeof h) != 0 || recv_all(&l, got, sizeof got) != 0)
-        return;
+        return 0;
     struct nvipcfix_fd_reply r = {0};
     if (!nvipcfix_equal_ct(got, want, sizeof want)) {
         r.status = NVIPCFIX_FD_REFUSED;
@@ -480,8 +486,26 @@ static void serve_client(struct nvipcfix_fd_server *s, int sock)
         s->service.describe(s->service.arg, q.export_id, &r);
         atomic_fetch_add(&s->served, 1);
     }
-    send_reply(s, &l, q.export_id, &r);
+    int whole = send_reply(s, &l, q.export_id, &r) && r.status == NVIPCFIX_FD_OK;
     nvipcfix_fd_reply_free(&r);
+    return whole && (q.flags & REQUEST_KEEP) != 0;
+}
+
+/* A client's requests: after a whole answer, if it asked, the connection
+ * waits idle for its next one (up to idle_ms, or until the accepting
+ * thread cuts it for a new client). */
+static void serve_client(struct nvipcfix_fd_server *s, struct nvipcfix_fd_client_slot *slot)
+{
+    int keep = serve_one(s, slot->sock);
+    while (keep && !atomic_load(&s->stopping)) {
+        struct pollfd p = {slot->sock, POLLIN, 0};
+        atomic_store(&slot->idle, 1);
+        int r = poll(&p, 1, atomic_load(&s->idle_ms));
+        atomic_store(&slot->idle, 0);
+        if (r <= 0 || atomic_load(&s->stopping))
+            break;
+        keep = serve_one(s, slot->sock);
+    }
 }
 
 struct client {
@@ -494,7 +518,7 @@ static void *client_main(void *arg)
     struct client c = *(struct client *)arg;
     free(arg);
     if (!atomic_load(&c.s->stopping))
-        serve_client(c.s, c.slot->sock);
+        serve_client(c.s, c.slot);
     pthread_mutex_lock(&c.s->lock); /* the accepting thread may be cutting it short */
     close(c.slot->sock);
     c.slot->sock = -1;
@@ -518,6 +542,21 @@ static int reap_clients(struct nvipcfix_fd_server *s)
         serving += state == 1;
     }
     return serving;
+}
+
+/* A client waits while every thread serves: one kept connection idle
+ * between requests is cut (its client connects anew when it next asks).
+ * Accepting thread only. */
+static void cut_one_idle(struct nvipcfix_fd_server *s)
+{
+    pthread_mutex_lock(&s->lock);
+    for (int i = 0; i < NVIPCFIX_FD_CLIENTS; i++)
+        if (atomic_load(&s->slots[i].state) == 1 && atomic_load(&s->slots[i].idle) &&
+            s->slots[i].sock >= 0) {
+            shutdown(s->slots[i].sock, SHUT_RDWR);
+            break;
+        }
+    pthread_mutex_unlock(&s->lock);
 }
 
 /* At the end: every client's connection cut short, every thread joined.
@@ -568,6 +607,8 @@ static void admit(struct nvipcfix_fd_server *s, int sock)
     c->s = s;
     c->slot = slot;
     slot->sock = sock;
+    atomic_store(&slot->idle, 0);
+    atomic_fetch_add(&s->connections, 1);
     atomic_store(&slot->state, 1);
     atomic_fetch_add(&s->clients, 1);
     if (pthread_create(&slot->thread, NULL, client_main, c) != 0) {
@@ -600,6 +641,9 @@ static void *server_main(void *arg)
     struct timespec pause = {0, 1000 * 1000};
     while (!atomic_load(&s->stopping)) {
         if (reap_clients(s) >= NVIPCFIX_FD_CLIENTS) {
+            struct pollfd w = {s->fd, POLLIN, 0};
+            if (poll(&w, 1, 0) > 0)
+                cut_one_idle(s); /* someone waits: an idle kept connection makes room */
             nanosleep(&pause, NULL); /* each client ends by its deadline */
             continue;
         }
@@ -629,6 +673,7 @@ void nvipcfix_fd_server_init(struct nvipcfix_fd_server *s,
         s->slots[i].sock = -1;
     s->fd = -1;
     s->spare = -1;
+    atomic_store(&s->idle_ms, NVIPCFIX_FD_IDLE_MS);
     s->service = *service;
 }
 
@@ -753,6 +798,7 @@ void nvipcfix_fd_server_destroy(struct nvipcfix_fd_server *s)
 void nvipcfix_fd_server_forget(struct nvipcfix_fd_server *s)
 {
     close_in_flight();
+    nvipcfix_fd_kept_forget();
     if (s->fd >= 0)
         close(s->fd); /* the parent's socket; its threads are not in the child */
     if (s->spare >= 0)
@@ -798,9 +844,11 @@ uint32_t nvipcfix_own_pid_ns(void)
     return stat("/proc/self/ns/pid", &st) == 0 ? (uint32_t)st.st_ino : 0;
 }
 
-/* The server's identity and proof, then ours. 0 or a status. */
+/* The server's identity and proof, then ours. 0 or a status; *heard once
+ * the server answered the request. */
 static int authenticate(struct link *l, const struct nvipcfix_fd_address *to,
-                        uint32_t export_id, const unsigned char *secret)
+                        uint32_t export_id, const unsigned char *secret, uint32_t flags,
+                        int *heard)
 {
     struct ucred cred;
     socklen_t len = sizeof cred;
@@ -808,7 +856,7 @@ static int authenticate(struct link *l, const struct nvipcfix_fd_address *to,
         return NVIPCFIX_FD_BROKEN;
     if (cred.uid != to->uid)
         return NVIPCFIX_FD_WRONG_USER;
-    struct request q = {REQUEST_MAGIC, VERSION, export_id, 0, {0}};
+    struct request q = {REQUEST_MAGIC, VERSION, export_id, flags, {0}};
     struct hello h;
     unsigned char want[NVIPCFIX_TAG_BYTES], mine[NVIPCFIX_TAG_BYTES];
     if (nvipcfix_random_bytes(q.nonce, sizeof q.nonce) != 0)
@@ -818,6 +866,7 @@ static int authenticate(struct link *l, const struct nvipcfix_fd_address *to,
     send_all(l, &q, sizeof q);
     if (recv_all(l, &h, sizeof h) != 0)
         return link_status(l);
+    *heard = 1;
     if (h.magic != HELLO_MAGIC)
         return NVIPCFIX_FD_BROKEN;
     if (h.status != NVIPCFIX_FD_OK)
@@ -872,9 +921,9 @@ static int receive_all(struct link *l, uint32_t n, const struct nvipcfix_fd_take
 
 static int exchange(struct link *l, const struct nvipcfix_fd_address *to, uint32_t export_id,
                     const unsigned char *secret, const struct nvipcfix_fd_taker *taker,
-                    int32_t *driver_error)
+                    int32_t *driver_error, uint32_t flags, int *heard)
 {
-    int st = authenticate(l, to, export_id, secret);
+    int st = authenticate(l, to, export_id, secret, flags, heard);
     if (st != 0)
         return st;
     struct reply_head h;
@@ -903,10 +952,73 @@ static int exchange(struct link *l, const struct nvipcfix_fd_address *to, uint32
     return st;
 }
 
-int nvipcfix_fd_request(const struct nvipcfix_fd_address *to, const char *dir,
-                        uint32_t export_id, const unsigned char secret[NVIPCFIX_KEY_BYTES],
-                        int timeout_ms, const struct nvipcfix_fd_taker *taker,
-                        int32_t *driver_error)
+/* ---- kept connections: one per server, for this process's next request */
+#define KEPT_SLOTS 16
+
+static pthread_mutex_t kept_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct kept {
+    struct nvipcfix_fd_address to;
+    int fd;        /* -1: none */
+    uint64_t used; /* when last put back (the oldest is closed for room) */
+} kept[KEPT_SLOTS] = {[0 ... KEPT_SLOTS - 1] = {.fd = -1}};
+static uint64_t kept_clock;
+
+static int same_server(const struct nvipcfix_fd_address *a, const struct nvipcfix_fd_address *b)
+{
+    return a->uid == b->uid && a->pid == b->pid && a->pid_ns == b->pid_ns &&
+           a->nonce == b->nonce && (a->in_dir != 0) == (b->in_dir != 0);
+}
+
+/* The connection kept for to, now this thread's; -1 if none. */
+static int take_kept(const struct nvipcfix_fd_address *to)
+{
+    int fd = -1;
+    pthread_mutex_lock(&kept_lock);
+    for (int i = 0; i < KEPT_SLOTS && fd < 0; i++)
+        if (kept[i].fd >= 0 && same_server(&kept[i].to, to)) {
+            fd = kept[i].fd;
+            kept[i].fd = -1;
+        }
+    pthread_mutex_unlock(&kept_lock);
+    return fd;
+}
+
+/* Keeps fd for to's next request (one per server: a second is closed; with
+ * every slot taken, the one unused longest is). */
+static void put_kept(const struct nvipcfix_fd_address *to, int fd)
+{
+    int spare = fd, at = -1;
+    pthread_mutex_lock(&kept_lock);
+    for (int i = 0; i < KEPT_SLOTS && at != -2; i++)
+        if (kept[i].fd >= 0 && same_server(&kept[i].to, to))
+            at = -2; /* another thread's, put back first: that one stays */
+        else if (at == -1 || (kept[at].fd >= 0 && (kept[i].fd < 0 || kept[i].used < kept[at].used)))
+            at = i; /* a free slot, else the one unused longest */
+    if (at >= 0) {
+        spare = kept[at].fd;
+        kept[at].to = *to;
+        kept[at].fd = fd;
+        kept[at].used = ++kept_clock;
+    }
+    pthread_mutex_unlock(&kept_lock);
+    if (spare >= 0)
+        close(spare);
+}
+
+void nvipcfix_fd_kept_forget(void)
+{
+    for (int i = 0; i < KEPT_SLOTS; i++) {
+        if (kept[i].fd >= 0)
+            close(kept[i].fd); /* the child's copy; the parent's stays */
+        kept[i].fd = -1;
+    }
+    pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
+    memcpy(&kept_lock, &fresh, sizeof fresh);
+}
+
+static int request(const struct nvipcfix_fd_address *to, const char *dir, uint32_t export_id,
+                   const unsigned char secret[NVIPCFIX_KEY_BYTES], int timeout_ms,
+                   const struct nvipcfix_fd_taker *taker, int32_t *driver_error, int keep)
 {
     char why[200];
     *driver_error = 0;
@@ -919,9 +1031,45 @@ int nvipcfix_fd_request(const struct nvipcfix_fd_address *to, const char *dir,
     if (l.fd < 0)
         return errno == EMFILE || errno == ENFILE ? NVIPCFIX_FD_IMPORTER_FDS
                                                   : NVIPCFIX_FD_BROKEN;
+    int heard = 0;
     int st = connect_to(&l, &a, len);
     if (st == 0)
-        st = exchange(&l, to, export_id, secret, taker, driver_error);
-    close(l.fd);
+        st = exchange(&l, to, export_id, secret, taker, driver_error,
+                      keep ? REQUEST_KEEP : 0, &heard);
+    if (keep && st == NVIPCFIX_FD_OK)
+        put_kept(to, l.fd);
+    else
+        close(l.fd);
     return st;
+}
+
+int nvipcfix_fd_request(const struct nvipcfix_fd_address *to, const char *dir,
+                        uint32_t export_id, const unsigned char secret[NVIPCFIX_KEY_BYTES],
+                        int timeout_ms, const struct nvipcfix_fd_taker *taker,
+                        int32_t *driver_error)
+{
+    return request(to, dir, export_id, secret, timeout_ms, taker, driver_error, 0);
+}
+
+int nvipcfix_fd_request_kept(const struct nvipcfix_fd_address *to, const char *dir,
+                             uint32_t export_id, const unsigned char secret[NVIPCFIX_KEY_BYTES],
+                             int timeout_ms, const struct nvipcfix_fd_taker *taker,
+                             int32_t *driver_error)
+{
+    int fd = take_kept(to);
+    if (fd >= 0) {
+        struct link l = {fd, now_ms() + (timeout_ms > 0 ? timeout_ms : 1), 0};
+        int heard = 0;
+        *driver_error = 0;
+        int st = exchange(&l, to, export_id, secret, taker, driver_error, REQUEST_KEEP, &heard);
+        if (st == NVIPCFIX_FD_OK) {
+            put_kept(to, fd);
+            return st;
+        }
+        close(fd);
+        if (heard || st != NVIPCFIX_FD_BROKEN)
+            return st;
+        /* the server had given it up before our request came: anew */
+    }
+    return request(to, dir, export_id, secret, timeout_ms, taker, driver_error, 1);
 }

@@ -21,7 +21,13 @@
  * squatter on the name learns nothing and gives nothing. The server
  * refuses at once a process of another user (root may ask), and answers
  * the descriptors only after the client's proof: a guessed or replayed
- * exchange gets nothing. */
+ * exchange gets nothing.
+ *
+ * An importer may keep its connection for its next request to the same
+ * exporter (nvipcfix_fd_request_kept): each request on it is a whole
+ * exchange as above, with fresh nonces and its own export's secret; the
+ * server keeps it only after a whole answer, idle NVIPCFIX_FD_IDLE_MS at
+ * most, and cuts an idle one when a new client waits for a thread. */
 #ifndef NVIPCFIX_FD_CHANNEL_H
 #define NVIPCFIX_FD_CHANNEL_H
 
@@ -40,6 +46,9 @@
 #define NVIPCFIX_FD_BATCH 250
 /* Clients served at once; more wait, within their deadline. */
 #define NVIPCFIX_FD_CLIENTS 32
+/* A kept connection (nvipcfix_fd_request_kept) waits this long, idle, for
+ * its next request; sooner given up when a new client needs its thread. */
+#define NVIPCFIX_FD_IDLE_MS 5000
 
 enum nvipcfix_fd_status {
     NVIPCFIX_FD_OK = 0,
@@ -119,6 +128,8 @@ struct nvipcfix_fd_server {
     struct nvipcfix_fd_service service;
     atomic_int stopping;
     atomic_ulong served, refused;
+    atomic_ulong connections; /* accepted from a client of this user */
+    atomic_int idle_ms;       /* a kept connection's wait for its next request */
     pthread_t thread;   /* the accepting thread, */
     int has_thread;     /* not yet joined (under lock) */
     atomic_int clients; /* clients whose socket is still open */
@@ -129,6 +140,7 @@ struct nvipcfix_fd_server {
         pthread_t thread;
         int sock;           /* -1 once closed */
         atomic_int state;   /* 0 free, 1 serving, 2 done: to be joined */
+        atomic_int idle;    /* kept, waiting for its next request: may be cut */
     } slots[NVIPCFIX_FD_CLIENTS];
 };
 
@@ -176,6 +188,21 @@ int nvipcfix_fd_request(const struct nvipcfix_fd_address *to, const char *dir,
                         uint32_t export_id, const unsigned char secret[NVIPCFIX_KEY_BYTES],
                         int timeout_ms, const struct nvipcfix_fd_taker *taker,
                         int32_t *driver_error);
+
+/* The same, on a connection kept for this process's next request to the
+ * same server (one per server; the first request, or one while another
+ * thread uses it, connects anew). Every request proves its own export's
+ * secret as a fresh connection's does; a kept connection that the server
+ * has given up (idle too long, or its thread needed) is replaced once,
+ * before anything was received on it. */
+int nvipcfix_fd_request_kept(const struct nvipcfix_fd_address *to, const char *dir,
+                             uint32_t export_id, const unsigned char secret[NVIPCFIX_KEY_BYTES],
+                             int timeout_ms, const struct nvipcfix_fd_taker *taker,
+                             int32_t *driver_error);
+
+/* In a child after fork(): the parent's kept connections are closed here
+ * (not used: the parent's threads may be talking on them). Takes no lock. */
+void nvipcfix_fd_kept_forget(void);
 
 /* The proof of knowing an export's secret in one exchange: label 'S' the
  * server's, 'C' the client's (public for tests that play a hostile peer). */

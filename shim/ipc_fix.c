@@ -237,6 +237,24 @@ __attribute__((noinline)) static int resolve_miss(struct nvipcfix_fix *fix, CUde
     return -1;
 }
 
+/* A VMM mapping exported before, as it was: its ticket again, a look-up
+ * (before the legacy path, whose driver call fails for VMM memory). Costs
+ * nothing until a VMM export was made. */
+static int export_vmm_again(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CUdeviceptr ptr)
+{
+    CUcontext ctx = NULL;
+    unsigned char ticket[NVIPCFIX_TICKET_BYTES];
+    if (atomic_load(&fix->vmm.again_count) == 0)
+        return 0;
+    if (fix->driver->ctx_get_current == NULL || fix->driver->ctx_get_current(&ctx) != CUDA_SUCCESS)
+        ctx = NULL;
+    if (nvipcfix_vmm_export_again(&fix->vmm, ctx, ptr, ticket) != NVIPCFIX_VMM_OK)
+        return 0;
+    memcpy(handle->reserved, ticket, sizeof ticket);
+    NVIPCFIX_STAT_ADD(&fix->stats, vmm_exports);
+    return 1;
+}
+
 static CUresult export_fixed(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CUdeviceptr ptr);
 static CUresult export_audit(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CUdeviceptr ptr);
 
@@ -247,6 +265,8 @@ CUresult nvipcfix_export(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CUdev
         return native_export(fix, handle, ptr);
     if (fix->config.mode == NVIPCFIX_MODE_AUDIT)
         return export_audit(fix, handle, ptr);
+    if (fix->config.vmm && export_vmm_again(fix, handle, ptr))
+        return CUDA_SUCCESS;
     CUresult r = export_fixed(fix, handle, ptr);
     if (r == CUDA_ERROR_INVALID_VALUE)
         r = export_vmm(fix, handle, ptr, r);

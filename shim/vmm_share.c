@@ -22,6 +22,20 @@ struct nvipcfix_vmm_import {
 
 /* A hash (FNV-1a) of the kernel's boot id: the same for every process of
  * one boot of one machine. */
+/* An export made, for a repeated export of the same mapping: its ticket
+ * (without the offset) and the chunks it covers, to check again. */
+#define AGAIN_MAX_CHUNKS 16   /* longer exports are not kept here */
+#define AGAIN_MAX_ENTRIES 4096 /* more: all forgotten (freed mappings' linger) */
+struct nvipcfix_vmm_again {
+    uint64_t buffer_id; /* the key: the first chunk's */
+    CUcontext ctx;
+    int start_ok; /* an export of the first chunk's start was this export too */
+    struct nvipcfix_vmm_ticket t;
+    size_t n;
+    UT_hash_handle hh;
+    struct chunk chunks[AGAIN_MAX_CHUNKS];
+};
+
 static uint32_t own_boot(void)
 {
     char buf[64];
@@ -49,6 +63,7 @@ void nvipcfix_vmm_init(struct nvipcfix_vmm *v, const struct nvipcfix_driver *dri
     v->driver = driver;
     v->timeout_ms = NVIPCFIX_VMM_TIMEOUT_DEFAULT_MS;
     pthread_mutex_init(&v->lock, NULL);
+    pthread_mutex_init(&v->again_lock, NULL);
     nvipcfix_vmm_records_init(&v->records, chunk_still, v);
     struct nvipcfix_fd_service service = {service_secret, describe, export_fds, v};
     nvipcfix_fd_server_init(&v->server, &service);
@@ -117,13 +132,22 @@ static int mapped_at(const struct nvipcfix_driver *d, uint64_t va)
     return d->pointer_get_attributes(1, &attr, &data, va) == CUDA_SUCCESS && id != 0;
 }
 
-/* Nonzero while the mapping recorded as c is still there. */
+/* The buffer id of the mapping at va (0: none). */
+static unsigned long long buffer_at(const struct nvipcfix_driver *d, uint64_t va)
+{
+    unsigned long long id = 0;
+    CUpointer_attribute attr = CU_POINTER_ATTRIBUTE_BUFFER_ID;
+    void *data = &id;
+    return d->pointer_get_attributes(1, &attr, &data, va) == CUDA_SUCCESS ? id : 0;
+}
+
+/* Nonzero while the mapping recorded as c is still there: the mapping at
+ * its place has its buffer id, new for every mapping and never reused, so
+ * it is the same mapping, at the same place with the same size (one
+ * driver call, where a range query and the id took two). */
 static int chunk_unchanged(const struct nvipcfix_driver *d, const struct chunk *c)
 {
-    struct chunk now;
-    int device;
-    return chunk_at(d, c->va, &now, &device) == 0 && now.va == c->va && now.size == c->size &&
-           now.buffer_id == c->buffer_id;
+    return c->buffer_id != 0 && buffer_at(d, c->va) == c->buffer_id;
 }
 
 static int chunk_still(void *arg, const struct chunk *c)
@@ -135,7 +159,8 @@ static int chunk_still(void *arg, const struct chunk *c)
 /* The server started, the chunks recorded, the ticket written. */
 static enum nvipcfix_vmm_error make_ticket(struct nvipcfix_vmm *v, CUcontext ctx, CUdeviceptr ptr,
                                            const struct chunk *chunks, size_t n, int device,
-                                           unsigned char ticket[NVIPCFIX_TICKET_BYTES])
+                                           unsigned char ticket[NVIPCFIX_TICKET_BYTES],
+                                           struct nvipcfix_vmm_ticket *made)
 {
     struct nvipcfix_vmm_ticket t;
     struct nvipcfix_fd_address where;
@@ -154,6 +179,7 @@ static enum nvipcfix_vmm_error make_ticket(struct nvipcfix_vmm *v, CUcontext ctx
     t.offset = ptr - chunks[0].va;
     t.device = (uint8_t)device;
     nvipcfix_vmm_ticket_encode(ticket, &t);
+    *made = t;
     memset(&t, 0, sizeof t);
     return NVIPCFIX_VMM_OK;
 }
@@ -175,6 +201,104 @@ static uint64_t reservation_end(const struct nvipcfix_driver *d, CUdeviceptr ptr
         *step == 0)
         return 0;
     return start + size;
+}
+
+/* Keeps an export of chunks[0, n) (up to the first gap: a reservation's
+ * whole, with its gaps, is walked again each time) for repeated exports. */
+static void remember(struct nvipcfix_vmm *v, CUcontext ctx, CUdeviceptr ptr,
+                     const struct chunk *chunks, size_t n, const struct nvipcfix_vmm_ticket *t)
+{
+    if (n > AGAIN_MAX_CHUNKS)
+        return;
+    struct nvipcfix_vmm_again *a, *tmp;
+    pthread_mutex_lock(&v->again_lock);
+    HASH_FIND(hh, v->again, &chunks[0].buffer_id, sizeof chunks[0].buffer_id, a);
+    if (a != NULL && a->ctx == ctx && a->n == n && a->t.export_id == t->export_id &&
+        memcmp(a->chunks, chunks, n * sizeof *chunks) == 0) {
+        a->start_ok |= ptr == chunks[0].va; /* the same export */
+        pthread_mutex_unlock(&v->again_lock);
+        return;
+    }
+    if (a != NULL) { /* another context's, or the chunks after changed: the latest wins */
+        HASH_DEL(v->again, a);
+        memset(a, 0, sizeof *a);
+        free(a);
+        atomic_fetch_sub(&v->again_count, 1);
+    }
+    if (atomic_load(&v->again_count) >= AGAIN_MAX_ENTRIES) {
+        HASH_ITER(hh, v->again, a, tmp) {
+            HASH_DEL(v->again, a);
+            memset(a, 0, sizeof *a);
+            free(a);
+        }
+        atomic_store(&v->again_count, 0);
+    }
+    if ((a = calloc(1, sizeof *a)) != NULL) {
+        a->buffer_id = chunks[0].buffer_id;
+        a->ctx = ctx;
+        a->start_ok = ptr == chunks[0].va;
+        a->t = *t;
+        a->n = n;
+        memcpy(a->chunks, chunks, n * sizeof *chunks);
+        HASH_ADD(hh, v->again, buffer_id, sizeof a->buffer_id, a);
+        atomic_fetch_add(&v->again_count, 1);
+        uint64_t end = chunks[n - 1].va + chunks[n - 1].size;
+        if (atomic_load(&v->again_lo) == 0 || chunks[0].va < atomic_load(&v->again_lo))
+            atomic_store(&v->again_lo, chunks[0].va);
+        if (end > atomic_load(&v->again_hi))
+            atomic_store(&v->again_hi, end);
+    }
+    pthread_mutex_unlock(&v->again_lock);
+}
+
+enum nvipcfix_vmm_error nvipcfix_vmm_export_again(struct nvipcfix_vmm *v, CUcontext ctx,
+                                                  CUdeviceptr ptr,
+                                                  unsigned char ticket[NVIPCFIX_TICKET_BYTES])
+{
+    const struct nvipcfix_driver *d = v->driver;
+    /* outside every export kept (a legacy block, mostly): no driver call */
+    if (atomic_load(&v->again_count) == 0 || ptr < atomic_load(&v->again_lo) ||
+        ptr >= atomic_load(&v->again_hi) || d->pointer_get_attributes == NULL ||
+        atomic_load(&v->server.stopping))
+        return NVIPCFIX_VMM_NOT_AGAIN;
+    unsigned long long id = buffer_at(d, ptr);
+    if (id == 0)
+        return NVIPCFIX_VMM_NOT_AGAIN;
+    struct nvipcfix_vmm_again *a, got;
+    uint64_t key = id;
+    int found = 0;
+    pthread_mutex_lock(&v->again_lock);
+    HASH_FIND(hh, v->again, &key, sizeof key, a);
+    if (a != NULL && a->ctx == ctx) {
+        found = 1;
+        got.n = a->n;
+        got.start_ok = a->start_ok;
+        got.t = a->t;
+        memcpy(got.chunks, a->chunks, a->n * sizeof *a->chunks);
+    }
+    pthread_mutex_unlock(&v->again_lock);
+    if (!found)
+        return NVIPCFIX_VMM_NOT_AGAIN;
+    /* ptr is in the first chunk (its buffer id is never another
+     * mapping's); an export of that chunk's start may be a reservation's,
+     * which covers more. The chunks after it must be the ones exported,
+     * and nothing mapped after them since: else the export would be
+     * another. And the export must still be recorded, with its secret. */
+    const struct chunk *c = got.chunks;
+    unsigned char secret[NVIPCFIX_KEY_BYTES];
+    int same = (ptr != c[0].va || got.start_ok) && ptr - c[0].va <= NVIPCFIX_TICKET_MAX_OFFSET;
+    for (size_t i = 1; same && i < got.n; i++)
+        same = chunk_unchanged(d, &c[i]);
+    same = same && buffer_at(d, c[got.n - 1].va + c[got.n - 1].size) == 0 &&
+           nvipcfix_vmm_records_secret(&v->records, got.t.export_id, secret) == 0 &&
+           nvipcfix_equal_ct(secret, got.t.secret, sizeof secret);
+    memset(secret, 0, sizeof secret);
+    if (same) {
+        got.t.offset = ptr - c[0].va;
+        nvipcfix_vmm_ticket_encode(ticket, &got.t);
+    }
+    memset(&got.t, 0, sizeof got.t);
+    return same ? NVIPCFIX_VMM_OK : NVIPCFIX_VMM_NOT_AGAIN;
 }
 
 enum nvipcfix_vmm_error nvipcfix_vmm_export(struct nvipcfix_vmm *v, CUcontext ctx,
@@ -234,7 +358,11 @@ enum nvipcfix_vmm_error nvipcfix_vmm_export(struct nvipcfix_vmm *v, CUcontext ct
         next = c.va + c.size;
     }
 
-    enum nvipcfix_vmm_error e = make_ticket(v, ctx, ptr, chunks, n, device, ticket);
+    struct nvipcfix_vmm_ticket made;
+    enum nvipcfix_vmm_error e = make_ticket(v, ctx, ptr, chunks, n, device, ticket, &made);
+    if (e == NVIPCFIX_VMM_OK && end == 0)
+        remember(v, ctx, ptr, chunks, n, &made);
+    memset(&made, 0, sizeof made);
     free(chunks);
     return e;
 }
@@ -394,7 +522,6 @@ static CUresult unmap_all(const struct nvipcfix_driver *d, const struct nvipcfix
 struct map_job {
     const struct nvipcfix_driver *d;
     struct nvipcfix_vmm_import *im;
-    int where; /* the memory's device, as this process numbers it */
     int bad_offer;
     int fd_limit; /* an import failed with this process at its open-file limit */
     CUresult e;
@@ -414,7 +541,6 @@ static int begin_map(void *arg, const struct nvipcfix_fd_reply *offer)
         }
         total = offer->offsets[i] + offer->sizes[i];
     }
-    job->where = -1;
     job->im = calloc(1, sizeof *job->im + 2 * (size_t)offer->n * sizeof(uint64_t));
     if (job->im == NULL) {
         job->e = CUDA_ERROR_OUT_OF_MEMORY;
@@ -448,12 +574,6 @@ static int take_chunks(void *arg, uint32_t first, int *fds, uint32_t k, int *why
         nvipcfix_fd_close(&fds[j]);
         if (job->e != CUDA_SUCCESS)
             continue; /* the rest are closed too */
-        if (i == 0) {
-            CUmemAllocationProp prop;
-            memset(&prop, 0, sizeof prop);
-            if (d->mem_get_allocation_properties_from_handle(&prop, h) == CUDA_SUCCESS)
-                job->where = prop.location.id;
-        }
         job->e = d->mem_map(im->base + im->offsets[i], im->offsets[im->cap + i], 0, h, 0);
         d->mem_release(h); /* the mapping keeps the memory */
         if (job->e == CUDA_SUCCESS) {
@@ -502,20 +622,39 @@ static enum nvipcfix_vmm_error explain(const struct nvipcfix_vmm *v,
     return NVIPCFIX_VMM_CHANNEL;
 }
 
-/* Access for device dev to every chunk mapped. */
+/* The device of the memory mapped at va, as this process numbers it (-1:
+ * not known); only to say so when access is refused. */
+static int device_of(const struct nvipcfix_driver *d, uint64_t va)
+{
+    CUmemGenericAllocationHandle h;
+    CUmemAllocationProp prop;
+    memset(&prop, 0, sizeof prop);
+    if (d->mem_retain_allocation_handle(&h, (void *)(uintptr_t)va) != CUDA_SUCCESS)
+        return -1;
+    CUresult e = d->mem_get_allocation_properties_from_handle(&prop, h);
+    d->mem_release(h);
+    return e == CUDA_SUCCESS ? prop.location.id : -1;
+}
+
+/* Access for device dev to every chunk mapped: one call for each stretch
+ * of chunks side by side (the driver takes a range over several mappings;
+ * a base export's gaps are not mapped, so they split it). */
 static enum nvipcfix_vmm_error grant(const struct nvipcfix_driver *d,
                                      const struct nvipcfix_vmm_import *im, CUdevice dev,
-                                     int where, CUresult *r, char *why, size_t n)
+                                     CUresult *r, char *why, size_t n)
 {
     CUmemAccessDesc access;
     memset(&access, 0, sizeof access);
     access.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
     access.location.id = dev;
     access.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
-    for (size_t i = 0; i < im->n; i++) {
-        CUresult e = d->mem_set_access(im->base + im->offsets[i], im->offsets[im->cap + i],
-                                       &access, 1);
+    for (size_t i = 0, j; i < im->n; i = j) {
+        uint64_t from = im->offsets[i], to = from + im->offsets[im->cap + i];
+        for (j = i + 1; j < im->n && im->offsets[j] == to; j++)
+            to += im->offsets[im->cap + j];
+        CUresult e = d->mem_set_access(im->base + from, to - from, &access, 1);
         if (e != CUDA_SUCCESS) {
+            int where = device_of(d, im->base + from);
             *r = e;
             snprintf(why, n, "the VMM memory lives on device %d (as this process numbers it); "
                              "the driver refused access from device %d, current here (error "
@@ -568,7 +707,7 @@ enum nvipcfix_vmm_error nvipcfix_vmm_map(struct nvipcfix_vmm *v,
     struct nvipcfix_fd_address to = {t->uid, t->pid, t->pid_ns, t->nonce,
                                      (t->flags & NVIPCFIX_TICKET_IN_DIR) != 0};
     int32_t driver_error = 0;
-    int st = nvipcfix_fd_request(&to, v->socket_dir, t->export_id, t->secret, v->timeout_ms,
+    int st = nvipcfix_fd_request_kept(&to, v->socket_dir, t->export_id, t->secret, v->timeout_ms,
                                  &taker, &driver_error);
     struct nvipcfix_vmm_import *im = job.im;
     if (st != NVIPCFIX_FD_OK || job.e != CUDA_SUCCESS || job.bad_offer)
@@ -580,7 +719,7 @@ enum nvipcfix_vmm_error nvipcfix_vmm_map(struct nvipcfix_vmm *v,
                  (unsigned long long)t->offset, (unsigned long long)im->size);
         err = NVIPCFIX_VMM_BAD_OFFSET;
     } else
-        err = grant(d, im, dev, job.where, r, why, n);
+        err = grant(d, im, dev, r, why, n);
     if (err != NVIPCFIX_VMM_OK) {
         if (im != NULL && im->base != 0)
             unmap_all(d, im);
@@ -629,6 +768,14 @@ void nvipcfix_vmm_destroy(struct nvipcfix_vmm *v)
         HASH_DEL(v->imports, im);
         free(im);
     }
+    struct nvipcfix_vmm_again *a, *atmp;
+    HASH_ITER(hh, v->again, a, atmp) {
+        HASH_DEL(v->again, a);
+        memset(a, 0, sizeof *a);
+        free(a);
+    }
+    atomic_store(&v->again_count, 0);
+    pthread_mutex_destroy(&v->again_lock);
     pthread_mutex_destroy(&v->lock);
 }
 
@@ -647,16 +794,21 @@ void nvipcfix_vmm_server_why(struct nvipcfix_vmm *v, char *out, size_t n)
 /* A child's copy of its parent's mappings, left behind but still reachable
  * (so leak checkers do not report them). */
 static void *volatile left_behind_imports;
+static void *volatile left_behind_again;
 
 void nvipcfix_vmm_forget_after_fork(struct nvipcfix_vmm *v)
 {
     /* The parent's records are left behind (another thread may have been
      * changing them); the child starts empty. */
     left_behind_imports = v->imports;
+    left_behind_again = v->again; /* tickets naming the parent's server */
     nvipcfix_fd_server_forget(&v->server);
     nvipcfix_vmm_records_forget(&v->records);
     pthread_mutex_init(&v->lock, NULL);
     v->imports = NULL;
+    pthread_mutex_init(&v->again_lock, NULL);
+    v->again = NULL;
+    atomic_store(&v->again_count, 0);
     v->have_identity = 0; /* a child may be in a new PID namespace */
 }
 

@@ -24,6 +24,7 @@
 
 #include <cuda.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -37,12 +38,19 @@
 #define NVIPCFIX_VMM_TIMEOUT_DEFAULT_MS 5000
 
 struct nvipcfix_vmm_import;
+struct nvipcfix_vmm_again;
 
 struct nvipcfix_vmm {
     const struct nvipcfix_driver *driver;
     pthread_mutex_t lock; /* imports, identity; never held while waiting on a socket */
     struct nvipcfix_vmm_records records;
     struct nvipcfix_vmm_import *imports; /* mappings made here, by base */
+    /* Exports made, by the buffer id of the pointer's mapping: a repeated
+     * export is a look-up (nvipcfix_vmm_export_again); under again_lock. */
+    pthread_mutex_t again_lock;
+    struct nvipcfix_vmm_again *again;
+    atomic_size_t again_count;
+    _Atomic uint64_t again_lo, again_hi; /* the span of the chunks kept (only grows) */
     struct nvipcfix_fd_server server;
     int timeout_ms;             /* one exchange, either side */
     char socket_dir[96];        /* NVIPCFIX_VMM_SOCKET_DIR, or "" (abstract sockets) */
@@ -64,6 +72,7 @@ enum nvipcfix_vmm_error {
     NVIPCFIX_VMM_CHANNEL,        /* open: the exporter did not hand the descriptors */
     NVIPCFIX_VMM_BAD_OFFSET,     /* open: offset beyond what was served */
     NVIPCFIX_VMM_IMPORT,         /* open: import or map failed in the driver */
+    NVIPCFIX_VMM_NOT_AGAIN,      /* export again: not an export made before, as it was */
     NVIPCFIX_VMM_ACCESS,         /* open: access for the current device refused */
     NVIPCFIX_VMM_ERROR_COUNT,
 };
@@ -79,6 +88,16 @@ void nvipcfix_vmm_configure(struct nvipcfix_vmm *v, int timeout_ms, const char *
 enum nvipcfix_vmm_error nvipcfix_vmm_export(struct nvipcfix_vmm *v, CUcontext ctx,
                                             CUdeviceptr ptr,
                                             unsigned char ticket[NVIPCFIX_TICKET_BYTES]);
+
+/* A repeated export, as a look-up: the ticket of an export made before of
+ * ptr's mapping, in ctx, if that mapping and those after it that it covers
+ * are still the ones exported (one buffer id query each) and nothing was
+ * mapped after them since (one more). NVIPCFIX_VMM_NOT_AGAIN otherwise (and
+ * at once, without a driver call, before any export): then
+ * nvipcfix_vmm_export does the whole work. */
+enum nvipcfix_vmm_error nvipcfix_vmm_export_again(struct nvipcfix_vmm *v, CUcontext ctx,
+                                                  CUdeviceptr ptr,
+                                                  unsigned char ticket[NVIPCFIX_TICKET_BYTES]);
 
 /* Nonzero when the ticket is one this process made (it must not ask
  * itself over the socket); *base and *size then give the exported chunks

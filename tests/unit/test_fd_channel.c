@@ -845,6 +845,112 @@ static void test_fork_mid_batch_leaves_child_nothing(void **state)
 /* At exit the server stops: idle clients (each would hold its thread for
  * a minute here) are cut short, and every thread of the server has ended
  * when stop returns, so none is still ending while the process exits. */
+/* ---- kept connections ---------------------------------------------------- */
+
+static int ask_kept(uint32_t id, const unsigned char key[16], int ms, struct got *g)
+{
+    struct nvipcfix_fd_taker t = {begin, take, g};
+    int32_t err;
+    return nvipcfix_fd_request_kept(&addr, dir, id, key, ms, &t, &err);
+}
+
+/* One connection serves a client's requests one after another, each
+ * proving its own export's secret: a wrong one gets nothing, and ends it. */
+static void test_kept_connection_proves_every_request(void **state)
+{
+    (void)state;
+    unsigned char key[16];
+    unsigned long was = atomic_load(&server.connections), served = atomic_load(&server.served);
+    for (uint32_t id = 4; id <= 6; id++) {
+        struct got g = {0};
+        key_of(id, key);
+        assert_int_equal(ask_kept(id, key, 5000, &g), NVIPCFIX_FD_OK);
+        assert_true(g.taken == id && g.bad == 0);
+    }
+    assert_int_equal(atomic_load(&server.connections) - was, 1);
+    struct got g = {0};
+    key_of(8, key); /* export 7's secret is another */
+    assert_int_equal(ask_kept(7, key, 5000, &g), NVIPCFIX_FD_NO_PROOF);
+    assert_int_equal(g.taken, 0);
+    key_of(7, key);
+    assert_int_equal(ask_kept(7, key, 5000, &g), NVIPCFIX_FD_OK);
+    assert_int_equal(g.taken, 7);
+    assert_int_equal(atomic_load(&server.connections) - was, 2); /* anew after the refusal */
+    assert_int_equal(atomic_load(&server.served) - served, 4);
+}
+
+/* The server gives up a connection idle too long; the next request
+ * connects anew and is answered. */
+static void test_kept_connection_given_up_is_replaced(void **state)
+{
+    (void)state;
+    unsigned char key[16];
+    struct got g = {0};
+    key_of(5, key);
+    nvipcfix_fd_kept_forget(); /* none kept from the test before: its thread ends */
+    for (int i = 0; i < 5000 && atomic_load(&server.clients) > 0; i++)
+        usleep(1000);
+    assert_int_equal(atomic_load(&server.clients), 0);
+    server.idle_ms = 50; /* no client thread runs now */
+    unsigned long was = atomic_load(&server.connections);
+    assert_int_equal(ask_kept(5, key, 5000, &g), NVIPCFIX_FD_OK);
+    usleep(300 * 1000);
+    memset(&g, 0, sizeof g);
+    assert_int_equal(ask_kept(5, key, 5000, &g), NVIPCFIX_FD_OK);
+    assert_int_equal(g.taken, 5);
+    assert_int_equal(atomic_load(&server.connections) - was, 2);
+    nvipcfix_fd_kept_forget();
+    for (int i = 0; i < 5000 && atomic_load(&server.clients) > 0; i++)
+        usleep(1000);
+    server.idle_ms = NVIPCFIX_FD_IDLE_MS;
+}
+
+/* Every thread of the server held by an idle kept connection (one for
+ * each of as many clients): a new client is answered all the same, well
+ * within the idle wait, which is cut short for it. */
+static void test_kept_connections_delay_nobody(void **state)
+{
+    (void)state;
+    pid_t kids[NVIPCFIX_FD_CLIENTS];
+    int ready[2];
+    assert_int_equal(pipe(ready), 0);
+    nvipcfix_fd_kept_forget();
+    for (int i = 0; i < NVIPCFIX_FD_CLIENTS; i++) {
+        if ((kids[i] = fork()) == 0) {
+            unsigned char key[16];
+            struct got g = {0};
+            prctl(PR_SET_PDEATHSIG, SIGKILL);
+            key_of(4, key);
+            char r = ask_kept(4, key, 5000, &g) == NVIPCFIX_FD_OK ? 'r' : 'x';
+            tp_write_full(ready[1], &r, 1);
+            pause(); /* the connection stays kept, idle */
+            _exit(0);
+        }
+        assert_true(kids[i] > 0);
+    }
+    close(ready[1]);
+    for (int i = 0; i < NVIPCFIX_FD_CLIENTS; i++) {
+        char r = 0;
+        assert_int_equal(tp_read_full(ready[0], &r, 1), 0);
+        assert_int_equal(r, 'r');
+    }
+    close(ready[0]);
+    assert_int_equal(atomic_load(&server.clients), NVIPCFIX_FD_CLIENTS);
+    struct got g = {0};
+    unsigned char key[16];
+    key_of(5, key);
+    double t0 = now_ms();
+    /* a deadline shorter than the idle wait (5 s): met only if one is cut */
+    assert_int_equal(ask_with(&addr, 5, key, NVIPCFIX_FD_IDLE_MS / 2, &g), NVIPCFIX_FD_OK);
+    assert_int_equal(g.taken, 5);
+    print_message("[ INFO     ] %d idle kept connections: a new client answered in %.1f ms\n",
+                  NVIPCFIX_FD_CLIENTS, now_ms() - t0);
+    for (int i = 0; i < NVIPCFIX_FD_CLIENTS; i++)
+        kill_child(kids[i]);
+    for (int i = 0; i < 10000 && atomic_load(&server.clients) > 0; i++)
+        usleep(1000);
+}
+
 static void test_stopped_server_answers_nobody(void **state)
 {
     (void)state;
@@ -895,6 +1001,9 @@ int main(void)
         cmocka_unit_test(test_socket_directory),
         cmocka_unit_test(test_fork_child_serves_itself),
         cmocka_unit_test(test_fork_mid_batch_leaves_child_nothing),
+        cmocka_unit_test(test_kept_connection_proves_every_request),
+        cmocka_unit_test(test_kept_connection_given_up_is_replaced),
+        cmocka_unit_test(test_kept_connections_delay_nobody),
         cmocka_unit_test(test_stopped_server_answers_nobody),
     };
     return cmocka_run_group_tests_name("fd_channel", tests, setup, teardown);

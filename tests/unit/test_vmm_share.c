@@ -221,6 +221,80 @@ static int run_child(const struct nvipcfix_vmm_ticket *t, uint64_t expect_size,
     return WEXITSTATUS(st);
 }
 
+/* NVIPCFIX_VMM_OK and the ticket when a repeated export is a look-up. */
+static enum nvipcfix_vmm_error again(CUdeviceptr p, struct nvipcfix_vmm_ticket *t)
+{
+    unsigned char b[64];
+    enum nvipcfix_vmm_error e = nvipcfix_vmm_export_again(&vmm, ctx, p, b);
+    if (e == NVIPCFIX_VMM_OK)
+        assert_int_equal(nvipcfix_vmm_ticket_decode(b, t), 0);
+    return e;
+}
+
+/* A repeated export of a mapping is a look-up with the same export, at
+ * the pointer's offset; but not an export of a reservation's start (which
+ * covers more), nor one from another context. */
+static void test_export_again_is_a_look_up(void **state)
+{
+    (void)state;
+    struct nvipcfix_vmm_ticket a = export(va + CHUNK + 100), b;
+    uint64_t base, size;
+    assert_int_equal(again(va + CHUNK + 300, &b), NVIPCFIX_VMM_OK);
+    assert_int_equal(b.export_id, a.export_id);
+    assert_memory_equal(b.secret, a.secret, sizeof a.secret);
+    assert_int_equal(b.offset, 300);
+    assert_true(nvipcfix_vmm_own(&vmm, &b, &base, &size));
+    assert_true(base == va + CHUNK && size == 2 * CHUNK);
+    assert_int_equal(again(va + CHUNK, &b), NVIPCFIX_VMM_NOT_AGAIN); /* not asked before */
+    b = export(va + CHUNK); /* not a reservation's start: the same export */
+    assert_int_equal(b.export_id, a.export_id);
+    assert_int_equal(again(va + CHUNK, &b), NVIPCFIX_VMM_OK);
+    assert_int_equal(b.offset, 0);
+    export(va + 100);
+    assert_int_equal(again(va, &b), NVIPCFIX_VMM_NOT_AGAIN); /* the reservation's start */
+    unsigned char t[64];
+    assert_int_equal(nvipcfix_vmm_export_again(&vmm, (CUcontext)&b, va + 200, t),
+                     NVIPCFIX_VMM_NOT_AGAIN); /* another context */
+    assert_int_equal(again(va + 16 * CHUNK, &b), NVIPCFIX_VMM_NOT_AGAIN); /* nothing there */
+}
+
+/* A repeated export notices what changed since: a chunk mapped after the
+ * export's last (the segment grew: the export covers it now), that chunk
+ * gone again, a chunk it covers or its first chunk replaced. */
+static void test_export_again_notices_changes(void **state)
+{
+    (void)state;
+    struct nvipcfix_vmm_ticket a = export(va + CHUNK + 1), b;
+    uint64_t base, size;
+    assert_int_equal(again(va + CHUNK + 2, &b), NVIPCFIX_VMM_OK);
+    assert_int_equal(map_chunk(3, 1), CUDA_SUCCESS); /* grew: 0 1 2 3 */
+    assert_int_equal(again(va + CHUNK + 2, &b), NVIPCFIX_VMM_NOT_AGAIN);
+    b = export(va + CHUNK + 2);
+    assert_int_not_equal(b.export_id, a.export_id);
+    assert_true(nvipcfix_vmm_own(&vmm, &b, &base, &size));
+    assert_true(base == va + CHUNK && size == 3 * CHUNK);
+    assert_int_equal(again(va + CHUNK + 3, &b), NVIPCFIX_VMM_OK);
+    assert_true(nvipcfix_vmm_own(&vmm, &b, &base, &size));
+    assert_true(size == 3 * CHUNK);
+    unmap_chunk(3); /* shrank again */
+    assert_int_equal(again(va + CHUNK + 3, &b), NVIPCFIX_VMM_NOT_AGAIN);
+    b = export(va + CHUNK + 3);
+    assert_true(nvipcfix_vmm_own(&vmm, &b, &base, &size));
+    assert_true(size == 2 * CHUNK);
+    unmap_chunk(2); /* a chunk after the first, replaced */
+    assert_int_equal(map_chunk(2, 1), CUDA_SUCCESS);
+    assert_int_equal(again(va + CHUNK + 4, &b), NVIPCFIX_VMM_NOT_AGAIN);
+    struct nvipcfix_vmm_ticket c = export(va + CHUNK + 4);
+    assert_int_equal(again(va + CHUNK + 5, &b), NVIPCFIX_VMM_OK);
+    assert_int_equal(b.export_id, c.export_id);
+    unmap_chunk(1); /* the first chunk, replaced */
+    assert_int_equal(map_chunk(1, 1), CUDA_SUCCESS);
+    assert_int_equal(again(va + CHUNK + 5, &b), NVIPCFIX_VMM_NOT_AGAIN);
+    b = export(va + CHUNK + 5);
+    assert_int_not_equal(b.export_id, c.export_id);
+    assert_int_equal(run_child(&b, 2 * CHUNK, 0x11), 0); /* the new memory, whole */
+}
+
 static void test_another_process_maps_what_was_exported(void **state)
 {
     (void)state;
@@ -376,6 +450,8 @@ int main(void)
         cmocka_unit_test(test_export_records_the_run_from_the_pointer),
         cmocka_unit_test(test_export_of_the_start_covers_gaps),
         cmocka_unit_test(test_not_vmm_or_not_shareable),
+        cmocka_unit_test(test_export_again_is_a_look_up),
+        cmocka_unit_test(test_export_again_notices_changes),
         cmocka_unit_test(test_another_process_maps_what_was_exported),
         cmocka_unit_test(test_replaced_chunks_are_never_served),
         cmocka_unit_test(test_records_of_freed_memory_are_swept),
