@@ -41,8 +41,8 @@ import time
 os.environ["PYTORCH_CUDA_ALLOC_CONF"] = "expandable_segments:True"
 try:
     import torch
-    import torch.multiprocessing as mp
-    from torch.multiprocessing.reductions import ForkingPickler
+    import torch.multiprocessing as mp  # registers torch's reductions (init_reductions)
+    from multiprocessing.reduction import ForkingPickler  # the pickler they are registered with
 except ImportError as e:  # loud: the lead runs this on the GPU only
     sys.stderr.write("vmm_vs_torch: PyTorch is needed (%s)\n" % e)
     sys.exit(2)
