@@ -501,8 +501,9 @@ static void serve_client(struct nvipcfix_fd_server *s, struct nvipcfix_fd_client
         struct pollfd p = {slot->sock, POLLIN, 0};
         atomic_store(&slot->idle, 1);
         int r = poll(&p, 1, atomic_load(&s->idle_ms));
-        atomic_store(&slot->idle, 0);
-        if (r <= 0 || atomic_load(&s->stopping))
+        /* Cut meanwhile: the request is left unanswered, so the client
+         * heard nothing and asks again on a new connection. */
+        if (atomic_exchange(&slot->idle, 0) == 2 || r <= 0 || atomic_load(&s->stopping))
             break;
         keep = serve_one(s, slot->sock);
     }
@@ -551,11 +552,18 @@ static void cut_one_idle(struct nvipcfix_fd_server *s)
 {
     pthread_mutex_lock(&s->lock);
     for (int i = 0; i < NVIPCFIX_FD_CLIENTS; i++)
-        if (atomic_load(&s->slots[i].state) == 1 && atomic_load(&s->slots[i].idle) &&
-            s->slots[i].sock >= 0) {
+        if (atomic_load(&s->slots[i].state) == 1 && atomic_load(&s->slots[i].idle) == 2) {
+            pthread_mutex_unlock(&s->lock); /* one cut at a time: that one is ending */
+            return;
+        }
+    for (int i = 0; i < NVIPCFIX_FD_CLIENTS; i++) {
+        int idle = 1; /* claimed from 1 to 2: its thread then serves nothing more */
+        if (atomic_load(&s->slots[i].state) == 1 && s->slots[i].sock >= 0 &&
+            atomic_compare_exchange_strong(&s->slots[i].idle, &idle, 2)) {
             shutdown(s->slots[i].sock, SHUT_RDWR);
             break;
         }
+    }
     pthread_mutex_unlock(&s->lock);
 }
 
@@ -606,7 +614,10 @@ static void admit(struct nvipcfix_fd_server *s, int sock)
     }
     c->s = s;
     c->slot = slot;
+    struct stat st;
     slot->sock = sock;
+    slot->ino = fstat(sock, &st) == 0 ? st.st_ino : 0;
+    slot->dev = slot->ino != 0 ? st.st_dev : 0;
     atomic_store(&slot->idle, 0);
     atomic_fetch_add(&s->connections, 1);
     atomic_store(&slot->state, 1);
@@ -799,6 +810,16 @@ void nvipcfix_fd_server_forget(struct nvipcfix_fd_server *s)
 {
     close_in_flight();
     nvipcfix_fd_kept_forget();
+    /* The parent's clients' connections: kept here, a client's next
+     * request on a connection the parent gave up would wait for nobody.
+     * Closed only where the number is still that socket. */
+    for (int i = 0; i < NVIPCFIX_FD_CLIENTS; i++) {
+        struct stat st;
+        int fd = s->slots[i].sock;
+        if (atomic_load(&s->slots[i].state) == 1 && fd >= 0 && s->slots[i].ino != 0 &&
+            fstat(fd, &st) == 0 && st.st_dev == s->slots[i].dev && st.st_ino == s->slots[i].ino)
+            close(fd);
+    }
     if (s->fd >= 0)
         close(s->fd); /* the parent's socket; its threads are not in the child */
     if (s->spare >= 0)

@@ -139,8 +139,12 @@ struct nvipcfix_fd_server {
     struct nvipcfix_fd_client_slot {
         pthread_t thread;
         int sock;           /* -1 once closed */
+        dev_t dev;          /* its file, for a forked child to close */
+        ino_t ino;          /* (0: not known) */
         atomic_int state;   /* 0 free, 1 serving, 2 done: to be joined */
-        atomic_int idle;    /* kept, waiting for its next request: may be cut */
+        atomic_int idle;    /* 1: kept, waiting for its next request, may be
+                             * cut; 2: being cut (claimed by the accepting
+                             * thread, the request that comes is not served) */
     } slots[NVIPCFIX_FD_CLIENTS];
 };
 

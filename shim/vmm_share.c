@@ -286,7 +286,8 @@ enum nvipcfix_vmm_error nvipcfix_vmm_export_again(struct nvipcfix_vmm *v, CUcont
      * another. And the export must still be recorded, with its secret. */
     const struct chunk *c = got.chunks;
     unsigned char secret[NVIPCFIX_KEY_BYTES];
-    int same = (ptr != c[0].va || got.start_ok) && ptr - c[0].va <= NVIPCFIX_TICKET_MAX_OFFSET;
+    int same = (ptr != c[0].va || got.start_ok) && ptr - c[0].va < c[0].size &&
+               ptr - c[0].va <= NVIPCFIX_TICKET_MAX_OFFSET;
     for (size_t i = 1; same && i < got.n; i++)
         same = chunk_unchanged(d, &c[i]);
     same = same && buffer_at(d, c[got.n - 1].va + c[got.n - 1].size) == 0 &&

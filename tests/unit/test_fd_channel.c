@@ -983,6 +983,39 @@ static void test_stopped_server_answers_nobody(void **state)
     assert_int_equal(g.taken, 0);
 }
 
+/* The exporter forks while a kept connection idles on it: once the parent
+ * gives the connection up, the client's next request is answered (on a new
+ * connection), not left to wait for the child, which held the server's end
+ * of it. */
+static void test_exporter_fork_leaves_kept_connection_nobody(void **state)
+{
+    (void)state;
+    unsigned char key[16];
+    struct got g = {0};
+    key_of(5, key);
+    nvipcfix_fd_kept_forget();
+    for (int i = 0; i < 5000 && atomic_load(&server.clients) > 0; i++)
+        usleep(1000);
+    atomic_store(&server.idle_ms, 50);
+    assert_int_equal(ask_kept(5, key, 5000, &g), NVIPCFIX_FD_OK);
+    pid_t kid = fork();
+    if (kid == 0) {
+        prctl(PR_SET_PDEATHSIG, SIGKILL);
+        nvipcfix_fd_server_forget(&server); /* what the atfork child handler does */
+        pause();
+        _exit(0);
+    }
+    usleep(300 * 1000); /* the parent's thread gave the kept connection up */
+    memset(&g, 0, sizeof g);
+    double t0 = now_ms();
+    int st = ask_kept(5, key, 2000, &g);
+    print_message("[ INFO     ] after the exporter's fork: status %d in %.0f ms\n", st,
+                  now_ms() - t0);
+    kill_child(kid);
+    atomic_store(&server.idle_ms, NVIPCFIX_FD_IDLE_MS);
+    assert_int_equal(st, NVIPCFIX_FD_OK);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1003,6 +1036,7 @@ int main(void)
         cmocka_unit_test(test_fork_mid_batch_leaves_child_nothing),
         cmocka_unit_test(test_kept_connection_proves_every_request),
         cmocka_unit_test(test_kept_connection_given_up_is_replaced),
+        cmocka_unit_test(test_exporter_fork_leaves_kept_connection_nobody),
         cmocka_unit_test(test_kept_connections_delay_nobody),
         cmocka_unit_test(test_stopped_server_answers_nobody),
     };
