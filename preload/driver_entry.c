@@ -22,39 +22,56 @@ static CUresult no_driver(void)
     return CUDA_ERROR_NOT_INITIALIZED;
 }
 
+/* Where the instance could not be set up (out of memory; said once), a
+ * call goes to the driver unchanged. */
+__attribute__((noinline, cold)) static const struct nvipcfix_driver *unfixed(void)
+{
+    return &nvipcfix_real_driver()->ops;
+}
+
 NVIPCFIX_EXPORT CUresult cuIpcGetMemHandle(CUipcMemHandle *pHandle, CUdeviceptr dptr)
 {
     struct nvipcfix_fix *fix = nvipcfix_library();
-    if (fix->driver->ipc_get_mem_handle == NULL)
+    const struct nvipcfix_driver *d = fix != NULL ? fix->driver : unfixed();
+    if (d->ipc_get_mem_handle == NULL)
         return no_driver();
+    if (__builtin_expect(fix == NULL, 0))
+        return d->ipc_get_mem_handle(pHandle, dptr);
     return nvipcfix_export(fix, pHandle, dptr);
+}
+
+static CUresult open_with(nvipcfix_open_fn real, CUdeviceptr *pdptr, CUipcMemHandle handle,
+                          unsigned int Flags)
+{
+    struct nvipcfix_fix *fix = nvipcfix_library();
+    const struct nvipcfix_driver *d = fix != NULL ? fix->driver : unfixed();
+    if (real == NULL || d->ipc_close_mem_handle == NULL)
+        return no_driver();
+    if (fix == NULL)
+        return real(pdptr, handle, Flags);
+    return nvipcfix_open(fix, real, pdptr, handle, Flags);
 }
 
 NVIPCFIX_EXPORT CUresult cuIpcOpenMemHandle(CUdeviceptr *pdptr, CUipcMemHandle handle,
                                             unsigned int Flags)
 {
-    struct nvipcfix_fix *fix = nvipcfix_library();
-    nvipcfix_open_fn real = nvipcfix_real_driver()->ipc_open_legacy;
-    if (real == NULL || fix->driver->ipc_close_mem_handle == NULL)
-        return no_driver();
-    return nvipcfix_open(fix, real, pdptr, handle, Flags);
+    return open_with(nvipcfix_real_driver()->ipc_open_legacy, pdptr, handle, Flags);
 }
 
 NVIPCFIX_EXPORT CUresult cuIpcOpenMemHandle_v2(CUdeviceptr *pdptr, CUipcMemHandle handle,
                                                unsigned int Flags)
 {
-    struct nvipcfix_fix *fix = nvipcfix_library();
-    nvipcfix_open_fn real = nvipcfix_real_driver()->ipc_open_v2;
-    if (real == NULL || fix->driver->ipc_close_mem_handle == NULL)
-        return no_driver();
-    return nvipcfix_open(fix, real, pdptr, handle, Flags);
+    return open_with(nvipcfix_real_driver()->ipc_open_v2, pdptr, handle, Flags);
 }
 
 NVIPCFIX_EXPORT CUresult cuIpcCloseMemHandle(CUdeviceptr dptr)
 {
     struct nvipcfix_fix *fix = nvipcfix_library();
-    if (fix->driver->ipc_close_mem_handle == NULL)
+    const struct nvipcfix_driver *d = fix != NULL ? fix->driver : unfixed();
+    if (d->ipc_close_mem_handle == NULL)
         return no_driver();
+    if (fix == NULL)
+        return d->ipc_close_mem_handle(dptr);
     return nvipcfix_close(fix, dptr);
 }
 

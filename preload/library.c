@@ -5,6 +5,7 @@
 #include "library.h"
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <unistd.h>
 
@@ -17,7 +18,12 @@ extern char **environ;
  * `strings libnvipcfix.so | grep 'nvipcfix version'`; nvipcfix doctor reads it. */
 __attribute__((used)) static const char version_mark[] = "nvipcfix version " NVIPCFIX_VERSION;
 
-static struct nvipcfix_fix fix;
+/* On the heap, set up once: in .bss its 10 KiB would cost every process
+ * that loads the library (a mapping of its own at load) whether or not it
+ * ever makes an IPC call. nvipcfix_library_ready is published last (release), so a thread
+ * that reads it (acquire) sees the instance set up. */
+static struct nvipcfix_fix *fix;
+struct nvipcfix_fix *_Atomic nvipcfix_library_ready;
 static pthread_once_t fix_once = PTHREAD_ONCE_INIT;
 
 static const char *read_env(const char *name)
@@ -44,7 +50,7 @@ __attribute__((constructor)) static void remember_stderr_at_load(void)
  * handlers, whichever were registered first. */
 static void fork_child(void)
 {
-    nvipcfix_fix_forget_after_fork(&fix);
+    nvipcfix_fix_forget_after_fork(fix);
 }
 
 /* At exit, in each process that made an IPC call (a forked child that made
@@ -55,23 +61,23 @@ static void at_exit(void)
     char line[512];
     size_t blocks;
     uint64_t bytes;
-    nvipcfix_fix_stop(&fix);
-    if (getpid() != setup_pid && !nvipcfix_stats_any(&fix.stats))
+    nvipcfix_fix_stop(fix);
+    if (getpid() != setup_pid && !nvipcfix_stats_any(&fix->stats))
         return;
-    nvipcfix_import_usage(&fix.imports, &blocks, &bytes);
+    nvipcfix_import_usage(&fix->imports, &blocks, &bytes);
     if (blocks > 0)
         NVIPCFIX_INFO("at exit: %zu block%s (%.1f MiB) opened through nvipcfix still mapped "
                       "(never closed, or closed fewer times than opened)",
                       blocks, blocks == 1 ? "" : "s", (double)bytes / 1048576.0);
-    if (fix.config.stats)
+    if (fix->config.stats)
         nvipcfix_log_line("stats", "%s open at exit=%zu (%llu bytes)",
-                          nvipcfix_stats_format(&fix.stats, line, sizeof line), blocks,
+                          nvipcfix_stats_format(&fix->stats, line, sizeof line), blocks,
                           (unsigned long long)bytes);
-    if (fix.config.mode == NVIPCFIX_MODE_AUDIT) {
-        nvipcfix_log_line("audit", "%s", nvipcfix_audit_verdict(&fix.audit, line, sizeof line));
+    if (fix->config.mode == NVIPCFIX_MODE_AUDIT) {
+        nvipcfix_log_line("audit", "%s", nvipcfix_audit_verdict(&fix->audit, line, sizeof line));
         unsigned long count;
         char where[NVIPCFIX_AUDIT_SITE_LEN];
-        for (int i = 0; i < 8 && nvipcfix_audit_site(&fix.audit, i, where, sizeof where, &count);
+        for (int i = 0; i < 8 && nvipcfix_audit_site(&fix->audit, i, where, sizeof where, &count);
              i++)
             nvipcfix_log_line("audit", "  %lu from %s", count, where);
     }
@@ -86,11 +92,16 @@ static void setup(void)
         nvipcfix_log(NVIPCFIX_LOG_WARN, "%s", cfg.warnings[i]);
 
     const struct nvipcfix_real_driver *real = nvipcfix_real_driver();
-    nvipcfix_fix_init(&fix, &cfg, &real->ops);
+    fix = calloc(1, sizeof *fix);
+    if (fix == NULL) {
+        NVIPCFIX_WARN_ONCE("out of memory when setting up; IPC calls go to the driver unchanged");
+        return;
+    }
+    nvipcfix_fix_init(fix, &cfg, &real->ops);
     setup_pid = getpid();
     pthread_atfork(NULL, NULL, fork_child);
     if (cfg.mode == NVIPCFIX_MODE_AUDIT)
-        fix.describe_caller = nvipcfix_describe_caller;
+        fix->describe_caller = nvipcfix_describe_caller;
     atexit(at_exit);
     /* A library ahead of nvipcfix in the search order was named at load
      * (load_order.c). */
@@ -99,8 +110,10 @@ static void setup(void)
                   cfg.vmm ? "on" : "off");
 }
 
-struct nvipcfix_fix *nvipcfix_library(void)
+struct nvipcfix_fix *nvipcfix_library_setup(void)
 {
     pthread_once(&fix_once, setup);
-    return &fix;
+    if (fix != NULL)
+        atomic_store_explicit(&nvipcfix_library_ready, fix, memory_order_release);
+    return fix;
 }

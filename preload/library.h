@@ -4,6 +4,8 @@
 #ifndef NVIPCFIX_LIBRARY_H
 #define NVIPCFIX_LIBRARY_H
 
+#include <stdatomic.h>
+
 #include "real_driver.h"
 #include "../shim/config.h"
 
@@ -11,7 +13,19 @@
  * installs the fork handler, all once; never in a constructor (the
  * constructors, in library.c and load_order.c, record what fd 2 is and
  * compare a few addresses the loader bound; no look-up, no driver call). */
-struct nvipcfix_fix *nvipcfix_library(void);
+struct nvipcfix_fix *nvipcfix_library_setup(void);
+
+/* The instance once set up (library.c), else NULL. */
+extern struct nvipcfix_fix *_Atomic nvipcfix_library_ready;
+
+/* The instance, set up on first use; NULL only if it could not be (out of
+ * memory: the caller then goes to the driver unchanged). Inline: after the
+ * first call, one load. */
+static inline struct nvipcfix_fix *nvipcfix_library(void)
+{
+    struct nvipcfix_fix *f = atomic_load_explicit(&nvipcfix_library_ready, memory_order_acquire);
+    return __builtin_expect(f != NULL, 1) ? f : nvipcfix_library_setup();
+}
 
 /* The NVIPCFIX_* settings of this process's environment. */
 void nvipcfix_config_from_environ(struct nvipcfix_config *cfg);

@@ -6,75 +6,12 @@
 #include "table_hash.h" /* before uthash.h */
 #include <uthash.h>
 
-#define KEY_WORDS (NVIPCFIX_HANDLE_BYTES / 8)
-
-/* One slot of the fast table: the handle's bytes as eight words, the block
- * it names. seq is odd while a writer changes the slot; size 0 is a slot
- * never used. Every word is atomic, so readers racing a writer are no data
- * race; the sequence counter tells them. Without fences (ThreadSanitizer
- * does not model them): the writer marks seq odd, then stores each word
- * with release order, so a reader whose acquire load of a word sees a new
- * value also sees seq changed when it reads it again (Boehm, "Can seqlocks
- * get along with programming language memory models?", 2012). On x86
- * acquire loads and release stores are plain moves. */
-struct nvipcfix_export_slot {
-    atomic_uint_least64_t seq;
-    atomic_uint_least64_t key[KEY_WORDS];
-    atomic_uint_least64_t base;
-    atomic_uint_least64_t size;
-    atomic_uint_least64_t check; /* nvipcfix_tag_check_head of the handle */
-};
+#define KEY_WORDS NVIPCFIX_EXPORT_KEY_WORDS
 
 static void handle_words(const unsigned char handle[NVIPCFIX_HANDLE_BYTES],
                          uint64_t w[KEY_WORDS])
 {
     memcpy(w, handle, NVIPCFIX_HANDLE_BYTES);
-}
-
-/* The first slot of the handle's bucket: every word mixed in (rotated, so
- * that equal words do not cancel), one multiplication. */
-static size_t bucket_of(const uint64_t w[KEY_WORDS])
-{
-    uint64_t x = 0;
-#pragma GCC unroll 8
-    for (int i = 0; i < KEY_WORDS; i++)
-        x = ((x << 23) | (x >> 41)) ^ w[i];
-    x *= 0x9E3779B97F4A7C15ull;
-    return (size_t)(x >> 40) & (NVIPCFIX_EXPORT_FAST_SLOTS - 1) &
-           ~(size_t)(NVIPCFIX_EXPORT_FAST_WAYS - 1);
-}
-
-/* The word compared first: bytes 40-47, the driver's object id, which
- * differs most between handles (handle-format.md; any word would be right,
- * as all eight are compared). */
-#define FIRST_WORD 5
-
-/* Lock-free: 1 and the block if a slot holds exactly these words. */
-static int fast_find(struct nvipcfix_export_slot *t, const uint64_t w[KEY_WORDS],
-                     uint64_t *base, uint64_t *size, uint64_t *check)
-{
-    struct nvipcfix_export_slot *s = &t[bucket_of(w)];
-    for (int way = 0; way < NVIPCFIX_EXPORT_FAST_WAYS; way++, s++) {
-        uint64_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
-        if (atomic_load_explicit(&s->key[FIRST_WORD], memory_order_acquire) != w[FIRST_WORD])
-            continue;
-        uint64_t diff = seq & 1;
-#pragma GCC unroll 8
-        for (int i = 0; i < KEY_WORDS; i++)
-            diff |= atomic_load_explicit(&s->key[i], memory_order_acquire) ^ w[i];
-        if (diff != 0)
-            continue;
-        uint64_t b = atomic_load_explicit(&s->base, memory_order_acquire);
-        uint64_t n = atomic_load_explicit(&s->size, memory_order_acquire);
-        uint64_t k = atomic_load_explicit(&s->check, memory_order_acquire);
-        if (n == 0 || atomic_load_explicit(&s->seq, memory_order_relaxed) != seq)
-            continue; /* never used, or changed while read: a miss */
-        *base = b;
-        *size = n;
-        *check = k;
-        return 1;
-    }
-    return 0;
 }
 
 static void slot_write(struct nvipcfix_export_slot *s, const uint64_t w[KEY_WORDS],
@@ -113,7 +50,7 @@ static void fast_put(struct nvipcfix_export_cache *c,
         }
         atomic_store_explicit(&c->fast, t, memory_order_release);
     }
-    struct nvipcfix_export_slot *b = &t[bucket_of(w)], *victim = NULL;
+    struct nvipcfix_export_slot *b = &t[nvipcfix_export_bucket(w)], *victim = NULL;
     for (int way = 0; way < NVIPCFIX_EXPORT_FAST_WAYS && victim == NULL; way++) {
         struct nvipcfix_export_slot *s = &b[way];
         uint64_t diff = 0;
@@ -203,12 +140,9 @@ int nvipcfix_export_cache_base_of(struct nvipcfix_export_cache *c,
                                   const unsigned char handle[NVIPCFIX_HANDLE_BYTES],
                                   uint64_t *base, uint64_t *size, uint64_t *check)
 {
-    uint64_t w[KEY_WORDS];
-    handle_words(handle, w);
-    struct nvipcfix_export_slot *t = atomic_load_explicit(&c->fast, memory_order_acquire);
-    if (t == NULL)
+    if (atomic_load_explicit(&c->fast, memory_order_acquire) == NULL)
         return 0; /* nothing recorded yet */
-    if (fast_find(t, w, base, size, check))
+    if (nvipcfix_export_cache_fast_find(c, handle, base, size, check))
         return 1;
     struct nvipcfix_export_block found;
     if (!nvipcfix_export_cache_find_handle(c, handle, &found))

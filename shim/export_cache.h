@@ -23,6 +23,7 @@
 #define NVIPCFIX_EXPORT_CACHE_H
 
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -43,7 +44,25 @@ typedef int (*nvipcfix_export_live_fn)(void *arg, uint64_t base, uint64_t buffer
 #define NVIPCFIX_EXPORT_FAST_WAYS 4
 
 struct nvipcfix_export_entry;
-struct nvipcfix_export_slot;
+
+#define NVIPCFIX_EXPORT_KEY_WORDS (NVIPCFIX_HANDLE_BYTES / 8)
+
+/* One slot of the fast table: the handle's bytes as eight words, the block
+ * it names. seq is odd while a writer changes the slot; size 0 is a slot
+ * never used. Every word is atomic, so readers racing a writer are no data
+ * race; the sequence counter tells them. Without fences (ThreadSanitizer
+ * does not model them): the writer marks seq odd, then stores each word
+ * with release order, so a reader whose acquire load of a word sees a new
+ * value also sees seq changed when it reads it again (Boehm, "Can seqlocks
+ * get along with programming language memory models?", 2012). On x86
+ * acquire loads and release stores are plain moves. */
+struct nvipcfix_export_slot {
+    atomic_uint_least64_t seq;
+    atomic_uint_least64_t key[NVIPCFIX_EXPORT_KEY_WORDS];
+    atomic_uint_least64_t base;
+    atomic_uint_least64_t size;
+    atomic_uint_least64_t check; /* nvipcfix_tag_check_head of the handle */
+};
 
 struct nvipcfix_export_cache {
     /* NULL until the first block is recorded (allocated then, 384 KiB of
@@ -87,6 +106,57 @@ int nvipcfix_export_cache_get(struct nvipcfix_export_cache *c, uint64_t base,
 int nvipcfix_export_cache_base_of(struct nvipcfix_export_cache *c,
                                   const unsigned char handle[NVIPCFIX_HANDLE_BYTES],
                                   uint64_t *base, uint64_t *size, uint64_t *check);
+
+/* The first slot of the bucket of a handle (as words): the words that
+ * differ between the driver's handles of one process (bytes 16-31, the size
+ * and the place in the driver's chunk; 40-47, the object id) mixed, one
+ * multiplication. Any choice would be right (all eight words are compared);
+ * this one spreads the blocks of one process, packed small ones included. */
+static inline size_t nvipcfix_export_bucket(const uint64_t w[NVIPCFIX_EXPORT_KEY_WORDS])
+{
+    uint64_t x = (w[5] ^ (w[3] * UINT64_C(0xff51afd7ed558ccd)) ^ w[2]) *
+                 UINT64_C(0x9E3779B97F4A7C15);
+    return (size_t)(x >> 40) & (NVIPCFIX_EXPORT_FAST_SLOTS - 1) &
+           ~(size_t)(NVIPCFIX_EXPORT_FAST_WAYS - 1);
+}
+
+/* The fast table's half of nvipcfix_export_cache_base_of, inline for the
+ * export path: 1 and the block if a slot holds exactly these 64 bytes, 0
+ * otherwise (then ask nvipcfix_export_cache_base_of). Lock-free, writes
+ * nothing. */
+static inline int nvipcfix_export_cache_fast_find(struct nvipcfix_export_cache *c,
+                                                  const unsigned char handle[NVIPCFIX_HANDLE_BYTES],
+                                                  uint64_t *base, uint64_t *size, uint64_t *check)
+{
+    uint64_t w[NVIPCFIX_EXPORT_KEY_WORDS];
+    __builtin_memcpy(w, handle, sizeof w);
+    struct nvipcfix_export_slot *s = atomic_load_explicit(&c->fast, memory_order_acquire);
+    if (s == NULL)
+        return 0; /* nothing recorded yet */
+    s += nvipcfix_export_bucket(w);
+    for (int way = 0; way < NVIPCFIX_EXPORT_FAST_WAYS; way++, s++) {
+        uint64_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
+        /* bytes 40-47 first, the object id, which differs most */
+        if (atomic_load_explicit(&s->key[5], memory_order_acquire) != w[5])
+            continue;
+        uint64_t diff = seq & 1;
+#pragma GCC unroll 8
+        for (int i = 0; i < NVIPCFIX_EXPORT_KEY_WORDS; i++)
+            diff |= atomic_load_explicit(&s->key[i], memory_order_acquire) ^ w[i];
+        if (diff != 0)
+            continue;
+        uint64_t b = atomic_load_explicit(&s->base, memory_order_acquire);
+        uint64_t n = atomic_load_explicit(&s->size, memory_order_acquire);
+        uint64_t k = atomic_load_explicit(&s->check, memory_order_acquire);
+        if (n == 0 || atomic_load_explicit(&s->seq, memory_order_relaxed) != seq)
+            continue; /* never used, or changed while read: a miss */
+        *base = b;
+        *size = n;
+        *check = k;
+        return 1;
+    }
+    return 0;
+}
 
 /* Records the driver's handle of a block, replacing whatever was recorded
  * at that base or for that handle. The caller guarantees that the handle

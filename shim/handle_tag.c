@@ -54,11 +54,6 @@ uint16_t nvipcfix_tag_check_from(uint64_t head_state, uint64_t offset)
     return (uint16_t)(h ^ (h >> 16) ^ (h >> 32) ^ (h >> 48));
 }
 
-int nvipcfix_tail_is_zero(const unsigned char handle[NVIPCFIX_HANDLE_BYTES])
-{
-    return load64(handle + NVIPCFIX_TAIL_AT) == 0;
-}
-
 /* A guarded tag's check value is computed in its own domain (a bit of the
  * offset word above any offset), one per guarded style. */
 static const struct {
@@ -100,11 +95,6 @@ int nvipcfix_tag_encode_from(unsigned char handle[NVIPCFIX_HANDLE_BYTES], uint64
 int nvipcfix_tag_encode(unsigned char handle[NVIPCFIX_HANDLE_BYTES], uint64_t offset)
 {
     return nvipcfix_tag_encode_style(handle, offset, NVIPCFIX_TAG_PLAIN);
-}
-
-int nvipcfix_tag_can_guard(const unsigned char handle[NVIPCFIX_HANDLE_BYTES])
-{
-    return handle[32] == 0x06 && handle[NVIPCFIX_GUARD_BYTE] == 0xc1;
 }
 
 /* Nonzero when the check of a guarded tag of this style verifies; restored

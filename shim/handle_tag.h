@@ -56,8 +56,14 @@ uint16_t nvipcfix_tag_check(const unsigned char head[NVIPCFIX_TAIL_AT], uint64_t
 uint64_t nvipcfix_tag_check_head(const unsigned char head[NVIPCFIX_TAIL_AT]);
 uint16_t nvipcfix_tag_check_from(uint64_t head_state, uint64_t offset);
 
-/* Nonzero when bytes 56-63 are all zero, i.e. free for a tag. */
-int nvipcfix_tail_is_zero(const unsigned char handle[NVIPCFIX_HANDLE_BYTES]);
+/* Nonzero when bytes 56-63 are all zero, i.e. free for a tag (inline: the
+ * export path asks it on every call). */
+static inline int nvipcfix_tail_is_zero(const unsigned char handle[NVIPCFIX_HANDLE_BYTES])
+{
+    uint64_t tail;
+    __builtin_memcpy(&tail, handle + NVIPCFIX_TAIL_AT, sizeof tail);
+    return tail == 0;
+}
 
 /* Writes a plain tag for offset into a handle whose tail is zero.
  * Returns 0, or -1 (handle unchanged) if the tail is not zero or the offset
@@ -76,7 +82,10 @@ int nvipcfix_tag_encode_from(unsigned char handle[NVIPCFIX_HANDLE_BYTES], uint64
  * (type byte 0x06 at 32, a client handle 0xc1xxxxxx in bytes 48-51), so
  * that a guarded tag is known to be refused by a driver without nvipcfix
  * and never to name another client. */
-int nvipcfix_tag_can_guard(const unsigned char handle[NVIPCFIX_HANDLE_BYTES]);
+static inline int nvipcfix_tag_can_guard(const unsigned char handle[NVIPCFIX_HANDLE_BYTES])
+{
+    return handle[32] == 0x06 && handle[NVIPCFIX_GUARD_BYTE] == 0xc1;
+}
 
 /* Classifies a handle. For NVIPCFIX_TAG_OURS, *offset gets the offset and
  * native (if not NULL) the handle as the driver wrote it (tail zeroed, a

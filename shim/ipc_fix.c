@@ -197,19 +197,25 @@ static inline int resolve_block(struct nvipcfix_fix *fix, CUdeviceptr ptr,
                                 unsigned char handle[NVIPCFIX_HANDLE_BYTES], uint64_t *base,
                                 uint64_t *size, uint64_t *check)
 {
-    if (nvipcfix_export_cache_base_of(&fix->exports, handle, base, size, check) &&
-        ptr >= *base && ptr - *base < *size)
+    if (__builtin_expect(
+            nvipcfix_export_cache_fast_find(&fix->exports, handle, base, size, check), 1) &&
+        ptr - *base < *size && ptr >= *base)
         return 0;
     return resolve_miss(fix, ptr, handle, base, size, check);
 }
 
-/* Kept out of line: the hit path above stays small. */
+/* Kept out of line: the hit path above stays small. The complete record
+ * first (a slot of the fast table may have been replaced), then the
+ * driver. */
 __attribute__((noinline)) static int resolve_miss(struct nvipcfix_fix *fix, CUdeviceptr ptr,
                                                   unsigned char handle[NVIPCFIX_HANDLE_BYTES],
                                                   uint64_t *base, uint64_t *size,
                                                   uint64_t *check)
 {
     const struct nvipcfix_driver *d = fix->driver;
+    if (nvipcfix_export_cache_base_of(&fix->exports, handle, base, size, check) &&
+        ptr >= *base && ptr - *base < *size)
+        return 0;
     for (int i = 0; i < EXPORT_TRIES; i++) {
         struct nvipcfix_export_block blk, again;
         CUipcMemHandle h;
@@ -255,22 +261,40 @@ static int export_vmm_again(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CU
     return 1;
 }
 
-static CUresult export_fixed(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CUdeviceptr ptr);
 static CUresult export_audit(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CUdeviceptr ptr);
+static inline CUresult export_fixed(struct nvipcfix_fix *fix, CUipcMemHandle *handle,
+                                    CUdeviceptr ptr);
 
-CUresult nvipcfix_export(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CUdeviceptr ptr)
+/* The export in other modes than fix, or with VMM exports on, or when the
+ * driver refused (out of line: the common case below stays small). */
+__attribute__((noinline)) static CUresult export_other(struct nvipcfix_fix *fix,
+                                                      CUipcMemHandle *handle, CUdeviceptr ptr,
+                                                      CUresult fixed)
 {
-    NVIPCFIX_STAT_ADD(&fix->stats, exports);
     if (fix->config.mode == NVIPCFIX_MODE_OFF || handle == NULL)
         return native_export(fix, handle, ptr);
     if (fix->config.mode == NVIPCFIX_MODE_AUDIT)
         return export_audit(fix, handle, ptr);
-    if (fix->config.vmm && export_vmm_again(fix, handle, ptr))
-        return CUDA_SUCCESS;
+    if (fixed == CUDA_SUCCESS) { /* not tried yet: VMM exports are on */
+        if (export_vmm_again(fix, handle, ptr))
+            return CUDA_SUCCESS;
+        fixed = export_fixed(fix, handle, ptr);
+    }
+    if (fixed == CUDA_ERROR_INVALID_VALUE)
+        fixed = export_vmm(fix, handle, ptr, fixed);
+    return counted(fix, fixed);
+}
+
+CUresult nvipcfix_export(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CUdeviceptr ptr)
+{
+    NVIPCFIX_STAT_ADD(&fix->stats, exports);
+    if (__builtin_expect(fix->config.mode != NVIPCFIX_MODE_FIX || handle == NULL ||
+                             fix->config.vmm, 0))
+        return export_other(fix, handle, ptr, CUDA_SUCCESS);
     CUresult r = export_fixed(fix, handle, ptr);
-    if (r == CUDA_ERROR_INVALID_VALUE)
-        r = export_vmm(fix, handle, ptr, r);
-    return counted(fix, r);
+    if (__builtin_expect(r != CUDA_SUCCESS, 0))
+        return export_other(fix, handle, ptr, r);
+    return r;
 }
 
 /* Audit mode: the native call, and a record of interior exports. */
@@ -302,15 +326,36 @@ static CUresult export_audit(struct nvipcfix_fix *fix, CUipcMemHandle *handle, C
     return r;
 }
 
+/* Why a tag could not be written (nvipcfix_tag_encode_from refused):
+ * said once per cause; the handle stays the driver's. */
+__attribute__((noinline, cold)) static void warn_untagged(const unsigned char *bytes,
+                                                         uint64_t offset)
+{
+    if (!nvipcfix_tail_is_zero(bytes))
+        NVIPCFIX_WARN_ONCE("this driver writes bytes 56-63 of IPC handles, where nvipcfix "
+                           "carries offsets; interior pointers are exported natively "
+                           "(receivers will get the block base)");
+    else if (offset > NVIPCFIX_MAX_OFFSET)
+        NVIPCFIX_WARN_ONCE("offset %llu is too large to carry in a handle; exported natively",
+                           (ull)offset);
+}
+
+__attribute__((noinline, cold)) static void warn_unguarded(void)
+{
+    NVIPCFIX_WARN_ONCE("this driver's IPC handles do not have the layout nvipcfix knows; "
+                       "tags are plain, so a receiver without nvipcfix would open the "
+                       "block base instead of failing");
+}
+
 /* Fix mode: the driver's handle of ptr, which is its block's; tagged with
  * the offset when ptr is not the block's base. Errors are not counted here
  * (the caller counts what it returns). */
-static CUresult export_fixed(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CUdeviceptr ptr)
+static inline CUresult export_fixed(struct nvipcfix_fix *fix, CUipcMemHandle *handle,
+                                    CUdeviceptr ptr)
 {
-    const struct nvipcfix_driver *d = fix->driver;
     unsigned char *bytes = (unsigned char *)handle->reserved;
     uint64_t base, size, check;
-    CUresult r = d->ipc_get_mem_handle(handle, ptr);
+    CUresult r = fix->driver->ipc_get_mem_handle(handle, ptr);
     if (r != CUDA_SUCCESS || resolve_block(fix, ptr, bytes, &base, &size, &check) != 0)
         return r; /* the driver's answer: its error, or its handle of ptr */
     uint64_t offset = ptr - base;
@@ -319,29 +364,21 @@ static CUresult export_fixed(struct nvipcfix_fix *fix, CUipcMemHandle *handle, C
         NVIPCFIX_DEBUG("export of block base 0x%llx: native handle", (ull)ptr);
         return CUDA_SUCCESS;
     }
-    if (!nvipcfix_tail_is_zero(bytes)) {
-        NVIPCFIX_WARN_ONCE("this driver writes bytes 56-63 of IPC handles, where nvipcfix "
-                           "carries offsets; interior pointers are exported natively "
-                           "(receivers will get the block base)");
-        return r; /* the driver's handle */
-    }
-    if (offset > NVIPCFIX_MAX_OFFSET) {
-        NVIPCFIX_WARN_ONCE("offset %llu is too large to carry in a handle; exported natively",
-                           (ull)offset);
-        return r;
-    }
     /* A guarded tag, which a driver without nvipcfix refuses, where the
      * handle has the layout measured on real drivers; else a plain one. */
     enum nvipcfix_tag_style style = NVIPCFIX_TAG_PLAIN;
     if (!fix->config.plain_tags) {
-        if (nvipcfix_tag_can_guard(bytes))
+        if (__builtin_expect(nvipcfix_tag_can_guard(bytes), 1))
             style = NVIPCFIX_TAG_GUARDED;
         else
-            NVIPCFIX_WARN_ONCE("this driver's IPC handles do not have the layout nvipcfix knows; "
-                               "tags are plain, so a receiver without nvipcfix would open the "
-                               "block base instead of failing");
+            warn_unguarded();
     }
-    nvipcfix_tag_encode_from(bytes, check, offset, style);
+    /* Refused, handle unchanged, when the driver wrote the tail or the
+     * offset does not fit. */
+    if (nvipcfix_tag_encode_from(bytes, check, offset, style) != 0) {
+        warn_untagged(bytes, offset);
+        return r; /* the driver's handle */
+    }
     NVIPCFIX_STAT_ADD(&fix->stats, exports_tagged);
     NVIPCFIX_DEBUG("export of 0x%llx: block 0x%llx + %llu, tagged", (ull)ptr, (ull)base,
                    (ull)offset);

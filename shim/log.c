@@ -8,7 +8,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-static atomic_int log_level = NVIPCFIX_LOG_WARN;
+atomic_int nvipcfix_log_level_now = NVIPCFIX_LOG_WARN;
 static atomic_int log_fd = STDERR_FILENO;
 
 static const char *const level_names[] = {"error", "warning", "info", "debug"};
@@ -171,7 +171,7 @@ static int open_regular(char *path, const char **why)
 
 int nvipcfix_log_open(enum nvipcfix_log_level level, const char *path)
 {
-    atomic_store(&log_level, (int)level);
+    atomic_store(&nvipcfix_log_level_now, (int)level);
     if (path == NULL || path[0] == '\0')
         return 0;
 
@@ -200,12 +200,7 @@ void nvipcfix_log_close(void)
     int old = atomic_exchange(&log_fd, STDERR_FILENO);
     if (old != STDERR_FILENO)
         close(old);
-    atomic_store(&log_level, NVIPCFIX_LOG_WARN);
-}
-
-int nvipcfix_log_enabled(enum nvipcfix_log_level level)
-{
-    return (int)level <= atomic_load_explicit(&log_level, memory_order_relaxed);
+    atomic_store(&nvipcfix_log_level_now, NVIPCFIX_LOG_WARN);
 }
 
 /* Copies src into dst (room for n bytes), writing control characters

@@ -35,7 +35,14 @@ void nvipcfix_log_remember_stderr(void);
  * level warn. */
 void nvipcfix_log_close(void);
 
-int nvipcfix_log_enabled(enum nvipcfix_log_level level);
+/* The level in force (set by nvipcfix_log_open); read inline, so that a
+ * debug line on a hot path costs one load when it is off. */
+extern atomic_int nvipcfix_log_level_now;
+
+static inline int nvipcfix_log_enabled(enum nvipcfix_log_level level)
+{
+    return (int)level <= atomic_load_explicit(&nvipcfix_log_level_now, memory_order_relaxed);
+}
 
 /* Copies src to dst (n bytes of room, always terminated) with control
  * characters written as \xNN; every logged line goes through it. Returns
