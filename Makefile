@@ -38,6 +38,7 @@ TEST_COMMON := tests/common/test_process.h tests/common/sim_driver_table.h tests
 UNIT_BIN  := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 INTEG_BIN := $(BUILD)/tests/legacy_ipc $(BUILD)/tests/rtld_next $(BUILD)/tests/ipc_stress \
              $(BUILD)/tests/ipc_faults $(BUILD)/tests/no_driver $(BUILD)/tests/libother_preload.so \
+             $(BUILD)/tests/libfailing_calloc.so \
              $(BUILD)/tests/fork_safety $(BUILD)/tests/libgpu_share.so $(BUILD)/tests/quota_probe \
              $(BUILD)/tests/libcuda_proxy.so $(BUILD)/tests/vmm_ipc $(BUILD)/tests/entry_owner
 
@@ -77,12 +78,14 @@ $(BUILD)/obj/preload/%.o: preload/%.c $(SHIM_HDR) $(wildcard preload/*.h) VERSIO
 # start-up of /bin/true: docs/performance.md). Lazily, a process pays the
 # look-up of a function the first time it calls it. RELRO still covers the
 # pointers bound at load (.got, .data.rel.ro); make LIB_BIND=now restores
-# full RELRO for whoever prefers it to the start-up time. LIB_LDFLAGS adds
-# link flags to the library alone (-Wl,-z,noseparate-code: two segments
-# instead of four, about 1.5 points less start-up on the CPU machine, at
-# the price of headers and read-only data mapped executable).
+# full RELRO for whoever prefers it to the start-up time. Segments: two
+# (-z noseparate-code: code, read-only data and headers in one executable
+# mapping, then the writable one) instead of four; every process maps the
+# library, and each mapping costs at start-up (about 2 points of /bin/true's
+# start-up on the CPU machine, 0.8 on the H200: docs/performance.md), at the
+# price of read-only data mapped executable. make LIB_LDFLAGS= restores four.
 LIB_BIND  ?= lazy
-LIB_LDFLAGS ?=
+LIB_LDFLAGS ?= -Wl,-z,noseparate-code
 $(LIB): $(SHIM_OBJ) $(PRELOAD_OBJ) $(PRELOAD_ASM)
 	@mkdir -p $(@D)
 	$(call say,LD,$@)$(CC) $(LIB_CFLAGS) -shared -Wl,-soname,libnvipcfix.so -Wl,-z,$(LIB_BIND) \
@@ -187,6 +190,10 @@ $(BUILD)/tests/no_driver: tests/reliability/no_driver.c
 	$(call say,CC,$@)$(CC) $(CFLAGS) -o $@ $< -ldl
 
 $(BUILD)/tests/libother_preload.so: tests/reliability/other_preload.c
+	@mkdir -p $(@D)
+	$(call say,CC,$@)$(CC) $(CFLAGS) -shared -o $@ $< -ldl
+
+$(BUILD)/tests/libfailing_calloc.so: tests/reliability/failing_calloc.c
 	@mkdir -p $(@D)
 	$(call say,CC,$@)$(CC) $(CFLAGS) -shared -o $@ $< -ldl
 

@@ -13,45 +13,18 @@ static uint64_t load64(const unsigned char *p)
     return v;
 }
 
-static void store64(unsigned char *p, uint64_t v)
-{
-#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    v = __builtin_bswap64(v);
-#endif
-    memcpy(p, &v, sizeof v);
-}
-
-static uint64_t mix(uint64_t h, uint64_t v)
-{
-    h ^= v;
-    h *= UINT64_C(0x9E3779B97F4A7C15);
-    return h ^ (h >> 31);
-}
-
 uint64_t nvipcfix_tag_check_head(const unsigned char head[NVIPCFIX_TAIL_AT])
 {
     /* Domain constant: "nvipcfx1". */
     uint64_t h = UINT64_C(0x6e76697063667831);
     for (int i = 0; i < NVIPCFIX_TAIL_AT; i += 8)
-        h = mix(h, load64(head + i));
+        h = nvipcfix_tag_mix(h, load64(head + i));
     return h;
 }
 
 uint16_t nvipcfix_tag_check(const unsigned char head[NVIPCFIX_TAIL_AT], uint64_t offset)
 {
     return nvipcfix_tag_check_from(nvipcfix_tag_check_head(head), offset);
-}
-
-uint16_t nvipcfix_tag_check_from(uint64_t head_state, uint64_t offset)
-{
-    uint64_t h = mix(head_state, offset);
-    /* Final avalanche (splitmix64's), then fold to 16 bits. */
-    h ^= h >> 30;
-    h *= UINT64_C(0xBF58476D1CE4E5B9);
-    h ^= h >> 27;
-    h *= UINT64_C(0x94D049BB133111EB);
-    h ^= h >> 31;
-    return (uint16_t)(h ^ (h >> 16) ^ (h >> 32) ^ (h >> 48));
 }
 
 /* A guarded tag's check value is computed in its own domain (a bit of the
@@ -61,8 +34,8 @@ static const struct {
     uint64_t domain;
 } guards[] = {
     [NVIPCFIX_TAG_PLAIN] = {-1, 0},
-    [NVIPCFIX_TAG_GUARDED] = {NVIPCFIX_GUARD_BYTE, UINT64_C(1) << 62},
-    [NVIPCFIX_TAG_GUARDED_CHUNK] = {NVIPCFIX_CHUNK_GUARD_BYTE, UINT64_C(1) << 63},
+    [NVIPCFIX_TAG_GUARDED] = {NVIPCFIX_GUARD_BYTE, NVIPCFIX_GUARD_DOMAIN},
+    [NVIPCFIX_TAG_GUARDED_CHUNK] = {NVIPCFIX_CHUNK_GUARD_BYTE, NVIPCFIX_CHUNK_GUARD_DOMAIN},
 };
 
 int nvipcfix_tag_guard_byte(enum nvipcfix_tag_style style)
@@ -74,22 +47,6 @@ int nvipcfix_tag_encode_style(unsigned char handle[NVIPCFIX_HANDLE_BYTES], uint6
                               enum nvipcfix_tag_style style)
 {
     return nvipcfix_tag_encode_from(handle, nvipcfix_tag_check_head(handle), offset, style);
-}
-
-int nvipcfix_tag_encode_from(unsigned char handle[NVIPCFIX_HANDLE_BYTES], uint64_t head_state,
-                             uint64_t offset, enum nvipcfix_tag_style style)
-{
-    if (offset == 0 || offset > NVIPCFIX_MAX_OFFSET || !nvipcfix_tail_is_zero(handle) ||
-        (unsigned)style >= sizeof guards / sizeof guards[0])
-        return -1;
-    int byte = guards[style].byte;
-    uint64_t tail = offset | (byte >= 0 ? NVIPCFIX_GUARD_FLAG : 0) |
-                    ((uint64_t)nvipcfix_tag_check_from(head_state, offset | guards[style].domain)
-                     << 48);
-    store64(handle + NVIPCFIX_TAIL_AT, tail);
-    if (byte >= 0)
-        handle[byte] ^= NVIPCFIX_GUARD_MASK;
-    return 0;
 }
 
 int nvipcfix_tag_encode(unsigned char handle[NVIPCFIX_HANDLE_BYTES], uint64_t offset)

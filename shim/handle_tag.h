@@ -30,6 +30,10 @@
 #define NVIPCFIX_GUARD_BYTE 51       /* top byte of the client handle */
 #define NVIPCFIX_CHUNK_GUARD_BYTE 27 /* top byte of the chunk size (nvipcfix 0.2) */
 #define NVIPCFIX_GUARD_MASK 0x80u
+/* A guarded tag's check is computed in its own domain: a bit of the offset
+ * word above any offset, one per guarded style. */
+#define NVIPCFIX_GUARD_DOMAIN (UINT64_C(1) << 62)
+#define NVIPCFIX_CHUNK_GUARD_DOMAIN (UINT64_C(1) << 63)
 
 enum nvipcfix_tag_style {
     NVIPCFIX_TAG_PLAIN = 0,   /* bytes 0-55 untouched */
@@ -54,7 +58,27 @@ uint16_t nvipcfix_tag_check(const unsigned char head[NVIPCFIX_TAIL_AT], uint64_t
  * of the handle alone, which the export cache keeps beside each handle),
  * then the check for an offset from that state. */
 uint64_t nvipcfix_tag_check_head(const unsigned char head[NVIPCFIX_TAIL_AT]);
-uint16_t nvipcfix_tag_check_from(uint64_t head_state, uint64_t offset);
+
+/* One step of the check: a word mixed into the state. */
+static inline uint64_t nvipcfix_tag_mix(uint64_t h, uint64_t v)
+{
+    h ^= v;
+    h *= UINT64_C(0x9E3779B97F4A7C15);
+    return h ^ (h >> 31);
+}
+
+/* Inline: the export path computes it on every interior export. */
+static inline uint16_t nvipcfix_tag_check_from(uint64_t head_state, uint64_t offset)
+{
+    uint64_t h = nvipcfix_tag_mix(head_state, offset);
+    /* Final avalanche (splitmix64's), then fold to 16 bits. */
+    h ^= h >> 30;
+    h *= UINT64_C(0xBF58476D1CE4E5B9);
+    h ^= h >> 27;
+    h *= UINT64_C(0x94D049BB133111EB);
+    h ^= h >> 31;
+    return (uint16_t)(h ^ (h >> 16) ^ (h >> 32) ^ (h >> 48));
+}
 
 /* Nonzero when bytes 56-63 are all zero, i.e. free for a tag (inline: the
  * export path asks it on every call). */
@@ -74,9 +98,35 @@ int nvipcfix_tag_encode(unsigned char handle[NVIPCFIX_HANDLE_BYTES], uint64_t of
 int nvipcfix_tag_encode_style(unsigned char handle[NVIPCFIX_HANDLE_BYTES], uint64_t offset,
                               enum nvipcfix_tag_style style);
 
-/* The same, given nvipcfix_tag_check_head(handle) already computed. */
-int nvipcfix_tag_encode_from(unsigned char handle[NVIPCFIX_HANDLE_BYTES], uint64_t head_state,
-                             uint64_t offset, enum nvipcfix_tag_style style);
+/* The same, given nvipcfix_tag_check_head(handle) already computed
+ * (inline: the export path's). */
+static inline int nvipcfix_tag_encode_from(unsigned char handle[NVIPCFIX_HANDLE_BYTES],
+                                           uint64_t head_state, uint64_t offset,
+                                           enum nvipcfix_tag_style style)
+{
+    int byte;
+    uint64_t domain;
+    switch (style) {
+    case NVIPCFIX_TAG_PLAIN: byte = -1; domain = 0; break;
+    case NVIPCFIX_TAG_GUARDED: byte = NVIPCFIX_GUARD_BYTE; domain = NVIPCFIX_GUARD_DOMAIN; break;
+    case NVIPCFIX_TAG_GUARDED_CHUNK:
+        byte = NVIPCFIX_CHUNK_GUARD_BYTE;
+        domain = NVIPCFIX_CHUNK_GUARD_DOMAIN;
+        break;
+    default: return -1;
+    }
+    if (offset == 0 || offset > NVIPCFIX_MAX_OFFSET || !nvipcfix_tail_is_zero(handle))
+        return -1;
+    uint64_t tail = offset | (byte >= 0 ? NVIPCFIX_GUARD_FLAG : 0) |
+                    ((uint64_t)nvipcfix_tag_check_from(head_state, offset | domain) << 48);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    tail = __builtin_bswap64(tail);
+#endif
+    __builtin_memcpy(handle + NVIPCFIX_TAIL_AT, &tail, sizeof tail);
+    if (byte >= 0)
+        handle[byte] ^= NVIPCFIX_GUARD_MASK;
+    return 0;
+}
 
 /* Nonzero when a driver's handle has the layout measured on real drivers
  * (type byte 0x06 at 32, a client handle 0xc1xxxxxx in bytes 48-51), so

@@ -193,9 +193,9 @@ static int resolve_miss(struct nvipcfix_fix *fix, CUdeviceptr ptr,
 
 /* *check: the tag check's state after the handle's bytes 0-55 (kept in the
  * cache, so that a tag costs the offset's part only). */
-static inline int resolve_block(struct nvipcfix_fix *fix, CUdeviceptr ptr,
-                                unsigned char handle[NVIPCFIX_HANDLE_BYTES], uint64_t *base,
-                                uint64_t *size, uint64_t *check)
+static inline __attribute__((always_inline)) int
+resolve_block(struct nvipcfix_fix *fix, CUdeviceptr ptr, unsigned char handle[NVIPCFIX_HANDLE_BYTES],
+              uint64_t *base, uint64_t *size, uint64_t *check)
 {
     if (__builtin_expect(
             nvipcfix_export_cache_fast_find(&fix->exports, handle, base, size, check), 1) &&
@@ -262,8 +262,8 @@ static int export_vmm_again(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CU
 }
 
 static CUresult export_audit(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CUdeviceptr ptr);
-static inline CUresult export_fixed(struct nvipcfix_fix *fix, CUipcMemHandle *handle,
-                                    CUdeviceptr ptr);
+static inline __attribute__((always_inline)) CUresult
+export_fixed(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CUdeviceptr ptr);
 
 /* The export in other modes than fix, or with VMM exports on, or when the
  * driver refused (out of line: the common case below stays small). */
@@ -350,8 +350,8 @@ __attribute__((noinline, cold)) static void warn_unguarded(void)
 /* Fix mode: the driver's handle of ptr, which is its block's; tagged with
  * the offset when ptr is not the block's base. Errors are not counted here
  * (the caller counts what it returns). */
-static inline CUresult export_fixed(struct nvipcfix_fix *fix, CUipcMemHandle *handle,
-                                    CUdeviceptr ptr)
+static inline __attribute__((always_inline)) CUresult
+export_fixed(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CUdeviceptr ptr)
 {
     unsigned char *bytes = (unsigned char *)handle->reserved;
     uint64_t base, size, check;

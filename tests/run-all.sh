@@ -412,6 +412,17 @@ expect_in err "audit: this process exported no interior pointer: not affected"
 expect_in err "stats: exports=10 (with offset 8)"
 [ "$(grep -c 'audit: this process' "$OUT/err")" -eq 2 ] || { ok=0; why="not one verdict per process"; }
 done_case
+if [ -n "$SAN_PRE" ]; then
+    skip "out of memory at set-up: every call native, one warning" \
+        "the sanitizer's calloc comes first in the preload order"
+else
+    PRE="$T/libfailing_calloc.so $LIB" check "out of memory at set-up: every call native, one warning" 1 \
+        -- "$T/legacy_ipc"
+    expect_in out "right 1, wrong 9, failed 0;"
+    [ "$(grep -c 'warning: out of memory when setting up; IPC calls go to the driver unchanged' "$OUT/err")" -eq 2 ] ||
+        { ok=0; why="not one warning per process"; }
+    done_case
+fi
 PRE=$LIB check "mappings still open at exit: counted in the stats line, reported at info" 0 \
     NVIPCFIX_STATS=1 NVIPCFIX_LOG=info -- "$T/ipc_faults" --leave-open
 expect_in out "2 blocks held at exit"
