@@ -112,12 +112,16 @@ int nvipcfix_export_cache_base_of(struct nvipcfix_export_cache *c,
  * and the place in the driver's chunk; 40-47, the object id) mixed, one
  * multiplication. Any choice would be right (all eight words are compared);
  * this one spreads the blocks of one process, packed small ones included. */
-static inline size_t nvipcfix_export_bucket(const uint64_t w[NVIPCFIX_EXPORT_KEY_WORDS])
+static inline size_t nvipcfix_export_bucket_of(uint64_t w2, uint64_t w3, uint64_t w5)
 {
-    uint64_t x = (w[5] ^ (w[3] * UINT64_C(0xff51afd7ed558ccd)) ^ w[2]) *
-                 UINT64_C(0x9E3779B97F4A7C15);
+    uint64_t x = (w5 ^ (w3 * UINT64_C(0xff51afd7ed558ccd)) ^ w2) * UINT64_C(0x9E3779B97F4A7C15);
     return (size_t)(x >> 40) & (NVIPCFIX_EXPORT_FAST_SLOTS - 1) &
            ~(size_t)(NVIPCFIX_EXPORT_FAST_WAYS - 1);
+}
+
+static inline size_t nvipcfix_export_bucket(const uint64_t w[NVIPCFIX_EXPORT_KEY_WORDS])
+{
+    return nvipcfix_export_bucket_of(w[2], w[3], w[5]);
 }
 
 /* The fast table's half of nvipcfix_export_cache_base_of, inline for the
@@ -128,21 +132,28 @@ static inline int nvipcfix_export_cache_fast_find(struct nvipcfix_export_cache *
                                                   const unsigned char handle[NVIPCFIX_HANDLE_BYTES],
                                                   uint64_t *base, uint64_t *size, uint64_t *check)
 {
-    uint64_t w[NVIPCFIX_EXPORT_KEY_WORDS];
-    __builtin_memcpy(w, handle, sizeof w);
+    /* The handle's words read where they are (no copy). */
+#define NVIPCFIX_HANDLE_WORD_(i)                                              \
+    __extension__({                                                          \
+        uint64_t v_;                                                         \
+        __builtin_memcpy(&v_, handle + 8 * (i), sizeof v_);                  \
+        v_;                                                                  \
+    })
     struct nvipcfix_export_slot *s = atomic_load_explicit(&c->fast, memory_order_acquire);
     if (s == NULL)
         return 0; /* nothing recorded yet */
-    s += nvipcfix_export_bucket(w);
+    uint64_t w5 = NVIPCFIX_HANDLE_WORD_(5);
+    s += nvipcfix_export_bucket_of(NVIPCFIX_HANDLE_WORD_(2), NVIPCFIX_HANDLE_WORD_(3), w5);
     for (int way = 0; way < NVIPCFIX_EXPORT_FAST_WAYS; way++, s++) {
         uint64_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
         /* bytes 40-47 first, the object id, which differs most */
-        if (atomic_load_explicit(&s->key[5], memory_order_acquire) != w[5])
+        if (atomic_load_explicit(&s->key[5], memory_order_acquire) != w5)
             continue;
         uint64_t diff = seq & 1;
 #pragma GCC unroll 8
         for (int i = 0; i < NVIPCFIX_EXPORT_KEY_WORDS; i++)
-            diff |= atomic_load_explicit(&s->key[i], memory_order_acquire) ^ w[i];
+            diff |= atomic_load_explicit(&s->key[i], memory_order_acquire) ^
+                    NVIPCFIX_HANDLE_WORD_(i);
         if (diff != 0)
             continue;
         uint64_t b = atomic_load_explicit(&s->base, memory_order_acquire);
@@ -156,6 +167,7 @@ static inline int nvipcfix_export_cache_fast_find(struct nvipcfix_export_cache *
         return 1;
     }
     return 0;
+#undef NVIPCFIX_HANDLE_WORD_
 }
 
 /* Records the driver's handle of a block, replacing whatever was recorded
