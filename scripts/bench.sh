@@ -66,7 +66,7 @@ echo
 # fork(): ROUNDS rounds, each a native run and an nvipcfix run of FORKS forks
 # (which goes first alternating); a round's ratio is the ratio of the two
 # medians; the median of the rounds' ratios and their range.
-if [ $quick = 1 ]; then rounds=3 forks=100; else rounds=9 forks=150; fi
+if [ $quick = 1 ]; then rounds=3 forks=100; else rounds=15 forks=300; fi
 echo "## fork() in the parent while 8 threads are busy in IPC calls ($rounds rounds of $forks forks a side, us)"
 echo
 echo "| round | native median | nvipcfix median | ratio |"
@@ -88,7 +88,7 @@ while [ $r -le $rounds ]; do
     r=$((r + 1))
 done
 # column $1 of a file of numbers: median, the middle half's ends (the 3rd
-# and 7th of 9), the lowest and the highest
+# and 7th of 9, the 4th and 12th of 15), the lowest and the highest
 stat_of() { sort -n -k"$1","$1" "$2" | awk -v c="$1" '{ v[NR] = $c } END {
     if (NR == 0) exit; m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
     q = int((NR - 1) / 4); printf "%s %s %s %s %s\n", m, v[1 + q], v[NR - q], v[1], v[NR] }'; }
