@@ -2,6 +2,7 @@
  * hooks that hand them out in place of the driver's own. Above the fix's
  * instance (library.c) and the real driver (real_driver.c); below the dlsym
  * hook and the load-order check, which use hooks.h. */
+#include <stdatomic.h>
 #include <string.h>
 
 #include "export.h"
@@ -75,6 +76,71 @@ NVIPCFIX_EXPORT CUresult cuIpcCloseMemHandle(CUdeviceptr dptr)
     return nvipcfix_close(fix, dptr);
 }
 
+/* ---- VMM mappings, counted ---------------------------------------------
+ * cuMemMap, cuMemUnmap, cuMemSetAccess and cuMemAddressFree: the driver's
+ * call and its answer, with the mapping generation moved on before it and
+ * again after it. A repeated export of a reservation's start reuses its
+ * walk only while the generation stands still (shim/vmm_share.c), so no
+ * walk is reused that was made before a change, or while one was in
+ * progress: the first move puts every walk made before out of date, the
+ * second every walk made while the driver was changing the mapping.
+ * Nothing else: no set-up of the fix (these run in every process that
+ * maps VMM memory, most of which never make an IPC call), no lock, no log
+ * unless the driver lacks the function. */
+static inline void mappings_change(void)
+{
+    atomic_fetch_add_explicit(&nvipcfix_map_generation, 1, memory_order_acq_rel);
+}
+
+NVIPCFIX_EXPORT CUresult cuMemMap(CUdeviceptr ptr, size_t size, size_t offset,
+                                  CUmemGenericAllocationHandle handle, unsigned long long flags)
+{
+    const struct nvipcfix_driver *d = &nvipcfix_real_driver()->ops;
+    if (d->mem_map == NULL)
+        return no_driver();
+    mappings_change();
+    CUresult r = d->mem_map(ptr, size, offset, handle, flags);
+    mappings_change();
+    return r;
+}
+
+NVIPCFIX_EXPORT CUresult cuMemUnmap(CUdeviceptr ptr, size_t size)
+{
+    const struct nvipcfix_driver *d = &nvipcfix_real_driver()->ops;
+    if (d->mem_unmap == NULL)
+        return no_driver();
+    mappings_change();
+    CUresult r = d->mem_unmap(ptr, size);
+    mappings_change();
+    return r;
+}
+
+/* A chunk is found by its range only once access is granted (as measured:
+ * cuMemGetAddressRange fails before), so access changes what a walk sees. */
+NVIPCFIX_EXPORT CUresult cuMemSetAccess(CUdeviceptr ptr, size_t size,
+                                        const CUmemAccessDesc *desc, size_t count)
+{
+    const struct nvipcfix_driver *d = &nvipcfix_real_driver()->ops;
+    if (d->mem_set_access == NULL)
+        return no_driver();
+    mappings_change();
+    CUresult r = d->mem_set_access(ptr, size, desc, count);
+    mappings_change();
+    return r;
+}
+
+/* The driver's documentation does not say a range must be unmapped first. */
+NVIPCFIX_EXPORT CUresult cuMemAddressFree(CUdeviceptr ptr, size_t size)
+{
+    const struct nvipcfix_driver *d = &nvipcfix_real_driver()->ops;
+    if (d->mem_address_free == NULL)
+        return no_driver();
+    mappings_change();
+    CUresult r = d->mem_address_free(ptr, size);
+    mappings_change();
+    return r;
+}
+
 NVIPCFIX_EXPORT CUresult cuGetProcAddress(const char *symbol, void **pfn, int cudaVersion,
                                           cuuint64_t flags)
 {
@@ -119,6 +185,10 @@ static const struct wrapped wrapped[] = {
     {"cuIpcCloseMemHandle", (void *)cuIpcCloseMemHandle, NULL, 0},
     {"cuGetProcAddress", (void *)cuGetProcAddress, (void *)cuGetProcAddress_v2, 12000},
     {"cuGetProcAddress_v2", (void *)cuGetProcAddress_v2, NULL, 0},
+    {"cuMemMap", (void *)cuMemMap, NULL, 0},
+    {"cuMemUnmap", (void *)cuMemUnmap, NULL, 0},
+    {"cuMemSetAccess", (void *)cuMemSetAccess, NULL, 0},
+    {"cuMemAddressFree", (void *)cuMemAddressFree, NULL, 0},
 };
 
 NVIPCFIX_UNINSTRUMENTED static const struct wrapped *find_wrapped(const char *name)
@@ -163,3 +233,9 @@ OWN(nvipcfix_own_ipc_get_mem_handle, cuIpcGetMemHandle);
 OWN(nvipcfix_own_ipc_open_mem_handle, cuIpcOpenMemHandle);
 OWN(nvipcfix_own_ipc_open_mem_handle_v2, cuIpcOpenMemHandle_v2);
 OWN(nvipcfix_own_ipc_close_mem_handle, cuIpcCloseMemHandle);
+OWN(nvipcfix_own_get_proc_address, cuGetProcAddress);
+OWN(nvipcfix_own_get_proc_address_v2, cuGetProcAddress_v2);
+OWN(nvipcfix_own_mem_map, cuMemMap);
+OWN(nvipcfix_own_mem_unmap, cuMemUnmap);
+OWN(nvipcfix_own_mem_set_access, cuMemSetAccess);
+OWN(nvipcfix_own_mem_address_free, cuMemAddressFree);

@@ -24,5 +24,16 @@ CUresult nvipcfix_own_ipc_open_mem_handle(CUdeviceptr *pdptr, CUipcMemHandle han
 CUresult nvipcfix_own_ipc_open_mem_handle_v2(CUdeviceptr *pdptr, CUipcMemHandle handle,
                                              unsigned int Flags);
 CUresult nvipcfix_own_ipc_close_mem_handle(CUdeviceptr dptr);
+CUresult nvipcfix_own_get_proc_address(const char *symbol, void **pfn, int cudaVersion,
+                                       cuuint64_t flags);
+CUresult nvipcfix_own_get_proc_address_v2(const char *symbol, void **pfn, int cudaVersion,
+                                          cuuint64_t flags,
+                                          CUdriverProcAddressQueryResult *symbolStatus);
+CUresult nvipcfix_own_mem_map(CUdeviceptr ptr, size_t size, size_t offset,
+                              CUmemGenericAllocationHandle handle, unsigned long long flags);
+CUresult nvipcfix_own_mem_unmap(CUdeviceptr ptr, size_t size);
+CUresult nvipcfix_own_mem_set_access(CUdeviceptr ptr, size_t size, const CUmemAccessDesc *desc,
+                                     size_t count);
+CUresult nvipcfix_own_mem_address_free(CUdeviceptr ptr, size_t size);
 
 #endif

@@ -13,6 +13,7 @@
  * its symbol table, some 10,000 instructions a name). */
 #include <dlfcn.h>
 #include <link.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
 #include <unistd.h>
@@ -23,14 +24,23 @@
 #include "../shim/log.h"
 
 #undef cuIpcOpenMemHandle
+#undef cuGetProcAddress
 
 /* The exported dlsym's own address (a hidden label in dlsym_entry_*.S). */
 extern char nvipcfix_dlsym_entry[];
 
-#define WATCHED 5
+/* The first IPC names: a library ahead that defines one gets a warning.
+ * The others (and dlsym) are roads to the VMM mapping calls: a library
+ * ahead that defines one may map or unmap where nvipcfix cannot count it,
+ * so the mapping generation is marked untracked (repeated exports of a
+ * reservation's start then walk it each time, as before it was counted),
+ * and said at info level. */
+#define WATCHED 11
+#define IPC_NAMES 5
 static const char *const watched[WATCHED] = {
     "dlsym", "cuIpcGetMemHandle", "cuIpcOpenMemHandle", "cuIpcOpenMemHandle_v2",
-    "cuIpcCloseMemHandle",
+    "cuIpcCloseMemHandle", "cuGetProcAddress", "cuGetProcAddress_v2", "cuMemMap", "cuMemUnmap",
+    "cuMemSetAccess", "cuMemAddressFree",
 };
 
 /* The first definition of each watched name in the search order: these
@@ -44,6 +54,12 @@ static void first_definitions(void *first[WATCHED])
     first[2] = (void *)&cuIpcOpenMemHandle;
     first[3] = (void *)&cuIpcOpenMemHandle_v2;
     first[4] = (void *)&cuIpcCloseMemHandle;
+    first[5] = (void *)&cuGetProcAddress;
+    first[6] = (void *)&cuGetProcAddress_v2;
+    first[7] = (void *)&cuMemMap;
+    first[8] = (void *)&cuMemUnmap;
+    first[9] = (void *)&cuMemSetAccess;
+    first[10] = (void *)&cuMemAddressFree;
 }
 
 /* nvipcfix's own definitions (hidden names, bound inside this file). */
@@ -54,6 +70,12 @@ static void own_definitions(void *own[WATCHED])
     own[2] = (void *)nvipcfix_own_ipc_open_mem_handle;
     own[3] = (void *)nvipcfix_own_ipc_open_mem_handle_v2;
     own[4] = (void *)nvipcfix_own_ipc_close_mem_handle;
+    own[5] = (void *)nvipcfix_own_get_proc_address;
+    own[6] = (void *)nvipcfix_own_get_proc_address_v2;
+    own[7] = (void *)nvipcfix_own_mem_map;
+    own[8] = (void *)nvipcfix_own_mem_unmap;
+    own[9] = (void *)nvipcfix_own_mem_set_access;
+    own[10] = (void *)nvipcfix_own_mem_address_free;
 }
 
 static int first_object(struct dl_phdr_info *info, size_t size, void *arg)
@@ -64,11 +86,12 @@ static int first_object(struct dl_phdr_info *info, size_t size, void *arg)
 }
 
 /* The library (not nvipcfix, the program or the C library) that gives the
- * first definition of one of the names in first[] other than nvipcfix's;
- * names gets the names it defines there, comma-separated. NULL when
- * nvipcfix comes first. */
+ * first definition of one of the names first[from, to) other than
+ * nvipcfix's; names gets the names it defines there, comma-separated. NULL
+ * when nvipcfix comes first. */
 static const char *library_before_nvipcfix(void *const first[WATCHED],
-                                           void *const own[WATCHED], char *names, size_t n)
+                                           void *const own[WATCHED], size_t from, size_t to,
+                                           char *names, size_t n)
 {
     Dl_info self, libc, found;
     ElfW(Addr) program = 0;
@@ -79,7 +102,7 @@ static const char *library_before_nvipcfix(void *const first[WATCHED],
     if (dladdr((void *)&getpid, &libc) == 0) /* the C library */
         libc.dli_fbase = NULL;
     dl_iterate_phdr(first_object, &program);
-    for (size_t i = 0; i < WATCHED; i++) {
+    for (size_t i = from; i < to; i++) {
         if (first[i] == NULL || first[i] == own[i] || dladdr(first[i], &found) == 0 ||
             found.dli_fname == NULL || found.dli_fbase == self.dli_fbase ||
             found.dli_fbase == libc.dli_fbase || (ElfW(Addr))found.dli_fbase == program)
@@ -101,19 +124,30 @@ __attribute__((constructor)) static void check_load_order(void)
     own_definitions(own);
     if (memcmp(first, own, sizeof first) == 0)
         return; /* the usual case: nothing ahead of nvipcfix */
-    char names[256];
-    const char *before = library_before_nvipcfix(first, own, names, sizeof names);
-    if (before == NULL)
+    char names[256], mapping_names[256];
+    const char *before = library_before_nvipcfix(first, own, 0, IPC_NAMES, names, sizeof names);
+    const char *mapping = library_before_nvipcfix(first, own, IPC_NAMES, WATCHED, mapping_names,
+                                                  sizeof mapping_names);
+    if (before == NULL && mapping == NULL)
         return;
+    if ((before != NULL && first[0] != own[0]) || mapping != NULL)
+        atomic_fetch_or_explicit(&nvipcfix_map_generation, NVIPCFIX_MAP_GEN_UNTRACKED,
+                                 memory_order_acq_rel);
     struct nvipcfix_config cfg;
     nvipcfix_config_from_environ(&cfg);
     if (cfg.mode == NVIPCFIX_MODE_OFF)
         return;
     nvipcfix_log_open(cfg.log_level, cfg.log_file);
-    nvipcfix_log(NVIPCFIX_LOG_WARN,
-                 "%s is loaded before nvipcfix and defines %s: the calls and look-ups it "
-                 "answers itself never reach nvipcfix, so IPC through them is not fixed; load "
-                 "libnvipcfix.so first in LD_PRELOAD (nvipcfix -- COMMAND does; nvipcfix doctor "
-                 "checks the order)",
-                 before, names);
+    if (before != NULL)
+        nvipcfix_log(NVIPCFIX_LOG_WARN,
+                     "%s is loaded before nvipcfix and defines %s: the calls and look-ups it "
+                     "answers itself never reach nvipcfix, so IPC through them is not fixed; "
+                     "load libnvipcfix.so first in LD_PRELOAD (nvipcfix -- COMMAND does; "
+                     "nvipcfix doctor checks the order)",
+                     before, names);
+    if (mapping != NULL)
+        NVIPCFIX_INFO("%s is loaded before nvipcfix and defines %s: VMM mappings made through "
+                      "it may not be counted, so every export of a VMM reservation's start "
+                      "walks the reservation",
+                      mapping, mapping_names);
 }

@@ -64,7 +64,8 @@ void *nvipcfix_real_dlsym(void *handle, const char *name)
 
 /* ---- the real driver's functions ------------------------------------------- */
 
-static struct nvipcfix_real_driver real;
+_Atomic uint64_t nvipcfix_map_generation;
+static struct nvipcfix_real_driver real = {.ops.map_generation = &nvipcfix_map_generation};
 static pthread_once_t real_once = PTHREAD_ONCE_INIT;
 
 /* The next definition after nvipcfix first, so that another interposer

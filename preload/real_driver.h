@@ -27,6 +27,11 @@ struct nvipcfix_real_driver {
 
 const struct nvipcfix_real_driver *nvipcfix_real_driver(void);
 
+/* The mapping generation (shim/driver_table.h), which ops.map_generation
+ * points to: moved on by the cuMem* entry points (driver_entry.c), marked
+ * untracked by the load-order check (load_order.c). */
+extern _Atomic uint64_t nvipcfix_map_generation;
+
 /* Nonzero when fn is the real driver's own function for name: the next
  * definition after nvipcfix, or libcuda.so.1's own. */
 int nvipcfix_real_driver_owns(const char *name, void *fn);

@@ -171,6 +171,13 @@ if [ -n "$again" ]; then
 else
     echo "| VMM export of an exported chunk again | | | | <= 1 us | not measured (vmm_ipc --bench failed: $OUT/vmm) |"
 fi
+start=$(sed -n "s/.*reservation's start.*: first \([0-9.]*\) us, again \([0-9.]*\) us.*/\1 \2/p" "$OUT/vmm")
+if [ -n "$start" ]; then
+    set -- $start
+    echo "| VMM export of a reservation's start again, nothing mapped since | (its walk $1 us) | $2 us | | <= 1 us | $(verdict "$2" 1) |"
+else
+    echo "| VMM export of a reservation's start again, nothing mapped since | | | | <= 1 us | not measured (vmm_ipc --bench failed: $OUT/vmm) |"
+fi
 for size in 2mib 16mib; do
     v=""; t=""
     if [ -n "$torch" ]; then

@@ -6,6 +6,12 @@
 #define NVIPCFIX_DRIVER_TABLE_H
 
 #include <cuda.h>
+#include <stdatomic.h>
+#include <stdint.h>
+
+/* Set in the mapping generation (below) once some changes may not be
+ * counted; never cleared. */
+#define NVIPCFIX_MAP_GEN_UNTRACKED (UINT64_C(1) << 63)
 
 struct nvipcfix_driver {
     CUresult (*pointer_get_attributes)(unsigned int n, CUpointer_attribute *attrs, void **data,
@@ -37,6 +43,14 @@ struct nvipcfix_driver {
     CUresult (*mem_get_allocation_granularity)(size_t *granularity,
                                                const CUmemAllocationProp *prop,
                                                CUmemAllocationGranularity_flags option);
+    /* The mapping generation: moves on before and after every cuMemMap,
+     * cuMemUnmap, cuMemSetAccess and cuMemAddressFree the program makes
+     * (the library's entry points count them; the fix's own calls through
+     * this table are not counted), with NVIPCFIX_MAP_GEN_UNTRACKED set
+     * once some of the program's may not be. NULL: not kept. While it
+     * stands still, nothing the walk of a reservation sees has changed
+     * (vmm_share.c: repeated exports of a reservation's start). */
+    _Atomic uint64_t *map_generation;
 };
 
 #endif

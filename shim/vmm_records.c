@@ -5,14 +5,16 @@
 #include <string.h>
 #include <uthash.h>
 
-#define SWEEP_FIRST 256
+#define SWEEP_FIRST 256         /* exports */
+#define SWEEP_FIRST_CHUNKS 4096 /* chunks held */
 
 struct vmm_entry {
     uint32_t id;
     size_t start, n; /* the run's chunks [start, start + n); the key in run->by_n */
     struct vmm_run *run;
+    uint64_t sum; /* of its context and chunks (which never change): the key in r->by_sum */
     unsigned char secret[NVIPCFIX_KEY_BYTES];
-    UT_hash_handle hh, hh_n;
+    UT_hash_handle hh, hh_n, hh_sum;
 };
 _Static_assert(offsetof(struct vmm_entry, n) == offsetof(struct vmm_entry, start) + sizeof(size_t),
                "by_n's key is start and n side by side");
@@ -45,6 +47,7 @@ void nvipcfix_vmm_records_init(struct nvipcfix_vmm_records *r, nvipcfix_chunk_ch
     pthread_mutex_init(&r->lock, NULL);
     r->next_id = 1;
     r->sweep_at = SWEEP_FIRST;
+    r->sweep_chunks_at = SWEEP_FIRST_CHUNKS;
     r->unchanged = unchanged;
     r->arg = arg;
 }
@@ -53,6 +56,7 @@ static void drop_entry(struct nvipcfix_vmm_records *r, struct vmm_entry *e)
 {
     HASH_DELETE(hh, r->by_id, e);
     HASH_DELETE(hh_n, e->run->by_n, e);
+    HASH_DELETE(hh_sum, r->by_sum, e);
     memset(e->secret, 0, sizeof e->secret);
     free(e);
     r->entries--;
@@ -115,20 +119,57 @@ void nvipcfix_vmm_records_forget(struct nvipcfix_vmm_records *r)
     nvipcfix_vmm_records_init(r, r->unchanged, r->arg);
 }
 
-/* Forgets exports whose first chunk is gone, and runs left without any
- * (caller holds the lock). */
+/* Forgets exports with a chunk gone (no importer can map them: an export
+ * is served whole or not at all), and runs left without any (caller holds
+ * the lock): one check a chunk held. Out of memory for the count, only
+ * each export's first chunk is checked. */
 static void sweep(struct nvipcfix_vmm_records *r)
 {
     struct vmm_run *run, *tmp;
     struct vmm_entry *e, *etmp;
     HASH_ITER(hh_all, r->runs, run, tmp) {
+        size_t *gone = calloc(run->n + 1, sizeof *gone); /* gone[i]: chunks gone before i */
+        for (size_t i = 0; gone != NULL && i < run->n; i++)
+            gone[i + 1] = gone[i] + !r->unchanged(r->arg, &run->chunks[i]);
         HASH_ITER(hh_n, run->by_n, e, etmp)
-            if (!r->unchanged(r->arg, &run->chunks[e->start]))
+            if (gone != NULL ? gone[e->start + e->n] != gone[e->start]
+                             : !r->unchanged(r->arg, &run->chunks[e->start]))
                 drop_entry(r, e);
+        free(gone);
         if (run->by_n == NULL)
             drop_run(r, run);
     }
     r->sweep_at = r->entries * 2 > SWEEP_FIRST ? r->entries * 2 : SWEEP_FIRST;
+    r->sweep_chunks_at = r->chunks * 2 > SWEEP_FIRST_CHUNKS ? r->chunks * 2 : SWEEP_FIRST_CHUNKS;
+}
+
+/* The key of chunks[0, n) in ctx: their count and the buffer ids of the
+ * first and the last (new for every mapping), so that a look-up costs the
+ * same for any n; a candidate found is compared in full. */
+static uint64_t sum_of(CUcontext ctx, const struct nvipcfix_vmm_chunk *chunks, size_t n)
+{
+    const uint64_t w[4] = {(uint64_t)(uintptr_t)ctx, n, chunks[0].buffer_id,
+                           chunks[n - 1].buffer_id};
+    uint64_t h = UINT64_C(0x9e3779b97f4a7c15);
+    for (int j = 0; j < 4; j++) {
+        h = (h ^ w[j]) * UINT64_C(0xbf58476d1ce4e5b9);
+        h ^= h >> 31;
+    }
+    return h;
+}
+
+/* The export of exactly chunks[0, n) in ctx, whichever run holds it, or
+ * NULL. */
+static struct vmm_entry *same_export(struct nvipcfix_vmm_records *r, CUcontext ctx,
+                                     const struct nvipcfix_vmm_chunk *chunks, size_t n,
+                                     uint64_t sum)
+{
+    struct vmm_entry *e;
+    HASH_FIND(hh_sum, r->by_sum, &sum, sizeof sum, e);
+    return e != NULL && e->run->ctx == ctx && e->n == n &&
+                   memcmp(e->run->chunks + e->start, chunks, n * sizeof *chunks) == 0
+               ? e
+               : NULL;
 }
 
 /* Room for cap chunks (the places move: out of the index meanwhile). */
@@ -256,7 +297,7 @@ static struct vmm_run *run_for(struct nvipcfix_vmm_records *r, CUcontext ctx,
 }
 
 static struct vmm_entry *entry_for(struct nvipcfix_vmm_records *r, struct vmm_run *run,
-                                   size_t start, size_t n)
+                                   size_t start, size_t n, uint64_t sum)
 {
     struct vmm_entry *e;
     size_t key[2] = {start, n};
@@ -274,8 +315,10 @@ static struct vmm_entry *entry_for(struct nvipcfix_vmm_records *r, struct vmm_ru
     e->start = start;
     e->n = n;
     e->run = run;
+    e->sum = sum;
     HASH_ADD(hh, r->by_id, id, sizeof e->id, e);
     HASH_ADD(hh_n, run->by_n, start, sizeof key, e);
+    HASH_ADD(hh_sum, r->by_sum, sum, sizeof e->sum, e);
     r->entries++;
     return e;
 }
@@ -284,12 +327,18 @@ int nvipcfix_vmm_records_add(struct nvipcfix_vmm_records *r, CUcontext ctx,
                              const struct nvipcfix_vmm_chunk *chunks, size_t n, uint32_t *id,
                              unsigned char secret[NVIPCFIX_KEY_BYTES])
 {
+    uint64_t sum = sum_of(ctx, chunks, n);
     pthread_mutex_lock(&r->lock);
-    if (r->entries >= r->sweep_at)
+    if (r->entries >= r->sweep_at || r->chunks >= r->sweep_chunks_at)
         sweep(r);
-    size_t start;
-    struct vmm_run *run = run_for(r, ctx, chunks, n, &start);
-    struct vmm_entry *e = run != NULL ? entry_for(r, run, start, n) : NULL;
+    /* The same chunks recorded already, in any run: the same export (a
+     * reservation back to an earlier state, whose latest run differs). */
+    struct vmm_entry *e = same_export(r, ctx, chunks, n, sum);
+    if (e == NULL) {
+        size_t start;
+        struct vmm_run *run = run_for(r, ctx, chunks, n, &start);
+        e = run != NULL ? entry_for(r, run, start, n, sum) : NULL;
+    }
     if (e != NULL) {
         *id = e->id;
         memcpy(secret, e->secret, sizeof e->secret);

@@ -9,8 +9,10 @@
  * appends the new chunks to its run; one that shrank and grew again
  * replaces the run's tail (dropping the exports that covered the freed
  * chunks, which could no longer be served whole); the same chunks exported
- * again get the same export. So memory is linear in the chunks exported,
- * not in exports times chunks. */
+ * again get the same export, whichever run holds them (a reservation back
+ * to an earlier state). So memory is linear in the chunks exported, not in
+ * exports times chunks. Exports with a chunk gone are swept (every chunk
+ * held checked, once the exports or the chunks held have doubled). */
 #ifndef NVIPCFIX_VMM_RECORDS_H
 #define NVIPCFIX_VMM_RECORDS_H
 
@@ -37,8 +39,9 @@ struct nvipcfix_vmm_records {
     struct vmm_place *by_va;  /* the latest run holding each chunk's address */
     struct vmm_run *runs;     /* every run */
     struct vmm_entry *by_id;
+    struct vmm_entry *by_sum; /* by a hash of their context and chunks */
     uint32_t next_id;
-    size_t entries, chunks, sweep_at;
+    size_t entries, chunks, sweep_at, sweep_chunks_at;
     nvipcfix_chunk_check unchanged;
     void *arg;
 };

@@ -16,7 +16,8 @@
 struct nvipcfix_vmm_import {
     uint64_t base, size, reserved; /* reserved: the range's size, size: what is mapped */
     size_t n, cap;                  /* chunks mapped, room for */
-    UT_hash_handle hh;
+    UT_hash_handle hh;              /* in imports, once mapped */
+    UT_hash_handle hh_range;        /* in import_ranges, while reserved */
     uint64_t offsets[];             /* cap places, then cap sizes */
 };
 
@@ -34,6 +35,20 @@ struct nvipcfix_vmm_again {
     size_t n;
     UT_hash_handle hh;
     struct chunk chunks[AGAIN_MAX_CHUNKS];
+};
+
+/* An export of a reservation's start (it covers every chunk mapped in the
+ * reservation, gaps included): its ticket (without the offset), where the
+ * reservation starts, and the mapping generation read before its walk.
+ * While the generation stands still, nothing the walk saw has changed:
+ * the same walk would find the same chunks, so the same export. */
+struct nvipcfix_vmm_whole {
+    uint64_t buffer_id; /* the key: the chunk's at the reservation's start */
+    CUcontext ctx;
+    uint64_t va;         /* the reservation's start */
+    uint64_t generation; /* never with NVIPCFIX_MAP_GEN_UNTRACKED */
+    struct nvipcfix_vmm_ticket t;
+    UT_hash_handle hh;
 };
 
 static uint32_t own_boot(void)
@@ -141,6 +156,16 @@ static unsigned long long buffer_at(const struct nvipcfix_driver *d, uint64_t va
     return d->pointer_get_attributes(1, &attr, &data, va) == CUDA_SUCCESS ? id : 0;
 }
 
+/* The driver table's mapping generation now (acquire: the driver calls
+ * after it see at least the changes it counts), or
+ * NVIPCFIX_MAP_GEN_UNTRACKED where it keeps none. */
+static uint64_t generation(const struct nvipcfix_driver *d)
+{
+    return d->map_generation != NULL
+               ? atomic_load_explicit(d->map_generation, memory_order_acquire)
+               : NVIPCFIX_MAP_GEN_UNTRACKED;
+}
+
 /* Nonzero while the mapping recorded as c is still there: the mapping at
  * its place has its buffer id, new for every mapping and never reused, so
  * it is the same mapping, at the same place with the same size (one
@@ -203,14 +228,41 @@ static uint64_t reservation_end(const struct nvipcfix_driver *d, CUdeviceptr ptr
     return start + size;
 }
 
+/* Forgets every export kept for repeated exports (caller holds again_lock). */
+static void forget_kept(struct nvipcfix_vmm *v)
+{
+    struct nvipcfix_vmm_again *a, *tmp;
+    struct nvipcfix_vmm_whole *w, *wtmp;
+    HASH_ITER(hh, v->again, a, tmp) {
+        HASH_DEL(v->again, a);
+        memset(a, 0, sizeof *a);
+        free(a);
+    }
+    HASH_ITER(hh, v->whole, w, wtmp) {
+        HASH_DEL(v->whole, w);
+        memset(w, 0, sizeof *w);
+        free(w);
+    }
+    atomic_store(&v->again_count, 0);
+}
+
+/* The span of the exports kept takes in [lo, hi) (caller holds again_lock). */
+static void widen_span(struct nvipcfix_vmm *v, uint64_t lo, uint64_t hi)
+{
+    if (atomic_load(&v->again_lo) == 0 || lo < atomic_load(&v->again_lo))
+        atomic_store(&v->again_lo, lo);
+    if (hi > atomic_load(&v->again_hi))
+        atomic_store(&v->again_hi, hi);
+}
+
 /* Keeps an export of chunks[0, n) (up to the first gap: a reservation's
- * whole, with its gaps, is walked again each time) for repeated exports. */
+ * whole, with its gaps, is kept by remember_whole) for repeated exports. */
 static void remember(struct nvipcfix_vmm *v, CUcontext ctx, CUdeviceptr ptr,
                      const struct chunk *chunks, size_t n, const struct nvipcfix_vmm_ticket *t)
 {
     if (n > AGAIN_MAX_CHUNKS)
         return;
-    struct nvipcfix_vmm_again *a, *tmp;
+    struct nvipcfix_vmm_again *a;
     pthread_mutex_lock(&v->again_lock);
     HASH_FIND(hh, v->again, &chunks[0].buffer_id, sizeof chunks[0].buffer_id, a);
     if (a != NULL && a->ctx == ctx && a->n == n && a->t.export_id == t->export_id &&
@@ -225,14 +277,8 @@ static void remember(struct nvipcfix_vmm *v, CUcontext ctx, CUdeviceptr ptr,
         free(a);
         atomic_fetch_sub(&v->again_count, 1);
     }
-    if (atomic_load(&v->again_count) >= AGAIN_MAX_ENTRIES) {
-        HASH_ITER(hh, v->again, a, tmp) {
-            HASH_DEL(v->again, a);
-            memset(a, 0, sizeof *a);
-            free(a);
-        }
-        atomic_store(&v->again_count, 0);
-    }
+    if (atomic_load(&v->again_count) >= AGAIN_MAX_ENTRIES)
+        forget_kept(v);
     if ((a = calloc(1, sizeof *a)) != NULL) {
         a->buffer_id = chunks[0].buffer_id;
         a->ctx = ctx;
@@ -242,11 +288,48 @@ static void remember(struct nvipcfix_vmm *v, CUcontext ctx, CUdeviceptr ptr,
         memcpy(a->chunks, chunks, n * sizeof *chunks);
         HASH_ADD(hh, v->again, buffer_id, sizeof a->buffer_id, a);
         atomic_fetch_add(&v->again_count, 1);
-        uint64_t end = chunks[n - 1].va + chunks[n - 1].size;
-        if (atomic_load(&v->again_lo) == 0 || chunks[0].va < atomic_load(&v->again_lo))
-            atomic_store(&v->again_lo, chunks[0].va);
-        if (end > atomic_load(&v->again_hi))
-            atomic_store(&v->again_hi, end);
+        widen_span(v, chunks[0].va, chunks[n - 1].va + chunks[n - 1].size);
+    }
+    pthread_mutex_unlock(&v->again_lock);
+}
+
+/* Keeps the export of a reservation's start (first: the chunk there) for
+ * repeated exports, with gen, the mapping generation read before its walk:
+ * only if the generation is kept and has not moved since (else the walk
+ * may have seen a change half made, and the entry would never be used),
+ * and not for a range reserved for an import (nvipcfix maps there without
+ * moving the generation; such exports are walked each time). Of two
+ * exports of one start, the later walk is kept. */
+static void remember_whole(struct nvipcfix_vmm *v, CUcontext ctx, const struct chunk *first,
+                           uint64_t gen, const struct nvipcfix_vmm_ticket *t)
+{
+    if ((gen & NVIPCFIX_MAP_GEN_UNTRACKED) != 0 || generation(v->driver) != gen)
+        return;
+    struct nvipcfix_vmm_import *im;
+    pthread_mutex_lock(&v->lock);
+    HASH_FIND(hh_range, v->import_ranges, &first->va, sizeof first->va, im);
+    pthread_mutex_unlock(&v->lock);
+    if (im != NULL)
+        return;
+    struct nvipcfix_vmm_whole *w;
+    pthread_mutex_lock(&v->again_lock);
+    HASH_FIND(hh, v->whole, &first->buffer_id, sizeof first->buffer_id, w);
+    if (w == NULL) {
+        if (atomic_load(&v->again_count) >= AGAIN_MAX_ENTRIES)
+            forget_kept(v);
+        if ((w = calloc(1, sizeof *w)) != NULL) {
+            w->buffer_id = first->buffer_id;
+            HASH_ADD(hh, v->whole, buffer_id, sizeof w->buffer_id, w);
+            atomic_fetch_add(&v->again_count, 1);
+            widen_span(v, first->va, first->va + 1);
+        }
+    } else if (w->ctx == ctx && w->generation > gen)
+        w = NULL; /* a later walk is kept already */
+    if (w != NULL) {
+        w->ctx = ctx;
+        w->va = first->va;
+        w->generation = gen;
+        w->t = *t;
     }
     pthread_mutex_unlock(&v->again_lock);
 }
@@ -261,15 +344,24 @@ enum nvipcfix_vmm_error nvipcfix_vmm_export_again(struct nvipcfix_vmm *v, CUcont
         ptr >= atomic_load(&v->again_hi) || d->pointer_get_attributes == NULL ||
         atomic_load(&v->server.stopping))
         return NVIPCFIX_VMM_NOT_AGAIN;
+    /* The generation first: if it has not moved since a reservation's walk
+     * was made, nothing mapped or unmapped since, up to this moment. */
+    uint64_t gen = generation(d);
     unsigned long long id = buffer_at(d, ptr);
     if (id == 0)
         return NVIPCFIX_VMM_NOT_AGAIN;
     struct nvipcfix_vmm_again *a, got;
+    struct nvipcfix_vmm_whole *w;
     uint64_t key = id;
-    int found = 0;
+    int found = 0, whole = 0;
     pthread_mutex_lock(&v->again_lock);
+    HASH_FIND(hh, v->whole, &key, sizeof key, w);
+    if (w != NULL && w->ctx == ctx && w->va == ptr && w->generation == gen) {
+        whole = 1; /* gen has no NVIPCFIX_MAP_GEN_UNTRACKED: w's never has */
+        got.t = w->t;
+    }
     HASH_FIND(hh, v->again, &key, sizeof key, a);
-    if (a != NULL && a->ctx == ctx) {
+    if (!whole && a != NULL && a->ctx == ctx) {
         found = 1;
         got.n = a->n;
         got.start_ok = a->start_ok;
@@ -277,6 +369,21 @@ enum nvipcfix_vmm_error nvipcfix_vmm_export_again(struct nvipcfix_vmm *v, CUcont
         memcpy(got.chunks, a->chunks, a->n * sizeof *a->chunks);
     }
     pthread_mutex_unlock(&v->again_lock);
+    unsigned char secret[NVIPCFIX_KEY_BYTES];
+    if (whole) {
+        /* The chunk at ptr is the one the walk found there (buffer ids are
+         * never reused), and nothing else changed: the export stands, if
+         * it is still recorded with its secret. */
+        int same = nvipcfix_vmm_records_secret(&v->records, got.t.export_id, secret) == 0 &&
+                   nvipcfix_equal_ct(secret, got.t.secret, sizeof secret);
+        memset(secret, 0, sizeof secret);
+        if (same) {
+            got.t.offset = 0;
+            nvipcfix_vmm_ticket_encode(ticket, &got.t);
+        }
+        memset(&got.t, 0, sizeof got.t);
+        return same ? NVIPCFIX_VMM_OK : NVIPCFIX_VMM_NOT_AGAIN;
+    }
     if (!found)
         return NVIPCFIX_VMM_NOT_AGAIN;
     /* ptr is in the first chunk (its buffer id is never another
@@ -285,7 +392,6 @@ enum nvipcfix_vmm_error nvipcfix_vmm_export_again(struct nvipcfix_vmm *v, CUcont
      * and nothing mapped after them since: else the export would be
      * another. And the export must still be recorded, with its secret. */
     const struct chunk *c = got.chunks;
-    unsigned char secret[NVIPCFIX_KEY_BYTES];
     int same = (ptr != c[0].va || got.start_ok) && ptr - c[0].va < c[0].size &&
                ptr - c[0].va <= NVIPCFIX_TICKET_MAX_OFFSET;
     for (size_t i = 1; same && i < got.n; i++)
@@ -309,6 +415,7 @@ enum nvipcfix_vmm_error nvipcfix_vmm_export(struct nvipcfix_vmm *v, CUcontext ct
     const struct nvipcfix_driver *d = v->driver;
     if (!has_vmm_calls(d))
         return NVIPCFIX_VMM_NO_DRIVER;
+    uint64_t gen = generation(d); /* before anything is asked (remember_whole) */
     CUmemGenericAllocationHandle h;
     CUmemAllocationProp prop;
     memset(&prop, 0, sizeof prop);
@@ -326,7 +433,7 @@ enum nvipcfix_vmm_error nvipcfix_vmm_export(struct nvipcfix_vmm *v, CUcontext ct
      * and what programs that send offsets themselves export) covers every
      * chunk mapped in the reservation, at its place, gaps included. */
     size_t n = 1, cap = 16, step = 0;
-    int device, next_device;
+    int device, next_device, cut_short = 0;
     struct chunk *chunks = malloc(cap * sizeof *chunks), c;
     if (chunks == NULL)
         return NVIPCFIX_VMM_NOMEM;
@@ -350,8 +457,10 @@ enum nvipcfix_vmm_error nvipcfix_vmm_export(struct nvipcfix_vmm *v, CUcontext ct
             break;
         if (n == cap) {
             struct chunk *more = realloc(chunks, 2 * cap * sizeof *chunks);
-            if (more == NULL)
-                break; /* the export covers fewer chunks */
+            if (more == NULL) {
+                cut_short = 1; /* the export covers fewer chunks (not kept) */
+                break;
+            }
             chunks = more;
             cap *= 2;
         }
@@ -363,6 +472,8 @@ enum nvipcfix_vmm_error nvipcfix_vmm_export(struct nvipcfix_vmm *v, CUcontext ct
     enum nvipcfix_vmm_error e = make_ticket(v, ctx, ptr, chunks, n, device, ticket, &made);
     if (e == NVIPCFIX_VMM_OK && end == 0)
         remember(v, ctx, ptr, chunks, n, &made);
+    else if (e == NVIPCFIX_VMM_OK && !cut_short)
+        remember_whole(v, ctx, &chunks[0], gen, &made);
     memset(&made, 0, sizeof made);
     free(chunks);
     return e;
@@ -518,9 +629,25 @@ static CUresult unmap_all(const struct nvipcfix_driver *d, const struct nvipcfix
     return r != CUDA_SUCCESS ? r : e;
 }
 
+/* Unmaps and frees an import's range (reserved by begin_map), then forgets
+ * it. A range the driver did not free stays known as an import's (its
+ * chunks may still be mapped): never remembered for repeated exports. */
+static CUresult release_range(struct nvipcfix_vmm *v, struct nvipcfix_vmm_import *im)
+{
+    CUresult r = unmap_all(v->driver, im);
+    if (r != CUDA_SUCCESS)
+        return r;
+    pthread_mutex_lock(&v->lock);
+    HASH_DELETE(hh_range, v->import_ranges, im);
+    pthread_mutex_unlock(&v->lock);
+    free(im);
+    return r;
+}
+
 /* An open in progress: the range reserved for the offer, and the chunks
  * mapped into it as their descriptors arrive. */
 struct map_job {
+    struct nvipcfix_vmm *v;
     const struct nvipcfix_driver *d;
     struct nvipcfix_vmm_import *im;
     int bad_offer;
@@ -554,7 +681,14 @@ static int begin_map(void *arg, const struct nvipcfix_fd_reply *offer)
     job->e = job->d->mem_address_reserve(&va, total, 0, 0, 0);
     job->im->base = va;
     job->im->reserved = total;
-    return job->e != CUDA_SUCCESS ? -1 : 0;
+    if (job->e != CUDA_SUCCESS)
+        return -1;
+    /* Known as an import's range before its first chunk is mapped: a walk
+     * that finds one of its chunks then finds it here too. */
+    pthread_mutex_lock(&job->v->lock);
+    HASH_ADD(hh_range, job->v->import_ranges, base, sizeof job->im->base, job->im);
+    pthread_mutex_unlock(&job->v->lock);
+    return 0;
 }
 
 /* A batch of descriptors: imported, mapped at their places, closed. */
@@ -703,7 +837,7 @@ enum nvipcfix_vmm_error nvipcfix_vmm_map(struct nvipcfix_vmm *v,
     enum nvipcfix_vmm_error err = can_open(v, t, &dev, r, why, n);
     if (err != NVIPCFIX_VMM_OK)
         return err;
-    struct map_job job = {.d = d};
+    struct map_job job = {.v = v, .d = d};
     struct nvipcfix_fd_taker taker = {begin_map, take_chunks, &job};
     struct nvipcfix_fd_address to = {t->uid, t->pid, t->pid_ns, t->nonce,
                                      (t->flags & NVIPCFIX_TICKET_IN_DIR) != 0};
@@ -723,8 +857,9 @@ enum nvipcfix_vmm_error nvipcfix_vmm_map(struct nvipcfix_vmm *v,
         err = grant(d, im, dev, r, why, n);
     if (err != NVIPCFIX_VMM_OK) {
         if (im != NULL && im->base != 0)
-            unmap_all(d, im);
-        free(im);
+            release_range(v, im);
+        else
+            free(im);
         return err;
     }
     pthread_mutex_lock(&v->lock);
@@ -755,9 +890,7 @@ CUresult nvipcfix_vmm_unmap(struct nvipcfix_vmm *v, uint64_t base, uint64_t size
         }
         return CUDA_ERROR_INVALID_VALUE;
     }
-    CUresult r = unmap_all(v->driver, im);
-    free(im);
-    return r;
+    return release_range(v, im);
 }
 
 void nvipcfix_vmm_destroy(struct nvipcfix_vmm *v)
@@ -765,17 +898,12 @@ void nvipcfix_vmm_destroy(struct nvipcfix_vmm *v)
     nvipcfix_fd_server_destroy(&v->server);
     nvipcfix_vmm_records_destroy(&v->records);
     struct nvipcfix_vmm_import *im, *itmp;
-    HASH_ITER(hh, v->imports, im, itmp) {
-        HASH_DEL(v->imports, im);
+    HASH_CLEAR(hh, v->imports); /* each is in import_ranges too */
+    HASH_ITER(hh_range, v->import_ranges, im, itmp) {
+        HASH_DELETE(hh_range, v->import_ranges, im);
         free(im);
     }
-    struct nvipcfix_vmm_again *a, *atmp;
-    HASH_ITER(hh, v->again, a, atmp) {
-        HASH_DEL(v->again, a);
-        memset(a, 0, sizeof *a);
-        free(a);
-    }
-    atomic_store(&v->again_count, 0);
+    forget_kept(v);
     pthread_mutex_destroy(&v->again_lock);
     pthread_mutex_destroy(&v->lock);
 }
@@ -795,20 +923,26 @@ void nvipcfix_vmm_server_why(struct nvipcfix_vmm *v, char *out, size_t n)
 /* A child's copy of its parent's mappings, left behind but still reachable
  * (so leak checkers do not report them). */
 static void *volatile left_behind_imports;
+static void *volatile left_behind_ranges;
 static void *volatile left_behind_again;
+static void *volatile left_behind_whole;
 
 void nvipcfix_vmm_forget_after_fork(struct nvipcfix_vmm *v)
 {
     /* The parent's records are left behind (another thread may have been
      * changing them); the child starts empty. */
     left_behind_imports = v->imports;
+    left_behind_ranges = v->import_ranges;
     left_behind_again = v->again; /* tickets naming the parent's server */
+    left_behind_whole = v->whole;
     nvipcfix_fd_server_forget(&v->server);
     nvipcfix_vmm_records_forget(&v->records);
     pthread_mutex_init(&v->lock, NULL);
     v->imports = NULL;
+    v->import_ranges = NULL;
     pthread_mutex_init(&v->again_lock, NULL);
     v->again = NULL;
+    v->whole = NULL;
     atomic_store(&v->again_count, 0);
     v->have_identity = 0; /* a child may be in a new PID namespace */
 }

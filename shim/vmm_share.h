@@ -39,17 +39,28 @@
 
 struct nvipcfix_vmm_import;
 struct nvipcfix_vmm_again;
+struct nvipcfix_vmm_whole;
 
 struct nvipcfix_vmm {
     const struct nvipcfix_driver *driver;
     pthread_mutex_t lock; /* imports, identity; never held while waiting on a socket */
     struct nvipcfix_vmm_records records;
     struct nvipcfix_vmm_import *imports; /* mappings made here, by base */
+    /* The ranges reserved for those, from before their first chunk is
+     * mapped until they are freed, by base: nvipcfix maps and unmaps in
+     * them through the driver table, uncounted by the mapping generation,
+     * so an export of one's start is never remembered. */
+    struct nvipcfix_vmm_import *import_ranges;
     /* Exports made, by the buffer id of the pointer's mapping: a repeated
      * export is a look-up (nvipcfix_vmm_export_again); under again_lock. */
     pthread_mutex_t again_lock;
     struct nvipcfix_vmm_again *again;
-    atomic_size_t again_count;
+    /* Exports of a reservation's start, by the buffer id of the chunk
+     * there, each with the mapping generation (driver_table.h) read before
+     * its walk: while the generation stands still, a repeated export is a
+     * look-up; under again_lock. */
+    struct nvipcfix_vmm_whole *whole;
+    atomic_size_t again_count;           /* entries of again and whole */
     _Atomic uint64_t again_lo, again_hi; /* the span of the chunks kept (only grows) */
     struct nvipcfix_fd_server server;
     int timeout_ms;             /* one exchange, either side */
@@ -92,8 +103,10 @@ enum nvipcfix_vmm_error nvipcfix_vmm_export(struct nvipcfix_vmm *v, CUcontext ct
 /* A repeated export, as a look-up: the ticket of an export made before of
  * ptr's mapping, in ctx, if that mapping and those after it that it covers
  * are still the ones exported (one buffer id query each) and nothing was
- * mapped after them since (one more). NVIPCFIX_VMM_NOT_AGAIN otherwise (and
- * at once, without a driver call, before any export): then
+ * mapped after them since (one more); for an export of a reservation's
+ * start, if the driver table's mapping generation has not moved since
+ * its walk (one query: the buffer id at ptr). NVIPCFIX_VMM_NOT_AGAIN
+ * otherwise (and at once, without a driver call, before any export): then
  * nvipcfix_vmm_export does the whole work. */
 enum nvipcfix_vmm_error nvipcfix_vmm_export_again(struct nvipcfix_vmm *v, CUcontext ctx,
                                                   CUdeviceptr ptr,

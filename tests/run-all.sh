@@ -208,6 +208,35 @@ done_case
 PRE=$LIB check "VMM: export of the range's start, offsets added by the receiver, past a gap" 0 \
     NVIPCFIX_VMM=1 -- "$T/vmm_ipc" --base
 expect_in out "right 6/6, failed 0, wrong 0, stray 0, left 0"; done_case
+# A range's start exported again (PyTorch's first tensor of a segment, a
+# program that sends offsets itself): a look-up while nothing was mapped,
+# unmapped or granted since, whichever road the mapping calls took; every
+# ticket mapped by another process at once and checked place by place.
+for road in direct dlsym-default dlsym procaddr; do
+    PRE=$LIB check "VMM: a range's start exported again, mappings changed through $road: a look-up until a change, never stale" 0 \
+        NVIPCFIX_VMM=1 -- "$T/vmm_ipc" --start-again $road
+    [ "$(grep -c ': right$' "$OUT/out")" -eq 6 ] || { ok=0; why="not every ticket right"; }
+    [ "$(grep -c 'exported again: looked up' "$OUT/out")" -eq 6 ] || { ok=0; why="not every repeated export a look-up"; }
+    [ "$road" = direct ] || expect_in out "^cuMemMap from libnvipcfix.so$"
+    expect_in out "^$road: 0 wrong, 0 failed$"; expect_empty err; done_case
+done
+# On a driver that finds a mapping's range before access is granted, a
+# chunk mapped is exported at once: cuMemMap alone must count.
+PRE=$LIB check "VMM: a range's start exported again, a driver that finds a mapping before access: never stale" 0 \
+    NVIPCFIX_VMM=1 SIMCUDA_RANGE_BEFORE_ACCESS=1 -- "$T/vmm_ipc" --start-again direct
+[ "$(grep -c ': right$' "$OUT/out")" -eq 6 ] || { ok=0; why="not every ticket right"; }
+expect_in out "^direct: 0 wrong, 0 failed$"; expect_empty err; done_case
+# A dlsym ahead of nvipcfix (the order nvipcfix warns of) hands out the
+# driver's own cuMemMap: nvipcfix cannot count those calls, so it walks.
+PRE="$T/libgpu_share.so $LIB" check "VMM: a range's start exported again, cuMemMap from a dlsym ahead of nvipcfix: walked each time, never stale" 0 \
+    NVIPCFIX_VMM=1 VMM_IPC_IMPORTER_PRELOAD="$SAN_PRE${SAN_PRE:+ }$LIB" -- "$T/vmm_ipc" --start-again dlsym
+[ "$(grep -c ': right$' "$OUT/out")" -eq 6 ] || { ok=0; why="not every ticket right"; }
+[ "$(grep -c 'exported again: walked' "$OUT/out")" -eq 6 ] || { ok=0; why="a repeated export was a look-up"; }
+expect_in out "^cuMemMap from libcuda.so.1$"; expect_in out "^dlsym: 0 wrong, 0 failed$"; done_case
+PRE=$LIB check "VMM: a range's start exported on 3 threads while chunks are mapped and unmapped" 0 \
+    NVIPCFIX_VMM=1 -- "$T/vmm_ipc" --start-race
+expect_in out "beside 200 mapping changes, 0 failed$"; expect_in out "^the chunks left: right$"
+expect_in out "^start-race: 0 wrong, 0 failed$"; expect_empty err; done_case
 PRE=$LIB check "VMM: the exporter opens its own tickets" 0 NVIPCFIX_VMM=1 -- "$T/vmm_ipc" --self
 expect_in out "right 6/6, failed 0, wrong 0, stray 0, left 0"; done_case
 PRE=$LIB check "VMM: an open with flags the driver refuses is refused" 2 NVIPCFIX_VMM=1 \
@@ -917,7 +946,7 @@ if readelf -d "$LIB" | grep NEEDED | grep -q -e libcuda -e libcudart; then
     ok=0; why="DT_NEEDED on a CUDA library"
 fi
 exports=$(readelf --dyn-syms -W "$LIB" | awk '$7 != "UND" && $5 == "GLOBAL" {print $8}' | sort | tr '\n' ' ')
-want="cuGetProcAddress cuGetProcAddress_v2 cuIpcCloseMemHandle cuIpcGetMemHandle cuIpcOpenMemHandle cuIpcOpenMemHandle_v2 dlsym "
+want="cuGetProcAddress cuGetProcAddress_v2 cuIpcCloseMemHandle cuIpcGetMemHandle cuIpcOpenMemHandle cuIpcOpenMemHandle_v2 cuMemAddressFree cuMemMap cuMemSetAccess cuMemUnmap dlsym "
 [ "$exports" = "$want" ] || { ok=0; why="exports are: $exports"; }
 readelf -V "$LIB" | grep -q "Version definition" && { ok=0; why="has a version definition"; }
 echo >"$OUT/out"; echo >"$OUT/err"

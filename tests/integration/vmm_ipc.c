@@ -32,6 +32,21 @@
  *                     on another while the child opens everything
  *                     (with VMM_IPC_LEGACY_THREAD=1 beside legacy IPC calls
  *                     on another thread, as --stopped)
+ *   --start-again ROAD  a range of 16 chunk places, chunks at 0, 2, 5, its
+ *                     start exported twice after each change: a chunk mapped
+ *                     in a gap, one unmapped, one mapped without access,
+ *                     access granted, a change in another range; the mapping
+ *                     calls reached through ROAD (direct, dlsym-default:
+ *                     dlsym(RTLD_DEFAULT), dlsym: on a handle of
+ *                     libcuda.so.1, procaddr: cuGetProcAddress). Says whether
+ *                     each second export was looked up or walked (attribute
+ *                     queries, counted by the simulated driver) and where
+ *                     cuMemMap came from; a child maps each ticket at once
+ *                     and checks every place: each chunk's bytes, each gap
+ *                     unmapped. Exit: bit 1 a ticket wrong, bit 2 a failure
+ *   --start-race      3 threads export a range's start while this one maps
+ *                     and unmaps chunks in its gaps 200 times; then the
+ *                     state left, exported and checked as above
  *   --bench           no check: what a VMM export, first open, re-open and
  *                     last close cost against legacy IPC of cuMemAlloc
  *                     blocks of the same sizes (median of 30, us; open+close
@@ -49,7 +64,8 @@
  * VMM_IPC_IMPORTER_ROOM=N and VMM_IPC_EXPORTER_ROOM=N (the open-file limit
  * leaves the child, or the exporter after its exports, room for N more),
  * VMM_IPC_OPEN_FLAGS=N (the child's first open of each handle passes flags
- * N instead of CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS).
+ * N instead of CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS), VMM_IPC_IMPORTER_PRELOAD
+ * (--start-again: the child's LD_PRELOAD instead of this one's).
  *
  * Every open that succeeds must map its whole export: the child also reads
  * the last byte of the run of chunks the tensor starts in.
@@ -629,6 +645,43 @@ static int bench(char *self)
     printf("BENCH export of a new block/chunk: legacy %.2f us, VMM %.2f us; again: legacy %.2f "
            "us, VMM %.2f us (goal for VMM again: <= 1 us)\n",
            median(legacy), median(vmm), median(legacy_again), median(vmm_again));
+    /* a reservation's start (16 GiB, 4 chunks far apart: one walk asks
+     * 8192 granules), exported again, and again after a chunk was mapped
+     * and unmapped in another reservation (walked, the same export) */
+    static const uint64_t far[4] = {0, 100, 4000, 8000};
+    CUdeviceptr big;
+    CUmemGenericAllocationHandle bh[4], tmp;
+    double start_again[BENCH_N], after_change[BENCH_N];
+    if (cuMemAddressReserve(&big, (uint64_t)8192 * CHUNK, 0, 0, 0) != CUDA_SUCCESS)
+        return 2;
+    for (int c = 0; c < 4; c++)
+        if (create_chunk(big + far[c] * CHUNK, 1, &bh[c]) != CUDA_SUCCESS)
+            return 2;
+    double t0 = now_us();
+    if (cuIpcGetMemHandle(&x, big) != CUDA_SUCCESS)
+        return 2;
+    double start_first = now_us() - t0;
+    for (int i = 0; i < BENCH_N; i++) {
+        t0 = now_us();
+        CUresult a = cuIpcGetMemHandle(&x, big);
+        start_again[i] = now_us() - t0;
+        if (a != CUDA_SUCCESS || create_chunk(va + 127 * CHUNK, 1, &tmp) != CUDA_SUCCESS ||
+            cuMemUnmap(va + 127 * CHUNK, CHUNK) != CUDA_SUCCESS || cuMemRelease(tmp))
+            return 2;
+        t0 = now_us();
+        a = cuIpcGetMemHandle(&x, big);
+        after_change[i] = now_us() - t0;
+        if (a != CUDA_SUCCESS)
+            return 2;
+    }
+    printf("BENCH export of a reservation's start (16 GiB, 4 chunks): first %.0f us, again %.2f "
+           "us, after a mapping changed elsewhere %.0f us (goal for again: <= 1 us)\n",
+           start_first, median(start_again), median(after_change));
+    for (int c = 0; c < 4; c++)
+        if (cuMemUnmap(big + far[c] * CHUNK, CHUNK) != CUDA_SUCCESS || cuMemRelease(bh[c]))
+            return 2;
+    if (cuMemAddressFree(big, (uint64_t)8192 * CHUNK) != CUDA_SUCCESS)
+        return 2;
     /* for the importer: 8 chunks side by side at 64..71 */
     for (int c = 0; c < 8; c++)
         if (create_chunk(va + (64 + c) * CHUNK, 1, &hh[32 + c]) != CUDA_SUCCESS)
@@ -651,6 +704,399 @@ static int bench(char *self)
             return 2;
     waitpid(child, &st, 0);
     return WIFEXITED(st) ? WEXITSTATUS(st) : 2;
+}
+
+/* ---- --start-again ROAD: a reservation's start exported again ------------ */
+
+typedef CUresult (*map_fn)(CUdeviceptr, size_t, size_t, CUmemGenericAllocationHandle,
+                           unsigned long long);
+typedef CUresult (*unmap_fn)(CUdeviceptr, size_t);
+typedef CUresult (*access_fn)(CUdeviceptr, size_t, const CUmemAccessDesc *, size_t);
+typedef CUresult (*range_free_fn)(CUdeviceptr, size_t);
+typedef CUresult (*gpa2_fn)(const char *, void **, int, cuuint64_t,
+                            CUdriverProcAddressQueryResult *);
+
+/* The mapping calls, reached by one road. */
+struct mapping_calls {
+    map_fn map;
+    unmap_fn unmap;
+    access_fn access;
+    range_free_fn free;
+};
+
+static void *need_fn(void *fn, const char *name)
+{
+    if (fn == NULL) {
+        fprintf(stderr, "vmm_ipc: cannot find %s\n", name);
+        exit(2);
+    }
+    return fn;
+}
+
+/* direct: the symbols the program is linked to; dlsym-default:
+ * dlsym(RTLD_DEFAULT); dlsym: dlsym on a handle of libcuda.so.1, as
+ * PyTorch's driver API does; procaddr: cuGetProcAddress, fetched through
+ * itself, as the CUDA runtime does. Says where cuMemMap comes from. */
+static void mapping_road(const char *road, struct mapping_calls *c)
+{
+    static const char *const names[4] = {"cuMemMap", "cuMemUnmap", "cuMemSetAccess",
+                                         "cuMemAddressFree"};
+    void *fn[4] = {NULL, NULL, NULL, NULL};
+    void *lib = dlopen("libcuda.so.1", RTLD_NOW);
+    if (strcmp(road, "direct") == 0) {
+        c->map = cuMemMap;
+        c->unmap = cuMemUnmap;
+        c->access = cuMemSetAccess;
+        c->free = cuMemAddressFree;
+        return;
+    } else if (strcmp(road, "dlsym-default") == 0 || strcmp(road, "dlsym") == 0) {
+        for (int i = 0; i < 4; i++)
+            fn[i] = dlsym(strcmp(road, "dlsym") == 0 ? lib : RTLD_DEFAULT, names[i]);
+    } else if (strcmp(road, "procaddr") == 0) {
+        gpa2_fn boot = (gpa2_fn)need_fn(dlsym(lib, "cuGetProcAddress_v2"), "cuGetProcAddress_v2");
+        gpa2_fn gpa = NULL;
+        CUdriverProcAddressQueryResult st;
+        if (boot("cuGetProcAddress", (void **)&gpa, 12000, 0, &st) != CUDA_SUCCESS || gpa == NULL)
+            exit(2);
+        for (int i = 0; i < 4; i++)
+            if (gpa(names[i], &fn[i], 12000, 0, &st) != CUDA_SUCCESS)
+                fn[i] = NULL;
+    } else {
+        fprintf(stderr, "vmm_ipc: unknown road '%s'\n", road);
+        exit(2);
+    }
+    for (int i = 0; i < 4; i++)
+        need_fn(fn[i], names[i]);
+    c->map = (map_fn)fn[0];
+    c->unmap = (unmap_fn)fn[1];
+    c->access = (access_fn)fn[2];
+    c->free = (range_free_fn)fn[3];
+    Dl_info where;
+    const char *from = dladdr(fn[0], &where) != 0 && where.dli_fname != NULL
+                           ? strrchr(where.dli_fname, '/')
+                           : NULL;
+    printf("cuMemMap from %s\n", from != NULL ? from + 1 : "?");
+}
+
+#define SA_PLACES 16
+#define SA_GAP (-1)   /* must not be mapped in the importer */
+#define SA_ANY (-2)   /* not looked at */
+
+/* One ticket for the importer: the byte each place must hold. */
+struct probe {
+    CUipcMemHandle handle;
+    int32_t last;
+    int16_t fill[SA_PLACES];
+};
+
+static long attribute_queries(void)
+{
+    long (*count)(void) = (long (*)(void))dlsym(RTLD_DEFAULT, "simcuda_attribute_queries");
+    return count != NULL ? count() : -1;
+}
+
+/* Opens each ticket, checks the first and last byte of each place that
+ * must be mapped and that each gap is not, closes; answers 0 (right), 1
+ * (wrong) or 2 (the open failed) for each. */
+static int start_again_importer(void)
+{
+    struct probe p;
+    if (tp_use_primary_context(0, NULL) != 0)
+        return 2;
+    while (tp_read_full(0, &p, sizeof p) == 0 && !p.last) {
+        CUdeviceptr base;
+        int32_t status = 0;
+        CUresult r = cuIpcOpenMemHandle(&base, p.handle, 1);
+        if (r != CUDA_SUCCESS) {
+            fprintf(stderr, "vmm_ipc: open failed: error %d\n", (int)r);
+            status = 2;
+        }
+        for (int i = 0; status == 0 && i < SA_PLACES; i++) {
+            unsigned char b[2] = {0, 0};
+            CUdeviceptr at = base + (uint64_t)i * CHUNK;
+            if (p.fill[i] == SA_ANY)
+                continue;
+            int readable = cuMemcpyDtoH(&b[0], at, 1) == CUDA_SUCCESS &&
+                           cuMemcpyDtoH(&b[1], at + CHUNK - 1, 1) == CUDA_SUCCESS;
+            if (p.fill[i] == SA_GAP ? readable
+                                    : !readable || b[0] != p.fill[i] || b[1] != p.fill[i]) {
+                fprintf(stderr, "vmm_ipc: place %d: %s, expected %s 0x%02x\n", i,
+                        readable ? "mapped" : "not mapped",
+                        p.fill[i] == SA_GAP ? "a gap, not" : "the byte", (unsigned)p.fill[i]);
+                status = 1;
+            }
+        }
+        if (r == CUDA_SUCCESS && cuIpcCloseMemHandle(base) != CUDA_SUCCESS)
+            status |= 2;
+        if (tp_write_full(1, &status, sizeof status) != 0)
+            return 2;
+    }
+    return 0;
+}
+
+struct start_again {
+    struct mapping_calls c;
+    CUdeviceptr va;
+    CUmemGenericAllocationHandle h[SA_PLACES];
+    int16_t fill[SA_PLACES]; /* what each place holds, SA_GAP: nothing mapped */
+    int serial;
+    int to, from;
+    int wrong, failed;
+};
+
+/* A new chunk at place i, filled with a byte of its own; access granted
+ * only if grant (then filled). */
+static int sa_map(struct start_again *s, int i, int grant)
+{
+    CUmemAllocationProp prop;
+    memset(&prop, 0, sizeof prop);
+    prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+    prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    prop.requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
+    CUdeviceptr at = s->va + (uint64_t)i * CHUNK;
+    if (cuMemCreate(&s->h[i], CHUNK, &prop, 0) != CUDA_SUCCESS ||
+        s->c.map(at, CHUNK, 0, s->h[i], 0) != CUDA_SUCCESS)
+        return -1;
+    return grant ? 0 : 1;
+}
+
+static int sa_grant(struct start_again *s, int i)
+{
+    CUmemAccessDesc a;
+    memset(&a, 0, sizeof a);
+    a.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    a.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+    CUdeviceptr at = s->va + (uint64_t)i * CHUNK;
+    int16_t fill = (int16_t)(0x40 + s->serial++);
+    if (s->c.access(at, CHUNK, &a, 1) != CUDA_SUCCESS ||
+        cuMemsetD8(at, (unsigned char)fill, CHUNK) != CUDA_SUCCESS)
+        return -1;
+    s->fill[i] = fill;
+    return 0;
+}
+
+static int sa_unmap(struct start_again *s, int i)
+{
+    if (s->c.unmap(s->va + (uint64_t)i * CHUNK, CHUNK) != CUDA_SUCCESS ||
+        cuMemRelease(s->h[i]) != CUDA_SUCCESS)
+        return -1;
+    s->fill[i] = SA_GAP;
+    return 0;
+}
+
+/* The reservation's start exported: its handle, and how many attribute
+ * queries it took. */
+static int sa_export(CUdeviceptr va, CUipcMemHandle *h, long *queries)
+{
+    long q = attribute_queries();
+    CUresult r = cuIpcGetMemHandle(h, va);
+    *queries = attribute_queries() - q;
+    if (r != CUDA_SUCCESS)
+        fprintf(stderr, "vmm_ipc: export of the reservation's start: error %d\n", (int)r);
+    return r == CUDA_SUCCESS ? 0 : -1;
+}
+
+/* The importer maps h and checks every place up to the last one mapped:
+ * what is mapped there now, and the gaps. */
+static void sa_probe(struct start_again *s, const CUipcMemHandle *h, const char *what)
+{
+    struct probe p;
+    int32_t status = 2;
+    int last = 0;
+    memset(&p, 0, sizeof p);
+    p.handle = *h;
+    for (int i = 0; i < SA_PLACES; i++)
+        if (s->fill[i] != SA_GAP)
+            last = i;
+    for (int i = 0; i < SA_PLACES; i++)
+        p.fill[i] = i <= last ? s->fill[i] : SA_ANY;
+    if (tp_write_full(s->to, &p, sizeof p) != 0 || tp_read_full(s->from, &status, sizeof status))
+        status = 2;
+    printf("%s: %s\n", what, status == 0 ? "right" : status == 1 ? "WRONG" : "FAILED");
+    s->wrong += (status & 1) != 0;
+    s->failed += (status & 2) != 0;
+}
+
+/* Exports the reservation's start twice: the second a look-up (a few
+ * queries) or a walk (one a granule). Says which; the two must be the
+ * same ticket. */
+static int sa_twice(struct start_again *s, CUipcMemHandle *h, const char *what)
+{
+    CUipcMemHandle again;
+    long walk, q;
+    if (sa_export(s->va, h, &walk) != 0 || sa_export(s->va, &again, &q) != 0)
+        return -1;
+    printf("%s, exported again: %s (%ld attribute queries; the first export %ld)\n", what,
+           q < SA_PLACES / 2 ? "looked up" : "walked", q, walk); /* a walk: one a place */
+    if (memcmp(h, &again, sizeof again) != 0) {
+        printf("%s: exported again, another ticket: WRONG\n", what);
+        s->wrong++;
+    }
+    return 0;
+}
+
+static int ticket_id(const CUipcMemHandle *h)
+{
+    struct nvipcfix_vmm_ticket t;
+    return nvipcfix_vmm_ticket_decode((const unsigned char *)h->reserved, &t) == 0
+               ? (int)t.export_id
+               : -1;
+}
+
+/* Ends the importer, unmaps every chunk and frees the reservation (through
+ * the road); the verdict. */
+static int sa_finish(struct start_again *s, pid_t child, const char *what)
+{
+    struct probe end;
+    int st;
+    memset(&end, 0, sizeof end);
+    end.last = 1;
+    if (tp_write_full(s->to, &end, sizeof end) != 0 || waitpid(child, &st, 0) != child ||
+        !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+        s->failed++;
+    for (int i = 0; i < SA_PLACES; i++)
+        if (s->fill[i] != SA_GAP && sa_unmap(s, i) != 0)
+            s->failed++;
+    if (s->c.free(s->va, SA_PLACES * CHUNK) != CUDA_SUCCESS)
+        s->failed++;
+    printf("%s: %d wrong, %d failed\n", what, s->wrong, s->failed);
+    return (s->wrong > 0 ? 1 : 0) | (s->failed > 0 ? 2 : 0);
+}
+
+/* A reservation of 16 places, chunks at 0, 2 and 5, its start exported
+ * again and again while chunks are mapped, unmapped and granted access
+ * through the road given; each ticket mapped by another process at once
+ * and checked place by place. */
+static int start_again(char *self, const char *road)
+{
+    static struct start_again s;
+    CUipcMemHandle h1, h, same;
+    char *args[] = {self, "--start-again-importer", NULL};
+    const char *importer_preload = getenv("VMM_IPC_IMPORTER_PRELOAD");
+    mapping_road(road, &s.c);
+    if (tp_use_primary_context(0, NULL) != 0 ||
+        cuMemAddressReserve(&s.va, SA_PLACES * CHUNK, 0, 0, 0) != CUDA_SUCCESS)
+        return 2;
+    for (int i = 0; i < SA_PLACES; i++)
+        s.fill[i] = SA_GAP;
+    for (int i = 0; i < 3; i++)
+        if (sa_map(&s, (int[]){0, 2, 5}[i], 1) != 0 || sa_grant(&s, (int[]){0, 2, 5}[i]) != 0)
+            return 2;
+    if (importer_preload != NULL) /* the importer's own, if another than this one's */
+        setenv("LD_PRELOAD", importer_preload, 1);
+    pid_t child = tp_spawn(self, args, &s.to, &s.from);
+    if (sa_twice(&s, &h1, "without a change") != 0)
+        return 2;
+    sa_probe(&s, &h1, "chunks 0 2 5");
+    /* a chunk mapped in a gap */
+    if (sa_map(&s, 3, 1) != 0 || sa_grant(&s, 3) != 0 || sa_twice(&s, &h, "a chunk mapped") != 0)
+        return 2;
+    if (ticket_id(&h) == ticket_id(&h1)) {
+        printf("a chunk mapped: the export of before: WRONG\n");
+        s.wrong++;
+    }
+    sa_probe(&s, &h, "chunks 0 2 3 5");
+    /* a chunk unmapped */
+    if (sa_unmap(&s, 2) != 0 || sa_twice(&s, &h, "a chunk unmapped") != 0)
+        return 2;
+    sa_probe(&s, &h, "chunks 0 3 5");
+    /* a chunk mapped without access (its range not found yet, as measured:
+     * a gap to the walk, but for a driver that finds it: then its bytes,
+     * zeros, are exported), then granted */
+    if (sa_map(&s, 7, 0) != 1)
+        return 2;
+    if (getenv("SIMCUDA_RANGE_BEFORE_ACCESS") != NULL)
+        s.fill[7] = 0;
+    if (sa_twice(&s, &h, "a chunk mapped without access") != 0)
+        return 2;
+    sa_probe(&s, &h, "chunks 0 3 5, and 7 without access");
+    if (sa_grant(&s, 7) != 0 || sa_twice(&s, &h, "access granted") != 0)
+        return 2;
+    sa_probe(&s, &h, "chunks 0 3 5 7");
+    /* a change elsewhere: walked again, the same export */
+    CUdeviceptr other;
+    CUmemGenericAllocationHandle oh;
+    CUmemAllocationProp prop;
+    memset(&prop, 0, sizeof prop);
+    prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+    prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    if (cuMemAddressReserve(&other, CHUNK, 0, 0, 0) != CUDA_SUCCESS ||
+        cuMemCreate(&oh, CHUNK, &prop, 0) != CUDA_SUCCESS ||
+        s.c.map(other, CHUNK, 0, oh, 0) != CUDA_SUCCESS ||
+        s.c.unmap(other, CHUNK) != CUDA_SUCCESS || cuMemRelease(oh) != CUDA_SUCCESS ||
+        s.c.free(other, CHUNK) != CUDA_SUCCESS || sa_twice(&s, &same, "a change elsewhere") != 0)
+        return 2;
+    if (memcmp(&same, &h, sizeof h) != 0) {
+        printf("a change elsewhere: another export: WRONG\n");
+        s.wrong++;
+    }
+    sa_probe(&s, &same, "chunks 0 3 5 7, again");
+    return sa_finish(&s, child, road);
+}
+
+/* ---- --start-race: exports of a reservation's start on threads, while
+ * another thread maps and unmaps chunks in its gaps ---------------------- */
+
+#define RACE_OPS 200
+#define RACE_EXPORTERS 3
+
+struct race {
+    struct start_again s;
+    CUcontext ctx;
+    atomic_int done;
+    atomic_int failed;
+    atomic_long exports;
+};
+
+static void *race_exports(void *arg)
+{
+    struct race *r = arg;
+    cuCtxSetCurrent(r->ctx);
+    while (!atomic_load(&r->done)) {
+        CUipcMemHandle h;
+        if (cuIpcGetMemHandle(&h, r->s.va) != CUDA_SUCCESS)
+            atomic_fetch_add(&r->failed, 1);
+        atomic_fetch_add(&r->exports, 1);
+    }
+    return NULL;
+}
+
+static int start_race(char *self)
+{
+    static struct race r;
+    pthread_t t[RACE_EXPORTERS];
+    char *args[] = {self, "--start-again-importer", NULL};
+    mapping_road("direct", &r.s.c);
+    if (tp_use_primary_context(0, &r.ctx) != 0 ||
+        cuMemAddressReserve(&r.s.va, SA_PLACES * CHUNK, 0, 0, 0) != CUDA_SUCCESS)
+        return 2;
+    for (int i = 0; i < SA_PLACES; i++)
+        r.s.fill[i] = SA_GAP;
+    if (sa_map(&r.s, 0, 1) != 0 || sa_grant(&r.s, 0) != 0)
+        return 2;
+    for (int i = 0; i < RACE_EXPORTERS; i++)
+        if (pthread_create(&t[i], NULL, race_exports, &r) != 0)
+            return 2;
+    for (int k = 0; k < RACE_OPS; k++) { /* places 3, 7, 11 in turn */
+        int i = 3 + 4 * (k % 3);
+        if ((r.s.fill[i] == SA_GAP ? sa_map(&r.s, i, 1) || sa_grant(&r.s, i) : sa_unmap(&r.s, i)))
+            atomic_fetch_add(&r.failed, 1);
+        usleep(200);
+    }
+    atomic_store(&r.done, 1);
+    for (int i = 0; i < RACE_EXPORTERS; i++)
+        pthread_join(t[i], NULL);
+    printf("%ld exports on %d threads beside %d mapping changes, %d failed\n",
+           atomic_load(&r.exports), RACE_EXPORTERS, RACE_OPS, atomic_load(&r.failed));
+    /* the state they left: exported again, mapped by another process */
+    CUipcMemHandle h;
+    pid_t child = tp_spawn(self, args, &r.s.to, &r.s.from);
+    if (sa_twice(&r.s, &h, "after the race") != 0)
+        return 2;
+    sa_probe(&r.s, &h, "the chunks left");
+    if (atomic_load(&r.failed) != 0)
+        r.s.failed++;
+    return sa_finish(&r.s, child, "start-race");
 }
 
 /* ---- the exporter's side and the verdict --------------------------------- */
@@ -810,6 +1256,12 @@ int main(int argc, char **argv)
         return bench_importer();
     if (strcmp(mode, "--bench") == 0)
         return bench(argv[0]);
+    if (strcmp(mode, "--start-again-importer") == 0)
+        return start_again_importer();
+    if (strcmp(mode, "--start-again") == 0)
+        return start_again(argv[0], argc > 2 ? argv[2] : "direct");
+    if (strcmp(mode, "--start-race") == 0)
+        return start_race(argv[0]);
     static struct run r;
     r.reopen = strcmp(mode, "--reopen") == 0;
     r.self = strcmp(mode, "--self") == 0;

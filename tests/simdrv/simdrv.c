@@ -51,6 +51,9 @@
  *   SIMCUDA_IPC_ANY_FLAGS=1 cuIpcOpenMemHandle accepts any flags (a newer
  *                           driver with flags this one does not know;
  *                           they change nothing here)
+ *   SIMCUDA_RANGE_BEFORE_ACCESS=1  cuMemGetAddressRange finds a VMM mapping
+ *                           before access to it is granted (a driver other
+ *                           than the one measured)
  *   SIMCUDA_FAIL=a,b|all    the named entry points fail with CUDA_ERROR_UNKNOWN
  *   SIMCUDA_VA_GIB=N        address space reserved per device (default 64;
  *                           smaller under valgrind)
@@ -63,6 +66,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -149,6 +153,7 @@ struct vmm_range {
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static int initialized;
 static int ndevices = 1, old_driver, handle_tail, reopen_unchecked, any_ipc_flags;
+static int range_before_access;
 static uint64_t va_per_device = UINT64_C(64) << 30;
 static char fail_list[512];
 static unsigned char ident[8];
@@ -164,6 +169,7 @@ static uint64_t next_vmm_handle = 0x5a0000001000;
 static uint64_t next_object_id = 1;
 static uint32_t next_chunk_id = 1;
 static long real_opens, real_closes;
+static atomic_long attribute_queries; /* cuPointerGetAttribute(s) calls, for the tests */
 static _Thread_local CUcontext current;
 
 /* ---- helpers ---------------------------------------------------------- */
@@ -299,6 +305,7 @@ SIM_EXPORT CUresult cuInit(unsigned int flags)
         reopen_unchecked = env_flag("SIMCUDA_REOPEN_UNCHECKED");
         handle_tail = env_flag("SIMCUDA_HANDLE_TAIL");
         any_ipc_flags = env_flag("SIMCUDA_IPC_ANY_FLAGS");
+        range_before_access = env_flag("SIMCUDA_RANGE_BEFORE_ACCESS");
         const char *va = getenv("SIMCUDA_VA_GIB");
         if (va != NULL && atoi(va) >= 1 && atoi(va) <= 1024)
             va_per_device = (uint64_t)atoi(va) << 30;
@@ -610,7 +617,7 @@ SIM_EXPORT CUresult cuMemGetAddressRange_v2(CUdeviceptr *pbase, size_t *psize, C
         size = m->size;
     } else {
         struct vmm_range *map = find_range(vmm_maps, p);
-        if (map != NULL && map->access) { /* the one mapping, once accessible */
+        if (map != NULL && (map->access || range_before_access)) { /* the one mapping */
             base = map->va;
             size = map->size;
         }
@@ -690,6 +697,7 @@ static int attribute(CUpointer_attribute attr, void *data, uint64_t p)
 SIM_EXPORT CUresult cuPointerGetAttribute(void *data, CUpointer_attribute attr, CUdeviceptr p)
 {
     ENTER("cuPointerGetAttribute");
+    atomic_fetch_add(&attribute_queries, 1);
     if (data == NULL)
         return CUDA_ERROR_INVALID_VALUE;
     pthread_mutex_lock(&lock);
@@ -706,6 +714,7 @@ SIM_EXPORT CUresult cuPointerGetAttributes(unsigned int n, CUpointer_attribute *
                                            void **data, CUdeviceptr p)
 {
     ENTER("cuPointerGetAttributes");
+    atomic_fetch_add(&attribute_queries, 1);
     if (attrs == NULL || data == NULL)
         return CUDA_ERROR_INVALID_VALUE;
     CUresult r = CUDA_SUCCESS;
@@ -1472,4 +1481,12 @@ SIM_EXPORT void simcuda_vmm_counts(long *maps, long *allocs, long *reservations)
     *maps = n[0];
     *allocs = n[1];
     *reservations = n[2];
+}
+
+/* How many pointer attribute queries (cuPointerGetAttribute and
+ * cuPointerGetAttributes) this process has made: what a walk of a
+ * reservation costs, one a granule. */
+SIM_EXPORT long simcuda_attribute_queries(void)
+{
+    return atomic_load(&attribute_queries);
 }

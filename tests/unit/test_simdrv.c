@@ -17,6 +17,7 @@
 #include <cmocka.h>
 
 void simcuda_counts(long *open_mappings, long *opens, long *closes);
+long simcuda_attribute_queries(void);
 
 static uint64_t le64(const char *p)
 {
@@ -401,6 +402,20 @@ static void test_vmm_memory_as_measured(void **state)
     assert_int_equal(cuMemAddressFree(va, 32 * C), CUDA_SUCCESS);
 }
 
+/* The instrument the VMM tests count walks with: one a query, of either
+ * attribute call, known pointer or not. */
+static void test_attribute_queries_counted(void **state)
+{
+    (void)state;
+    unsigned long long id;
+    CUpointer_attribute attr = CU_POINTER_ATTRIBUTE_BUFFER_ID;
+    void *data = &id;
+    long before = simcuda_attribute_queries();
+    cuPointerGetAttribute(&id, CU_POINTER_ATTRIBUTE_BUFFER_ID, 0x1000);
+    cuPointerGetAttributes(1, &attr, &data, 0x1000);
+    assert_int_equal(simcuda_attribute_queries() - before, 2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -413,6 +428,7 @@ int main(void)
         cmocka_unit_test(test_guard_bytes_in_every_order),
         cmocka_unit_test(test_legacy_entry_refuses_a_reopen),
         cmocka_unit_test(test_vmm_memory_as_measured),
+        cmocka_unit_test(test_attribute_queries_counted),
     };
     return cmocka_run_group_tests_name("simulated_driver", tests, setup, NULL);
 }

@@ -246,6 +246,81 @@ static void test_sweep_keeps_exports_past_a_freed_chunk(void **state)
     free(c);
 }
 
+/* A reservation exported at its start while a chunk is mapped in a gap
+ * and unmapped again, 2000 times (PyTorch's segment, a block allocated and
+ * released): back to its first state, it is the first export again
+ * (whichever run holds those chunks), and the exports that covered a chunk
+ * since unmapped are swept, though their first chunk is still there. */
+static void test_reservation_back_to_a_state_is_bounded(void **state)
+{
+    (void)state;
+    static const int place[4] = {0, 2, 5, 9};
+    struct nvipcfix_vmm_chunk c[5];
+    unsigned char s[16];
+    uint32_t base_id = 0, id;
+    size_t exports, chunks;
+    stale_from = 10000;
+    stale_to = 10000;
+    for (uint64_t i = 0; i < 2000; i++) {
+        uint64_t gap = i % 2 ? 3 : 7; /* mapped at 3 or at 7, then unmapped */
+        size_t n = 0;
+        for (int k = 0; k < 4; k++) {
+            if (gap < (uint64_t)place[k] && n == (size_t)k) {
+                c[n].va = BASE + gap * CHUNK;
+                c[n].size = CHUNK;
+                c[n++].buffer_id = 10000 + i;
+            }
+            c[n].va = BASE + (uint64_t)place[k] * CHUNK;
+            c[n].size = CHUNK;
+            c[n++].buffer_id = 1 + (uint64_t)k;
+        }
+        assert_int_equal(nvipcfix_vmm_records_add(&r, NULL, c, 5, &id, s), 0);
+        stale_to = 10000 + i + 1; /* unmapped */
+        for (size_t k = 0; k < 4; k++)
+            c[k] = (struct nvipcfix_vmm_chunk){BASE + (uint64_t)place[k] * CHUNK, CHUNK, 1 + k};
+        assert_int_equal(nvipcfix_vmm_records_add(&r, NULL, c, 4, &id, s), 0);
+        if (i == 0)
+            base_id = id;
+        assert_int_equal(id, base_id);
+    }
+    nvipcfix_vmm_records_counts(&r, &exports, &chunks);
+    print_message("[ INFO     ] 2000 chunks mapped in a gap and unmapped, the start exported "
+                  "each time: %zu exports and %zu chunks held\n", exports, chunks);
+    assert_true(exports <= 300 && chunks <= 1500); /* not one export or run per change */
+}
+
+/* Few exports, each of a large reservation (1000 chunks) with a chunk
+ * mapped in another gap each time and unmapped after: the records are
+ * swept by the chunks they hold too, not only by exports. */
+static void test_large_reservation_swept_by_chunks_held(void **state)
+{
+    (void)state;
+    enum { N = 1000, CHANGES = 200 };
+    struct nvipcfix_vmm_chunk *c = calloc(N + 1, sizeof *c);
+    unsigned char s[16];
+    uint32_t id;
+    size_t exports, chunks;
+    stale_from = 100000;
+    stale_to = 100000;
+    for (uint64_t i = 0; i < CHANGES; i++) {
+        uint64_t gap = 2 * (N - i) - 1; /* odd places, each lower than the last */
+        size_t n = 0;
+        for (uint64_t k = 0; k < N; k++) {
+            if (gap < 2 * k && n == k) {
+                c[n++] = (struct nvipcfix_vmm_chunk){BASE + gap * CHUNK, CHUNK, 100000 + i};
+            }
+            c[n++] = (struct nvipcfix_vmm_chunk){BASE + 2 * k * CHUNK, CHUNK, 1 + k};
+        }
+        assert_int_equal(nvipcfix_vmm_records_add(&r, NULL, c, N + 1, &id, s), 0);
+        stale_to = 100000 + i + 1; /* unmapped again */
+    }
+    nvipcfix_vmm_records_counts(&r, &exports, &chunks);
+    print_message("[ INFO     ] %d exports of a 1000-chunk reservation, each with another chunk "
+                  "since unmapped: %zu exports and %zu chunks held\n", CHANGES, exports, chunks);
+    assert_true(chunks <= 10 * (N + 1)); /* not one run of 1001 chunks per change */
+    free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -256,6 +331,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_shrink_and_regrow, setup, teardown),
         cmocka_unit_test_setup_teardown(test_freed_exports_are_swept, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sweep_keeps_exports_past_a_freed_chunk, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reservation_back_to_a_state_is_bounded, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_large_reservation_swept_by_chunks_held, setup,
+                                        teardown),
     };
     return cmocka_run_group_tests_name("vmm_records", tests, NULL, NULL);
 }

@@ -12,6 +12,8 @@
 #include <dirent.h>
 #include <fcntl.h>
 #include <stdio.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -19,18 +21,51 @@
 
 #include "../../shim/vmm_share.h"
 #include "../common/sim_driver_table.h"
+#include "../common/test_process.h"
 
 void simcuda_vmm_counts(long *maps, long *allocs, long *reservations);
+long simcuda_attribute_queries(void);
 
 #define CHUNK (UINT64_C(2) << 20)
 
+/* The driver as the library hands it to the fix: with a mapping
+ * generation, which the calls below move on as the library's cuMem* entry
+ * points do (preload/driver_entry.c): before and after the driver's call. */
+static _Atomic uint64_t gen;
+static struct nvipcfix_driver counted;
+
+static CUresult counted_map(CUdeviceptr p, size_t n, CUmemGenericAllocationHandle h)
+{
+    atomic_fetch_add(&gen, 1);
+    CUresult r = cuMemMap(p, n, 0, h, 0);
+    atomic_fetch_add(&gen, 1);
+    return r;
+}
+
+static CUresult counted_unmap(CUdeviceptr p, size_t n)
+{
+    atomic_fetch_add(&gen, 1);
+    CUresult r = cuMemUnmap(p, n);
+    atomic_fetch_add(&gen, 1);
+    return r;
+}
+
+static CUresult counted_set_access(CUdeviceptr p, size_t n, const CUmemAccessDesc *a)
+{
+    atomic_fetch_add(&gen, 1);
+    CUresult r = cuMemSetAccess(p, n, a, 1);
+    atomic_fetch_add(&gen, 1);
+    return r;
+}
 
 static struct nvipcfix_vmm vmm;
 static CUcontext ctx;
 static CUdeviceptr va;
 static CUmemGenericAllocationHandle chunk[8];
 
-static CUresult map_chunk(int c, int fd_handles)
+/* Chunk c of the test's reservation, filled with 0x10 + c; without
+ * access (and unfilled) unless grant. */
+static CUresult map_chunk_as(int c, int fd_handles, int grant)
 {
     CUmemAllocationProp prop;
     memset(&prop, 0, sizeof prop);
@@ -44,17 +79,33 @@ static CUresult map_chunk(int c, int fd_handles)
     a.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
     CUresult r = cuMemCreate(&chunk[c], CHUNK, &prop, 0);
     if (r == CUDA_SUCCESS)
-        r = cuMemMap(va + c * CHUNK, CHUNK, 0, chunk[c], 0);
-    if (r == CUDA_SUCCESS)
-        r = cuMemSetAccess(va + c * CHUNK, CHUNK, &a, 1);
-    if (r == CUDA_SUCCESS)
+        r = counted_map(va + c * CHUNK, CHUNK, chunk[c]);
+    if (r == CUDA_SUCCESS && grant)
+        r = counted_set_access(va + c * CHUNK, CHUNK, &a);
+    if (r == CUDA_SUCCESS && grant)
         r = cuMemsetD8(va + c * CHUNK, (unsigned char)(0x10 + c), CHUNK);
     return r;
 }
 
+static CUresult map_chunk(int c, int fd_handles)
+{
+    return map_chunk_as(c, fd_handles, 1);
+}
+
+/* Access to chunk c granted after it was mapped without, and filled. */
+static void grant_chunk(int c)
+{
+    CUmemAccessDesc a;
+    memset(&a, 0, sizeof a);
+    a.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    a.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+    assert_int_equal(counted_set_access(va + c * CHUNK, CHUNK, &a), CUDA_SUCCESS);
+    assert_int_equal(cuMemsetD8(va + c * CHUNK, (unsigned char)(0x10 + c), CHUNK), CUDA_SUCCESS);
+}
+
 static void unmap_chunk(int c)
 {
-    assert_int_equal(cuMemUnmap(va + c * CHUNK, CHUNK), CUDA_SUCCESS);
+    assert_int_equal(counted_unmap(va + c * CHUNK, CHUNK), CUDA_SUCCESS);
     assert_int_equal(cuMemRelease(chunk[c]), CUDA_SUCCESS);
 }
 
@@ -68,7 +119,9 @@ static int setup(void **state)
     for (int c = 0; c < 3; c++)
         if (map_chunk(c, 1) != CUDA_SUCCESS)
             return -1;
-    nvipcfix_vmm_init(&vmm, &linked_driver);
+    counted = linked_driver;
+    counted.map_generation = &gen;
+    nvipcfix_vmm_init(&vmm, &counted);
     return 0;
 }
 
@@ -165,6 +218,7 @@ static int leave_room(int room)
 
 static const char *expect_why; /* a failing child's message must hold it */
 static int child_room = -1;    /* the child's open-file room, -1 as it is */
+static long parent_maps = 3;   /* the parent's own mappings, which the child's sim counts */
 
 /* In a child: map the ticket, check the bytes, unmap, nothing left. A
  * failure: 10 + the error, with nothing left mapped. */
@@ -187,7 +241,7 @@ static int child_maps(const struct nvipcfix_vmm_ticket *t, uint64_t expect_size,
         leave_room(child_room);
     if (nvipcfix_vmm_map(&mine, t, &base, &size, &r, why, sizeof why) != NVIPCFIX_VMM_OK) {
         simcuda_vmm_counts(&maps, &allocs, &ranges);
-        if (maps != 3 || ranges != 1) /* all or nothing: what was mapped is undone */
+        if (maps != parent_maps || ranges != 1) /* all or nothing: what was mapped is undone */
             return 7;
         if (expect_why != NULL && strstr(why, expect_why) == NULL) {
             fprintf(stderr, "child: %s\n", why);
@@ -206,7 +260,7 @@ static int child_maps(const struct nvipcfix_vmm_ticket *t, uint64_t expect_size,
         return 4;
     simcuda_vmm_counts(&maps, &allocs, &ranges);
     /* the child's copies of the parent's own mappings stay counted */
-    return maps == 3 && ranges == 1 ? 0 : 5;
+    return maps == parent_maps && ranges == 1 ? 0 : 5;
 }
 
 static int run_child(const struct nvipcfix_vmm_ticket *t, uint64_t expect_size,
@@ -251,7 +305,9 @@ static void test_export_again_is_a_look_up(void **state)
     assert_int_equal(again(va + CHUNK, &b), NVIPCFIX_VMM_OK);
     assert_int_equal(b.offset, 0);
     export(va + 100);
-    assert_int_equal(again(va, &b), NVIPCFIX_VMM_NOT_AGAIN); /* the reservation's start */
+    /* the reservation's start, never exported in this state (chunks were
+     * mapped and unmapped since the earlier test's export of it) */
+    assert_int_equal(again(va, &b), NVIPCFIX_VMM_NOT_AGAIN);
     unsigned char t[64];
     assert_int_equal(nvipcfix_vmm_export_again(&vmm, (CUcontext)&b, va + 200, t),
                      NVIPCFIX_VMM_NOT_AGAIN); /* another context */
@@ -355,9 +411,9 @@ static void test_many_chunks_arrive_in_batches(void **state)
     assert_int_equal(cuMemAddressReserve(&big, N * CHUNK, 0, 0, 0), CUDA_SUCCESS);
     for (int c = 0; c < N; c++) {
         assert_int_equal(cuMemCreate(&h, CHUNK, &prop, 0), CUDA_SUCCESS);
-        assert_int_equal(cuMemMap(big + c * CHUNK, CHUNK, 0, h, 0), CUDA_SUCCESS);
+        assert_int_equal(counted_map(big + c * CHUNK, CHUNK, h), CUDA_SUCCESS);
         assert_int_equal(cuMemRelease(h), CUDA_SUCCESS);
-        assert_int_equal(cuMemSetAccess(big + c * CHUNK, CHUNK, &a, 1), CUDA_SUCCESS);
+        assert_int_equal(counted_set_access(big + c * CHUNK, CHUNK, &a), CUDA_SUCCESS);
         unsigned char b = (unsigned char)c;
         assert_int_equal(cuMemcpyHtoD(big + c * CHUNK + 5, &b, 1), CUDA_SUCCESS);
     }
@@ -386,7 +442,7 @@ static void test_many_chunks_arrive_in_batches(void **state)
     assert_int_equal(waitpid(child, &st, 0), child);
     assert_true(WIFEXITED(st));
     assert_int_equal(WEXITSTATUS(st), 0);
-    assert_int_equal(cuMemUnmap(big, N * CHUNK), CUDA_SUCCESS);
+    assert_int_equal(counted_unmap(big, N * CHUNK), CUDA_SUCCESS);
     assert_int_equal(cuMemAddressFree(big, N * CHUNK), CUDA_SUCCESS);
 }
 
@@ -444,8 +500,380 @@ static void test_fd_limits_fail_whole(void **state)
     assert_int_equal(run_child(&t, 3 * CHUNK, 0x10), 0); /* and with room, all of it */
 }
 
-int main(void)
+/* ---- repeated exports of a reservation's start --------------------------- */
+
+/* The places (chunks from base) of the export a ticket names, one bit
+ * each; the buffer ids in ids[place] when ids is not NULL. ~0: the export
+ * is not recorded. */
+static uint64_t places_of(const struct nvipcfix_vmm_ticket *t, CUdeviceptr base, uint64_t *ids)
 {
+    size_t n = 64, total;
+    CUcontext c;
+    struct nvipcfix_vmm_chunk *ch =
+        nvipcfix_vmm_records_get(&vmm.records, t->export_id, 0, &n, &total, &c);
+    if (ch == NULL)
+        return ~UINT64_C(0);
+    uint64_t mask = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t place = (ch[i].va - base) / CHUNK;
+        mask |= UINT64_C(1) << place;
+        if (ids != NULL)
+            ids[place] = ch[i].buffer_id;
+    }
+    free(ch);
+    return mask;
+}
+
+static size_t exports_recorded(void)
+{
+    size_t n;
+    unsigned long served, refused;
+    nvipcfix_vmm_counts(&vmm, &n, &served, &refused);
+    return n;
+}
+
+/* Exported again with nothing mapped or unmapped since: a look-up (one
+ * attribute query, where the walk asks one a granule), the same export,
+ * no new record. After a change elsewhere the reservation is walked again,
+ * finds the same chunks and gives the same export; then a look-up again. */
+static void test_start_again_is_a_look_up_until_a_mapping_changes(void **state)
+{
+    (void)state;
+    struct nvipcfix_vmm_ticket first = export(va), t;
+    size_t recorded = exports_recorded();
+    long q = simcuda_attribute_queries();
+    assert_int_equal(again(va, &t), NVIPCFIX_VMM_OK);
+    assert_int_equal(simcuda_attribute_queries() - q, 1);
+    assert_int_equal(t.export_id, first.export_id);
+    assert_memory_equal(t.secret, first.secret, sizeof t.secret);
+    assert_int_equal(t.offset, 0);
+    assert_int_equal(exports_recorded(), recorded);
+    q = simcuda_attribute_queries();
+    export(va); /* what the walk costs here: 16 granules */
+    assert_true(simcuda_attribute_queries() - q >= 16);
+
+    /* a chunk mapped and unmapped in another reservation */
+    CUdeviceptr other;
+    CUmemGenericAllocationHandle h;
+    CUmemAllocationProp prop;
+    memset(&prop, 0, sizeof prop);
+    prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+    prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    assert_int_equal(cuMemAddressReserve(&other, CHUNK, 0, 0, 0), CUDA_SUCCESS);
+    assert_int_equal(cuMemCreate(&h, CHUNK, &prop, 0), CUDA_SUCCESS);
+    assert_int_equal(counted_map(other, CHUNK, h), CUDA_SUCCESS);
+    assert_int_equal(counted_unmap(other, CHUNK), CUDA_SUCCESS);
+    assert_int_equal(cuMemRelease(h), CUDA_SUCCESS);
+    assert_int_equal(cuMemAddressFree(other, CHUNK), CUDA_SUCCESS);
+    assert_int_equal(again(va, &t), NVIPCFIX_VMM_NOT_AGAIN);
+    t = export(va);
+    assert_int_equal(t.export_id, first.export_id);
+    assert_int_equal(exports_recorded(), recorded);
+    q = simcuda_attribute_queries();
+    assert_int_equal(again(va, &t), NVIPCFIX_VMM_OK); /* the walk's generation kept */
+    assert_int_equal(simcuda_attribute_queries() - q, 1);
+    assert_int_equal(t.export_id, first.export_id);
+}
+
+/* A chunk mapped in a gap, a chunk unmapped, access granted to a chunk
+ * mapped before: each time the repeated export walks again and covers
+ * exactly what is mapped, and another process maps all of it. */
+static void test_start_again_sees_every_change(void **state)
+{
+    (void)state;
+    struct nvipcfix_vmm_ticket t0 = export(va), t;
+    assert_int_equal(places_of(&t0, va, NULL), 0x7); /* chunks 0 1 2 */
+    assert_int_equal(map_chunk(6, 1), CUDA_SUCCESS);  /* 0 1 2 _ _ _ 6 */
+    parent_maps = 4;
+    assert_int_equal(again(va, &t), NVIPCFIX_VMM_NOT_AGAIN);
+    struct nvipcfix_vmm_ticket t1 = export(va);
+    assert_int_not_equal(t1.export_id, t0.export_id);
+    assert_int_equal(places_of(&t1, va, NULL), 0x47);
+    assert_int_equal(run_child(&t1, 7 * CHUNK, 0x10), 0);
+    assert_int_equal(again(va, &t), NVIPCFIX_VMM_OK);
+    assert_int_equal(t.export_id, t1.export_id);
+
+    unmap_chunk(1); /* 0 _ 2 _ _ _ 6 */
+    parent_maps = 3;
+    assert_int_equal(again(va, &t), NVIPCFIX_VMM_NOT_AGAIN);
+    struct nvipcfix_vmm_ticket t2 = export(va);
+    assert_int_equal(places_of(&t2, va, NULL), 0x45);
+    assert_int_equal(run_child(&t2, 7 * CHUNK, 0x10), 0);
+    /* t1 is not served now (dropped when t2 replaced its run's tail) */
+    assert_int_equal(run_child(&t1, 0, 0), 10 + CUDA_ERROR_INVALID_HANDLE % 100);
+
+    /* mapped without access: not found by its range yet, so not covered */
+    assert_int_equal(map_chunk_as(1, 1, 0), CUDA_SUCCESS);
+    parent_maps = 4;
+    struct nvipcfix_vmm_ticket t3 = export(va);
+    assert_int_equal(places_of(&t3, va, NULL), 0x45);
+    assert_int_equal(again(va, &t), NVIPCFIX_VMM_OK);
+    grant_chunk(1);
+    assert_int_equal(again(va, &t), NVIPCFIX_VMM_NOT_AGAIN);
+    struct nvipcfix_vmm_ticket t4 = export(va);
+    assert_int_equal(places_of(&t4, va, NULL), 0x47);
+    assert_int_equal(run_child(&t4, 7 * CHUNK, 0x10), 0);
+    unmap_chunk(6);
+    parent_maps = 3;
+}
+
+/* Without a mapping generation (a driver table that keeps none), or with
+ * one that may miss changes, every export of a reservation's start walks. */
+static void test_start_without_a_generation_walks_each_time(void **state)
+{
+    (void)state;
+    struct nvipcfix_vmm_ticket t;
+    atomic_fetch_or(&gen, NVIPCFIX_MAP_GEN_UNTRACKED);
+    export(va);
+    assert_int_equal(again(va, &t), NVIPCFIX_VMM_NOT_AGAIN);
+    atomic_fetch_and(&gen, ~NVIPCFIX_MAP_GEN_UNTRACKED);
+    struct nvipcfix_vmm plain;
+    unsigned char b[64];
+    nvipcfix_vmm_init(&plain, &linked_driver);
+    assert_int_equal(nvipcfix_vmm_export(&plain, ctx, va, b), NVIPCFIX_VMM_OK);
+    assert_int_equal(nvipcfix_vmm_export_again(&plain, ctx, va, b), NVIPCFIX_VMM_NOT_AGAIN);
+    nvipcfix_vmm_destroy(&plain);
+}
+
+/* An export of the start of a range nvipcfix mapped from a ticket (it
+ * maps there without moving the generation) is walked each time. In a new
+ * process (this program again, --import-start TICKET): exporting starts a
+ * thread, which a fork of this process with its server thread may not
+ * (ThreadSanitizer refuses it). */
+static char *self;
+
+static int import_start(const char *hex)
+{
+    unsigned char raw[NVIPCFIX_TICKET_BYTES];
+    struct nvipcfix_vmm_ticket t;
+    struct nvipcfix_vmm mine;
+    uint64_t base = 0, size = 0;
+    CUresult r;
+    char why[512];
+    unsigned char b[64];
+    CUdevice dev;
+    for (int i = 0; i < NVIPCFIX_TICKET_BYTES; i++)
+        if (sscanf(hex + 2 * i, "%2hhx", &raw[i]) != 1)
+            return 1;
+    if (nvipcfix_vmm_ticket_decode(raw, &t) != 0 || cuInit(0) || cuDeviceGet(&dev, 0) ||
+        cuDevicePrimaryCtxRetain(&ctx, dev) || cuCtxSetCurrent(ctx))
+        return 1;
+    counted = linked_driver;
+    counted.map_generation = &gen;
+    nvipcfix_vmm_init(&mine, &counted);
+    nvipcfix_vmm_configure(&mine, 5000, NULL);
+    if (nvipcfix_vmm_map(&mine, &t, &base, &size, &r, why, sizeof why) != NVIPCFIX_VMM_OK)
+        return 2;
+    if (nvipcfix_vmm_export(&mine, ctx, base, b) != NVIPCFIX_VMM_OK)
+        return 3;
+    if (nvipcfix_vmm_export_again(&mine, ctx, base, b) != NVIPCFIX_VMM_NOT_AGAIN)
+        return 4; /* kept: nvipcfix's own mapping there is not counted */
+    if (nvipcfix_vmm_unmap(&mine, base, size) != CUDA_SUCCESS)
+        return 5;
+    nvipcfix_vmm_destroy(&mine);
+    return 0;
+}
+
+static void test_start_of_an_import_is_walked_each_time(void **state)
+{
+    (void)state;
+    struct nvipcfix_vmm_ticket t = export(va);
+    unsigned char raw[NVIPCFIX_TICKET_BYTES];
+    char hex[2 * NVIPCFIX_TICKET_BYTES + 1];
+    nvipcfix_vmm_ticket_encode(raw, &t);
+    for (int i = 0; i < NVIPCFIX_TICKET_BYTES; i++)
+        snprintf(hex + 2 * i, 3, "%02x", raw[i]);
+    pid_t child = fork();
+    if (child == 0) {
+        char *args[] = {self, "--import-start", hex, NULL};
+        tp_exec(self, args);
+        _exit(127);
+    }
+    int st;
+    assert_int_equal(waitpid(child, &st, 0), child);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+}
+
+/* A forked child forgets its parent's exports of reservation starts (their
+ * tickets name the parent's server): none is found, so the child's next
+ * export makes its own. (Where a forked child may start threads, which
+ * ThreadSanitizer refuses after a fork of a process with threads, it does.) */
+#if defined(__SANITIZE_THREAD__)
+#define FORKED_CHILD_MAY_START_THREADS 0
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define FORKED_CHILD_MAY_START_THREADS 0
+#endif
+#endif
+#ifndef FORKED_CHILD_MAY_START_THREADS
+#define FORKED_CHILD_MAY_START_THREADS 1
+#endif
+
+static void test_fork_forgets_start_exports(void **state)
+{
+    (void)state;
+    struct nvipcfix_vmm_ticket t = export(va);
+    assert_int_equal(again(va, &t), NVIPCFIX_VMM_OK);
+    pid_t child = fork();
+    if (child == 0) {
+        unsigned char b[64];
+        nvipcfix_vmm_forget_after_fork(&vmm);
+        if (vmm.whole != NULL || vmm.again != NULL ||
+            nvipcfix_vmm_export_again(&vmm, ctx, va, b) != NVIPCFIX_VMM_NOT_AGAIN)
+            _exit(2);
+        if (!FORKED_CHILD_MAY_START_THREADS)
+            _exit(0);
+        if (nvipcfix_vmm_export(&vmm, ctx, va, b) != NVIPCFIX_VMM_OK ||
+            nvipcfix_vmm_ticket_decode(b, &t) != 0)
+            _exit(3);
+        _exit(t.pid == (uint32_t)getpid() ? 0 : 4);
+    }
+    int st;
+    assert_int_equal(waitpid(child, &st, 0), child);
+    assert_true(WIFEXITED(st));
+    assert_int_equal(WEXITSTATUS(st), 0);
+}
+
+/* ---- threads: exports of a reservation's start while chunks come and go -- */
+
+enum { RACE_OPS = 240, RACE_EXPORTERS = 3, RACE_PLACES = 16 };
+static const int race_place[3] = {3, 7, 11};     /* op k toggles race_place[k % 3] */
+static CUdeviceptr rva;                           /* the raced reservation */
+static uint64_t race_ids[RACE_OPS + 1][RACE_PLACES]; /* after op k: each place's buffer id, 0 none */
+static atomic_int race_version;                   /* ops done, published after race_ids[k] */
+static atomic_int race_done;
+static atomic_long race_checked, race_looked_up, race_unrecorded, race_stale;
+
+static uint64_t buffer_id_at(CUdeviceptr p)
+{
+    unsigned long long id = 0;
+    return cuPointerGetAttribute(&id, CU_POINTER_ATTRIBUTE_BUFFER_ID, p) == CUDA_SUCCESS ? id : 0;
+}
+
+static CUresult race_map(int place, CUmemGenericAllocationHandle *h)
+{
+    CUmemAllocationProp prop;
+    memset(&prop, 0, sizeof prop);
+    prop.type = CU_MEM_ALLOCATION_TYPE_PINNED;
+    prop.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    prop.requestedHandleTypes = CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR;
+    CUmemAccessDesc a;
+    memset(&a, 0, sizeof a);
+    a.location = prop.location;
+    a.flags = CU_MEM_ACCESS_FLAGS_PROT_READWRITE;
+    CUresult r = cuMemCreate(h, CHUNK, &prop, 0);
+    if (r == CUDA_SUCCESS)
+        r = counted_map(rva + (uint64_t)place * CHUNK, CHUNK, *h);
+    if (r == CUDA_SUCCESS)
+        r = counted_set_access(rva + (uint64_t)place * CHUNK, CHUNK, &a);
+    return r;
+}
+
+/* Toggles a place at a time (mapped: unmapped; else mapped anew), and
+ * publishes each state once its calls returned. */
+static void *race_mapper(void *arg)
+{
+    CUmemGenericAllocationHandle h[RACE_PLACES] = {0};
+    (void)arg;
+    cuCtxSetCurrent(ctx);
+    for (int k = 1; k <= RACE_OPS; k++) {
+        int p = race_place[k % 3];
+        memcpy(race_ids[k], race_ids[k - 1], sizeof race_ids[k]);
+        if (race_ids[k - 1][p] != 0) {
+            if (counted_unmap(rva + (uint64_t)p * CHUNK, CHUNK) != CUDA_SUCCESS ||
+                cuMemRelease(h[p]) != CUDA_SUCCESS)
+                atomic_fetch_add(&race_stale, 1000000);
+            race_ids[k][p] = 0;
+        } else {
+            if (race_map(p, &h[p]) != CUDA_SUCCESS)
+                atomic_fetch_add(&race_stale, 1000000);
+            race_ids[k][p] = buffer_id_at(rva + (uint64_t)p * CHUNK);
+        }
+        atomic_store_explicit(&race_version, k, memory_order_release);
+        usleep(300); /* room for repeated exports between changes */
+    }
+    for (int i = 0; i < 3; i++) {
+        int p = race_place[i];
+        if (race_ids[RACE_OPS][p] != 0 &&
+            (counted_unmap(rva + (uint64_t)p * CHUNK, CHUNK) != CUDA_SUCCESS ||
+             cuMemRelease(h[p]) != CUDA_SUCCESS))
+            atomic_fetch_add(&race_stale, 1000000);
+    }
+    atomic_store(&race_done, 1);
+    return NULL;
+}
+
+/* Exports the start as the library does (a look-up first); when no change
+ * was published meanwhile, the export must cover exactly the chunks of the
+ * state published before it, but for the place the next change (maybe
+ * under way) touches. */
+static void *race_exporter(void *arg)
+{
+    (void)arg;
+    cuCtxSetCurrent(ctx);
+    while (!atomic_load(&race_done)) {
+        unsigned char b[64];
+        struct nvipcfix_vmm_ticket t;
+        uint64_t ids[RACE_PLACES] = {0};
+        int v1 = atomic_load_explicit(&race_version, memory_order_acquire);
+        int hit = nvipcfix_vmm_export_again(&vmm, ctx, rva, b) == NVIPCFIX_VMM_OK;
+        if ((!hit && nvipcfix_vmm_export(&vmm, ctx, rva, b) != NVIPCFIX_VMM_OK) ||
+            nvipcfix_vmm_ticket_decode(b, &t) != 0) {
+            atomic_fetch_add(&race_stale, 1000000);
+            continue;
+        }
+        uint64_t mask = places_of(&t, rva, ids);
+        int v2 = atomic_load_explicit(&race_version, memory_order_acquire);
+        if (v1 != v2 || v1 >= RACE_OPS)
+            continue;
+        if (mask == ~UINT64_C(0)) { /* superseded meanwhile: dropped */
+            atomic_fetch_add(&race_unrecorded, 1);
+            continue;
+        }
+        int moving = race_place[(v1 + 1) % 3];
+        for (int p = 0; p < RACE_PLACES; p++)
+            if (p != moving && ids[p] != race_ids[v1][p] && atomic_fetch_add(&race_stale, 1) < 5)
+                fprintf(stderr, "stale: state %d, place %d: export has buffer %llu, mapped "
+                                "%llu (%s)\n", v1, p, (unsigned long long)ids[p],
+                        (unsigned long long)race_ids[v1][p], hit ? "look-up" : "walk");
+        atomic_fetch_add(&race_checked, 1);
+        atomic_fetch_add(&race_looked_up, hit);
+    }
+    return NULL;
+}
+
+static void test_start_exports_race_mapping_changes(void **state)
+{
+    (void)state;
+    CUmemGenericAllocationHandle h0;
+    assert_int_equal(cuMemAddressReserve(&rva, RACE_PLACES * CHUNK, 0, 0, 0), CUDA_SUCCESS);
+    assert_int_equal(race_map(0, &h0), CUDA_SUCCESS);
+    race_ids[0][0] = buffer_id_at(rva);
+    pthread_t mapper, exporters[RACE_EXPORTERS];
+    for (int i = 0; i < RACE_EXPORTERS; i++)
+        assert_int_equal(pthread_create(&exporters[i], NULL, race_exporter, NULL), 0);
+    assert_int_equal(pthread_create(&mapper, NULL, race_mapper, NULL), 0);
+    pthread_join(mapper, NULL);
+    for (int i = 0; i < RACE_EXPORTERS; i++)
+        pthread_join(exporters[i], NULL);
+    print_message("[ INFO     ] %d mapping changes: %ld exports checked (%ld look-ups, %ld "
+                  "superseded before the check), %ld stale\n",
+                  RACE_OPS, atomic_load(&race_checked), atomic_load(&race_looked_up),
+                  atomic_load(&race_unrecorded), atomic_load(&race_stale));
+    assert_int_equal(atomic_load(&race_stale), 0);
+    assert_true(atomic_load(&race_checked) > 0);
+    assert_true(atomic_load(&race_looked_up) > 0);
+    assert_int_equal(counted_unmap(rva, CHUNK), CUDA_SUCCESS);
+    assert_int_equal(cuMemRelease(h0), CUDA_SUCCESS);
+    assert_int_equal(cuMemAddressFree(rva, RACE_PLACES * CHUNK), CUDA_SUCCESS);
+}
+
+int main(int argc, char **argv)
+{
+    self = argv[0];
+    if (argc == 3 && strcmp(argv[1], "--import-start") == 0)
+        return import_start(argv[2]);
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_export_records_the_run_from_the_pointer),
         cmocka_unit_test(test_export_of_the_start_covers_gaps),
@@ -459,6 +887,12 @@ int main(void)
         cmocka_unit_test(test_ticket_of_another_machine),
         cmocka_unit_test(test_guessed_secret_maps_nothing),
         cmocka_unit_test(test_fd_limits_fail_whole),
+        cmocka_unit_test(test_start_again_is_a_look_up_until_a_mapping_changes),
+        cmocka_unit_test(test_start_again_sees_every_change),
+        cmocka_unit_test(test_start_without_a_generation_walks_each_time),
+        cmocka_unit_test(test_start_of_an_import_is_walked_each_time),
+        cmocka_unit_test(test_fork_forgets_start_exports),
+        cmocka_unit_test(test_start_exports_race_mapping_changes),
     };
     return cmocka_run_group_tests_name("vmm_share", tests, setup, teardown);
 }
