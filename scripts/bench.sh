@@ -118,12 +118,14 @@ if [ $gpu = 0 ] && command -v valgrind >/dev/null 2>&1; then
     echo "| operation | instructions per call |"
     echo "| --- | --- |"
     for op in export_interior reopen_close open_close_last dlsym; do
+        # the library's own source files, code inlined from its headers
+        # included (such lines carry no object name)
         total() { # N: the library's instructions for N operations
             f=$B/bench/cg.$op.$1
             SIMCUDA_VA_GIB=1 LD_PRELOAD=$LIB valgrind --tool=callgrind --callgrind-out-file="$f" \
                 "$BENCH" count $op "$1" >/dev/null 2>&1
             callgrind_annotate --inclusive=no --threshold=100 "$f" 2>/dev/null |
-                awk '/libnvipcfix\.so/ { gsub(",", "", $1); s += $1 } END { print s + 0 }'
+                awk '/^ *[0-9,]+ +(\( *[0-9.]+%\) +)?(\/[^ ]*\/)?(shim|preload)\// { gsub(",", "", $1); s += $1 } END { print s + 0 }'
         }
         a=$(total 2000)
         b=$(total 4000)
