@@ -440,7 +440,8 @@ static struct chunk *new_chunk(int device, uint64_t size)
         return NULL;
     c->id = next_chunk_id++;
     char name[64];
-    snprintf(name, sizeof name, "simcuda-%016llx-%u", (unsigned long long)get64(ident), c->id);
+    snprintf(name, sizeof name, "simcuda-%016llx-%u-p%d", (unsigned long long)get64(ident), c->id,
+             (int)getpid());
     c->fd = memfd_create(name, MFD_CLOEXEC);
     if (c->fd < 0 || ftruncate(c->fd, (off_t)size) != 0 ||
         mmap((void *)at, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_FIXED, c->fd, 0) ==
@@ -802,11 +803,15 @@ static pid_t client_pid(const unsigned char *h)
     return pid != 0 && is_process(pid) ? pid : 0;
 }
 
-/* Nonzero when process pid holds a chunk of a simulated driver (a live
- * client; looked for only on the error path). */
+/* Nonzero when process pid holds a chunk of a simulated driver that it
+ * allocated itself (a live client; looked for only on the error path).
+ * Chunks it holds as an importer, or inherited through fork(), do not make
+ * it one: a handle whose client bytes were changed to name such a process
+ * (a test's own importer, pid ^ 256) is no client's, as on the GPU. */
 static int holds_chunks(pid_t pid)
 {
-    char path[64], link[256];
+    char path[64], link[256], own[32];
+    snprintf(own, sizeof own, "-p%d", (int)pid);
     snprintf(path, sizeof path, "/proc/%d/fd", (int)pid);
     DIR *dir = opendir(path);
     int found = 0;
@@ -814,7 +819,9 @@ static int holds_chunks(pid_t pid)
         snprintf(path, sizeof path, "/proc/%d/fd/%.20s", (int)pid, e->d_name);
         ssize_t n = readlink(path, link, sizeof link - 1);
         link[n > 0 ? n : 0] = '\0';
-        found = strncmp(link, "/memfd:simcuda-", 15) == 0;
+        char *mark = strncmp(link, "/memfd:simcuda-", 15) == 0 ? strrchr(link, '-') : NULL;
+        found = mark != NULL && strncmp(mark, own, strlen(own)) == 0 &&
+                (mark[strlen(own)] == '\0' || mark[strlen(own)] == ' ');
     }
     if (dir != NULL)
         closedir(dir);
