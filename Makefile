@@ -38,7 +38,7 @@ TEST_COMMON := tests/common/test_process.h tests/common/sim_driver_table.h tests
 UNIT_BIN  := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 INTEG_BIN := $(BUILD)/tests/legacy_ipc $(BUILD)/tests/rtld_next $(BUILD)/tests/ipc_stress \
              $(BUILD)/tests/ipc_faults $(BUILD)/tests/no_driver $(BUILD)/tests/libother_preload.so \
-             $(BUILD)/tests/libfailing_calloc.so \
+             $(BUILD)/tests/libfailing_calloc.so $(BUILD)/tests/libmap_hook.so \
              $(BUILD)/tests/fork_safety $(BUILD)/tests/libgpu_share.so $(BUILD)/tests/quota_probe \
              $(BUILD)/tests/libcuda_proxy.so $(BUILD)/tests/vmm_ipc $(BUILD)/tests/entry_owner
 
@@ -190,6 +190,10 @@ $(BUILD)/tests/no_driver: tests/reliability/no_driver.c
 	$(call say,CC,$@)$(CC) $(CFLAGS) -o $@ $< -ldl
 
 $(BUILD)/tests/libother_preload.so: tests/reliability/other_preload.c
+	@mkdir -p $(@D)
+	$(call say,CC,$@)$(CC) $(CFLAGS) -shared -o $@ $< -ldl
+
+$(BUILD)/tests/libmap_hook.so: tests/interposers/map_hook.c
 	@mkdir -p $(@D)
 	$(call say,CC,$@)$(CC) $(CFLAGS) -shared -o $@ $< -ldl
 

@@ -16,12 +16,17 @@
 /* A look-up of a wrapped name through a handle: the real answer first; a
  * wrapper only in place of the real driver's own function for that name.
  * Anything else found (a proxy library's own function, the driver of
- * another link-map namespace opened with dlmopen) is returned as found. */
+ * another link-map namespace opened with dlmopen) is returned as found;
+ * for a VMM mapping call nvipcfix then no longer trusts its count. */
 __attribute__((used)) void *nvipcfix_dlsym_wrapped(void *handle, const char *name)
 {
     void *found = nvipcfix_next_dlsym()(handle, name);
-    if (found == NULL || !nvipcfix_real_driver_owns(name, found))
+    if (found == NULL)
         return found;
+    if (!nvipcfix_real_driver_owns(name, found)) {
+        nvipcfix_mapping_call_not_ours(name, found);
+        return found;
+    }
     return nvipcfix_wrapper_for(name, found, -1);
 }
 

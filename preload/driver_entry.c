@@ -2,6 +2,7 @@
  * hooks that hand them out in place of the driver's own. Above the fix's
  * instance (library.c) and the real driver (real_driver.c); below the dlsym
  * hook and the load-order check, which use hooks.h. */
+#include <dlfcn.h>
 #include <stdatomic.h>
 #include <string.h>
 
@@ -206,11 +207,47 @@ NVIPCFIX_UNINSTRUMENTED int nvipcfix_is_wrapped_name(const char *name)
     return find_wrapped(name) != NULL;
 }
 
+/* The four mapping calls counted above. */
+static int is_mapping_call(const struct wrapped *w)
+{
+    return w->wrapper == (void *)cuMemMap || w->wrapper == (void *)cuMemUnmap ||
+           w->wrapper == (void *)cuMemSetAccess || w->wrapper == (void *)cuMemAddressFree;
+}
+
+/* found is the driver's: its exported function, or (what its
+ * cuGetProcAddress may hand out) any address inside the driver library. */
+static int from_driver(const char *name, void *found)
+{
+    if (nvipcfix_real_driver_owns(name, found))
+        return 1;
+    void *library = nvipcfix_real_driver()->library;
+    void *exported = library != NULL ? nvipcfix_real_dlsym(library, name) : NULL;
+    Dl_info a, b;
+    return exported != NULL && dladdr(found, &a) != 0 && dladdr(exported, &b) != 0 &&
+           a.dli_fbase == b.dli_fbase;
+}
+
+void nvipcfix_mapping_call_not_ours(const char *name, void *found)
+{
+    const struct wrapped *w = find_wrapped(name);
+    if (w != NULL && is_mapping_call(w) && found != w->wrapper && !from_driver(name, found))
+        atomic_fetch_or_explicit(&nvipcfix_map_generation, NVIPCFIX_MAP_GEN_UNTRACKED,
+                                 memory_order_acq_rel);
+}
+
 void *nvipcfix_wrapper_for(const char *name, void *found, int version)
 {
     const struct wrapped *w = find_wrapped(name);
     if (w == NULL || found == w->wrapper || found == w->newer)
         return found;
+    /* A mapping call that is not the driver's own (another layer's hook
+     * handed out by its cuGetProcAddress): kept, so that layer still sees
+     * its calls; nvipcfix no longer counts them, so it stops trusting the
+     * generation (every export of a reservation's start walks it). */
+    if (is_mapping_call(w) && !from_driver(name, found)) {
+        nvipcfix_mapping_call_not_ours(name, found);
+        return found;
+    }
     if (version < 0 || w->newer == NULL)
         return w->wrapper;
 

@@ -15,6 +15,12 @@ int nvipcfix_is_wrapped_name(const char *name);
  * itself for names that are not wrapped. */
 void *nvipcfix_wrapper_for(const char *name, void *found, int version);
 
+/* When name is one of the counted VMM mapping calls and found is not
+ * nvipcfix's own, marks the mapping generation untracked: a caller got a
+ * definition of it that is not the driver's own, so its calls may not be
+ * counted. */
+void nvipcfix_mapping_call_not_ours(const char *name, void *found);
+
 /* nvipcfix's own exported entry points under hidden names: always this
  * library's functions, whichever definition the search order binds the
  * exported names to. */

@@ -679,10 +679,10 @@ static int begin_map(void *arg, const struct nvipcfix_fd_reply *offer)
     memcpy(job->im->offsets + offer->n, offer->sizes, offer->n * sizeof(uint64_t));
     CUdeviceptr va = 0;
     job->e = job->d->mem_address_reserve(&va, total, 0, 0, 0);
+    if (job->e != CUDA_SUCCESS)
+        return -1; /* base stays 0: nothing reserved, nothing in the ranges */
     job->im->base = va;
     job->im->reserved = total;
-    if (job->e != CUDA_SUCCESS)
-        return -1;
     /* Known as an import's range before its first chunk is mapped: a walk
      * that finds one of its chunks then finds it here too. */
     pthread_mutex_lock(&job->v->lock);

@@ -233,6 +233,15 @@ PRE="$T/libgpu_share.so $LIB" check "VMM: a range's start exported again, cuMemM
 [ "$(grep -c ': right$' "$OUT/out")" -eq 6 ] || { ok=0; why="not every ticket right"; }
 [ "$(grep -c 'exported again: walked' "$OUT/out")" -eq 6 ] || { ok=0; why="a repeated export was a look-up"; }
 expect_in out "^cuMemMap from libcuda.so.1$"; expect_in out "^dlsym: 0 wrong, 0 failed$"; done_case
+# A layer after nvipcfix hands out its own cuMemMap through its
+# cuGetProcAddress: it keeps seeing the calls (nvipcfix's wrapper does not
+# take its place), and nvipcfix, which cannot count them, walks each time.
+PRE="$LIB $T/libmap_hook.so" check "VMM: a range's start exported again, cuMemMap hooked by a later layer's cuGetProcAddress: the layer sees its calls, walked each time, never stale" 0 \
+    NVIPCFIX_VMM=1 -- "$T/vmm_ipc" --start-again procaddr
+[ "$(grep -c ': right$' "$OUT/out")" -eq 6 ] || { ok=0; why="not every ticket right"; }
+[ "$(grep -c 'exported again: walked' "$OUT/out")" -eq 6 ] || { ok=0; why="a repeated export was a look-up"; }
+expect_in out "^cuMemMap from libmap_hook.so$"; expect_in err "^map_hook: [1-9][0-9]* cuMemMap calls$"
+expect_in out "^procaddr: 0 wrong, 0 failed$"; done_case
 PRE=$LIB check "VMM: a range's start exported on 3 threads while chunks are mapped and unmapped" 0 \
     NVIPCFIX_VMM=1 -- "$T/vmm_ipc" --start-race
 expect_in out "beside 200 mapping changes, 0 failed$"; expect_in out "^the chunks left: right$"
