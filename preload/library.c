@@ -20,8 +20,8 @@ __attribute__((used)) static const char version_mark[] = "nvipcfix version " NVI
 
 /* On the heap, set up once: in .bss its 10 KiB would cost every process
  * that loads the library (a mapping of its own at load) whether or not it
- * ever makes an IPC call. nvipcfix_library_ready is published last (release), so a thread
- * that reads it (acquire) sees the instance set up. */
+ * ever makes an IPC call. nvipcfix_library_ready is published last
+ * (release), so a thread that reads it (acquire) sees the instance set up. */
 static struct nvipcfix_fix *fix;
 struct nvipcfix_fix *_Atomic nvipcfix_library_ready;
 static pthread_once_t fix_once = PTHREAD_ONCE_INIT;
