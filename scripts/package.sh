@@ -58,19 +58,21 @@ wheel() {
 }
 
 # The Debian changelog (for a native package, changelog.gz) from CHANGELOG.md:
-# each "## VERSION (YYYY-MM-DD)" with its "- " items.
+# each "## VERSION (DATE)" with its "- " items; DATE is YYYY-MM-DD, with a
+# time ("YYYY-MM-DD HH:MM UTC") where two releases share a day (each entry
+# must be dated after the one before it).
 debian_changelog() {
     maintainer=$1
     awk -v pkg=nvipcfix -v who="$maintainer" '
         function close_entry() {
             if (ver != "") {
-                cmd = "date -u -R -d " day " 2>/dev/null"; cmd | getline when; close(cmd)
+                cmd = "date -u -R -d \"" day "\" 2>/dev/null"; cmd | getline when; close(cmd)
                 printf "\n -- %s  %s\n\n", who, when
             }
         }
         /^## [0-9]/ {
             close_entry()
-            ver = $2; day = $3; gsub(/[()]/, "", day)
+            ver = $2; day = $0; sub(/^[^(]*\(/, "", day); sub(/\).*$/, "", day)
             printf "%s (%s) unstable; urgency=medium\n\n", pkg, ver
             next
         }
