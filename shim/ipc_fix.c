@@ -18,6 +18,7 @@ void nvipcfix_fix_init(struct nvipcfix_fix *fix, const struct nvipcfix_config *c
     fix->config = *config;
     fix->driver = driver;
     nvipcfix_export_cache_init(&fix->exports, block_is_live, fix);
+    nvipcfix_export_memo_init(&fix->memo);
     fix->stats.quiet = !config->stats;
     nvipcfix_import_table_init(&fix->imports);
     pthread_mutex_init(&fix->slow, NULL);
@@ -30,6 +31,7 @@ void nvipcfix_fix_destroy(struct nvipcfix_fix *fix)
 {
     nvipcfix_vmm_destroy(&fix->vmm);
     nvipcfix_export_cache_destroy(&fix->exports);
+    nvipcfix_export_memo_destroy(&fix->memo);
     nvipcfix_import_table_destroy(&fix->imports);
     pthread_mutex_destroy(&fix->slow);
 }
@@ -347,20 +349,48 @@ __attribute__((noinline, cold)) static void warn_unguarded(void)
                        "block base instead of failing");
 }
 
+/* The answer to an export the memo did not know: the block looked up, the
+ * tag written; the answer recorded in the memo. */
+static CUresult export_resolved(struct nvipcfix_fix *fix, unsigned char *bytes,
+                                CUdeviceptr ptr);
+
 /* Fix mode: the driver's handle of ptr, which is its block's; tagged with
- * the offset when ptr is not the block's base. Errors are not counted here
- * (the caller counts what it returns). */
+ * the offset when ptr is not the block's base. The memo is asked before
+ * the driver's call and answers after it when the driver's handle is the
+ * one it remembers. Errors are not counted here (the caller counts what it
+ * returns). */
 static inline __attribute__((always_inline)) CUresult
 export_fixed(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CUdeviceptr ptr)
 {
     unsigned char *bytes = (unsigned char *)handle->reserved;
-    uint64_t base, size, check;
+    struct nvipcfix_export_memo_probe probe;
+    uint64_t tail;
+    nvipcfix_export_memo_probe(&fix->memo, ptr, &probe);
     CUresult r = fix->driver->ipc_get_mem_handle(handle, ptr);
-    if (r != CUDA_SUCCESS || resolve_block(fix, ptr, bytes, &base, &size, &check) != 0)
-        return r; /* the driver's answer: its error, or its handle of ptr */
+    if (r != CUDA_SUCCESS)
+        return r; /* the driver's error */
+    if (__builtin_expect(nvipcfix_export_memo_apply(&probe, bytes, &tail), 1)) {
+        if (tail != 0)
+            NVIPCFIX_STAT_ADD(&fix->stats, exports_tagged);
+        NVIPCFIX_DEBUG("export of 0x%llx: the same allocation as at its last export, "
+                       "the same answer (%s)", (ull)ptr, tail != 0 ? "tagged" : "native handle");
+        return CUDA_SUCCESS;
+    }
+    return export_resolved(fix, bytes, ptr);
+}
+
+__attribute__((noinline)) static CUresult export_resolved(struct nvipcfix_fix *fix,
+                                                         unsigned char *bytes, CUdeviceptr ptr)
+{
+    uint64_t base, size, check;
+    unsigned char driver[NVIPCFIX_HANDLE_BYTES];
+    if (resolve_block(fix, ptr, bytes, &base, &size, &check) != 0)
+        return CUDA_SUCCESS; /* the driver's handle of ptr */
+    memcpy(driver, bytes, sizeof driver);
     uint64_t offset = ptr - base;
 
     if (offset == 0) {
+        nvipcfix_export_memo_put(&fix->memo, ptr, driver, bytes);
         NVIPCFIX_DEBUG("export of block base 0x%llx: native handle", (ull)ptr);
         return CUDA_SUCCESS;
     }
@@ -377,8 +407,10 @@ export_fixed(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CUdeviceptr ptr)
      * offset does not fit. */
     if (nvipcfix_tag_encode_from(bytes, check, offset, style) != 0) {
         warn_untagged(bytes, offset);
-        return r; /* the driver's handle */
+        nvipcfix_export_memo_put(&fix->memo, ptr, driver, bytes);
+        return CUDA_SUCCESS; /* the driver's handle */
     }
+    nvipcfix_export_memo_put(&fix->memo, ptr, driver, bytes);
     NVIPCFIX_STAT_ADD(&fix->stats, exports_tagged);
     NVIPCFIX_DEBUG("export of 0x%llx: block 0x%llx + %llu, tagged", (ull)ptr, (ull)base,
                    (ull)offset);
@@ -706,6 +738,7 @@ void nvipcfix_fix_forget_after_fork(struct nvipcfix_fix *fix)
 {
     nvipcfix_audit_sites_init(&fix->audit);
     nvipcfix_export_cache_forget(&fix->exports);
+    nvipcfix_export_memo_forget(&fix->memo);
     nvipcfix_import_table_forget(&fix->imports);
     nvipcfix_vmm_forget_after_fork(&fix->vmm);
     pthread_mutex_init(&fix->slow, NULL);

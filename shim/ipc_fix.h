@@ -11,6 +11,7 @@
 #include "config.h"
 #include "driver_table.h"
 #include "export_cache.h"
+#include "export_memo.h"
 #include "import_table.h"
 #include "open_errors.h"
 #include "stats.h"
@@ -24,6 +25,8 @@ struct nvipcfix_fix {
     struct nvipcfix_config config;
     const struct nvipcfix_driver *driver;
     struct nvipcfix_export_cache exports;
+    /* The answer given to each pointer exported lately (export_memo.h). */
+    struct nvipcfix_export_memo memo;
     struct nvipcfix_import_table imports;
     /* Serialises the driver's real opens and last closes, so that two
      * threads never open one block twice and a close never races an open

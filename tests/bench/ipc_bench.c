@@ -7,6 +7,8 @@
  *   ipc_bench startup LIB... [--quick] start-up of /bin/true without and with
  *                                     each LIB preloaded
  *   ipc_bench count OP N              N calls of one kind, for callgrind
+ *   ipc_bench exports [--quick]       the export rows of `run` alone (for
+ *                                     pinned, alternating runs of variants)
  *
  * Uses the driver API, so it runs on a GPU (linked with -lcuda) and on the
  * simulated driver. An exporter child process provides the handles the
@@ -628,6 +630,11 @@ int main(int argc, char **argv)
     }
     if (argc >= 4 && strcmp(argv[1], "count") == 0)
         return count(self, argv[2], atol(argv[3]));
+    if (argc >= 2 && strcmp(argv[1], "exports") == 0) {
+        init();
+        bench_exports(quick ? 500 : 5000);
+        return 0;
+    }
     if (argc >= 2 && strcmp(argv[1], "run") == 0) {
         /* IPC_BENCH_STACK_SHIFT=N: every frame below N bytes further down
          * (where the handle buffers lie against the driver's data) */
@@ -637,6 +644,6 @@ int main(int argc, char **argv)
         below[0] = 0;
         return run_all(self);
     }
-    fprintf(stderr, "usage: ipc_bench compare LIB [--quick] | run [--quick] | count OP N\n");
+    fprintf(stderr, "usage: ipc_bench compare LIB [--quick] | run [--quick] | exports [--quick] | count OP N\n");
     return 2;
 }

@@ -1,0 +1,308 @@
+/* Unit tests of shim/export_memo.c: the answer to a pointer's export comes
+ * back only for the very handle it was given for. */
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "../../shim/export_memo.h"
+
+/* A driver's handle: layout as measured (type 0x06 at 32, client handle
+ * 0xc1xxxxxx in 48-51), bytes 56-63 zero; fill tells allocations apart. */
+static void driver_handle(unsigned char h[64], unsigned char fill)
+{
+    memset(h, fill, 56);
+    h[32] = 0x06;
+    h[51] = 0xc1;
+    memset(h + 56, 0, 8);
+}
+
+/* The answer nvipcfix gives for offset: a guarded tag (or a plain one). */
+static void tagged(unsigned char out[64], const unsigned char driver[64], uint64_t offset,
+                   enum nvipcfix_tag_style style)
+{
+    memcpy(out, driver, 64);
+    assert_int_equal(nvipcfix_tag_encode_style(out, offset, style), 0);
+}
+
+/* What an export does: probe before the driver's call, the driver writes
+ * its handle, apply. Returns apply's result; handle is what the caller
+ * gets. */
+static int export_with(struct nvipcfix_export_memo *m, uint64_t ptr,
+                       const unsigned char driver[64], unsigned char handle[64], uint64_t *tail)
+{
+    struct nvipcfix_export_memo_probe p;
+    nvipcfix_export_memo_probe(m, ptr, &p);
+    memcpy(handle, driver, 64);
+    return nvipcfix_export_memo_apply(&p, handle, tail);
+}
+
+static int setup(void **state)
+{
+    static struct nvipcfix_export_memo m;
+    nvipcfix_export_memo_init(&m);
+    *state = &m;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    nvipcfix_export_memo_destroy(*state);
+    return 0;
+}
+
+static void test_empty_memo_answers_nothing(void **state)
+{
+    unsigned char d[64], h[64];
+    uint64_t tail = 7;
+    driver_handle(d, 0x11);
+    assert_int_equal(export_with(*state, 0x7f0000100000, d, h, &tail), 0);
+    assert_memory_equal(h, d, 64);
+    assert_int_equal(tail, 7);
+}
+
+static void test_base_answer_comes_back_untouched(void **state)
+{
+    unsigned char d[64], h[64];
+    uint64_t tail = 7;
+    driver_handle(d, 0x12);
+    nvipcfix_export_memo_put(*state, 0x7f0000200000, d, d);
+    assert_int_equal(export_with(*state, 0x7f0000200000, d, h, &tail), 1);
+    assert_memory_equal(h, d, 64);
+    assert_int_equal(tail, 0);
+}
+
+static void test_tagged_answers_come_back_byte_for_byte(void **state)
+{
+    const enum nvipcfix_tag_style styles[] = {NVIPCFIX_TAG_PLAIN, NVIPCFIX_TAG_GUARDED};
+    for (int i = 0; i < 2; i++) {
+        unsigned char d[64], answer[64], h[64];
+        uint64_t ptr = 0x7f0000300000 + 0x100000 * (uint64_t)i + 4097, tail = 0;
+        driver_handle(d, (unsigned char)(0x20 + i));
+        tagged(answer, d, 4097, styles[i]);
+        nvipcfix_export_memo_put(*state, ptr, d, answer);
+        assert_int_equal(export_with(*state, ptr, d, h, &tail), 1);
+        assert_memory_equal(h, answer, 64);
+        assert_int_not_equal(tail, 0);
+        uint64_t offset;
+        unsigned char native[64];
+        enum nvipcfix_tag_style style;
+        assert_int_equal(nvipcfix_tag_decode_style(h, &offset, native, &style), NVIPCFIX_TAG_OURS);
+        assert_int_equal(offset, 4097);
+        assert_int_equal(style, styles[i]);
+        assert_memory_equal(native, d, 64);
+    }
+}
+
+/* The block was freed and another allocated at the same address (another
+ * size, another object): the driver's handle differs in any one byte, and
+ * the old answer is not given; the handle stays the driver's. */
+static void test_another_allocation_at_the_pointer_is_a_miss(void **state)
+{
+    unsigned char d[64], answer[64], h[64];
+    uint64_t ptr = 0x7f0000500000 + 64, tail = 0;
+    driver_handle(d, 0x31);
+    tagged(answer, d, 64, NVIPCFIX_TAG_GUARDED);
+    nvipcfix_export_memo_put(*state, ptr, d, answer);
+    for (int byte = 0; byte < 56; byte++) {
+        unsigned char other[64];
+        memcpy(other, d, 64);
+        other[byte] ^= 0x01;
+        assert_int_equal(export_with(*state, ptr, other, h, &tail), 0);
+        assert_memory_equal(h, other, 64);
+    }
+    /* and another pointer with the same handle is not answered either */
+    assert_int_equal(export_with(*state, ptr + 1, d, h, &tail), 0);
+    assert_memory_equal(h, d, 64);
+}
+
+/* Only an answer that is the driver's handle with a tail (and byte 51
+ * flipped for a guarded one) is kept; a driver that wrote bytes 56-63 is
+ * not answered from the memo. */
+static void test_answers_of_other_shapes_are_not_kept(void **state)
+{
+    unsigned char d[64], answer[64], h[64];
+    uint64_t ptr = 0x7f0000600000 + 128, tail = 0;
+    driver_handle(d, 0x41);
+    tagged(answer, d, 128, NVIPCFIX_TAG_GUARDED);
+    answer[10] ^= 0xff; /* a byte the tag never touches */
+    nvipcfix_export_memo_put(*state, ptr, d, answer);
+    assert_int_equal(export_with(*state, ptr, d, h, &tail), 0);
+
+    tagged(answer, d, 128, NVIPCFIX_TAG_PLAIN);
+    answer[NVIPCFIX_GUARD_BYTE] ^= NVIPCFIX_GUARD_MASK; /* flipped, tail says plain */
+    nvipcfix_export_memo_put(*state, ptr, d, answer);
+    assert_int_equal(export_with(*state, ptr, d, h, &tail), 0);
+
+    d[60] = 1; /* the driver wrote the tail */
+    nvipcfix_export_memo_put(*state, ptr, d, d);
+    assert_int_equal(export_with(*state, ptr, d, h, &tail), 0);
+    assert_memory_equal(h, d, 64);
+}
+
+/* Two pointers with one slot: the later answer replaces the earlier, which
+ * is then a miss (never the other pointer's answer). */
+static void test_pointers_sharing_a_slot(void **state)
+{
+    unsigned char d[64], a1[64], a2[64], h[64];
+    uint64_t p1 = 0x7f0000700000 + 256, p2 = p1 + 4096, tail;
+    while (nvipcfix_export_memo_index(p2) != nvipcfix_export_memo_index(p1))
+        p2 += 4096;
+    driver_handle(d, 0x51); /* one block holds both */
+    tagged(a1, d, 256, NVIPCFIX_TAG_GUARDED);
+    tagged(a2, d, p2 - p1 + 256, NVIPCFIX_TAG_GUARDED);
+    nvipcfix_export_memo_put(*state, p1, d, a1);
+    nvipcfix_export_memo_put(*state, p2, d, a2);
+    assert_int_equal(export_with(*state, p1, d, h, &tail), 0);
+    assert_memory_equal(h, d, 64);
+    assert_int_equal(export_with(*state, p2, d, h, &tail), 1);
+    assert_memory_equal(h, a2, 64);
+}
+
+/* A slot changed between the probe (before the driver's call) and the
+ * compare (after it): a miss, whatever the new contents. */
+static void test_slot_changed_during_the_call_is_a_miss(void **state)
+{
+    unsigned char d1[64], d2[64], a1[64], a2[64], h[64];
+    uint64_t ptr = 0x7f0000800000 + 512, tail;
+    struct nvipcfix_export_memo_probe p;
+    driver_handle(d1, 0x61);
+    driver_handle(d2, 0x62);
+    tagged(a1, d1, 512, NVIPCFIX_TAG_GUARDED);
+    tagged(a2, d2, 512, NVIPCFIX_TAG_GUARDED);
+    nvipcfix_export_memo_put(*state, ptr, d1, a1);
+    nvipcfix_export_memo_probe(*state, ptr, &p);
+    nvipcfix_export_memo_put(*state, ptr, d2, a2); /* another thread, meanwhile */
+    memcpy(h, d2, 64);
+    assert_int_equal(nvipcfix_export_memo_apply(&p, h, &tail), 0);
+    assert_memory_equal(h, d2, 64);
+    assert_int_equal(export_with(*state, ptr, d2, h, &tail), 1);
+    assert_memory_equal(h, a2, 64);
+}
+
+/* A slot another writer holds (its counter odd) is neither read nor
+ * written. */
+static void test_slot_being_written_is_left_alone(void **state)
+{
+    struct nvipcfix_export_memo *m = *state;
+    unsigned char d[64], a[64], h[64];
+    uint64_t ptr = 0x7f0000900000 + 1024, tail;
+    driver_handle(d, 0x71);
+    tagged(a, d, 1024, NVIPCFIX_TAG_GUARDED);
+    nvipcfix_export_memo_put(m, ptr, d, a);
+    struct nvipcfix_export_memo_slot *s =
+        &atomic_load(&m->slots)[nvipcfix_export_memo_index(ptr)];
+    atomic_fetch_add(&s->seq, 1); /* a writer in the middle */
+    assert_int_equal(export_with(m, ptr, d, h, &tail), 0);
+    unsigned char d2[64], a2[64];
+    driver_handle(d2, 0x72);
+    tagged(a2, d2, 1024, NVIPCFIX_TAG_GUARDED);
+    nvipcfix_export_memo_put(m, ptr, d2, a2); /* gives up */
+    atomic_fetch_add(&s->seq, 1);            /* the writer done */
+    assert_int_equal(export_with(m, ptr, d, h, &tail), 1);
+    assert_memory_equal(h, a, 64);
+}
+
+static void test_forget_after_fork(void **state)
+{
+    struct nvipcfix_export_memo *m = *state;
+    unsigned char d[64], h[64];
+    uint64_t tail;
+    driver_handle(d, 0x81);
+    nvipcfix_export_memo_put(m, 0x7f0000a00000, d, d);
+    nvipcfix_export_memo_forget(m);
+    assert_int_equal(export_with(m, 0x7f0000a00000, d, h, &tail), 0);
+    nvipcfix_export_memo_put(m, 0x7f0000a00000, d, d);
+    assert_int_equal(export_with(m, 0x7f0000a00000, d, h, &tail), 1);
+}
+
+/* Threads racing: writers keep replacing one pointer's answer with one of
+ * two allocations' answers; readers export with the first allocation's
+ * handle. A reader gets that allocation's answer or a miss, never the
+ * other's tail or a mix. */
+#define RACE_ROUNDS 20000
+struct race {
+    struct nvipcfix_export_memo *m;
+    uint64_t ptr;
+    unsigned char d1[64], d2[64], a1[64], a2[64];
+    atomic_int wrong;
+    atomic_long hits;
+};
+
+static void *race_writer(void *arg)
+{
+    struct race *r = arg;
+    for (int i = 0; i < RACE_ROUNDS; i++) {
+        if (i & 1)
+            nvipcfix_export_memo_put(r->m, r->ptr, r->d2, r->a2);
+        else
+            nvipcfix_export_memo_put(r->m, r->ptr, r->d1, r->a1);
+    }
+    return NULL;
+}
+
+static void *race_reader(void *arg)
+{
+    struct race *r = arg;
+    unsigned char h[64];
+    uint64_t tail;
+    for (int i = 0; i < RACE_ROUNDS; i++) {
+        int hit = export_with(r->m, r->ptr, r->d1, h, &tail);
+        if (hit)
+            atomic_fetch_add(&r->hits, 1);
+        if (memcmp(h, hit ? r->a1 : r->d1, 64) != 0)
+            atomic_store(&r->wrong, 1);
+    }
+    return NULL;
+}
+
+static void test_readers_racing_writers(void **state)
+{
+    static struct race r;
+    pthread_t t[4];
+    r.m = *state;
+    r.ptr = 0x7f0000b00000 + 2048;
+    driver_handle(r.d1, 0x91);
+    driver_handle(r.d2, 0x92);
+    tagged(r.a1, r.d1, 2048, NVIPCFIX_TAG_GUARDED);
+    tagged(r.a2, r.d2, 2048, NVIPCFIX_TAG_PLAIN);
+    atomic_init(&r.wrong, 0);
+    atomic_init(&r.hits, 0);
+    nvipcfix_export_memo_put(r.m, r.ptr, r.d1, r.a1);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(pthread_create(&t[i], NULL, i < 2 ? race_writer : race_reader, &r), 0);
+    for (int i = 0; i < 4; i++)
+        pthread_join(t[i], NULL);
+    assert_int_equal(atomic_load(&r.wrong), 0);
+    /* once the writers are done, the first allocation's answer again */
+    nvipcfix_export_memo_put(r.m, r.ptr, r.d1, r.a1);
+    unsigned char h[64];
+    uint64_t tail;
+    assert_int_equal(export_with(r.m, r.ptr, r.d1, h, &tail), 1);
+    assert_memory_equal(h, r.a1, 64);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_empty_memo_answers_nothing, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_base_answer_comes_back_untouched, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_tagged_answers_come_back_byte_for_byte, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_another_allocation_at_the_pointer_is_a_miss, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_answers_of_other_shapes_are_not_kept, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_pointers_sharing_a_slot, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_slot_changed_during_the_call_is_a_miss, setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(test_slot_being_written_is_left_alone, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_forget_after_fork, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_readers_racing_writers, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
