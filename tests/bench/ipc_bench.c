@@ -9,6 +9,7 @@
  *   ipc_bench count OP N              N calls of one kind, for callgrind
  *   ipc_bench exports [--quick]       the export rows of `run` alone (for
  *                                     pinned, alternating runs of variants)
+ *   ipc_bench threads [--quick]       the exports at 1, 8 and 32 threads alone
  *
  * Uses the driver API, so it runs on a GPU (linked with -lcuda) and on the
  * simulated driver. An exporter child process provides the handles the
@@ -292,6 +293,9 @@ static void *thread_main(void *arg)
     return NULL;
 }
 
+/* 2: exports and re-opens; 1: exports only (`ipc_bench threads`). */
+static int thread_ops = 2;
+
 static void bench_threads(const char *self, int batches)
 {
     static const int counts[3] = {1, 8, 32};
@@ -300,7 +304,7 @@ static void bench_threads(const char *self, int batches)
     CUdeviceptr block, held;
     CK(cuMemAlloc(&block, BLOCK));
     CK(cuIpcOpenMemHandle(&held, h[1], CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS));
-    for (int op = 0; op < 2; op++)
+    for (int op = 0; op < thread_ops; op++)
         for (int c = 0; c < 3; c++) {
             int n = counts[c], per = batches / n > 50 ? batches / n : 50;
             pthread_t th[32];
@@ -635,6 +639,12 @@ int main(int argc, char **argv)
         bench_exports(quick ? 500 : 5000);
         return 0;
     }
+    if (argc >= 2 && strcmp(argv[1], "threads") == 0) {
+        init();
+        thread_ops = 1;
+        bench_threads(self, quick ? 500 : 5000);
+        return 0;
+    }
     if (argc >= 2 && strcmp(argv[1], "run") == 0) {
         /* IPC_BENCH_STACK_SHIFT=N: every frame below N bytes further down
          * (where the handle buffers lie against the driver's data) */
@@ -644,6 +654,6 @@ int main(int argc, char **argv)
         below[0] = 0;
         return run_all(self);
     }
-    fprintf(stderr, "usage: ipc_bench compare LIB [--quick] | run [--quick] | exports [--quick] | count OP N\n");
+    fprintf(stderr, "usage: ipc_bench compare LIB [--quick] | run [--quick] | exports [--quick] | threads [--quick] | count OP N\n");
     return 2;
 }
