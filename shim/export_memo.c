@@ -40,6 +40,21 @@ static struct nvipcfix_export_memo_slot *table(struct nvipcfix_export_memo *m)
     return t;
 }
 
+/* The slot of the bucket for ptr's answer: the one that holds ptr, else
+ * an unused one, else the one ptr's address picks (another bit of its
+ * hash). Two pointers that take turns in a bucket both stay; a third only
+ * ever replaces one of them, always the same one. */
+static struct nvipcfix_export_memo_slot *victim(struct nvipcfix_export_memo_slot *b, uint64_t ptr)
+{
+    for (int way = 0; way < NVIPCFIX_EXPORT_MEMO_WAYS; way++) {
+        uint64_t held = atomic_load_explicit(&b[way].ptr, memory_order_relaxed);
+        if (held == ptr || held == 0)
+            return &b[way];
+    }
+    uint64_t x = ptr * UINT64_C(0x9E3779B97F4A7C15);
+    return &b[(x >> (63 - NVIPCFIX_EXPORT_MEMO_BITS)) & (NVIPCFIX_EXPORT_MEMO_WAYS - 1)];
+}
+
 void nvipcfix_export_memo_put(struct nvipcfix_export_memo *m, uint64_t ptr,
                               const unsigned char driver[NVIPCFIX_HANDLE_BYTES],
                               const unsigned char answer[NVIPCFIX_HANDLE_BYTES])
@@ -65,10 +80,13 @@ void nvipcfix_export_memo_put(struct nvipcfix_export_memo *m, uint64_t ptr,
     struct nvipcfix_export_memo_slot *t = table(m);
     if (t == NULL)
         return;
-    struct nvipcfix_export_memo_slot *s = &t[nvipcfix_export_memo_index(ptr)];
+    struct nvipcfix_export_memo_slot *s = victim(&t[nvipcfix_export_memo_index(ptr)], ptr);
     uint64_t seq = atomic_load_explicit(&s->seq, memory_order_relaxed);
+    /* Acquire on success: the previous writer's stores (seen through its
+     * release of seq) come before this one's, so a slot never keeps a mix
+     * of two writers' words. */
     if ((seq & 1) != 0 || !atomic_compare_exchange_strong_explicit(
-                              &s->seq, &seq, seq + 1, memory_order_relaxed, memory_order_relaxed))
+                              &s->seq, &seq, seq + 1, memory_order_acquire, memory_order_relaxed))
         return; /* another writer has the slot: this answer is simply not kept */
     /* Release stores: a reader whose acquire load sees a new word also sees
      * seq changed when it reads it again (export_cache.h). */

@@ -20,12 +20,14 @@
  * of the block by the handle just written and the tag's chain of
  * multiplications; docs/performance.md has the figures.)
  *
- * A table of fixed size, one slot per pointer's place (direct-mapped), read
+ * A table of fixed size in buckets of two slots (a pointer's place chosen
+ * by a multiplicative hash; two pointers that share it both stay), read
  * without locks and without any shared write, each slot under its own
- * sequence counter (the scheme of the export cache's fast table). A writer
- * takes a slot by moving its counter from even to odd with one
- * compare-and-swap, and gives up if another writer holds it: an export
- * never waits for another. */
+ * sequence counter (the reader's side of the export cache's fast table).
+ * A writer takes a slot by moving its counter from even to odd with one
+ * compare-and-swap (acquire: what the previous writer stored is ordered
+ * before its own stores), and gives up if another writer holds it: an
+ * export never waits for another. */
 #ifndef NVIPCFIX_EXPORT_MEMO_H
 #define NVIPCFIX_EXPORT_MEMO_H
 
@@ -35,10 +37,12 @@
 
 #include "handle_tag.h"
 
-/* A power of two: 4096 slots of 88 bytes, allocated (zeroed) at the first
- * answer recorded, pages touched only where slots are used. */
-#define NVIPCFIX_EXPORT_MEMO_BITS 12
-#define NVIPCFIX_EXPORT_MEMO_SLOTS (1u << NVIPCFIX_EXPORT_MEMO_BITS)
+/* A power of two: 2048 buckets of two slots of 88 bytes, allocated
+ * (zeroed) at the first answer recorded, pages touched only where slots are
+ * used. */
+#define NVIPCFIX_EXPORT_MEMO_BITS 11
+#define NVIPCFIX_EXPORT_MEMO_WAYS 2
+#define NVIPCFIX_EXPORT_MEMO_SLOTS (NVIPCFIX_EXPORT_MEMO_WAYS << NVIPCFIX_EXPORT_MEMO_BITS)
 #define NVIPCFIX_EXPORT_MEMO_WORDS (NVIPCFIX_HANDLE_BYTES / 8)
 
 /* seq is odd while a writer changes the slot; ptr 0 is a slot never used.
@@ -76,9 +80,11 @@ void nvipcfix_export_memo_put(struct nvipcfix_export_memo *m, uint64_t ptr,
                               const unsigned char driver[NVIPCFIX_HANDLE_BYTES],
                               const unsigned char answer[NVIPCFIX_HANDLE_BYTES]);
 
+/* The first slot of ptr's bucket. */
 static inline size_t nvipcfix_export_memo_index(uint64_t ptr)
 {
-    return (size_t)((ptr * UINT64_C(0x9E3779B97F4A7C15)) >> (64 - NVIPCFIX_EXPORT_MEMO_BITS));
+    return (size_t)((ptr * UINT64_C(0x9E3779B97F4A7C15)) >> (64 - NVIPCFIX_EXPORT_MEMO_BITS)) *
+           NVIPCFIX_EXPORT_MEMO_WAYS;
 }
 
 /* Before the driver's call: the slot that may hold ptr's answer. */
@@ -90,11 +96,14 @@ static inline void nvipcfix_export_memo_probe(struct nvipcfix_export_memo *m, ui
     if (t == NULL)
         return;
     struct nvipcfix_export_memo_slot *s = &t[nvipcfix_export_memo_index(ptr)];
-    uint64_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
-    if ((seq & 1) != 0 || atomic_load_explicit(&s->ptr, memory_order_acquire) != ptr)
-        return;
-    p->slot = s;
-    p->seq = seq;
+    for (int way = 0; way < NVIPCFIX_EXPORT_MEMO_WAYS; way++, s++) {
+        uint64_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
+        if ((seq & 1) == 0 && atomic_load_explicit(&s->ptr, memory_order_acquire) == ptr) {
+            p->slot = s;
+            p->seq = seq;
+            return;
+        }
+    }
 }
 
 /* After the driver wrote its handle of the probed pointer into handle: 1 if

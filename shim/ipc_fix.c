@@ -354,6 +354,15 @@ __attribute__((noinline, cold)) static void warn_unguarded(void)
 static CUresult export_resolved(struct nvipcfix_fix *fix, unsigned char *bytes,
                                 CUdeviceptr ptr);
 
+/* The offset a memo's tail carries (for the debug line). */
+static uint64_t memo_offset(uint64_t tail)
+{
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    tail = __builtin_bswap64(tail);
+#endif
+    return tail & NVIPCFIX_MAX_OFFSET;
+}
+
 /* Fix mode: the driver's handle of ptr, which is its block's; tagged with
  * the offset when ptr is not the block's base. The memo is asked before
  * the driver's call and answers after it when the driver's handle is the
@@ -372,8 +381,9 @@ export_fixed(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CUdeviceptr ptr)
     if (__builtin_expect(nvipcfix_export_memo_apply(&probe, bytes, &tail), 1)) {
         if (tail != 0)
             NVIPCFIX_STAT_ADD(&fix->stats, exports_tagged);
-        NVIPCFIX_DEBUG("export of 0x%llx: the same allocation as at its last export, "
-                       "the same answer (%s)", (ull)ptr, tail != 0 ? "tagged" : "native handle");
+        NVIPCFIX_DEBUG("export of 0x%llx: the same allocation as at its last export, the "
+                       "same answer (%s, offset %llu)", (ull)ptr,
+                       tail != 0 ? "tagged" : "native handle", (ull)memo_offset(tail));
         return CUDA_SUCCESS;
     }
     return export_resolved(fix, bytes, ptr);

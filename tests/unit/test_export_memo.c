@@ -7,6 +7,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <cmocka.h>
 
 #include "../../shim/export_memo.h"
@@ -144,23 +145,37 @@ static void test_answers_of_other_shapes_are_not_kept(void **state)
     assert_memory_equal(h, d, 64);
 }
 
-/* Two pointers with one slot: the later answer replaces the earlier, which
- * is then a miss (never the other pointer's answer). */
-static void test_pointers_sharing_a_slot(void **state)
+/* Pointers in one bucket (two slots): two both stay; a third takes the
+ * place of one, which is then a miss (never another pointer's answer, the
+ * handle left as the driver wrote it). */
+static void test_pointers_sharing_a_bucket(void **state)
 {
-    unsigned char d[64], a1[64], a2[64], h[64];
-    uint64_t p1 = 0x7f0000700000 + 256, p2 = p1 + 4096, tail;
-    while (nvipcfix_export_memo_index(p2) != nvipcfix_export_memo_index(p1))
-        p2 += 4096;
-    driver_handle(d, 0x51); /* one block holds both */
-    tagged(a1, d, 256, NVIPCFIX_TAG_GUARDED);
-    tagged(a2, d, p2 - p1 + 256, NVIPCFIX_TAG_GUARDED);
-    nvipcfix_export_memo_put(*state, p1, d, a1);
-    nvipcfix_export_memo_put(*state, p2, d, a2);
-    assert_int_equal(export_with(*state, p1, d, h, &tail), 0);
-    assert_memory_equal(h, d, 64);
-    assert_int_equal(export_with(*state, p2, d, h, &tail), 1);
-    assert_memory_equal(h, a2, 64);
+    unsigned char d[64], a[3][64], h[64];
+    uint64_t p[3], tail;
+    p[0] = 0x7f0000700000 + 256;
+    for (int i = 1; i < 3; i++)
+        for (p[i] = p[i - 1] + 4096;
+             nvipcfix_export_memo_index(p[i]) != nvipcfix_export_memo_index(p[0]);)
+            p[i] += 4096;
+    driver_handle(d, 0x51); /* one block holds them all */
+    for (int i = 0; i < 3; i++)
+        tagged(a[i], d, p[i] - p[0] + 256, NVIPCFIX_TAG_GUARDED);
+    nvipcfix_export_memo_put(*state, p[0], d, a[0]);
+    nvipcfix_export_memo_put(*state, p[1], d, a[1]);
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(export_with(*state, p[i], d, h, &tail), 1);
+        assert_memory_equal(h, a[i], 64);
+    }
+    nvipcfix_export_memo_put(*state, p[2], d, a[2]);
+    assert_int_equal(export_with(*state, p[2], d, h, &tail), 1);
+    assert_memory_equal(h, a[2], 64);
+    int hits = 0;
+    for (int i = 0; i < 2; i++) {
+        int hit = export_with(*state, p[i], d, h, &tail);
+        assert_memory_equal(h, hit ? a[i] : d, 64);
+        hits += hit;
+    }
+    assert_int_equal(hits, 1);
 }
 
 /* A slot changed between the probe (before the driver's call) and the
@@ -220,23 +235,25 @@ static void test_forget_after_fork(void **state)
     assert_int_equal(export_with(m, 0x7f0000a00000, d, h, &tail), 1);
 }
 
-/* Threads racing: writers keep replacing one pointer's answer with one of
- * two allocations' answers; readers export with the first allocation's
- * handle. A reader gets that allocation's answer or a miss, never the
- * other's tail or a mix. */
-#define RACE_ROUNDS 20000
+/* Threads racing for one pointer's slot, for a fixed time (so that they
+ * overlap on any machine): writers keep replacing its answer with one of
+ * two allocations' answers (a guarded and a plain tag, other bytes 0-55);
+ * readers export with the first allocation's handle. A reader gets that
+ * allocation's answer or a miss, never the other's tail or a mix of the
+ * two. */
+#define RACE_MS 400
 struct race {
     struct nvipcfix_export_memo *m;
     uint64_t ptr;
     unsigned char d1[64], d2[64], a1[64], a2[64];
-    atomic_int wrong;
-    atomic_long hits;
+    atomic_int stop;
+    atomic_long wrong, hits, misses;
 };
 
 static void *race_writer(void *arg)
 {
     struct race *r = arg;
-    for (int i = 0; i < RACE_ROUNDS; i++) {
+    for (unsigned long i = 0; !atomic_load_explicit(&r->stop, memory_order_relaxed); i++) {
         if (i & 1)
             nvipcfix_export_memo_put(r->m, r->ptr, r->d2, r->a2);
         else
@@ -250,12 +267,11 @@ static void *race_reader(void *arg)
     struct race *r = arg;
     unsigned char h[64];
     uint64_t tail;
-    for (int i = 0; i < RACE_ROUNDS; i++) {
+    while (!atomic_load_explicit(&r->stop, memory_order_relaxed)) {
         int hit = export_with(r->m, r->ptr, r->d1, h, &tail);
-        if (hit)
-            atomic_fetch_add(&r->hits, 1);
+        atomic_fetch_add_explicit(hit ? &r->hits : &r->misses, 1, memory_order_relaxed);
         if (memcmp(h, hit ? r->a1 : r->d1, 64) != 0)
-            atomic_store(&r->wrong, 1);
+            atomic_fetch_add_explicit(&r->wrong, 1, memory_order_relaxed);
     }
     return NULL;
 }
@@ -270,13 +286,20 @@ static void test_readers_racing_writers(void **state)
     driver_handle(r.d2, 0x92);
     tagged(r.a1, r.d1, 2048, NVIPCFIX_TAG_GUARDED);
     tagged(r.a2, r.d2, 2048, NVIPCFIX_TAG_PLAIN);
+    atomic_init(&r.stop, 0);
     atomic_init(&r.wrong, 0);
     atomic_init(&r.hits, 0);
+    atomic_init(&r.misses, 0);
     nvipcfix_export_memo_put(r.m, r.ptr, r.d1, r.a1);
     for (int i = 0; i < 4; i++)
         assert_int_equal(pthread_create(&t[i], NULL, i < 2 ? race_writer : race_reader, &r), 0);
+    struct timespec ts = {0, RACE_MS * 1000000L};
+    nanosleep(&ts, NULL);
+    atomic_store(&r.stop, 1);
     for (int i = 0; i < 4; i++)
         pthread_join(t[i], NULL);
+    print_message("racing: %ld hits, %ld misses, %ld wrong\n", atomic_load(&r.hits),
+                  atomic_load(&r.misses), atomic_load(&r.wrong));
     assert_int_equal(atomic_load(&r.wrong), 0);
     /* once the writers are done, the first allocation's answer again */
     nvipcfix_export_memo_put(r.m, r.ptr, r.d1, r.a1);
@@ -297,7 +320,7 @@ int main(void)
                                         teardown),
         cmocka_unit_test_setup_teardown(test_answers_of_other_shapes_are_not_kept, setup,
                                         teardown),
-        cmocka_unit_test_setup_teardown(test_pointers_sharing_a_slot, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pointers_sharing_a_bucket, setup, teardown),
         cmocka_unit_test_setup_teardown(test_slot_changed_during_the_call_is_a_miss, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_slot_being_written_is_left_alone, setup, teardown),

@@ -348,6 +348,53 @@ static uint64_t received_pointer(CUipcMemHandle h, uint64_t *id)
     return base + offset;
 }
 
+/* An export the memo answers (the same pointer again, the driver's handle
+ * unchanged) gives the same bytes as an export that looks the block up,
+ * and counts the same, whatever the answer was: a base, a guarded or a
+ * plain tag, an offset too large for a tag, a driver that writes the tail;
+ * and after the block was freed and another allocated at its address, the
+ * new block's answer. */
+static void test_memo_answers_as_a_fresh_export(void **state)
+{
+    (void)state;
+    const uint64_t b = 0x100000, big = (uint64_t)1 << 48;
+    const uint64_t offsets[] = {0, 1, 4096, 0x80000, NVIPCFIX_MAX_OFFSET + 1};
+    for (int config = 0; config < 4; config++) /* guarded, plain, not measured, tail */
+        for (size_t k = 0; k < sizeof offsets / sizeof offsets[0]; k++) {
+            nvipcfix_fix_destroy(&fix);
+            start(NVIPCFIX_MODE_FIX, 1);
+            fix.config.plain_tags = config == 1;
+            fake.measured = config != 2;
+            fake.tail = config == 3;
+            fake_alloc(b, big);
+            uint64_t ptr = b + offsets[k];
+            for (int change = 0; change < 2; change++) {
+                if (change)
+                    fake_realloc_same_address(b);
+                CUipcMemHandle first = export_ok(ptr);
+                long tagged = (long)atomic_load(&fix.stats.exports_tagged);
+                int gets = fake.gets, attrs = fake.attrs;
+                CUipcMemHandle again = export_ok(ptr); /* from the memo */
+                assert_int_equal(fake.gets, gets + 1);   /* the driver's handle, once */
+                assert_int_equal(fake.attrs, attrs);     /* no range query */
+                long counted = (long)atomic_load(&fix.stats.exports_tagged) - tagged;
+                nvipcfix_export_memo_forget(&fix.memo);
+                tagged = (long)atomic_load(&fix.stats.exports_tagged);
+                CUipcMemHandle fresh = export_ok(ptr); /* looked up */
+                assert_memory_equal(again.reserved, first.reserved, 64);
+                assert_memory_equal(again.reserved, fresh.reserved, 64);
+                assert_int_equal(counted,
+                                 (long)atomic_load(&fix.stats.exports_tagged) - tagged);
+                uint64_t id = 0;
+                if (config != 3)
+                    assert_int_equal(received_pointer(again, &id),
+                                     offsets[k] <= NVIPCFIX_MAX_OFFSET ? ptr : b);
+                else /* the driver wrote the tail: its handle, untouched */
+                    assert_true(again.reserved[63] != 0);
+            }
+        }
+}
+
 /* The block of an exported pointer is freed and another allocated where it
  * was (at the same address, another size; or beginning lower, or higher)
  * before each of the driver calls an export makes in turn:
@@ -837,6 +884,7 @@ int main(void)
         T(test_interior_export_is_tagged_and_cached),
         T(test_guarded_export_and_open),
         T(test_reallocated_block_gets_fresh_handle),
+        T(test_memo_answers_as_a_fresh_export),
         T(test_reallocation_between_export_calls),
         T(test_threads_export_while_blocks_are_replaced),
         T(test_export_cache_sweeps_freed_blocks),
