@@ -23,8 +23,10 @@ void nvipcfix_export_memo_forget(struct nvipcfix_export_memo *m)
     nvipcfix_export_memo_init(m);
 }
 
-/* The table, allocated by the first writer (a writer that loses the race
- * frees its own). NULL when out of memory. */
+/* The table, allocated by the first writer, every page written at once
+ * (calloc may leave fresh pages untouched, each a fault at some later
+ * export); a writer that loses the race frees its own. NULL when out of
+ * memory. */
 static struct nvipcfix_export_memo_slot *table(struct nvipcfix_export_memo *m)
 {
     struct nvipcfix_export_memo_slot *t = atomic_load_explicit(&m->slots, memory_order_acquire);
@@ -33,6 +35,10 @@ static struct nvipcfix_export_memo_slot *table(struct nvipcfix_export_memo *m)
     struct nvipcfix_export_memo_slot *mine = calloc(NVIPCFIX_EXPORT_MEMO_SLOTS, sizeof *mine);
     if (mine == NULL)
         return NULL;
+    /* a write to every page (volatile: a memset of zero could be folded
+     * into the calloc) */
+    for (size_t at = 0; at < NVIPCFIX_EXPORT_MEMO_SLOTS * sizeof *mine; at += 4096)
+        ((volatile unsigned char *)mine)[at] = 0;
     if (atomic_compare_exchange_strong_explicit(&m->slots, &t, mine, memory_order_acq_rel,
                                                 memory_order_acquire))
         return mine;
