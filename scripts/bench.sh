@@ -209,19 +209,30 @@ set -- $(awk '$1 == "STARTUP" { printf "%s ", $3 }' "$OUT/startup") \
 if [ $# -eq 5 ]; then
     echo "| start-up of /bin/true | empty preload $1 us | $2 us | $(printf '%+.1f' "$3") points over the empty preload (rounds $(printf '%+.1f' "$4") to $(printf '%+.1f' "$5")) | within 1 point of the empty preload | $(verdict "$3" 1) |"
 fi
-# an export row from the short runs: OP LABEL GOAL_RATIO
-# (the verdict on the best runs; the median runs' ratio beside it)
+# an export row from the short runs: OP LABEL GOAL_RATIO STATISTIC. One
+# thread: the verdict on the best runs (each side at the driver's fast
+# speed), the median runs' ratio beside it. 32 threads: on the median
+# runs, the best beside it (the best run of 32 threads on 16 CPUs is one
+# where they happened not to meet: in one H200 run the pass-through
+# interposer's best was 0.76x native's).
 exports_row() {
-    awk -v l="$2" -v g="$3" -v a="$(best_of native "$1")" -v p="$(best_of pass "$1")" -v b="$(best_of nvipcfix "$1")" \
-        -v ma="$(median_of native "$1")" -v mb="$(median_of nvipcfix "$1")" \
+    awk -v l="$2" -v g="$3" -v stat="$4" -v a="$(best_of native "$1")" -v p="$(best_of pass "$1")" \
+        -v b="$(best_of nvipcfix "$1")" -v ma="$(median_of native "$1")" -v mp="$(median_of pass "$1")" \
+        -v mb="$(median_of nvipcfix "$1")" \
         'BEGIN { if (a == "" || b == "") { printf "| %s | | | | <= %sx | not measured |\n", l, g; exit }
-        r = a > 0 ? b / a : 0
-        printf "| %s | %.4f us (pass-through interposer %.4f) | %.4f us | %.2fx (median runs %.2fx) | <= %sx | %s |\n", l, a, p, b, r,
-               (ma > 0 ? mb / ma : 0), g, ((a > 0 && r <= g) ? "held" : "NOT held") }'
+        if (stat == "median") {
+            r = ma > 0 ? mb / ma : 0
+            printf "| %s | %.4f us (pass-through interposer %.4f) | %.4f us | %.2fx (best runs %.2fx) | <= %sx | %s |\n", l, ma, mp, mb, r,
+                   (a > 0 ? b / a : 0), g, ((ma > 0 && r <= g) ? "held" : "NOT held")
+        } else {
+            r = a > 0 ? b / a : 0
+            printf "| %s | %.4f us (pass-through interposer %.4f) | %.4f us | %.2fx (median runs %.2fx) | <= %sx | %s |\n", l, a, p, b, r,
+                   (ma > 0 ? mb / ma : 0), g, ((a > 0 && r <= g) ? "held" : "NOT held")
+        } }'
 }
-exports_row export_base "export of a block base (best of $runs runs a side)" 1.3
-exports_row export_interior "export of an interior pointer, 1 thread (best of $runs runs a side)" 1.3
-exports_row export_interior_threads_32 "... 32 threads (best of $runs runs a side)" 1.0
+exports_row export_base "export of a block base (best of $runs runs a side)" 1.3 best
+exports_row export_interior "export of an interior pointer, 1 thread (best of $runs runs a side)" 1.3 best
+exports_row export_interior_threads_32 "... 32 threads (median of $runs runs a side)" 1.0 median
 compare_row scale_open_total_ms "$( [ $quick = 1 ] && echo 10,000 || echo 100,000) new pointers opened in held blocks" ms 1.2
 compare_row scale_heap_while_open_kib "heap while they are open" KiB 2
 again=$(sed -n 's/.*again: legacy \([0-9.]*\) us, VMM \([0-9.]*\) us.*/\1 \2/p' "$OUT/vmm")
