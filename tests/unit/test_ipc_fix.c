@@ -378,7 +378,8 @@ static void test_memo_answers_as_a_fresh_export(void **state)
                 assert_int_equal(fake.gets, gets + 1);   /* the driver's handle, once */
                 assert_int_equal(fake.attrs, attrs);     /* no range query */
                 long counted = (long)atomic_load(&fix.stats.exports_tagged) - tagged;
-                nvipcfix_export_memo_forget(&fix.memo);
+                nvipcfix_export_memo_destroy(&fix.memo); /* the memo emptied */
+                nvipcfix_export_memo_init(&fix.memo);
                 tagged = (long)atomic_load(&fix.stats.exports_tagged);
                 CUipcMemHandle fresh = export_ok(ptr); /* looked up */
                 assert_memory_equal(again.reserved, first.reserved, 64);
