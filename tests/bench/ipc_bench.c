@@ -10,6 +10,7 @@
  *   ipc_bench exports [--quick]       the export rows of `run` alone (for
  *                                     pinned, alternating runs of variants)
  *   ipc_bench threads [--quick]       the exports at 1, 8 and 32 threads alone
+ *   ipc_bench scale [--quick]         the 100,000 (10,000) pointers alone
  *
  * Uses the driver API, so it runs on a GPU (linked with -lcuda) and on the
  * simulated driver. An exporter child process provides the handles the
@@ -639,6 +640,11 @@ int main(int argc, char **argv)
         bench_exports(quick ? 500 : 5000);
         return 0;
     }
+    if (argc >= 2 && strcmp(argv[1], "scale") == 0) {
+        init();
+        bench_scale(self);
+        return 0;
+    }
     if (argc >= 2 && strcmp(argv[1], "threads") == 0) {
         init();
         thread_ops = 1;
@@ -654,6 +660,6 @@ int main(int argc, char **argv)
         below[0] = 0;
         return run_all(self);
     }
-    fprintf(stderr, "usage: ipc_bench compare LIB [--quick] | run [--quick] | exports [--quick] | threads [--quick] | count OP N\n");
+    fprintf(stderr, "usage: ipc_bench compare LIB [--quick] | run [--quick] | exports [--quick] | threads [--quick] | scale [--quick] | count OP N\n");
     return 2;
 }
