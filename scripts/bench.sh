@@ -87,10 +87,24 @@ while [ $r -le $runs ]; do
     echo "$line |"
     r=$((r + 1))
 done
-# best run and median run of a side: SIDE OP
-best_of() { awk -v s="$1" -v o="$2" '$1 == s && $3 == o { print $4 }' "$OUT/exports" | sort -n | head -n 1; }
-median_of() { awk -v s="$1" -v o="$2" '$1 == s && $3 == o { print $4 }' "$OUT/exports" | sort -n |
-    awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'; }
+# a side's runs, sorted; its best run and its median run: SIDE OP
+runs_of() { awk -v s="$1" -v o="$2" '$1 == s && $3 == o { print $4 }' "$OUT/exports" | sort -n; }
+best_of() { runs_of "$1" "$2" | head -n 1; }
+median_of() { runs_of "$1" "$2" | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'; }
+# A round of a native and an nvipcfix run of CMD (which goes first
+# alternating with the round R); FILTER reads the figure from its output.
+# Sets a (native) and b (nvipcfix): R FILTER CMD...
+pair_round() {
+    r_=$1 f_=$2
+    shift 2
+    if [ $((r_ % 2)) = 1 ]; then
+        a=$(LD_PRELOAD= "$@" | $f_)
+        b=$(LD_PRELOAD=$LIB "$@" | $f_)
+    else
+        b=$(LD_PRELOAD=$LIB "$@" | $f_)
+        a=$(LD_PRELOAD= "$@" | $f_)
+    fi
+}
 echo
 for op in export_base export_interior export_interior_threads_32; do
     echo "$op: best run native $(best_of native $op), pass-through $(best_of pass $op), nvipcfix $(best_of nvipcfix $op); median run $(median_of native $op), $(median_of pass $op), $(median_of nvipcfix $op) us"
@@ -110,13 +124,7 @@ scale_ms() { awk '$1 == "RESULT" && $2 == "scale_open_total_ms" { print $3 }'; }
 : >"$OUT/scale"
 r=1
 while [ $r -le $srounds ]; do
-    if [ $((r % 2)) = 1 ]; then
-        a=$(LD_PRELOAD= "$BENCH" scale "$@" | scale_ms)
-        b=$(LD_PRELOAD=$LIB "$BENCH" scale "$@" | scale_ms)
-    else
-        b=$(LD_PRELOAD=$LIB "$BENCH" scale "$@" | scale_ms)
-        a=$(LD_PRELOAD= "$BENCH" scale "$@" | scale_ms)
-    fi
+    pair_round $r scale_ms "$BENCH" scale "$@"
     ratio=$(awk -v a="$a" -v b="$b" 'BEGIN { if (a > 0) printf "%.3f", b / a }')
     echo "| $r | $a | $b | $ratio |"
     [ -n "$ratio" ] && echo "$a $b $ratio" >>"$OUT/scale"
@@ -150,13 +158,7 @@ med() { sed -n 's/.*median \([0-9.]*\) us.*/\1/p'; }
 : >"$OUT/fork"
 r=1
 while [ $r -le $rounds ]; do
-    if [ $((r % 2)) = 1 ]; then
-        a=$(LD_PRELOAD= "$B/tests/fork_safety" --bench 8 $forks | med)
-        b=$(LD_PRELOAD=$LIB "$B/tests/fork_safety" --bench 8 $forks | med)
-    else
-        b=$(LD_PRELOAD=$LIB "$B/tests/fork_safety" --bench 8 $forks | med)
-        a=$(LD_PRELOAD= "$B/tests/fork_safety" --bench 8 $forks | med)
-    fi
+    pair_round $r med "$B/tests/fork_safety" --bench 8 $forks
     ratio=$(awk -v a="$a" -v b="$b" 'BEGIN { if (a > 0) printf "%.3f", b / a }')
     echo "| $r | $a | $b | $ratio |"
     echo "$a $b $ratio" >>"$OUT/fork"
@@ -236,26 +238,20 @@ set -- $(awk '$1 == "STARTUP" { printf "%s ", $3 }' "$OUT/startup") \
 if [ $# -eq 5 ]; then
     echo "| start-up of /bin/true | empty preload $1 us | $2 us | $(printf '%+.1f' "$3") points over the empty preload (rounds $(printf '%+.1f' "$4") to $(printf '%+.1f' "$5")) | within 1 point of the empty preload | $(verdict "$3" 1) |"
 fi
-# an export row from the short runs: OP LABEL GOAL_RATIO STATISTIC. One
-# thread: the verdict on the best runs (each side at the driver's fast
-# speed), the median runs' ratio beside it. 32 threads: on the median
-# runs, the best beside it (the best run of 32 threads on 16 CPUs is one
-# where they happened not to meet: in one H200 run the pass-through
-# interposer's best was 0.76x native's).
+# an export row from the short runs: OP LABEL GOAL_RATIO STATISTIC (best or
+# median; the other's ratio beside it). One thread: the best runs (each
+# side at the driver's fast speed). 32 threads: the median runs (the best
+# run of 32 threads on 16 CPUs is one where they happened not to meet: in
+# one H200 run the pass-through interposer's best was 0.76x native's).
 exports_row() {
-    awk -v l="$2" -v g="$3" -v stat="$4" -v a="$(best_of native "$1")" -v p="$(best_of pass "$1")" \
-        -v b="$(best_of nvipcfix "$1")" -v ma="$(median_of native "$1")" -v mp="$(median_of pass "$1")" \
-        -v mb="$(median_of nvipcfix "$1")" \
+    other=$([ "$4" = best ] && echo median || echo best)
+    awk -v l="$2" -v g="$3" -v o="$other runs" \
+        -v a="$("$4"_of native "$1")" -v p="$("$4"_of pass "$1")" -v b="$("$4"_of nvipcfix "$1")" \
+        -v oa="$("$other"_of native "$1")" -v ob="$("$other"_of nvipcfix "$1")" \
         'BEGIN { if (a == "" || b == "") { printf "| %s | | | | <= %sx | not measured |\n", l, g; exit }
-        if (stat == "median") {
-            r = ma > 0 ? mb / ma : 0
-            printf "| %s | %.4f us (pass-through interposer %.4f) | %.4f us | %.2fx (best runs %.2fx) | <= %sx | %s |\n", l, ma, mp, mb, r,
-                   (a > 0 ? b / a : 0), g, ((ma > 0 && r <= g) ? "held" : "NOT held")
-        } else {
-            r = a > 0 ? b / a : 0
-            printf "| %s | %.4f us (pass-through interposer %.4f) | %.4f us | %.2fx (median runs %.2fx) | <= %sx | %s |\n", l, a, p, b, r,
-                   (ma > 0 ? mb / ma : 0), g, ((a > 0 && r <= g) ? "held" : "NOT held")
-        } }'
+        r = a > 0 ? b / a : 0
+        printf "| %s | %.4f us (pass-through interposer %.4f) | %.4f us | %.2fx (%s %.2fx) | <= %sx | %s |\n", l, a, p, b, r,
+               o, (oa > 0 ? ob / oa : 0), g, ((a > 0 && r <= g) ? "held" : "NOT held") }'
 }
 exports_row export_base "export of a block base (best of $runs runs a side)" 1.3 best
 exports_row export_interior "export of an interior pointer, 1 thread (best of $runs runs a side)" 1.3 best

@@ -68,18 +68,12 @@ void nvipcfix_export_memo_put(struct nvipcfix_export_memo *m, uint64_t ptr,
     /* What apply() would make of the driver's handle with this tail must
      * be the answer, byte for byte; else nothing is recorded. */
     unsigned char replayed[NVIPCFIX_HANDLE_BYTES];
-    uint64_t tail, word;
+    uint64_t tail;
     if (ptr == 0 || !nvipcfix_tail_is_zero(driver))
         return;
     memcpy(&tail, answer + NVIPCFIX_TAIL_AT, sizeof tail);
     memcpy(replayed, driver, sizeof replayed);
-    memcpy(replayed + NVIPCFIX_TAIL_AT, &tail, sizeof tail);
-    word = tail;
-#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    word = __builtin_bswap64(word);
-#endif
-    if (tail != 0 && (word & NVIPCFIX_GUARD_FLAG) != 0)
-        replayed[NVIPCFIX_GUARD_BYTE] ^= NVIPCFIX_GUARD_MASK;
+    nvipcfix_export_memo_replay(replayed, tail);
     if (memcmp(replayed, answer, sizeof replayed) != 0)
         return;
 

@@ -81,6 +81,16 @@ void nvipcfix_export_memo_put(struct nvipcfix_export_memo *m, uint64_t ptr,
                               const unsigned char driver[NVIPCFIX_HANDLE_BYTES],
                               const unsigned char answer[NVIPCFIX_HANDLE_BYTES]);
 
+/* Writes an answer's tail (bytes 56-63 as they lie in the handle) into the
+ * driver's handle, and flips byte 51 for a guarded tag: the answer again. */
+static inline void nvipcfix_export_memo_replay(unsigned char handle[NVIPCFIX_HANDLE_BYTES],
+                                               uint64_t tail)
+{
+    __builtin_memcpy(handle + NVIPCFIX_TAIL_AT, &tail, sizeof tail);
+    if ((nvipcfix_le64(tail) & NVIPCFIX_GUARD_FLAG) != 0)
+        handle[NVIPCFIX_GUARD_BYTE] ^= NVIPCFIX_GUARD_MASK;
+}
+
 /* The first slot of ptr's bucket. */
 static inline size_t nvipcfix_export_memo_index(uint64_t ptr)
 {
@@ -128,15 +138,8 @@ static inline int nvipcfix_export_memo_apply(const struct nvipcfix_export_memo_p
     uint64_t t = atomic_load_explicit(&s->tail, memory_order_acquire);
     if (diff != 0 || atomic_load_explicit(&s->seq, memory_order_relaxed) != p->seq)
         return 0; /* another handle, or the slot changed while read */
-    if (t != 0) {
-        __builtin_memcpy(handle + NVIPCFIX_TAIL_AT, &t, sizeof t);
-        uint64_t word = t;
-#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-        word = __builtin_bswap64(word);
-#endif
-        if ((word & NVIPCFIX_GUARD_FLAG) != 0)
-            handle[NVIPCFIX_GUARD_BYTE] ^= NVIPCFIX_GUARD_MASK;
-    }
+    if (t != 0)
+        nvipcfix_export_memo_replay(handle, t);
     *tail = t;
     return 1;
 }

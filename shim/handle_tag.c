@@ -7,10 +7,7 @@ static uint64_t load64(const unsigned char *p)
 {
     uint64_t v;
     memcpy(&v, p, sizeof v);
-#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    v = __builtin_bswap64(v);
-#endif
-    return v;
+    return nvipcfix_le64(v);
 }
 
 uint64_t nvipcfix_tag_check_head(const unsigned char head[NVIPCFIX_TAIL_AT])

@@ -51,6 +51,16 @@ enum nvipcfix_tag_kind {
     NVIPCFIX_TAG_FOREIGN,  /* non-zero tail that is not a valid tag */
 };
 
+/* A word of a handle as it lies in the bytes (little-endian, whatever
+ * the host) in the host's order; the same swap the other way. */
+static inline uint64_t nvipcfix_le64(uint64_t word)
+{
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    word = __builtin_bswap64(word);
+#endif
+    return word;
+}
+
 /* The 16-bit check value for these 56 bytes and this offset. */
 uint16_t nvipcfix_tag_check(const unsigned char head[NVIPCFIX_TAIL_AT], uint64_t offset);
 
@@ -117,11 +127,9 @@ static inline int nvipcfix_tag_encode_from(unsigned char handle[NVIPCFIX_HANDLE_
     }
     if (offset == 0 || offset > NVIPCFIX_MAX_OFFSET || !nvipcfix_tail_is_zero(handle))
         return -1;
-    uint64_t tail = offset | (byte >= 0 ? NVIPCFIX_GUARD_FLAG : 0) |
-                    ((uint64_t)nvipcfix_tag_check_from(head_state, offset | domain) << 48);
-#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    tail = __builtin_bswap64(tail);
-#endif
+    uint64_t tail = nvipcfix_le64(offset | (byte >= 0 ? NVIPCFIX_GUARD_FLAG : 0) |
+                                  ((uint64_t)nvipcfix_tag_check_from(head_state, offset | domain)
+                                   << 48));
     __builtin_memcpy(handle + NVIPCFIX_TAIL_AT, &tail, sizeof tail);
     if (byte >= 0)
         handle[byte] ^= NVIPCFIX_GUARD_MASK;

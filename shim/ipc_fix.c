@@ -354,15 +354,6 @@ __attribute__((noinline, cold)) static void warn_unguarded(void)
 static CUresult export_resolved(struct nvipcfix_fix *fix, unsigned char *bytes,
                                 CUdeviceptr ptr);
 
-/* The offset a memo's tail carries (for the debug line). */
-static uint64_t memo_offset(uint64_t tail)
-{
-#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-    tail = __builtin_bswap64(tail);
-#endif
-    return tail & NVIPCFIX_MAX_OFFSET;
-}
-
 /* Fix mode: the driver's handle of ptr, which is its block's; tagged with
  * the offset when ptr is not the block's base. The memo is asked before
  * the driver's call and answers after it when the driver's handle is the
@@ -383,27 +374,19 @@ export_fixed(struct nvipcfix_fix *fix, CUipcMemHandle *handle, CUdeviceptr ptr)
             NVIPCFIX_STAT_ADD(&fix->stats, exports_tagged);
         NVIPCFIX_DEBUG("export of 0x%llx: the same allocation as at its last export, the "
                        "same answer (%s, offset %llu)", (ull)ptr,
-                       tail != 0 ? "tagged" : "native handle", (ull)memo_offset(tail));
+                       tail != 0 ? "tagged" : "native handle",
+                       (ull)(nvipcfix_le64(tail) & NVIPCFIX_MAX_OFFSET));
         return CUDA_SUCCESS;
     }
     return export_resolved(fix, bytes, ptr);
 }
 
-__attribute__((noinline)) static CUresult export_resolved(struct nvipcfix_fix *fix,
-                                                         unsigned char *bytes, CUdeviceptr ptr)
+/* The tag of an interior pointer written into its block's handle (bytes,
+ * the driver's), or the handle left as it is, with one warning, where no
+ * tag can be written. */
+static void tag_interior(struct nvipcfix_fix *fix, unsigned char *bytes, CUdeviceptr ptr,
+                         uint64_t base, uint64_t offset, uint64_t check)
 {
-    uint64_t base, size, check;
-    unsigned char driver[NVIPCFIX_HANDLE_BYTES];
-    if (resolve_block(fix, ptr, bytes, &base, &size, &check) != 0)
-        return CUDA_SUCCESS; /* the driver's handle of ptr */
-    memcpy(driver, bytes, sizeof driver);
-    uint64_t offset = ptr - base;
-
-    if (offset == 0) {
-        nvipcfix_export_memo_put(&fix->memo, ptr, driver, bytes);
-        NVIPCFIX_DEBUG("export of block base 0x%llx: native handle", (ull)ptr);
-        return CUDA_SUCCESS;
-    }
     /* A guarded tag, which a driver without nvipcfix refuses, where the
      * handle has the layout measured on real drivers; else a plain one. */
     enum nvipcfix_tag_style style = NVIPCFIX_TAG_PLAIN;
@@ -417,13 +400,26 @@ __attribute__((noinline)) static CUresult export_resolved(struct nvipcfix_fix *f
      * offset does not fit. */
     if (nvipcfix_tag_encode_from(bytes, check, offset, style) != 0) {
         warn_untagged(bytes, offset);
-        nvipcfix_export_memo_put(&fix->memo, ptr, driver, bytes);
-        return CUDA_SUCCESS; /* the driver's handle */
+        return;
     }
-    nvipcfix_export_memo_put(&fix->memo, ptr, driver, bytes);
     NVIPCFIX_STAT_ADD(&fix->stats, exports_tagged);
     NVIPCFIX_DEBUG("export of 0x%llx: block 0x%llx + %llu, tagged", (ull)ptr, (ull)base,
                    (ull)offset);
+}
+
+__attribute__((noinline)) static CUresult export_resolved(struct nvipcfix_fix *fix,
+                                                         unsigned char *bytes, CUdeviceptr ptr)
+{
+    uint64_t base, size, check;
+    unsigned char driver[NVIPCFIX_HANDLE_BYTES];
+    if (resolve_block(fix, ptr, bytes, &base, &size, &check) != 0)
+        return CUDA_SUCCESS; /* the driver's handle of ptr */
+    memcpy(driver, bytes, sizeof driver);
+    if (ptr == base)
+        NVIPCFIX_DEBUG("export of block base 0x%llx: native handle", (ull)ptr);
+    else
+        tag_interior(fix, bytes, ptr, base, ptr - base, check);
+    nvipcfix_export_memo_put(&fix->memo, ptr, driver, bytes);
     return CUDA_SUCCESS;
 }
 
