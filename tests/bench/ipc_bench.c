@@ -380,7 +380,7 @@ static double spawn_true(char **env)
  * libraries, interleaved run by run (the order rotating from one run to
  * the next), in ROUNDS rounds of n runs. t[k * total + r * n + i] gets run
  * i of round r of column k. */
-#define ROUNDS 7
+#define ROUNDS 15
 static void bench_startup(char **libs, int nlibs, int n, double *t)
 {
     static char pre[4][4200];
@@ -430,7 +430,7 @@ static double round_points(const double *t, int total, int n, int r, int k, int 
  * (MIN and MAX: the range of the rounds' points over the first library). */
 static int startup(char **libs, int nlibs)
 {
-    int n = quick ? 40 : 150;
+    int n = quick ? 40 : 200;
     if (nlibs > 4)
         nlibs = 4;
     int w = nlibs + 1, total = ROUNDS * n;
