@@ -180,7 +180,7 @@ echo
 NVIPCFIX_VMM=1 LD_PRELOAD=$LIB "$VMM" --bench >"$OUT/vmm" 2>&1
 sed 's/^BENCH /    /' "$OUT/vmm"
 torch=""
-tn=30
+tn=6
 if [ $gpu = 1 ] && [ -f tests/gpu/vmm_vs_torch.py ] && python3 -c 'import torch' >/dev/null 2>&1; then
     echo
     echo "## VMM first open against PyTorch's own import of the same memory (tests/gpu/vmm_vs_torch.py)"
@@ -301,14 +301,14 @@ for size in 2mib 16mib; do
     if [ -n "$torch" ]; then
         v=$(awk -v k="vmm_first_open_$size" '$1 == "BENCH" && tolower($2) == k { print $3 }' "$torch")
         t=$(awk -v k="torch_import_$size" '$1 == "BENCH" && tolower($2) == k { print $3 }' "$torch")
-        # the median of the runs' ratios and their middle half
+        # the median of the rounds' ratios and their range
         r=$(awk -v k="vmm_over_torch_$size" '$1 == "BENCH" && tolower($2) == k { x = $3
-            sub(/.*middle half /, ""); sub(/;.*/, ""); split($0, m, "-"); print x, m[1], m[2] }' "$torch")
+            sub(/.*ratios, rounds /, ""); sub(/;.*/, ""); split($0, m, "-"); print x, m[1], m[2] }' "$torch")
     fi
-    label="VMM first open of $( [ $size = 2mib ] && echo "2 MiB" || echo "16 MiB") against PyTorch's own import (median of $tn runs' ratios)"
+    label="VMM first open of $( [ $size = 2mib ] && echo "2 MiB" || echo "16 MiB") against PyTorch's own import (median of $tn rounds' ratios)"
     if [ -n "$v" ] && [ -n "$t" ] && [ -n "${r%% *}" ]; then
         set -- $r
-        echo "| $label | PyTorch $t us (median) | $v us (median) | ${1}x (middle half of the runs $2-$3) | <= 1.2x | $(verdict "$1" 1.2) |"
+        echo "| $label | PyTorch $t us (median) | $v us (median) | ${1}x (rounds $2-$3) | <= 1.2x | $(verdict "$1" 1.2) |"
     elif [ -n "$torch" ]; then
         echo "| $label | | | | <= 1.2x | not measured (vmm_vs_torch.py printed no figure: $torch) |"
     else

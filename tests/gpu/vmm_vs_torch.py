@@ -2,16 +2,15 @@
 (issue 20's goal: nvipcfix's first open <= 1.2x PyTorch's), in one run.
 
 Run under the preload with NVIPCFIX_VMM=1 (scripts/gpu-check does):
-  NVIPCFIX_VMM=1 LD_PRELOAD=build/libnvipcfix.so python3 tests/gpu/vmm_vs_torch.py [N]
+  NVIPCFIX_VMM=1 LD_PRELOAD=build/libnvipcfix.so python3 tests/gpu/vmm_vs_torch.py [R]
 
 The exporter allocates with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 (VMM memory: cuMemCreate chunks mapped side by side) one small tensor
 (512 KiB: the small pool, 2 MiB chunks), one of 2 MiB and one of 16 MiB
 (the large pool, 20 MiB chunks); for each it makes a ticket with
-cudaIpcGetMemHandle (torch's own libcudart, ctypes) and N pickles of the
+cudaIpcGetMemHandle (torch's own libcudart, ctypes) and 1 + 6R pickles of the
 tensor through torch.multiprocessing's reductions (ForkingPickler: what a
-torch.multiprocessing queue sends). A spawned receiver then, N times, does
-each of the two (which goes first alternating from one time to the next):
+torch.multiprocessing queue sends). A spawned receiver, per size:
   (a) PyTorch's import: from the pickled bytes received to a usable tensor
       (pickle.loads runs torch.multiprocessing.reductions.rebuild_cuda_tensor,
       which imports the segment); the tensor is then dropped, so the next
@@ -19,17 +18,24 @@ each of the two (which goes first alternating from one time to the next):
   (b) nvipcfix's first open of the ticket (cudaIpcOpenMemHandle, its
       descriptor exchange, import, map and access), then the close that
       unmaps it, so the next open is a first open again.
-The first of each (a cold process) is printed apart and left out of the
-medians. Both mappings are read once and checked byte for byte.
+First one of each (a cold process, printed apart; both mappings read and
+checked byte for byte), then R rounds (argument, default 4) of a block of
+6 of (a) and a block of 6 of (b), which block goes first alternating by
+round. Each side is timed in a row, as a program repeating it runs it; the
+first of each block, which follows the other side's teardown of the same
+memory, is left out (it is printed, in brackets). With the two alternating
+one by one, the runs' ratios split in two (H200, 30 runs:
+middle half 0.37-0.98).
 
-Prints, per tensor size S:
-  BENCH vmm_first_open_S <us>       median of N
-  BENCH torch_import_S <us>         median of N
-  BENCH vmm_over_torch_S <x> (goal <= 1.2)  the median of the N runs' ratios
-                                    (a run: one of each, which goes first
-                                    alternating), with their middle half
+Prints, per tensor size S, every time, and:
+  BENCH torch_import_S <us>         median of the runs kept
+  BENCH vmm_first_open_S <us>       median of the runs kept
+  BENCH vmm_over_torch_S <x> (goal <= 1.2)  the median of the rounds'
+                                    ratios (a round's: its two medians)
 and the exporter's BENCH vmm_export_again_S <us> (a ticket for a tensor
-already exported: goal <= 1 us). Times are never asserted.
+already exported: goal <= 1 us), beside BENCH ctypes_call_us, what a
+ctypes call of cudaGetDevice costs (both through ctypes). Times are never
+asserted.
 Exit status: 0 both imports right, 1 wrong bytes, 2 an error (PyTorch
 missing, no CUDA, an export or an open failed)."""
 import ctypes
@@ -82,58 +88,86 @@ def read_back(lib, ptr, n):
     return got
 
 
+BLOCK = 6  # one side's opens in a row; the first of each block is left out
+
+
+def torch_once(blob, check=None):
+    """PyTorch's import of pickled bytes to a usable tensor (us); check:
+    the bytes it must hold (counts 1 if wrong)."""
+    gc.collect()
+    t0 = time.perf_counter()
+    t = pickle.loads(blob)
+    us = (time.perf_counter() - t0) * 1e6
+    bad = 0 if check is None else int(not torch.equal(t.cpu(), check))
+    del t
+    gc.collect()
+    return us, bad
+
+
+def vmm_once(lib, h, name, n, check=None):
+    """nvipcfix's first open of the ticket, then the close that unmaps it
+    (us of the open, None on an error); check as above."""
+    p = ctypes.c_void_p()
+    t0 = time.perf_counter()
+    r = lib.cudaIpcOpenMemHandle(ctypes.byref(p), h, 1)
+    us = (time.perf_counter() - t0) * 1e6
+    if r != 0:
+        sys.stderr.write("vmm_vs_torch: cudaIpcOpenMemHandle (%s): error %d\n" % (name, r))
+        return None, 0
+    bad = 0
+    if check is not None:
+        got = read_back(lib, p.value, n)
+        bad = int(got is None or not torch.equal(got, check))
+    if lib.cudaIpcCloseMemHandle(p) != 0:
+        return None, bad
+    return us, bad
+
+
 def receiver(records, conn):
     """records: (name, bytes, hex ticket, pattern number); conn gives the
-    pickles, N per size, size by size."""
+    number of rounds, then 1 + rounds * BLOCK pickles per size, size by size.
+    Per size: the first import and open (a cold process, checked byte for
+    byte), then rounds of a block of PyTorch imports and a block of
+    nvipcfix opens (which block goes first alternating by round)."""
     lib = cudart()
     torch.cuda.set_device(0)
-    n_runs = conn.recv()
-    blobs = {name: [conn.recv_bytes() for _ in range(n_runs + 1)] for name, _, _, _ in records}
+    rounds = conn.recv()
+    per = 1 + rounds * BLOCK
+    blobs = {name: [conn.recv_bytes() for _ in range(per)] for name, _, _, _ in records}
     res, errors, wrong = [], 0, 0
     for name, n, hexh, k in records:
         h = Handle.from_buffer_copy(bytes.fromhex(hexh))
         want = pattern(k, n)
-        torch_us, vmm_us = [], []
-        for i in range(n_runs + 1):
-            tu = vu = None
-            for side in ((0, 1) if i % 2 == 0 else (1, 0)):  # which goes first alternates
-                if side == 0:
-                    # (a) PyTorch's import of the same memory
-                    gc.collect()
-                    t0 = time.perf_counter()
-                    t = pickle.loads(blobs[name][i])
-                    tu = (time.perf_counter() - t0) * 1e6
-                    if i == 0:
-                        wrong += not torch.equal(t.cpu(), want)
-                    del t
-                    gc.collect()
-                    continue
-                # (b) nvipcfix's first open
-                p = ctypes.c_void_p()
-                t0 = time.perf_counter()
-                r = lib.cudaIpcOpenMemHandle(ctypes.byref(p), h, 1)
-                vu = (time.perf_counter() - t0) * 1e6
-                if r != 0:
-                    sys.stderr.write("vmm_vs_torch: cudaIpcOpenMemHandle (%s): error %d\n"
-                                     % (name, r))
-                    errors += 1
-                    vu = None
-                    break
-                if i == 0:
-                    got = read_back(lib, p.value, n)
-                    wrong += got is None or not torch.equal(got, want)
-                if lib.cudaIpcCloseMemHandle(p) != 0:
-                    errors += 1
-            if tu is None or vu is None:
-                break
-            torch_us.append(tu)
-            vmm_us.append(vu)
-        res.append((name, torch_us, vmm_us))
+        cold_t, bad = torch_once(blobs[name][0], want)
+        wrong += bad
+        cold_v, bad = vmm_once(lib, h, name, n, want)
+        wrong += bad
+        if cold_v is None:
+            errors += 1
+            continue
+        runs = []  # (round, side: 0 PyTorch 1 nvipcfix, place in its block, us)
+        for r in range(rounds):
+            for side in ((0, 1) if r % 2 == 0 else (1, 0)):
+                for j in range(BLOCK):
+                    if side == 0:
+                        us, _ = torch_once(blobs[name][1 + r * BLOCK + j])
+                    else:
+                        us, _ = vmm_once(lib, h, name, n)
+                        if us is None:
+                            errors += 1
+                            break
+                    runs.append((r, side, j, us))
+        res.append((name, cold_t, cold_v, runs))
     conn.send((res, errors, wrong))
 
 
+def median_of(runs, side, rnd=None, first=False):
+    v = [us for r, s, j, us in runs if s == side and (rnd is None or r == rnd) and (j == 0) == first]
+    return statistics.median(v) if v else None
+
+
 def main():
-    n_runs = int(sys.argv[1]) if len(sys.argv) > 1 else 20
+    rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 4
     if not torch.cuda.is_available():
         sys.stderr.write("vmm_vs_torch: no CUDA device for PyTorch\n")
         return 2
@@ -153,12 +187,20 @@ def main():
                   % (name, r))
             return 2
         again = []
-        for _ in range(max(n_runs, 100)):
+        for _ in range(100):
             x = Handle()
             t0 = time.perf_counter()
             lib.cudaIpcGetMemHandle(ctypes.byref(x), t.data_ptr())
             again.append((time.perf_counter() - t0) * 1e6)
+        floor = []
+        dev = ctypes.c_int()
+        for _ in range(100):
+            t0 = time.perf_counter()
+            lib.cudaGetDevice(ctypes.byref(dev))
+            floor.append((time.perf_counter() - t0) * 1e6)
         print("vmm_vs_torch: %s tensor at 0x%x: %s" % (name, t.data_ptr(), layout(t.data_ptr(), n)))
+        print("BENCH ctypes_call_us %.2f (cudaGetDevice through ctypes, beside the next line)"
+              % statistics.median(floor))
         print("BENCH vmm_export_again_%s %.2f (goal <= 1 us; ctypes call included)"
               % (name, statistics.median(again)))
         records.append((name, n, bytes(h).hex(), k))
@@ -166,9 +208,9 @@ def main():
     mine, theirs = ctx.Pipe()
     p = ctx.Process(target=receiver, args=(records, theirs))
     p.start()
-    mine.send(n_runs)
+    mine.send(rounds)
     for k, (name, n) in enumerate(SIZES):
-        for _ in range(n_runs + 1):  # one pickle each: every import a fresh one
+        for _ in range(1 + rounds * BLOCK):  # one pickle each: every import a fresh one
             mine.send_bytes(bytes(ForkingPickler.dumps(keep[k])))
     if not mine.poll(600):
         print("vmm_vs_torch: the receiver did not answer within 600 s")
@@ -180,23 +222,30 @@ def main():
         print("vmm_vs_torch: the receiver died")
         return 2
     p.join()
-    for name, torch_us, vmm_us in res:
-        if len(vmm_us) < 2:
-            continue
+    for name, cold_t, cold_v, runs in res:
         print("vmm_vs_torch: %s, first ever (cold): torch import %.1f us, nvipcfix first open "
-              "%.1f us" % (name, torch_us[0], vmm_us[0]))
-        tm, vm = statistics.median(torch_us[1:]), statistics.median(vmm_us[1:])
-        ratios = sorted(v / t for t, v in zip(torch_us[1:], vmm_us[1:]))
+              "%.1f us" % (name, cold_t, cold_v))
+        for side, who in ((0, "torch imports"), (1, "nvipcfix opens")):
+            print("vmm_vs_torch: %s, %s by round (us; the first of a block, after the other's, "
+                  "in brackets): %s" % (name, who, " | ".join(
+                      " ".join(("[%.0f]" if j == 0 else "%.0f") % us
+                               for r2, s, j, us in runs if s == side and r2 == r)
+                      for r in range(rounds))))
+        tm, vm = median_of(runs, 0), median_of(runs, 1)
+        ratios = sorted(median_of(runs, 1, r) / median_of(runs, 0, r) for r in range(rounds)
+                        if median_of(runs, 1, r) and median_of(runs, 0, r))
+        if not ratios:
+            continue
         rm = statistics.median(ratios)
-        q = (len(ratios) - 1) // 4
         print("BENCH torch_import_%s %.1f" % (name, tm))
         print("BENCH vmm_first_open_%s %.1f" % (name, vm))
-        print("BENCH vmm_over_torch_%s %.2f (median of the %d runs' ratios, middle half "
-              "%.2f-%.2f; ratio of the medians %.2f; goal <= %.1f: %s)"
-              % (name, rm, len(ratios), ratios[q], ratios[-1 - q], vm / tm, GOAL,
-                 "held" if rm <= GOAL else "NOT held"))
-    print("vmm_vs_torch: %d sizes, %d runs each: %d wrong, %d errors -> %s"
-          % (len(SIZES), n_runs, wrong, errors, "CORRECT" if not wrong and not errors else "WRONG"))
+        print("BENCH vmm_over_torch_%s %.2f (median of the %d rounds' ratios, rounds %.2f-%.2f; "
+              "ratio of the medians %.2f; first of a block: torch %.1f us, nvipcfix %.1f us; "
+              "goal <= %.1f: %s)"
+              % (name, rm, len(ratios), ratios[0], ratios[-1], vm / tm, median_of(runs, 0, first=True),
+                 median_of(runs, 1, first=True), GOAL, "held" if rm <= GOAL else "NOT held"))
+    print("vmm_vs_torch: %d sizes, %d rounds of %d of each: %d wrong, %d errors -> %s"
+          % (len(SIZES), rounds, BLOCK, wrong, errors, "CORRECT" if not wrong and not errors else "WRONG"))
     return (1 if wrong else 0) | (2 if errors else 0)
 
 
