@@ -92,7 +92,7 @@ runs_of() { awk -v s="$1" -v o="$2" '$1 == s && $3 == o { print $4 }' "$OUT/expo
 best_of() { runs_of "$1" "$2" | head -n 1; }
 median_of() { runs_of "$1" "$2" | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'; }
 # the median of a side's runs at the driver's fast speed: those within 25%
-# of its best run (the slow speed is some 1.5x the fast one), if at least 3
+# of its best run (the slow speed is 1.5x-1.8x the fast one), if at least 3
 fast_of() { runs_of "$1" "$2" | awk 'NR == 1 { lim = $1 * 1.25 } $1 <= lim { v[++n] = $1 }
     END { if (n >= 3) print v[int((n + 1) / 2)] }'; }
 fast_count() { runs_of "$1" "$2" | awk 'NR == 1 { lim = $1 * 1.25 } $1 <= lim { n++ } END { print n + 0 }'; }

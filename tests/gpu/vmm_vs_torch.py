@@ -22,8 +22,9 @@ First one of each (a cold process, printed apart; both mappings read and
 checked byte for byte), then R rounds (argument, default 4) of a block of
 6 of (a) and a block of 6 of (b), which block goes first alternating by
 round. Each side is timed in a row, as a program repeating it runs it; the
-first of each block, which follows the other side's teardown of the same
-memory, is left out (it is printed, in brackets). With the two alternating
+first of each block is left out (printed in brackets; the median of the
+first ones right after the other side's block, which imported and dropped
+the same memory, is printed apart). With the two alternating
 one by one, the runs' ratios split in two (H200, 30 runs:
 middle half 0.37-0.98).
 
@@ -177,8 +178,20 @@ def call_us(call, n=100):
     return statistics.median(t)
 
 
-def median_of(runs, side, rnd=None, first=False):
-    v = [us for r, s, j, us in runs if s == side and (rnd is None or r == rnd) and (j == 0) == first]
+def median_of(runs, side, rnd=None):
+    """The median of a side's runs kept (all but the first of each block)."""
+    v = [us for r, s, j, us in runs if s == side and (rnd is None or r == rnd) and j > 0]
+    return statistics.median(v) if v else None
+
+
+def us_or_none(x):
+    return "-" if x is None else "%.1f" % x
+
+
+def after_other(runs, side):
+    """The median of a side's first runs right after the other side's block
+    (its block second in the round: nvipcfix in even rounds, PyTorch in odd)."""
+    v = [us for r, s, j, us in runs if s == side and j == 0 and r % 2 != side]
     return statistics.median(v) if v else None
 
 
@@ -235,8 +248,8 @@ def main():
         print("vmm_vs_torch: %s, first ever (cold): torch import %.1f us, nvipcfix first open "
               "%.1f us" % (name, cold_t, cold_v))
         for side, who in ((0, "torch imports"), (1, "nvipcfix opens")):
-            print("vmm_vs_torch: %s, %s by round (us; the first of a block, after the other's, "
-                  "in brackets): %s" % (name, who, " | ".join(
+            print("vmm_vs_torch: %s, %s by round (us; the first of each block, left out, in "
+                  "brackets): %s" % (name, who, " | ".join(
                       " ".join(("[%.0f]" if j == 0 else "%.0f") % us
                                for r2, s, j, us in runs if s == side and r2 == r)
                       for r in range(rounds))))
@@ -249,10 +262,11 @@ def main():
         print("BENCH torch_import_%s %.1f" % (name, tm))
         print("BENCH vmm_first_open_%s %.1f" % (name, vm))
         print("BENCH vmm_over_torch_%s %.2f (median of the %d rounds' ratios, rounds %.2f-%.2f; "
-              "ratio of the medians %.2f; first of a block: torch %.1f us, nvipcfix %.1f us; "
+              "ratio of the medians %.2f; the first right after the other's block: torch %s us, "
+              "nvipcfix %s us; "
               "goal <= %.1f: %s)"
-              % (name, rm, len(ratios), ratios[0], ratios[-1], vm / tm, median_of(runs, 0, first=True),
-                 median_of(runs, 1, first=True), GOAL, "held" if rm <= GOAL else "NOT held"))
+              % (name, rm, len(ratios), ratios[0], ratios[-1], vm / tm, us_or_none(after_other(runs, 0)),
+                 us_or_none(after_other(runs, 1)), GOAL, "held" if rm <= GOAL else "NOT held"))
     print("vmm_vs_torch: %d sizes, %d rounds of %d of each: %d wrong, %d errors -> %s"
           % (len(SIZES), rounds, BLOCK, wrong, errors, "CORRECT" if not wrong and not errors else "WRONG"))
     return (1 if wrong else 0) | (2 if errors else 0)
