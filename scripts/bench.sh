@@ -92,9 +92,10 @@ runs_of() { awk -v s="$1" -v o="$2" '$1 == s && $3 == o { print $4 }' "$OUT/expo
 best_of() { runs_of "$1" "$2" | head -n 1; }
 median_of() { runs_of "$1" "$2" | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'; }
 # the median of a side's runs at the driver's fast speed: those within 25%
-# of its best run (the slow speed is 1.5x-1.8x the fast one), if at least 3
+# of its best run (in the H200 runs the fast ones came within 1.24x of the
+# best, the slow ones from 1.33x on), if at least 3
 fast_of() { runs_of "$1" "$2" | awk 'NR == 1 { lim = $1 * 1.25 } $1 <= lim { v[++n] = $1 }
-    END { if (n >= 3) print v[int((n + 1) / 2)] }'; }
+    END { if (n >= 3) print (n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2) }'; }
 fast_count() { runs_of "$1" "$2" | awk 'NR == 1 { lim = $1 * 1.25 } $1 <= lim { n++ } END { print n + 0 }'; }
 # A round of a native and an nvipcfix run of CMD (which goes first
 # alternating with the round R); FILTER reads the figure from its output.
@@ -130,7 +131,7 @@ scale_ms() { awk '$1 == "RESULT" && $2 == "scale_open_total_ms" { print $3 }'; }
 r=1
 while [ $r -le $srounds ]; do
     pair_round $r scale_ms "$BENCH" scale "$@"
-    ratio=$(awk -v a="$a" -v b="$b" 'BEGIN { if (a > 0) printf "%.3f", b / a }')
+    ratio=$(awk -v a="$a" -v b="$b" 'BEGIN { if (a > 0 && b > 0) printf "%.3f", b / a }')
     echo "| $r | $a | $b | $ratio |"
     [ -n "$ratio" ] && echo "$a $b $ratio" >>"$OUT/scale"
     r=$((r + 1))
@@ -164,9 +165,9 @@ med() { sed -n 's/.*median \([0-9.]*\) us.*/\1/p'; }
 r=1
 while [ $r -le $rounds ]; do
     pair_round $r med "$B/tests/fork_safety" --bench 8 $forks
-    ratio=$(awk -v a="$a" -v b="$b" 'BEGIN { if (a > 0) printf "%.3f", b / a }')
+    ratio=$(awk -v a="$a" -v b="$b" 'BEGIN { if (a > 0 && b > 0) printf "%.3f", b / a }')
     echo "| $r | $a | $b | $ratio |"
-    echo "$a $b $ratio" >>"$OUT/fork"
+    [ -n "$ratio" ] && echo "$a $b $ratio" >>"$OUT/fork"
     r=$((r + 1))
 done
 # column $1 of a file of numbers: median, the ends of its 95% confidence
@@ -258,11 +259,13 @@ fi
 # an export row from the short runs: OP LABEL GOAL_RATIO STATISTIC (fast:
 # the median of each side's runs at the driver's fast speed; median: the
 # median run; the best runs' and the other's ratios beside it). One
-# thread: the fast runs. On the H200 a process's export runs at one of two
-# speeds whatever is preloaded, so the fast runs of each side compare like
+# thread: the fast runs. On the H200 a process's export runs mostly at one
+# of two speeds whatever is preloaded (its base and interior exports now
+# and then at different ones), so the fast runs of each side compare like
 # with like, and their median, unlike the best run, is not decided by one
 # lucky run of native (best-of ratios of one build moved 1.27x-1.32x from
-# one H200 run to the next). 32 threads: the median runs (the best run of
+# one H200 run to the next); the pass-through interposer's must agree with
+# native's within 10%. 32 threads: the median runs (the best run of
 # 32 threads on 16 CPUs is one where they happened not to meet: in one
 # H200 run the pass-through interposer's best was 0.76x native's).
 exports_row() {
@@ -271,10 +274,14 @@ exports_row() {
         -v a="$("$4"_of native "$1")" -v p="$("$4"_of pass "$1")" -v b="$("$4"_of nvipcfix "$1")" \
         -v oa="$("$other"_of native "$1")" -v ob="$("$other"_of nvipcfix "$1")" \
         -v ba="$(best_of native "$1")" -v bb="$(best_of nvipcfix "$1")" \
-        'function ratio(x, y) { return (x > 0 && y != "") ? sprintf("%.2fx", y / x) : "-" }
-        BEGIN { if (a == "" || b == "") { printf "| %s | | | | <= %sx | not measured (too few %s runs) |\n", l, g, s; exit }
+        'function ratio(x, y) { return (x > 0 && y != "") ? sprintf("%.3fx", y / x) : "-" }
+        BEGIN { if (a == "" || b == "" || p == "") { printf "| %s | | | | <= %sx | not measured (too few %s runs) |\n", l, g, s; exit }
+        # the pass-through interposer adds ~nothing: if its figure is not
+        # native'"'"'s, the sides were not compared at one speed
+        if (s == "fast" && (p / a > 1.1 || a / p > 1.1)) {
+            printf "| %s | %.4f us (pass-through interposer %.4f) | %.4f us | | <= %sx | not measured (native and the pass-through interposer differ: not one speed) |\n", l, a, p, b, g; exit }
         r = a > 0 ? b / a : 0
-        printf "| %s | %.4f us (pass-through interposer %s) | %.4f us | %.2fx (%s runs %s, best runs %s) | <= %sx | %s |\n", l, a,
+        printf "| %s | %.4f us (pass-through interposer %s) | %.4f us | %.3fx (%s runs %s, best runs %s) | <= %sx | %s |\n", l, a,
                (p == "" ? "-" : sprintf("%.4f", p)), b, r, o, ratio(oa, ob), ratio(ba, bb), g,
                ((a > 0 && r <= g) ? "held" : "NOT held") }'
 }
@@ -288,51 +295,61 @@ else
     echo "| new pointers opened in held blocks | | | | <= 1.2x | not measured |"
 fi
 compare_row scale_heap_while_open_kib "heap while they are open" KiB 2
-# A VMM export again: judged on the calls made in a row (the cost of the
-# work); a single call made just after other work is shown beside it with
-# the legacy export's in the same place (what the machine's cold caches
-# add: the legacy one, a memo hit in nvipcfix, took 0.33-0.59 us in H200
-# runs where the VMM one took 0.42-1.26 us).
+# A VMM export again: judged on a single call made just after other work
+# (what a program exporting now and then pays; in earlier H200 runs 0.42-
+# 1.26 us), with the legacy export's in the same place (a memo hit in
+# nvipcfix: 0.33-0.59 us, so mostly the machine's cold caches) and the
+# calls made in a row (the work itself) beside it.
 again=$(sed -n 's/.*again: legacy \([0-9.]*\) us, VMM \([0-9.]*\) us; again, [0-9]* in a row: legacy \([0-9.]*\) us, VMM \([0-9.]*\) us.*/\1 \2 \3 \4/p' "$OUT/vmm")
 if [ -n "$again" ]; then
     set -- $again
-    echo "| VMM export of an exported chunk again, 10 in a row (a single call after other work) | (legacy $3 us; single $1 us) | $4 us (single $2 us) | | <= 1 us | $(verdict "$4" 1) |"
+    echo "| VMM export of an exported chunk again, a single call after other work (10 in a row) | (legacy $1 us; in a row $3 us) | $2 us (in a row $4 us) | | <= 1 us | $(verdict "$2" 1) |"
 else
     echo "| VMM export of an exported chunk again | | | | <= 1 us | not measured (vmm_ipc --bench failed: $OUT/vmm) |"
 fi
 start=$(sed -n "s/.*reservation's start.*: first \([0-9.]*\) us, again \([0-9.]*\) us, [0-9]* in a row \([0-9.]*\) us.*/\1 \2 \3/p" "$OUT/vmm")
 if [ -n "$start" ]; then
     set -- $start
-    echo "| VMM export of a reservation's start again, nothing mapped since, 10 in a row (a single call after other work) | (its walk $1 us) | $3 us (single $2 us) | | <= 1 us | $(verdict "$3" 1) |"
+    echo "| VMM export of a reservation's start again, nothing mapped since, a single call after other work (10 in a row) | (its walk $1 us) | $2 us (in a row $3 us) | | <= 1 us | $(verdict "$2" 1) |"
 else
     echo "| VMM export of a reservation's start again, nothing mapped since | | | | <= 1 us | not measured (vmm_ipc --bench failed: $OUT/vmm) |"
 fi
-# the figures of vmm_vs_torch.py for a size: FILE SIZE -> PyTorch's median,
-# nvipcfix's, the median of the rounds' ratios and their range
+# the figures of vmm_vs_torch.py for a size, if it ended CORRECT: FILE SIZE
+# -> PyTorch's median in a row, nvipcfix's, the median of the rounds'
+# ratios, their range, the ratio right after the other side's block
 torch_figures() {
+    grep -q -- "-> CORRECT" "$1" 2>/dev/null || return 0
     awk -v s="$2" '$1 == "BENCH" && tolower($2) == "torch_import_" s { t = $3 }
         $1 == "BENCH" && tolower($2) == "vmm_first_open_" s { v = $3 }
+        $1 == "BENCH" && tolower($2) == "vmm_over_torch_after_other_" s { o = $3 }
         $1 == "BENCH" && tolower($2) == "vmm_over_torch_" s { x = $3
             sub(/.*ratios, rounds /, ""); sub(/;.*/, ""); split($0, m, "-") }
-        END { if (t != "" && v != "" && x != "") print t, v, x, m[1], m[2] }' "$1"
+        END { if (t != "" && v != "" && x != "" && o != "") print t, v, x, m[1], m[2], o }' "$1"
 }
-for size in 2mib 16mib; do
-    label="VMM first open of $( [ $size = 2mib ] && echo "2 MiB" || echo "16 MiB") against PyTorch's own import (median of $tn rounds' ratios; in a row, and after 5 ms asleep)"
+# Judged on the worst of four: in a row and right after the other side's
+# block, each without and with 5 ms asleep before every call.
+for size in 512kib 2mib 16mib; do
+    label="VMM first open of $(echo $size | sed 's/kib/ KiB/; s/mib/ MiB/') against PyTorch's own import (in a row: median of $tn rounds' ratios; right after the other side's; each also after 5 ms asleep)"
     set -- $( [ -n "$torch" ] && torch_figures "$OUT/torch" $size) $( [ -n "$torch" ] && torch_figures "$OUT/torch_gap5" $size)
-    if [ $# -eq 10 ]; then
-        worse=$(awk -v a="$3" -v b="$8" 'BEGIN { print (a > b ? a : b) }')
-        echo "| $label | PyTorch $1 us; after 5 ms $6 us (medians) | $2 us; after 5 ms $7 us (medians) | ${3}x (rounds $4-$5); after 5 ms ${8}x (rounds $9-${10}) | <= 1.2x | $(verdict "$worse" 1.2) |"
+    if [ $# -eq 12 ]; then
+        worst=$(printf '%s\n' "$3" "$6" "$9" "${12}" | sort -n | tail -n 1)
+        echo "| $label | PyTorch $1 us; after 5 ms $7 us (medians in a row) | $2 us; after 5 ms $8 us | in a row ${3}x (rounds $4-$5), right after ${6}x; after 5 ms ${9}x (rounds ${10}-${11}), right after ${12}x | <= 1.2x (each) | $(verdict "$worst" 1.2) |"
     elif [ -n "$torch" ]; then
-        echo "| $label | | | | <= 1.2x | not measured (vmm_vs_torch.py printed no figure: $OUT/torch, $OUT/torch_gap5) |"
+        echo "| $label | | | | <= 1.2x | not measured (vmm_vs_torch.py did not end CORRECT or printed no figure: $OUT/torch, $OUT/torch_gap5) |"
     else
         echo "| $label | | | | <= 1.2x | not measured (needs PyTorch on a GPU) |"
     fi
 done
 set -- $(stat_of 3 "$OUT/fork") $(stat_of 1 "$OUT/fork") $(stat_of 2 "$OUT/fork")
 if [ $# -eq 15 ]; then
-    # stable: the median's 95% confidence interval within 0.1 (the rounds
-    # themselves spread over +-10%, native's alone as much; pinning the
-    # process to 10 CPUs did not narrow them on the H200)
-    stable=$(awk -v lo="$2" -v hi="$3" 'BEGIN { print (hi - lo <= 0.1) ? 1 : 0 }')
-    echo "| fork with 8 busy threads | $6 us (rounds $9-${10}) | ${11} us (rounds ${14}-${15}) | $1 (median of $rounds rounds; its 95% confidence interval $2-$3; all $4-$5) | <= 1.05, stable (the interval within 0.1) | $( [ "$(verdict "$1" 1.05)" = held ] && [ "$stable" = 1 ] && echo held || echo "NOT held") |"
+    # held when the median's 95% confidence interval lies at or under 1.05:
+    # within the goal, and pinned down to it (the rounds themselves spread
+    # by 10% and more, native's alone as much; pinning the process to 10
+    # CPUs did not narrow them on the H200). Rounds in a row are not quite
+    # independent (the machine drifts), so the interval is if anything too
+    # narrow: the goal row shows every round's range beside it.
+    done_rounds=$(wc -l <"$OUT/fork")
+    echo "| fork with 8 busy threads | $6 us (rounds $9-${10}) | ${11} us (rounds ${14}-${15}) | $1 (median of $done_rounds of $rounds rounds; its 95% confidence interval $2-$3; all $4-$5) | <= 1.05 and stable: the interval's top <= 1.05 | $(verdict "$3" 1.05) |"
+else
+    echo "| fork with 8 busy threads | | | | <= 1.05 | not measured (no round gave both medians: $B/tests/fork_safety --bench) |"
 fi
