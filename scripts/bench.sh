@@ -51,9 +51,9 @@ echo
 # The export alone, in short runs pinned to one CPU: native, a pass-through
 # interposer (tests/bench/passthrough_preload.c: the least any interposer
 # adds) and nvipcfix, in turn, RUNS times. On the H200 the driver's export
-# runs at one of two speeds for a whole process (0.04 or 0.07 us a call),
-# whatever is preloaded: the one-thread goal rows compare each side's runs
-# at the fast speed (the goals' table, below), and the table shows all.
+# runs mostly at one of two speeds for a whole process (0.04 or 0.07 us a
+# call), whatever is preloaded: the one-thread goal rows compare each side's
+# runs at the fast speed (the goals' table, below), and the table shows all.
 cc -shared -fPIC -O2 -I"$CUDA_HOME/include" tests/bench/passthrough_preload.c \
     -o "$B/bench/passthrough_preload.so" -ldl || exit 2
 if [ $quick = 1 ]; then runs=4; else runs=20; fi
@@ -171,9 +171,9 @@ while [ $r -le $rounds ]; do
     r=$((r + 1))
 done
 # column $1 of a file of numbers: median, the ends of its 95% confidence
-# interval (distribution-free: the values of ranks (n -+ 1.96 sqrt(n)) / 2,
-# the upper one +1: the 10th and 22nd of 31, the 6th and 16th of 21),
-# the lowest and the highest
+# interval (distribution-free: the values of ranks (n - 1.96 sqrt(n)) / 2
+# rounded down and (n + 1.96 sqrt(n)) / 2 rounded up, plus 1: the 10th and
+# 22nd of 31, the 6th and 16th of 21), the lowest and the highest
 stat_of() { sort -n -k"$1","$1" "$2" | awk -v c="$1" '{ v[NR] = $c } END {
     if (NR == 0) exit; m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
     lo = int((NR - 1.96 * sqrt(NR)) / 2); hi = (NR + 1.96 * sqrt(NR)) / 2

@@ -140,8 +140,8 @@ def receiver(records, conn):
     """records: (name, bytes, hex ticket, pattern number); conn gives the
     number of rounds, then 1 + rounds * BLOCK pickles per size, size by size.
     Per size: the first import and open (a cold process, checked byte for
-    byte), then rounds of a block of PyTorch imports and a block of
-    nvipcfix opens (which block goes first alternating by round)."""
+    byte), then rounds of a block of PyTorch imports followed by a block
+    of nvipcfix opens."""
     lib = cudart()
     torch.cuda.set_device(0)
     rounds = conn.recv()

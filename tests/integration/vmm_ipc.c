@@ -656,9 +656,9 @@ static int bench(char *self)
         vmm[i] = t2 - t1;
         legacy_again[i] = t3 - t2;
         vmm_again[i] = t4 - t3;
-        /* again, BENCH_ROW calls in a row (what a call costs when the
-         * caches hold the last one's data: a single call just after other
-         * work measures the machine's caches too, the legacy one's most) */
+        /* again, BENCH_ROW calls in a row: the work itself, where a single
+         * call just after other work also pays for the caches it finds
+         * cold */
         if (export_row(&legacy_row[i], blocks[i] + 8192) != 0 ||
             export_row(&vmm_row[i], va + (uint64_t)(2 * i) * CHUNK + 8192) != 0)
             return 2;
@@ -688,7 +688,8 @@ static int bench(char *self)
         t0 = now_us();
         CUresult a = cuIpcGetMemHandle(&x, big);
         start_again[i] = now_us() - t0;
-        if (a != CUDA_SUCCESS || export_row(&start_row[i], big) != 0 || create_chunk(va + 127 * CHUNK, 1, &tmp) != CUDA_SUCCESS ||
+        if (a != CUDA_SUCCESS || export_row(&start_row[i], big) != 0 ||
+            create_chunk(va + 127 * CHUNK, 1, &tmp) != CUDA_SUCCESS ||
             cuMemUnmap(va + 127 * CHUNK, CHUNK) != CUDA_SUCCESS || cuMemRelease(tmp))
             return 2;
         t0 = now_us();
