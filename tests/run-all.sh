@@ -534,6 +534,44 @@ done_case
 PRE="" check "scripts/bench.sh: a missing build folder fails loudly" 2 -- \
     sh "$ROOT/scripts/bench.sh" "$OUT/no-build"
 expect_in err "bench: no build folder"; done_case
+# The goals' verdicts (scripts/bench-goals.sh) on the raw files of an H200
+# run (tests/bench/goals-h200: make bench at 23e2a03, rebuilt from its
+# printed output), then on the same files changed so that one rule fails.
+goals() { # a fresh copy of the H200 run's files in $OUT/goals
+    rm -rf "$OUT/goals" && cp -r "$ROOT/tests/bench/goals-h200" "$OUT/goals"
+}
+goals
+PRE="" check "bench-goals: an H200 run judged" 0 -- sh "$ROOT/scripts/bench-goals.sh" "$OUT/goals"
+expect_in out "## goals (GPU: NVIDIA H200"
+expect_in out "^| start-up of /bin/true | .* +1.2 points .* | NOT held |$"
+expect_in out "^| export of a block base .* | 1.268x .* | held |$"
+expect_in out "^| export of an interior pointer, 1 thread .* | 1.174x .* | held |$"
+expect_in out "^| ... 32 threads .* | 1.006x .* | NOT held |$"
+expect_in out "^| VMM export of an exported chunk again, a single call .* | 0.51 us (in a row 0.31 us) | | <= 1 us | held |$"
+expect_in out "^| VMM first open of 2 MiB .* right after 1.20x | <= 1.2x (each) | held |$"
+expect_in out "^| fork with 8 busy threads | .* interval 0.986-1.019; .* | held |$"
+[ "$(grep -c '^| ' "$OUT/out")" -eq 14 ] || { ok=0; why="not 14 table lines"; }
+done_case
+goals
+sed -i 's/-> CORRECT/-> WRONG/' "$OUT/goals/torch_gap5"
+: >"$OUT/goals/fork"
+awk '$1 == "pass" && $3 == "export_base" { $4 = $4 * 1.3 } { print }' "$ROOT/tests/bench/goals-h200/exports" >"$OUT/goals/exports"
+PRE="" check "bench-goals: a wrong PyTorch run, no fork round, the sides at two speeds: not measured" 0 -- \
+    sh "$ROOT/scripts/bench-goals.sh" "$OUT/goals"
+[ "$(grep -c '^| VMM first open of .* | not measured (vmm_vs_torch.py did not end CORRECT' "$OUT/out")" -eq 3 ] ||
+    { ok=0; why="the 3 VMM first-open rows are not 'not measured'"; }
+expect_in out "^| fork with 8 busy threads | .* | not measured (no round gave both medians"
+expect_in out "^| export of a block base .* | not measured (native and the pass-through interposer differ"
+done_case
+goals
+awk '{ printf "%s %s %.3f\n", $1, $2 * 1.05, $3 * 1.05 }' "$ROOT/tests/bench/goals-h200/fork" >"$OUT/goals/fork"
+sed -i 's/^BENCH vmm_over_torch_after_other_16MiB [0-9.]*/BENCH vmm_over_torch_after_other_16MiB 1.25/' "$OUT/goals/torch"
+PRE="" check "bench-goals: fork's interval over 1.05, one first open 1.25x PyTorch's: NOT held" 0 -- \
+    sh "$ROOT/scripts/bench-goals.sh" "$OUT/goals"
+expect_in out "^| fork with 8 busy threads | .* | NOT held |$"
+expect_in out "^| VMM first open of 16 MiB .* right after 1.25x; .* | NOT held |$"
+expect_in out "^| VMM first open of 2 MiB .* | held |$"
+done_case
 if command -v nvidia-smi >/dev/null 2>&1; then
     skip "scripts/gpu-check without a GPU" "nvidia-smi is installed here"
 else
