@@ -79,6 +79,15 @@ torch_figures() {
             sub(/.*ratios, rounds /, ""); sub(/;.*/, ""); split($0, m, "-") }
         END { if (t != "" && v != "" && x != "" && o != "") print t, v, x, m[1], m[2], o }' "$1"
 }
+# a VMM export-again row: LABEL NATIVE_CELL SINGLE_US ROW_US (no SINGLE_US:
+# not measured)
+again_row() {
+    if [ -n "$3" ]; then
+        echo "| $1, a single call after other work (10 in a row) | $2 | $3 us (in a row $4 us) | | <= 1 us | $(verdict "$3" 1) |"
+    else
+        echo "| $1 | | | | <= 1 us | not measured (vmm_ipc --bench failed: $OUT/vmm) |"
+    fi
+}
 goals_table() {
     echo
     if [ $gpu = 1 ]; then
@@ -112,20 +121,10 @@ goals_table() {
     # 1.26 us), with the legacy export's in the same place (a memo hit in
     # nvipcfix: 0.33-0.59 us, so mostly the machine's cold caches) and the
     # calls made in a row (the work itself) beside it.
-    again=$(sed -n 's/.*again: legacy \([0-9.]*\) us, VMM \([0-9.]*\) us; again, [0-9]* in a row: legacy \([0-9.]*\) us, VMM \([0-9.]*\) us.*/\1 \2 \3 \4/p' "$OUT/vmm")
-    if [ -n "$again" ]; then
-        set -- $again
-        echo "| VMM export of an exported chunk again, a single call after other work (10 in a row) | (legacy $1 us; in a row $3 us) | $2 us (in a row $4 us) | | <= 1 us | $(verdict "$2" 1) |"
-    else
-        echo "| VMM export of an exported chunk again | | | | <= 1 us | not measured (vmm_ipc --bench failed: $OUT/vmm) |"
-    fi
-    start=$(sed -n "s/.*reservation's start.*: first \([0-9.]*\) us, again \([0-9.]*\) us, [0-9]* in a row \([0-9.]*\) us.*/\1 \2 \3/p" "$OUT/vmm")
-    if [ -n "$start" ]; then
-        set -- $start
-        echo "| VMM export of a reservation's start again, nothing mapped since, a single call after other work (10 in a row) | (its walk $1 us) | $2 us (in a row $3 us) | | <= 1 us | $(verdict "$2" 1) |"
-    else
-        echo "| VMM export of a reservation's start again, nothing mapped since | | | | <= 1 us | not measured (vmm_ipc --bench failed: $OUT/vmm) |"
-    fi
+    set -- $(sed -n 's/.*again: legacy \([0-9.]*\) us, VMM \([0-9.]*\) us; again, [0-9]* in a row: legacy \([0-9.]*\) us, VMM \([0-9.]*\) us.*/\1 \2 \3 \4/p' "$OUT/vmm")
+    again_row "VMM export of an exported chunk again" "(legacy ${1:-} us; in a row ${3:-} us)" "${2:-}" "${4:-}"
+    set -- $(sed -n "s/.*reservation's start.*: first \([0-9.]*\) us, again \([0-9.]*\) us, [0-9]* in a row \([0-9.]*\) us.*/\1 \2 \3/p" "$OUT/vmm")
+    again_row "VMM export of a reservation's start again, nothing mapped since" "(its walk ${1:-} us)" "${2:-}" "${3:-}"
     # Judged on the worst of four: in a row and right after the other side's
     # block, each without and with 5 ms asleep before every call.
     for size in 512kib 2mib 16mib; do
