@@ -923,8 +923,11 @@ static CUresult fresh_open(const unsigned char *h, CUdeviceptr *pdptr)
     pid_t pid = client_pid(h);
     if (pid == 0)
         return CUDA_ERROR_INVALID_HANDLE;
+    /* The exporter itself; a client changed to name this process when it
+     * allocated nothing (a forked importer whose pid is the exporter's with
+     * a bit flipped) is no client's, as any changed client. */
     if (pid == getpid())
-        return CUDA_ERROR_INVALID_CONTEXT; /* the exporter itself */
+        return holds_chunks(pid) ? CUDA_ERROR_INVALID_CONTEXT : CUDA_ERROR_INVALID_HANDLE;
     int fd = -1;
     CUresult r = h[32] != 0x06 || get32(h + 33) != 0 ? CUDA_ERROR_INVALID_VALUE
                                                      : chunk_of(pid, get32(h + 52), &fd);

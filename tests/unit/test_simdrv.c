@@ -104,6 +104,32 @@ static void test_open_in_exporter_fails(void **state)
     cuMemFree(p);
 }
 
+/* A handle whose client bytes (48-51) were changed to name the importer
+ * itself, a process that allocated nothing (a forked child, whose pid can
+ * be the exporter's with a bit flipped): no client's handle, refused with
+ * INVALID_HANDLE as any changed client is; only the exporter's own handle
+ * gets INVALID_CONTEXT (test_open_in_exporter_fails). */
+static void test_client_naming_the_importer(void **state)
+{
+    (void)state;
+    CUdeviceptr p;
+    CUipcMemHandle h;
+    assert_int_equal(cuMemAlloc(&p, 2u << 20), CUDA_SUCCESS);
+    assert_int_equal(cuIpcGetMemHandle(&h, p), CUDA_SUCCESS);
+    pid_t pid = fork();
+    if (pid == 0) {
+        CUdeviceptr o = 0;
+        uint32_t client = ((uint32_t)le64(h.reserved + 48) & UINT32_C(0xffc00000)) |
+                          (uint32_t)getpid();
+        memcpy(h.reserved + 48, &client, 4);
+        _exit(cuIpcOpenMemHandle(&o, h, 1) == CUDA_ERROR_INVALID_HANDLE ? 0 : 1);
+    }
+    int status = -1;
+    waitpid(pid, &status, 0);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    cuMemFree(p);
+}
+
 /* A forked child opens h: the base comes back, re-open is counted, close of
  * an interior pointer fails, byte 63 is ignored, a changed chunk size is
  * not looked at by a re-open. Returns 0 when all hold. */
@@ -423,6 +449,7 @@ int main(void)
         cmocka_unit_test(test_small_allocations_packed),
         cmocka_unit_test(test_buffer_ids_and_reuse_of_addresses),
         cmocka_unit_test(test_open_in_exporter_fails),
+        cmocka_unit_test(test_client_naming_the_importer),
         cmocka_unit_test(test_importer_sees_the_bug),
         cmocka_unit_test(test_open_validates_the_measured_bytes),
         cmocka_unit_test(test_guard_bytes_in_every_order),
