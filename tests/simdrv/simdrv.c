@@ -313,6 +313,11 @@ SIM_EXPORT CUresult cuInit(unsigned int flags)
         snprintf(fail_list, sizeof fail_list, "%s", f != NULL ? f : "");
         if (getrandom(ident, sizeof ident, 0) != (ssize_t)sizeof ident)
             put64(ident, (uint64_t)getpid() * UINT64_C(0x9E3779B97F4A7C15));
+        /* chunk ids from a random start: a handle whose client bytes were
+         * changed to name another simulated process (tests run side by
+         * side) then names a chunk there only by a 1 in 32768 chance, even
+         * at the same descriptor number (the driver's handles are random) */
+        next_chunk_id = 1 + (uint32_t)(get64(ident) & 0x7fff);
         for (int d = 0; d < ndevices; d++) {
             void *va = mmap(NULL, va_per_device, PROT_NONE,
                             MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
