@@ -7,7 +7,7 @@
 # (sourced with BENCH_GOALS_FUNCTIONS=1: defines the helpers, prints nothing)
 
 # a side's runs, sorted; its best run and its median run: SIDE OP
-runs_of() { awk -v s="$1" -v o="$2" '$1 == s && $3 == o { print $4 }' "$OUT/exports" | sort -n; }
+runs_of() { awk -v s="$1" -v o="$2" '$1 == s && $3 == o { print $4 }' "$OUT/exports" 2>/dev/null | sort -n; }
 best_of() { runs_of "$1" "$2" | head -n 1; }
 median_of() { runs_of "$1" "$2" | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'; }
 # the median of a side's runs at the driver's fast speed: those within 25%
@@ -20,7 +20,7 @@ fast_count() { runs_of "$1" "$2" | awk 'NR == 1 { lim = $1 * 1.25 } $1 <= lim { 
 # interval (distribution-free: the values of ranks (n - 1.96 sqrt(n)) / 2
 # rounded down and (n + 1.96 sqrt(n)) / 2 rounded up, plus 1: the 10th and
 # 22nd of 31, the 6th and 16th of 21), the lowest and the highest
-stat_of() { sort -n -k"$1","$1" "$2" | awk -v c="$1" '{ v[NR] = $c } END {
+stat_of() { sort -n -k"$1","$1" "$2" 2>/dev/null | awk -v c="$1" '{ v[NR] = $c } END {
     if (NR == 0) exit; m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
     lo = int((NR - 1.96 * sqrt(NR)) / 2); hi = (NR + 1.96 * sqrt(NR)) / 2
     hi = (hi == int(hi) ? hi : int(hi) + 1) + 1
@@ -29,7 +29,7 @@ stat_of() { sort -n -k"$1","$1" "$2" | awk -v c="$1" '{ v[NR] = $c } END {
 verdict() { awk -v v="$1" -v g="$2" 'BEGIN { print (v != "" && v + 0 <= g + 0) ? "held" : "NOT held" }'; }
 # row for a COMPARE line: NAME LABEL UNIT GOAL_RATIO
 compare_row() {
-    set -- "$1" "$2" "$3" "$4" "$(awk -v n="$1" '$1 == "COMPARE" && $2 == n { print $3, $4 }' "$OUT/compare")"
+    set -- "$1" "$2" "$3" "$4" "$(awk -v n="$1" '$1 == "COMPARE" && $2 == n { print $3, $4 }' "$OUT/compare" 2>/dev/null)"
     if [ -z "$5" ]; then
         echo "| $2 | | | | <= ${4}x | not measured |"
         return
@@ -121,9 +121,9 @@ goals_table() {
     # 1.26 us), with the legacy export's in the same place (a memo hit in
     # nvipcfix: 0.33-0.59 us, so mostly the machine's cold caches) and the
     # calls made in a row (the work itself) beside it.
-    set -- $(sed -n 's/.*again: legacy \([0-9.]*\) us, VMM \([0-9.]*\) us; again, [0-9]* in a row: legacy \([0-9.]*\) us, VMM \([0-9.]*\) us.*/\1 \2 \3 \4/p' "$OUT/vmm")
+    set -- $(sed -n 's/.*again: legacy \([0-9.]*\) us, VMM \([0-9.]*\) us; again, [0-9]* in a row: legacy \([0-9.]*\) us, VMM \([0-9.]*\) us.*/\1 \2 \3 \4/p' "$OUT/vmm" 2>/dev/null)
     again_row "VMM export of an exported chunk again" "(legacy ${1:-} us; in a row ${3:-} us)" "${2:-}" "${4:-}"
-    set -- $(sed -n "s/.*reservation's start.*: first \([0-9.]*\) us, again \([0-9.]*\) us, [0-9]* in a row \([0-9.]*\) us.*/\1 \2 \3/p" "$OUT/vmm")
+    set -- $(sed -n "s/.*reservation's start.*: first \([0-9.]*\) us, again \([0-9.]*\) us, [0-9]* in a row \([0-9.]*\) us.*/\1 \2 \3/p" "$OUT/vmm" 2>/dev/null)
     again_row "VMM export of a reservation's start again, nothing mapped since" "(its walk ${1:-} us)" "${2:-}" "${3:-}"
     # Judged on the worst of four: in a row and right after the other side's
     # block, each without and with 5 ms asleep before every call.
@@ -147,7 +147,7 @@ goals_table() {
         # CPUs did not narrow them on the H200). Rounds in a row are not quite
         # independent (the machine drifts), so the interval is if anything too
         # narrow: the goal row shows every round's range beside it.
-        done_rounds=$(wc -l <"$OUT/fork")
+        done_rounds=$(grep -c . "$OUT/fork")
         echo "| fork with 8 busy threads | $6 us (rounds $9-${10}) | ${11} us (rounds ${14}-${15}) | $1 (median of $done_rounds of $rounds rounds; its 95% confidence interval $2-$3; all $4-$5) | <= 1.05 and stable: the interval's top <= 1.05 | $(verdict "$3" 1.05) |"
     else
         echo "| fork with 8 busy threads | | | | <= 1.05 | not measured (no round gave both medians: $B/tests/fork_safety --bench) |"

@@ -563,6 +563,12 @@ PRE="" check "bench-goals: a wrong PyTorch run, no fork round, the sides at two 
 expect_in out "^| fork with 8 busy threads | .* | not measured (no round gave both medians"
 expect_in out "^| export of a block base .* | not measured (native and the pass-through interposer differ"
 done_case
+rm -rf "$OUT/goals" && mkdir "$OUT/goals"
+PRE="" check "bench-goals: an empty folder: every goal not measured, nothing on stderr" 0 -- \
+    sh "$ROOT/scripts/bench-goals.sh" "$OUT/goals"
+[ "$(grep -c '^| .* | not measured' "$OUT/out")" -eq 12 ] || { ok=0; why="not 12 rows 'not measured'"; }
+expect_empty err
+done_case
 goals
 awk '{ printf "%s %s %.3f\n", $1, $2 * 1.05, $3 * 1.05 }' "$ROOT/tests/bench/goals-h200/fork" >"$OUT/goals/fork"
 sed -i 's/^BENCH vmm_over_torch_after_other_16MiB [0-9.]*/BENCH vmm_over_torch_after_other_16MiB 1.25/' "$OUT/goals/torch"
