@@ -104,6 +104,22 @@ static void test_open_in_exporter_fails(void **state)
     cuMemFree(p);
 }
 
+/* A 2 MiB block and its handle, then fork(): the child (0) is to import. */
+static pid_t fork_importer(CUdeviceptr *p, CUipcMemHandle *h)
+{
+    assert_int_equal(cuMemAlloc(p, 2u << 20), CUDA_SUCCESS);
+    assert_int_equal(cuIpcGetMemHandle(h, *p), CUDA_SUCCESS);
+    return fork();
+}
+
+/* The forked child pid exited with 0. */
+static void assert_child_passed(pid_t pid)
+{
+    int status = -1;
+    waitpid(pid, &status, 0);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+}
+
 /* A handle whose client bytes (48-51) were changed to name the importer
  * itself, a process that allocated nothing (a forked child, whose pid can
  * be the exporter's with a bit flipped): no client's handle, refused with
@@ -114,9 +130,7 @@ static void test_client_naming_the_importer(void **state)
     (void)state;
     CUdeviceptr p;
     CUipcMemHandle h;
-    assert_int_equal(cuMemAlloc(&p, 2u << 20), CUDA_SUCCESS);
-    assert_int_equal(cuIpcGetMemHandle(&h, p), CUDA_SUCCESS);
-    pid_t pid = fork();
+    pid_t pid = fork_importer(&p, &h);
     if (pid == 0) {
         CUdeviceptr o = 0;
         uint32_t client = ((uint32_t)le64(h.reserved + 48) & UINT32_C(0xffc00000)) |
@@ -124,9 +138,7 @@ static void test_client_naming_the_importer(void **state)
         memcpy(h.reserved + 48, &client, 4);
         _exit(cuIpcOpenMemHandle(&o, h, 1) == CUDA_ERROR_INVALID_HANDLE ? 0 : 1);
     }
-    int status = -1;
-    waitpid(pid, &status, 0);
-    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    assert_child_passed(pid);
     cuMemFree(p);
 }
 
@@ -339,9 +351,7 @@ static void test_legacy_entry_refuses_a_reopen(void **state)
     (void)state;
     CUdeviceptr p;
     CUipcMemHandle h;
-    assert_int_equal(cuMemAlloc(&p, 2u << 20), CUDA_SUCCESS);
-    assert_int_equal(cuIpcGetMemHandle(&h, p), CUDA_SUCCESS);
-    pid_t pid = fork();
+    pid_t pid = fork_importer(&p, &h);
     if (pid == 0) {
         typedef CUresult (*open_fn)(CUdeviceptr *, CUipcMemHandle, unsigned int);
         open_fn legacy = (open_fn)dlsym(RTLD_DEFAULT, "cuIpcOpenMemHandle");
@@ -352,9 +362,7 @@ static void test_legacy_entry_refuses_a_reopen(void **state)
                  cuIpcCloseMemHandle(a) == CUDA_SUCCESS && cuIpcCloseMemHandle(a) == CUDA_SUCCESS;
         _exit(ok ? 0 : 1);
     }
-    int status = 0;
-    waitpid(pid, &status, 0);
-    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    assert_child_passed(pid);
     cuMemFree(p);
 }
 
