@@ -89,19 +89,28 @@ while [ $r -le $runs ]; do
     echo "$line |"
     r=$((r + 1))
 done
-# A round of a native and an nvipcfix run of CMD (which goes first
-# alternating with the round R); FILTER reads the figure from its output.
-# Sets a (native) and b (nvipcfix): R FILTER CMD...
-pair_round() {
-    r_=$1 f_=$2
-    shift 2
-    if [ $((r_ % 2)) = 1 ]; then
-        a=$(LD_PRELOAD= "$@" | $f_)
-        b=$(LD_PRELOAD=$LIB "$@" | $f_)
-    else
-        b=$(LD_PRELOAD=$LIB "$@" | $f_)
-        a=$(LD_PRELOAD= "$@" | $f_)
-    fi
+# N rounds, each a native and an nvipcfix run of CMD (which goes first
+# alternating); FILTER reads the figure from its output. Prints a row per
+# round and appends "native nvipcfix ratio" to FILE for each round that
+# gave both: N FILE FILTER CMD...
+paired_rounds() {
+    n_=$1 file_=$2 f_=$3
+    shift 3
+    : >"$file_"
+    r_=1
+    while [ $r_ -le $n_ ]; do
+        if [ $((r_ % 2)) = 1 ]; then
+            a=$(LD_PRELOAD= "$@" | $f_)
+            b=$(LD_PRELOAD=$LIB "$@" | $f_)
+        else
+            b=$(LD_PRELOAD=$LIB "$@" | $f_)
+            a=$(LD_PRELOAD= "$@" | $f_)
+        fi
+        ratio=$(awk -v a="$a" -v b="$b" 'BEGIN { if (a > 0 && b > 0) printf "%.3f", b / a }')
+        echo "| $r_ | $a | $b | $ratio |"
+        [ -n "$ratio" ] && echo "$a $b $ratio" >>"$file_"
+        r_=$((r_ + 1))
+    done
 }
 echo
 BENCH_GOALS_FUNCTIONS=1 . scripts/bench-goals.sh
@@ -120,15 +129,7 @@ echo
 echo "| round | native | nvipcfix | ratio |"
 echo "| --- | --- | --- | --- |"
 scale_ms() { awk '$1 == "RESULT" && $2 == "scale_open_total_ms" { print $3 }'; }
-: >"$OUT/scale"
-r=1
-while [ $r -le $srounds ]; do
-    pair_round $r scale_ms "$BENCH" scale "$@"
-    ratio=$(awk -v a="$a" -v b="$b" 'BEGIN { if (a > 0 && b > 0) printf "%.3f", b / a }')
-    echo "| $r | $a | $b | $ratio |"
-    [ -n "$ratio" ] && echo "$a $b $ratio" >>"$OUT/scale"
-    r=$((r + 1))
-done
+paired_rounds $srounds "$OUT/scale" scale_ms "$BENCH" scale "$@"
 echo
 echo "## start-up of /bin/true: no preload, a preload that does nothing, nvipcfix"
 echo
@@ -154,15 +155,7 @@ echo
 echo "| round | native median | nvipcfix median | ratio |"
 echo "| --- | --- | --- | --- |"
 med() { sed -n 's/.*median \([0-9.]*\) us.*/\1/p'; }
-: >"$OUT/fork"
-r=1
-while [ $r -le $rounds ]; do
-    pair_round $r med "$B/tests/fork_safety" --bench 8 $forks
-    ratio=$(awk -v a="$a" -v b="$b" 'BEGIN { if (a > 0 && b > 0) printf "%.3f", b / a }')
-    echo "| $r | $a | $b | $ratio |"
-    [ -n "$ratio" ] && echo "$a $b $ratio" >>"$OUT/fork"
-    r=$((r + 1))
-done
+paired_rounds $rounds "$OUT/fork" med "$B/tests/fork_safety" --bench 8 $forks
 echo
 echo "## VMM memory (NVIPCFIX_VMM=1) against legacy IPC, both through nvipcfix (median of 30)"
 echo

@@ -190,10 +190,6 @@ def median_of(runs, side, rnd=None):
     return statistics.median(v) if v else None
 
 
-def us_or_none(x):
-    return "-" if x is None else "%.1f" % x
-
-
 def after_other(runs, side):
     """The median of a side's first runs, each right after the other side's
     block (which imported or opened and dropped the same memory); PyTorch's
