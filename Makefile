@@ -84,8 +84,12 @@ $(BUILD)/obj/preload/%.o: preload/%.c $(SHIM_HDR) $(wildcard preload/*.h) VERSIO
 # library, and each mapping costs at start-up (about 2 points of /bin/true's
 # start-up on the CPU machine, 0.8 on the H200: docs/performance.md), at the
 # price of read-only data mapped executable. make LIB_LDFLAGS= restores four.
+# No DT_FINI (-fini names no symbol, so the linker writes none): the C
+# runtime's _fini is empty, and it sits on the last page of the code, which
+# every process would fault in at exit only to return; the destructors run
+# from .fini_array as before.
 LIB_BIND  ?= lazy
-LIB_LDFLAGS ?= -Wl,-z,noseparate-code
+LIB_LDFLAGS ?= -Wl,-z,noseparate-code -Wl,-fini=nvipcfix_has_no_fini
 $(LIB): $(SHIM_OBJ) $(PRELOAD_OBJ) $(PRELOAD_ASM)
 	@mkdir -p $(@D)
 	$(call say,LD,$@)$(CC) $(LIB_CFLAGS) -shared -Wl,-soname,libnvipcfix.so -Wl,-z,$(LIB_BIND) \

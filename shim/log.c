@@ -24,16 +24,24 @@ struct file_identity {
 /* fd 2 as it was when the library was loaded, and the log file as opened. */
 static struct file_identity stderr_at_load = {-1, 0, 0}, log_file_opened = {-1, 0, 0};
 
-static void remember(struct file_identity *id, int fd)
+/* fstatat with an empty path on this stack rather than fstat: glibc's
+ * fstat passes a "" of its own read-only data, which the kernel then reads,
+ * and at load that page of the C library is often not mapped yet (a page
+ * fault in every process: docs/performance.md). */
+static inline __attribute__((always_inline)) void remember(struct file_identity *id, int fd)
 {
     struct stat st;
-    int open_now = fstat(fd, &st) == 0;
+    char empty[1] = {'\0'};
+    int open_now = fstatat(fd, empty, &st, AT_EMPTY_PATH) == 0;
     atomic_store(&id->dev, open_now ? (unsigned long long)st.st_dev : 0);
     atomic_store(&id->ino, open_now ? (unsigned long long)st.st_ino : 0);
     atomic_store(&id->state, open_now);
 }
 
-void nvipcfix_log_remember_stderr(void)
+/* Cold: placed with the start-up code at the front of the library's text
+ * (pages the loader has mapped already), not in a page of its own that
+ * every process would fault in at load. */
+__attribute__((cold)) void nvipcfix_log_remember_stderr(void)
 {
     remember(&stderr_at_load, STDERR_FILENO);
 }

@@ -4,6 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <uthash.h>
 
@@ -71,6 +72,15 @@ static void describe(void *arg, uint32_t export_id, struct nvipcfix_fd_reply *ou
 static uint32_t export_fds(void *arg, uint32_t export_id, uint32_t first, uint32_t count,
                            int *fds, int32_t *driver_error);
 static int chunk_still(void *arg, const struct chunk *c);
+
+/* Microseconds on the monotonic clock: the phases of a VMM open, said at
+ * debug level. */
+static uint64_t now_us(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (uint64_t)t.tv_sec * 1000000 + (uint64_t)t.tv_nsec / 1000;
+}
 
 void nvipcfix_vmm_init(struct nvipcfix_vmm *v, const struct nvipcfix_driver *driver)
 {
@@ -653,6 +663,9 @@ struct map_job {
     int bad_offer;
     int fd_limit; /* an import failed with this process at its open-file limit */
     CUresult e;
+    /* when the offer and the first descriptors came, and the driver's time
+     * importing and mapping them (us; said at debug level) */
+    uint64_t offer_at, fds_at, import_us, map_us;
 };
 
 /* The offer: places in order, apart, the first at 0; a range reserved for
@@ -661,6 +674,7 @@ static int begin_map(void *arg, const struct nvipcfix_fd_reply *offer)
 {
     struct map_job *job = arg;
     uint64_t total = 0;
+    job->offer_at = now_us();
     for (uint32_t i = 0; i < offer->n; i++) {
         if (offer->offsets[i] < total || (i == 0 && offer->offsets[0] != 0) ||
             offer->sizes[i] == 0 || offer->offsets[i] + offer->sizes[i] < offer->offsets[i]) {
@@ -697,6 +711,9 @@ static int take_chunks(void *arg, uint32_t first, int *fds, uint32_t k, int *why
     struct map_job *job = arg;
     struct nvipcfix_vmm_import *im = job->im;
     const struct nvipcfix_driver *d = job->d;
+    uint64_t t = now_us();
+    if (job->fds_at == 0)
+        job->fds_at = t;
     for (uint32_t j = 0; j < k; j++) {
         uint32_t i = first + j;
         CUmemGenericAllocationHandle h;
@@ -707,10 +724,16 @@ static int take_chunks(void *arg, uint32_t first, int *fds, uint32_t k, int *why
                 job->fd_limit = 1; /* told before any descriptor is closed */
         }
         nvipcfix_fd_close(&fds[j]);
+        uint64_t imported = now_us();
+        job->import_us += imported - t;
+        t = imported;
         if (job->e != CUDA_SUCCESS)
             continue; /* the rest are closed too */
         job->e = d->mem_map(im->base + im->offsets[i], im->offsets[im->cap + i], 0, h, 0);
         d->mem_release(h); /* the mapping keeps the memory */
+        uint64_t mapped = now_us();
+        job->map_us += mapped - t;
+        t = mapped;
         if (job->e == CUDA_SUCCESS) {
             im->n = i + 1;
             im->size = im->offsets[i] + im->offsets[im->cap + i];
@@ -839,6 +862,7 @@ enum nvipcfix_vmm_error nvipcfix_vmm_map(struct nvipcfix_vmm *v,
         return err;
     struct map_job job = {.v = v, .d = d};
     struct nvipcfix_fd_taker taker = {begin_map, take_chunks, &job};
+    uint64_t t0 = now_us();
     struct nvipcfix_fd_address to = {t->uid, t->pid, t->pid_ns, t->nonce,
                                      (t->flags & NVIPCFIX_TICKET_IN_DIR) != 0};
     int32_t driver_error = 0;
@@ -853,7 +877,9 @@ enum nvipcfix_vmm_error nvipcfix_vmm_map(struct nvipcfix_vmm *v,
                          "(an altered ticket)",
                  (unsigned long long)t->offset, (unsigned long long)im->size);
         err = NVIPCFIX_VMM_BAD_OFFSET;
-    } else
+    }
+    uint64_t received = now_us();
+    if (err == NVIPCFIX_VMM_OK)
         err = grant(d, im, dev, r, why, n);
     if (err != NVIPCFIX_VMM_OK) {
         if (im != NULL && im->base != 0)
@@ -866,9 +892,15 @@ enum nvipcfix_vmm_error nvipcfix_vmm_map(struct nvipcfix_vmm *v,
     HASH_ADD(hh, v->imports, base, sizeof im->base, im);
     pthread_mutex_unlock(&v->lock);
     NVIPCFIX_DEBUG("VMM ticket of process %llu: %zu chunk%s (%llu bytes) received over its "
-                   "socket (SCM_RIGHTS) and mapped at 0x%llx",
+                   "socket (SCM_RIGHTS) and mapped at 0x%llx in %llu us: its offer after %llu "
+                   "us, the descriptors %llu us later; import %llu us, map %llu us, access "
+                   "%llu us",
                    (unsigned long long)t->pid, im->n, im->n == 1 ? "" : "s",
-                   (unsigned long long)im->size, (unsigned long long)im->base);
+                   (unsigned long long)im->size, (unsigned long long)im->base,
+                   (unsigned long long)(now_us() - t0), (unsigned long long)(job.offer_at - t0),
+                   (unsigned long long)(job.fds_at - job.offer_at),
+                   (unsigned long long)job.import_us, (unsigned long long)job.map_us,
+                   (unsigned long long)(now_us() - received));
     *base = im->base;
     *size = im->size;
     return NVIPCFIX_VMM_OK;

@@ -205,6 +205,12 @@ PRE=$LIB check "VMM: open twice (one mapping), close twice, nothing left mapped"
 expect_in out "right 6/6, failed 0, wrong 0, stray 0, left 0"
 expect_in err "opens=12 (real 6, table hits 6) closes=12 (real 6) errors=0 vmm exports=0 vmm maps=6 open at exit=0"
 done_case
+PRE=$LIB check "VMM at debug level: each open says how long its phases took" 0 \
+    NVIPCFIX_VMM=1 NVIPCFIX_LOG=debug -- "$T/vmm_ipc"
+expect_in out "right 6/6, failed 0, wrong 0, stray 0, left 0"
+opened=$(grep -cE 'chunks? \([0-9]+ bytes\) received over its socket \(SCM_RIGHTS\) and mapped at 0x[0-9a-f]+ in [0-9]+ us: its offer after [0-9]+ us, the descriptors [0-9]+ us later; import [0-9]+ us, map [0-9]+ us, access [0-9]+ us$' "$OUT/err")
+[ "$opened" -eq 6 ] || { ok=0; why="$opened opens timed, not 6"; }
+done_case
 PRE=$LIB check "VMM: export of the range's start, offsets added by the receiver, past a gap" 0 \
     NVIPCFIX_VMM=1 -- "$T/vmm_ipc" --base
 expect_in out "right 6/6, failed 0, wrong 0, stray 0, left 0"; done_case

@@ -27,6 +27,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -365,23 +366,31 @@ static void bench_scale(const char *self)
 
 /* ---- compare: the same measurements without and with the library --------------- */
 
-static double spawn_true(char **env)
+static double median_of(double *v, int n);
+
+/* One run of /bin/true: its time from spawn to reaped; *faults gets its
+ * page faults (minor and major: what mapping a larger library costs). */
+static double spawn_true(char **env, long *faults)
 {
     pid_t pid;
+    struct rusage ru;
     char *argv[] = {"/bin/true", NULL};
     double t0 = now_us();
     if (posix_spawn(&pid, "/bin/true", NULL, NULL, argv, env) != 0)
         exit(2);
-    waitpid(pid, NULL, 0);
-    return now_us() - t0;
+    if (wait4(pid, NULL, 0, &ru) != pid)
+        exit(2);
+    double us = now_us() - t0;
+    *faults = ru.ru_minflt + ru.ru_majflt;
+    return us;
 }
 
 /* Start-up of a process that never uses CUDA: no preload, then each of the
  * libraries, interleaved run by run (the order rotating from one run to
  * the next), in ROUNDS rounds of n runs. t[k * total + r * n + i] gets run
- * i of round r of column k. */
+ * i of round r of column k, faults[k] the median page faults of column k. */
 #define ROUNDS 15
-static void bench_startup(char **libs, int nlibs, int n, double *t)
+static void bench_startup(char **libs, int nlibs, int n, double *t, double *faults)
 {
     static char pre[4][4200];
     char *envs[5][2];
@@ -392,13 +401,21 @@ static void bench_startup(char **libs, int nlibs, int n, double *t)
         envs[k + 1][0] = pre[k];
         envs[k + 1][1] = NULL;
     }
+    double *f = malloc(sizeof *f * (size_t)(w * total));
+    long pf;
+    if (f == NULL)
+        exit(2);
     for (int k = 0; k < w; k++) /* the page cache warm for every column */
-        spawn_true(envs[k]);
+        spawn_true(envs[k], &pf);
     for (int j = 0; j < total; j++)
         for (int m = 0; m < w; m++) {
             int k = (m + j) % w;
-            t[k * total + j] = spawn_true(envs[k]);
+            t[k * total + j] = spawn_true(envs[k], &pf);
+            f[k * total + j] = (double)pf;
         }
+    for (int k = 0; k < w; k++)
+        faults[k] = median_of(f + k * total, total);
+    free(f);
 }
 
 static double median_of(double *v, int n)
@@ -426,8 +443,9 @@ static double round_points(const double *t, int total, int n, int r, int k, int 
  * start-up without preload, over none and over the first library (the
  * empty preload): the median of the rounds and their range. A
  * machine-readable line per library follows the table:
- *   STARTUP NAME MEDIAN_US POINTS_OVER_NONE POINTS_OVER_FIRST MIN MAX
- * (MIN and MAX: the range of the rounds' points over the first library). */
+ *   STARTUP NAME MEDIAN_US POINTS_OVER_NONE POINTS_OVER_FIRST MIN MAX FAULTS
+ * (MIN and MAX: the range of the rounds' points over the first library;
+ * FAULTS: the median page faults of a run). */
 static int startup(char **libs, int nlibs)
 {
     int n = quick ? 40 : 200;
@@ -435,18 +453,19 @@ static int startup(char **libs, int nlibs)
         nlibs = 4;
     int w = nlibs + 1, total = ROUNDS * n;
     double *t = malloc(sizeof *t * (size_t)(w * total)), *scratch = malloc(sizeof *t * (size_t)total);
-    double pts[ROUNDS], over[ROUNDS];
-    bench_startup(libs, nlibs, n, t);
+    double pts[ROUNDS], over[ROUNDS], faults[5];
+    bench_startup(libs, nlibs, n, t, faults);
     memcpy(scratch, t, sizeof *t * (size_t)total);
     double none = median_of(scratch, total);
     printf("%d rounds of %d runs of each, interleaved run by run; a round's points are the "
            "median of the run-by-run differences over the round's median without preload; "
            "here the median of the %d rounds and their range.\n\n",
            ROUNDS, n, ROUNDS);
-    printf("| preload | start-up | points over none (range) | points over %s (range) |\n",
+    printf("| preload | start-up | points over none (range) | points over %s (range) | page "
+           "faults |\n",
            nlibs > 0 ? (strrchr(libs[0], '/') ? strrchr(libs[0], '/') + 1 : libs[0]) : "-");
-    printf("| --- | --- | --- | --- |\n");
-    printf("| none | %.1f us | | |\n", none);
+    printf("| --- | --- | --- | --- | --- |\n");
+    printf("| none | %.1f us | | | %.0f |\n", none, faults[0]);
     char lines[4][200];
     for (int k = 1; k <= nlibs; k++) {
         for (int r = 0; r < ROUNDS; r++) {
@@ -458,13 +477,13 @@ static int startup(char **libs, int nlibs)
         double p = median_of(pts, ROUNDS), o = median_of(over, ROUNDS);
         const char *name = strrchr(libs[k - 1], '/') ? strrchr(libs[k - 1], '/') + 1 : libs[k - 1];
         if (k == 1)
-            printf("| %s | %.1f us | %+.1f (%+.1f to %+.1f) | |\n", name, us, p, pts[0],
-                   pts[ROUNDS - 1]);
+            printf("| %s | %.1f us | %+.1f (%+.1f to %+.1f) | | %.0f |\n", name, us, p, pts[0],
+                   pts[ROUNDS - 1], faults[k]);
         else
-            printf("| %s | %.1f us | %+.1f (%+.1f to %+.1f) | %+.1f (%+.1f to %+.1f) |\n", name,
-                   us, p, pts[0], pts[ROUNDS - 1], o, over[0], over[ROUNDS - 1]);
-        snprintf(lines[k - 1], sizeof lines[0], "STARTUP %s %.1f %.2f %.2f %.2f %.2f", name, us,
-                 p, o, over[0], over[ROUNDS - 1]);
+            printf("| %s | %.1f us | %+.1f (%+.1f to %+.1f) | %+.1f (%+.1f to %+.1f) | %.0f |\n",
+                   name, us, p, pts[0], pts[ROUNDS - 1], o, over[0], over[ROUNDS - 1], faults[k]);
+        snprintf(lines[k - 1], sizeof lines[0], "STARTUP %s %.1f %.2f %.2f %.2f %.2f %.0f", name,
+                 us, p, o, over[0], over[ROUNDS - 1], faults[k]);
     }
     printf("\n");
     for (int k = 0; k < nlibs; k++)
