@@ -41,7 +41,8 @@ INTEG_BIN := $(BUILD)/tests/legacy_ipc $(BUILD)/tests/rtld_next $(BUILD)/tests/i
              $(BUILD)/tests/libfailing_calloc.so $(BUILD)/tests/libmap_hook.so \
              $(BUILD)/tests/fork_safety $(BUILD)/tests/libgpu_share.so $(BUILD)/tests/quota_probe \
              $(BUILD)/tests/libcuda_proxy.so $(BUILD)/tests/vmm_ipc $(BUILD)/tests/entry_owner \
-             $(BUILD)/tests/ipc_bench $(BUILD)/tests/libempty_two_segments.so
+             $(BUILD)/tests/ipc_bench $(BUILD)/tests/libempty_two_segments.so \
+             $(BUILD)/tests/dlopen_close
 
 # The verification copy path tool, when nvcc is here.
 NVCC      ?= $(shell command -v nvcc 2>/dev/null || ls $(CUDA_HOME)/bin/nvcc 2>/dev/null)
@@ -85,16 +86,21 @@ $(BUILD)/obj/preload/%.o: preload/%.c $(SHIM_HDR) $(wildcard preload/*.h) VERSIO
 # library, and each mapping costs at start-up (about 2 points of /bin/true's
 # start-up on the CPU machine, 0.8 on the H200: docs/performance.md), at the
 # price of read-only data mapped executable. make LIB_LDFLAGS= restores four.
-# No DT_FINI (-fini names no symbol, so the linker writes none): the C
-# runtime's _fini is empty, and it sits on the last page of the code, which
-# every process would fault in at exit only to return; the destructors run
-# from .fini_array as before.
+# No DT_FINI: the C runtime's _fini is empty (the destructors, the
+# library's __cxa_finalize included, run from .fini_array), and it sits on
+# the last page of the code, which every process would fault in at exit
+# only to return. -fini names a symbol nothing defines, and GNU ld, gold and
+# lld then write no DT_FINI (their behaviour, not documented); make test
+# checks the library has none and that .fini_array runs its destructors.
+# make LIB_FINI= restores it.
 LIB_BIND  ?= lazy
-LIB_LDFLAGS ?= -Wl,-z,noseparate-code -Wl,-fini=nvipcfix_has_no_fini
+LIB_LDFLAGS ?= -Wl,-z,noseparate-code
+LIB_FINI  ?= -Wl,-fini=nvipcfix_has_no_fini
 $(LIB): $(SHIM_OBJ) $(PRELOAD_OBJ) $(PRELOAD_ASM)
 	@mkdir -p $(@D)
 	$(call say,LD,$@)$(CC) $(LIB_CFLAGS) -shared -Wl,-soname,libnvipcfix.so -Wl,-z,$(LIB_BIND) \
-	    -Wl,-z,relro -Wl,-z,defs $(LIB_LDFLAGS) -o $@ $(SHIM_OBJ) $(PRELOAD_OBJ) $(PRELOAD_ASM) -ldl
+	    -Wl,-z,relro -Wl,-z,defs $(LIB_LDFLAGS) $(LIB_FINI) -o $@ $(SHIM_OBJ) $(PRELOAD_OBJ) \
+	    $(PRELOAD_ASM) -ldl
 
 # The simulated driver: a test instrument, never installed. -Bsymbolic: its
 # cuGetProcAddress table and its calls among its own entry points bind to
@@ -117,6 +123,10 @@ $(BUILD)/tests/test_simdrv: tests/unit/test_simdrv.c $(SIM) | test-deps
 	$(call say,CC,$@)$(CC) $(CFLAGS) -o $@ $< -L$(BUILD)/sim -l:libcuda.so.1 -lcmocka
 
 $(BUILD)/tests/legacy_ipc: tests/integration/legacy_ipc.c $(TEST_COMMON) $(SIM)
+	@mkdir -p $(@D)
+	$(call say,CC,$@)$(CC) $(CFLAGS) -o $@ $< -L$(BUILD)/sim -l:libcuda.so.1 -ldl
+
+$(BUILD)/tests/dlopen_close: tests/integration/dlopen_close.c $(TEST_COMMON) $(SIM)
 	@mkdir -p $(@D)
 	$(call say,CC,$@)$(CC) $(CFLAGS) -o $@ $< -L$(BUILD)/sim -l:libcuda.so.1 -ldl
 

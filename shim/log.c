@@ -24,18 +24,30 @@ struct file_identity {
 /* fd 2 as it was when the library was loaded, and the log file as opened. */
 static struct file_identity stderr_at_load = {-1, 0, 0}, log_file_opened = {-1, 0, 0};
 
-/* fstatat with an empty path on this stack rather than fstat: glibc's
- * fstat passes a "" of its own read-only data, which the kernel then reads,
- * and at load that page of the C library is often not mapped yet (a page
- * fault in every process: docs/performance.md). */
+/* What fd is (*st): 0, or the errno. fstatat with an empty path on this
+ * stack rather than fstat: glibc 2.36's fstat is the same system call
+ * (newfstatat, which glibc also makes for every stat) with a "" of its own
+ * read-only data, which the kernel then reads, and at load that page of the
+ * C library is often not mapped yet (a page fault in every process:
+ * docs/performance.md). */
+static inline __attribute__((always_inline)) int identify(int fd, struct stat *st)
+{
+    char empty[1] = {'\0'};
+    return fstatat(fd, empty, st, AT_EMPTY_PATH) == 0 ? 0 : errno;
+}
+
+/* fd closed (EBADF): nothing is written while it stays closed. Any other
+ * failure (a sandbox that refuses the call) records nothing: every line is
+ * written, as before there was a record, never none. errno is kept (this
+ * runs at load, before the program's main). */
 static inline __attribute__((always_inline)) void remember(struct file_identity *id, int fd)
 {
     struct stat st;
-    char empty[1] = {'\0'};
-    int open_now = fstatat(fd, empty, &st, AT_EMPTY_PATH) == 0;
-    atomic_store(&id->dev, open_now ? (unsigned long long)st.st_dev : 0);
-    atomic_store(&id->ino, open_now ? (unsigned long long)st.st_ino : 0);
-    atomic_store(&id->state, open_now);
+    int saved_errno = errno, err = identify(fd, &st);
+    atomic_store(&id->dev, err == 0 ? (unsigned long long)st.st_dev : 0);
+    atomic_store(&id->ino, err == 0 ? (unsigned long long)st.st_ino : 0);
+    atomic_store(&id->state, err == 0 ? 1 : err == EBADF ? 0 : -1);
+    errno = saved_errno;
 }
 
 /* Cold: placed with the start-up code at the front of the library's text
@@ -55,7 +67,7 @@ static int still_the_same_file(const struct file_identity *id, int fd)
     if (state <= 0)
         return state < 0;
     struct stat st;
-    return fstat(fd, &st) == 0 && (unsigned long long)st.st_dev == atomic_load(&id->dev) &&
+    return identify(fd, &st) == 0 && (unsigned long long)st.st_dev == atomic_load(&id->dev) &&
            (unsigned long long)st.st_ino == atomic_load(&id->ino);
 }
 

@@ -26,7 +26,9 @@ int nvipcfix_log_open(enum nvipcfix_log_level level, const char *path);
  * written only while fd 2 is still that file: a program that closed fd 2
  * and opened a file of its own (which got fd 2) never finds log lines in
  * it; they are dropped (NVIPCFIX_LOG_FILE still gets them). Until it is
- * called, every line is written. The log file is checked the same way
+ * called, and if fd 2 cannot be asked what it is (a sandbox that refuses
+ * the call; a closed fd 2 is not such a failure), every line is written.
+ * errno is left as it was. The log file is checked the same way
  * against what it was when nvipcfix_log_open opened it (a program that
  * closed every descriptor and opened a file that got the log's number). */
 void nvipcfix_log_remember_stderr(void);

@@ -77,7 +77,7 @@ static int chunk_still(void *arg, const struct chunk *c);
  * debug level. */
 static uint64_t now_us(void)
 {
-    struct timespec t;
+    struct timespec t = {0, 0};
     clock_gettime(CLOCK_MONOTONIC, &t);
     return (uint64_t)t.tv_sec * 1000000 + (uint64_t)t.tv_nsec / 1000;
 }
@@ -869,6 +869,7 @@ enum nvipcfix_vmm_error nvipcfix_vmm_map(struct nvipcfix_vmm *v,
     int st = nvipcfix_fd_request_kept(&to, v->socket_dir, t->export_id, t->secret, v->timeout_ms,
                                  &taker, &driver_error);
     struct nvipcfix_vmm_import *im = job.im;
+    uint64_t received = now_us();
     if (st != NVIPCFIX_FD_OK || job.e != CUDA_SUCCESS || job.bad_offer)
         err = explain(v, t, &job, st, driver_error, r, why, n);
     else if (t->offset >= im->size) {
@@ -877,10 +878,9 @@ enum nvipcfix_vmm_error nvipcfix_vmm_map(struct nvipcfix_vmm *v,
                          "(an altered ticket)",
                  (unsigned long long)t->offset, (unsigned long long)im->size);
         err = NVIPCFIX_VMM_BAD_OFFSET;
-    }
-    uint64_t received = now_us();
-    if (err == NVIPCFIX_VMM_OK)
+    } else
         err = grant(d, im, dev, r, why, n);
+    uint64_t granted = now_us();
     if (err != NVIPCFIX_VMM_OK) {
         if (im != NULL && im->base != 0)
             release_range(v, im);
@@ -897,10 +897,10 @@ enum nvipcfix_vmm_error nvipcfix_vmm_map(struct nvipcfix_vmm *v,
                    "%llu us",
                    (unsigned long long)t->pid, im->n, im->n == 1 ? "" : "s",
                    (unsigned long long)im->size, (unsigned long long)im->base,
-                   (unsigned long long)(now_us() - t0), (unsigned long long)(job.offer_at - t0),
+                   (unsigned long long)(granted - t0), (unsigned long long)(job.offer_at - t0),
                    (unsigned long long)(job.fds_at - job.offer_at),
                    (unsigned long long)job.import_us, (unsigned long long)job.map_us,
-                   (unsigned long long)(now_us() - received));
+                   (unsigned long long)(granted - received));
     *base = im->base;
     *size = im->size;
     return NVIPCFIX_VMM_OK;

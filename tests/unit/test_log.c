@@ -1,4 +1,5 @@
 /* Unit tests of shim/log.c and shim/stats.c. */
+#include <errno.h>
 #include <fcntl.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -8,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -18,6 +20,20 @@
 #include "../../shim/stats.h"
 
 static char dir[] = "/tmp/nvipcfix-logtest-XXXXXX";
+
+/* The library asks what a descriptor is with fstatat (shim/log.c); this
+ * definition, in the test program, is the one its calls reach. While
+ * refuse_fstatat is set it fails with EPERM, as under a seccomp filter
+ * that refuses the call. */
+static int refuse_fstatat;
+int fstatat(int dirfd, const char *path, struct stat *st, int flags)
+{
+    if (refuse_fstatat) {
+        errno = EPERM;
+        return -1;
+    }
+    return (int)syscall(SYS_newfstatat, dirfd, path, st, flags);
+}
 
 static void slurp(const char *path, char *buf, size_t n)
 {
@@ -287,6 +303,33 @@ static void check_data_file_untouched(int fd2_open_at_load)
     }
 }
 
+/* fd 2 cannot be asked what it is (the call refused, at load and after):
+ * the lines are written all the same, never silently dropped; errno is
+ * left as the program had it. A closed fd 2 at load is not such a case
+ * (the test below: nothing is written while it stays closed). */
+static void test_fd2_identity_refused(void **state)
+{
+    (void)state;
+    char buf[256] = "";
+    int fd[2], saved = dup(2);
+    assert_int_equal(pipe(fd), 0);
+    dup2(fd[1], 2);
+    refuse_fstatat = 1;
+    errno = ENOENT;
+    nvipcfix_log_remember_stderr();
+    assert_int_equal(errno, ENOENT);
+    nvipcfix_log(NVIPCFIX_LOG_WARN, "written although fd 2 cannot be asked");
+    refuse_fstatat = 0;
+    dup2(saved, 2);
+    close(saved);
+    close(fd[1]);
+    nvipcfix_log_remember_stderr();
+    ssize_t got = read(fd[0], buf, sizeof buf - 1);
+    close(fd[0]);
+    assert_true(got > 0);
+    assert_non_null(strstr(buf, "warning: written although fd 2 cannot be asked\n"));
+}
+
 static void test_fd2_replaced_by_a_data_file(void **state)
 {
     (void)state;
@@ -395,6 +438,7 @@ int main(void)
         cmocka_unit_test(test_control_characters_escaped),
         cmocka_unit_test(test_log_descriptor_reused_for_a_data_file),
         cmocka_unit_test(test_stats_line),
+        cmocka_unit_test(test_fd2_identity_refused),
         cmocka_unit_test(test_fd2_replaced_by_a_data_file),
         cmocka_unit_test(test_fd2_closed_at_load_then_a_data_file),
     };
