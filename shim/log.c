@@ -38,8 +38,8 @@ static inline __attribute__((always_inline)) int identify(int fd, struct stat *s
 
 /* fd closed (EBADF): nothing is written while it stays closed. Any other
  * failure (a sandbox that refuses the call) records nothing: every line is
- * written, as before there was a record, never none. errno is kept (this
- * runs at load, before the program's main). */
+ * written, as before there was a record, never none. errno is kept (fd 2
+ * is recorded at load, before the program's main). */
 static inline __attribute__((always_inline)) void remember(struct file_identity *id, int fd)
 {
     struct stat st;
@@ -50,9 +50,9 @@ static inline __attribute__((always_inline)) void remember(struct file_identity 
     errno = saved_errno;
 }
 
-/* Cold: placed with the start-up code at the front of the library's text
- * (pages the loader has mapped already), not in a page of its own that
- * every process would fault in at load. */
+/* Cold: GNU ld places it with the start-up code at the front of the
+ * library's text (pages the loader has mapped already), not in a page of
+ * its own that every process would fault in at load. */
 __attribute__((cold)) void nvipcfix_log_remember_stderr(void)
 {
     remember(&stderr_at_load, STDERR_FILENO);
