@@ -265,6 +265,24 @@ static void test_control_characters_escaped(void **state)
     assert_string_equal(small, "ab\\x0ac");
 }
 
+/* fd 2 back to saved (the test's own stderr, recorded again) and the pipe
+ * that stood in for it, fd[1] its only writer, read to its end into buf
+ * (NUL-terminated): the bytes read. */
+static ssize_t stderr_back(int saved, int fd[2], char *buf, size_t n)
+{
+    ssize_t got = 0, r;
+    dup2(saved, 2);
+    close(saved);
+    close(fd[1]);
+    nvipcfix_log_remember_stderr();
+    while ((size_t)got < n - 1 &&
+           ((r = read(fd[0], buf + got, n - 1 - (size_t)got)) > 0 || (r < 0 && errno == EINTR)))
+        got += r > 0 ? r : 0;
+    buf[got] = '\0';
+    close(fd[0]);
+    return got;
+}
+
 /* Lines meant for stderr while fd 2 is a file the program opened itself
  * (it closed fd 2 first): dropped, the file holds only its own records. */
 static void check_data_file_untouched(int fd2_open_at_load)
@@ -288,12 +306,7 @@ static void check_data_file_untouched(int fd2_open_at_load)
         dup2(fd[1], 2);
         nvipcfix_log(NVIPCFIX_LOG_WARN, "back on stderr");
     }
-    dup2(saved, 2);
-    close(saved);
-    close(fd[1]);
-    nvipcfix_log_remember_stderr();
-    ssize_t got = read(fd[0], buf, sizeof buf - 1);
-    close(fd[0]);
+    ssize_t got = stderr_back(saved, fd, buf, sizeof buf);
     slurp(data, records, sizeof records);
     assert_string_equal(records, "RECORD-1\nRECORD-2\n");
     if (fd2_open_at_load) {
@@ -320,12 +333,7 @@ static void test_fd2_identity_refused(void **state)
     assert_int_equal(errno, ENOENT);
     nvipcfix_log(NVIPCFIX_LOG_WARN, "written although fd 2 cannot be asked");
     refuse_fstatat = 0;
-    dup2(saved, 2);
-    close(saved);
-    close(fd[1]);
-    nvipcfix_log_remember_stderr();
-    ssize_t got = read(fd[0], buf, sizeof buf - 1);
-    close(fd[0]);
+    ssize_t got = stderr_back(saved, fd, buf, sizeof buf);
     assert_true(got > 0);
     assert_non_null(strstr(buf, "warning: written although fd 2 cannot be asked\n"));
 }
