@@ -40,7 +40,7 @@ static pid_t setup_pid;
 
 /* At load, before the program can close fd 2 and open a file of its own
  * there: what stderr is (see nvipcfix_log_remember_stderr). */
-__attribute__((constructor)) static void remember_stderr_at_load(void)
+__attribute__((constructor, section(".text.startup"))) static void remember_stderr_at_load(void)
 {
     nvipcfix_log_remember_stderr();
 }

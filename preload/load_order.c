@@ -47,7 +47,7 @@ static const char *const watched[WATCHED] = {
  * references go through the global offset table (the names have default
  * visibility, so the loader may bind them to another library's definition),
  * filled at load. */
-static void first_definitions(void *first[WATCHED])
+static inline __attribute__((always_inline)) void first_definitions(void *first[WATCHED])
 {
     first[0] = (void *)&dlsym;
     first[1] = (void *)&cuIpcGetMemHandle;
@@ -63,7 +63,7 @@ static void first_definitions(void *first[WATCHED])
 }
 
 /* nvipcfix's own definitions (hidden names, bound inside this file). */
-static void own_definitions(void *own[WATCHED])
+static inline __attribute__((always_inline)) void own_definitions(void *own[WATCHED])
 {
     own[0] = (void *)nvipcfix_dlsym_entry;
     own[1] = (void *)nvipcfix_own_ipc_get_mem_handle;
@@ -117,7 +117,10 @@ static const char *library_before_nvipcfix(void *const first[WATCHED],
     return name_of_first;
 }
 
-__attribute__((constructor)) static void check_load_order(void)
+/* In .text.startup whatever the optimization level (GCC puts constructors
+ * there only at -O2): GNU ld places that section at the front of the code,
+ * in pages the loader has faulted in anyway. */
+__attribute__((constructor, section(".text.startup"))) static void check_load_order(void)
 {
     void *first[WATCHED], *own[WATCHED];
     first_definitions(first);

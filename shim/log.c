@@ -50,10 +50,10 @@ static inline __attribute__((always_inline)) void remember(struct file_identity 
     errno = saved_errno;
 }
 
-/* Cold: GNU ld places it with the start-up code at the front of the
- * library's text (pages the loader has mapped already), not in a page of
- * its own that every process would fault in at load. */
-__attribute__((cold)) void nvipcfix_log_remember_stderr(void)
+/* With the constructors' code (.text.startup), which GNU ld places at the
+ * front of the library's text (pages the loader has mapped already), not
+ * in a page of its own that every process would fault in at load. */
+__attribute__((section(".text.startup"))) void nvipcfix_log_remember_stderr(void)
 {
     remember(&stderr_at_load, STDERR_FILENO);
 }
