@@ -388,7 +388,7 @@ static double spawn_true(char **env, long *faults)
 /* Start-up of a process that never uses CUDA: no preload, then each of the
  * libraries, interleaved run by run (the order rotating from one run to
  * the next), in ROUNDS rounds of n runs. t[k * total + r * n + i] gets run
- * i of round r of column k, faults[k] the median page faults of column k. */
+ * i of round r of column k, faults[k] the mean page faults of column k. */
 #define ROUNDS 15
 static void bench_startup(char **libs, int nlibs, int n, double *t, double *faults)
 {
@@ -413,8 +413,13 @@ static void bench_startup(char **libs, int nlibs, int n, double *t, double *faul
             t[k * total + j] = spawn_true(envs[k], &pf);
             f[k * total + j] = (double)pf;
         }
-    for (int k = 0; k < w; k++)
-        faults[k] = median_of(f + k * total, total);
+    for (int k = 0; k < w; k++) { /* the mean: a run's count depends on where the
+                                    * loader put the libraries, one page either way */
+        double sum = 0;
+        for (int j = 0; j < total; j++)
+            sum += f[k * total + j];
+        faults[k] = sum / total;
+    }
     free(f);
 }
 
@@ -445,7 +450,7 @@ static double round_points(const double *t, int total, int n, int r, int k, int 
  * machine-readable line per library follows the table:
  *   STARTUP NAME MEDIAN_US POINTS_OVER_NONE POINTS_OVER_FIRST MIN MAX FAULTS
  * (MIN and MAX: the range of the rounds' points over the first library;
- * FAULTS: the median page faults of a run). */
+ * FAULTS: the mean page faults of a run). */
 static int startup(char **libs, int nlibs)
 {
     int n = quick ? 40 : 200;
@@ -465,7 +470,7 @@ static int startup(char **libs, int nlibs)
            "faults |\n",
            nlibs > 0 ? (strrchr(libs[0], '/') ? strrchr(libs[0], '/') + 1 : libs[0]) : "-");
     printf("| --- | --- | --- | --- | --- |\n");
-    printf("| none | %.1f us | | | %.0f |\n", none, faults[0]);
+    printf("| none | %.1f us | | | %.1f |\n", none, faults[0]);
     char lines[4][200];
     for (int k = 1; k <= nlibs; k++) {
         for (int r = 0; r < ROUNDS; r++) {
@@ -477,12 +482,12 @@ static int startup(char **libs, int nlibs)
         double p = median_of(pts, ROUNDS), o = median_of(over, ROUNDS);
         const char *name = strrchr(libs[k - 1], '/') ? strrchr(libs[k - 1], '/') + 1 : libs[k - 1];
         if (k == 1)
-            printf("| %s | %.1f us | %+.1f (%+.1f to %+.1f) | | %.0f |\n", name, us, p, pts[0],
+            printf("| %s | %.1f us | %+.1f (%+.1f to %+.1f) | | %.1f |\n", name, us, p, pts[0],
                    pts[ROUNDS - 1], faults[k]);
         else
-            printf("| %s | %.1f us | %+.1f (%+.1f to %+.1f) | %+.1f (%+.1f to %+.1f) | %.0f |\n",
+            printf("| %s | %.1f us | %+.1f (%+.1f to %+.1f) | %+.1f (%+.1f to %+.1f) | %.1f |\n",
                    name, us, p, pts[0], pts[ROUNDS - 1], o, over[0], over[ROUNDS - 1], faults[k]);
-        snprintf(lines[k - 1], sizeof lines[0], "STARTUP %s %.1f %.2f %.2f %.2f %.2f %.0f", name,
+        snprintf(lines[k - 1], sizeof lines[0], "STARTUP %s %.1f %.2f %.2f %.2f %.2f %.2f", name,
                  us, p, o, over[0], over[ROUNDS - 1], faults[k]);
     }
     printf("\n");
