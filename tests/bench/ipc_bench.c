@@ -366,8 +366,6 @@ static void bench_scale(const char *self)
 
 /* ---- compare: the same measurements without and with the library --------------- */
 
-static double median_of(double *v, int n);
-
 /* One run of /bin/true: its time from spawn to reaped; *faults gets its
  * page faults (minor and major: what mapping a larger library costs). */
 static double spawn_true(char **env, long *faults)
