@@ -18,7 +18,11 @@
 #define VERSION 2
 #define FDS_PER_MESSAGE NVIPCFIX_FD_BATCH /* under the kernel's SCM_MAX_FD (253) */
 #define NONCE_BYTES 16
-#define REQUEST_KEEP 1u /* flags: the client would send its next request on this connection */
+#define HELLO_NEXT_MAGIC 0x6e766e4du /* "Mnvn": a hello with the nonce of the next request */
+/* A request's flags: */
+#define REQUEST_KEEP 1u   /* the client would send its next request on this connection */
+#define REQUEST_NEXT 2u   /* ...and takes the server's nonce for it with this hello */
+#define REQUEST_PROVEN 4u /* its proof follows it, over the nonce the last hello gave */
 
 struct request {
     uint32_t magic, version, export_id, flags;
@@ -30,6 +34,13 @@ struct hello {
     int32_t status;
     unsigned char nonce[NONCE_BYTES];
     unsigned char proof[NVIPCFIX_TAG_BYTES];
+};
+
+/* HELLO_NEXT_MAGIC's: the server's nonce for the client's next request on
+ * this connection, good for that one request only. */
+struct hello_next {
+    struct hello h;
+    unsigned char next[NONCE_BYTES];
 };
 
 struct reply_head {
@@ -448,37 +459,66 @@ static void send_status(struct link *l, int32_t status)
     send_all(l, &h, sizeof h);
 }
 
+/* The nonce a kept connection's last hello gave for its next request. */
+struct next_nonce {
+    int has;
+    unsigned char nonce[NONCE_BYTES];
+};
+
 /* One request, within the server's deadline: its export id, our proof,
  * its proof, the answer. A client sends its request and its proof as soon
  * as it can, so those two get a fifth of the deadline (at least a second):
  * a process without the secret holds a thread that long, not the whole
- * deadline. Nonzero when the answer was whole and the client asked to
- * send its next request on this connection. */
-static int serve_one(struct nvipcfix_fd_server *s, int sock)
+ * deadline. On a kept connection whose last hello gave a nonce for this
+ * request, the client's proof comes with the request (REQUEST_PROVEN) and
+ * is checked before ours goes: one round trip. Nonzero when the answer was
+ * whole and the client asked to send its next request on this connection. */
+static int serve_one(struct nvipcfix_fd_server *s, int sock, struct next_nonce *next)
 {
     int64_t start = now_ms();
     int handshake = s->timeout_ms / 5 > 1000 ? s->timeout_ms / 5 : 1000;
     struct link l = {sock, start + (handshake < s->timeout_ms ? handshake : s->timeout_ms), 0};
     struct request q;
-    struct hello h = {.magic = HELLO_MAGIC, .status = NVIPCFIX_FD_OK};
+    struct hello_next h = {.h = {.magic = HELLO_MAGIC, .status = NVIPCFIX_FD_OK}};
     unsigned char key[NVIPCFIX_KEY_BYTES], want[NVIPCFIX_TAG_BYTES], got[NVIPCFIX_TAG_BYTES];
+    int had = next->has;
+    next->has = 0; /* a nonce is good for one request */
     if (recv_all(&l, &q, sizeof q) != 0 || q.magic != REQUEST_MAGIC || q.version != VERSION)
+        return 0;
+    int proven = (q.flags & REQUEST_PROVEN) != 0;
+    int gives_next = (q.flags & (REQUEST_KEEP | REQUEST_NEXT)) == (REQUEST_KEEP | REQUEST_NEXT);
+    if (proven && (!had || recv_all(&l, got, sizeof got) != 0))
         return 0;
     if (s->service.secret(s->service.arg, q.export_id, key) != 0) {
         send_status(&l, NVIPCFIX_FD_UNKNOWN);
         return 0;
     }
-    if (nvipcfix_random_bytes(h.nonce, sizeof h.nonce) != 0) {
+    if (proven)
+        memcpy(h.h.nonce, next->nonce, sizeof h.h.nonce);
+    if ((!proven && nvipcfix_random_bytes(h.h.nonce, sizeof h.h.nonce) != 0) ||
+        (gives_next && nvipcfix_random_bytes(h.next, sizeof h.next) != 0)) {
+        memset(key, 0, sizeof key);
         send_status(&l, NVIPCFIX_FD_FAILED);
         return 0;
     }
-    nvipcfix_fd_proof(key, 'S', q.export_id, q.nonce, h.nonce, &s->address, h.proof);
-    nvipcfix_fd_proof(key, 'C', q.export_id, q.nonce, h.nonce, &s->address, want);
+    nvipcfix_fd_proof(key, 'S', q.export_id, q.nonce, h.h.nonce, &s->address, h.h.proof);
+    nvipcfix_fd_proof(key, 'C', q.export_id, q.nonce, h.h.nonce, &s->address, want);
     memset(key, 0, sizeof key);
-    if (send_all(&l, &h, sizeof h) != 0 || recv_all(&l, got, sizeof got) != 0)
+    int right = proven && nvipcfix_equal_ct(got, want, sizeof want);
+    if (proven && !right) { /* refused before our proof goes */
+        atomic_fetch_add(&s->refused, 1);
+        send_status(&l, NVIPCFIX_FD_REFUSED);
+        return 0;
+    }
+    if (right)
+        atomic_fetch_add(&s->one_trip, 1);
+    if (gives_next)
+        h.h.magic = HELLO_NEXT_MAGIC;
+    if (send_all(&l, &h, gives_next ? sizeof h : sizeof h.h) != 0 ||
+        (!proven && recv_all(&l, got, sizeof got) != 0))
         return 0;
     struct nvipcfix_fd_reply r = {0};
-    if (!nvipcfix_equal_ct(got, want, sizeof want)) {
+    if (!right && !nvipcfix_equal_ct(got, want, sizeof want)) {
         r.status = NVIPCFIX_FD_REFUSED;
         atomic_fetch_add(&s->refused, 1);
     } else {
@@ -488,7 +528,13 @@ static int serve_one(struct nvipcfix_fd_server *s, int sock)
     }
     int whole = send_reply(s, &l, q.export_id, &r) && r.status == NVIPCFIX_FD_OK;
     nvipcfix_fd_reply_free(&r);
-    return whole && (q.flags & REQUEST_KEEP) != 0;
+    if (!whole || (q.flags & REQUEST_KEEP) == 0)
+        return 0;
+    if (gives_next) {
+        memcpy(next->nonce, h.next, sizeof next->nonce);
+        next->has = 1;
+    }
+    return 1;
 }
 
 /* A client's requests: after a whole answer, if it asked, the connection
@@ -496,7 +542,8 @@ static int serve_one(struct nvipcfix_fd_server *s, int sock)
  * thread cuts it for a new client). */
 static void serve_client(struct nvipcfix_fd_server *s, struct nvipcfix_fd_client_slot *slot)
 {
-    int keep = serve_one(s, slot->sock);
+    struct next_nonce next = {0};
+    int keep = serve_one(s, slot->sock, &next);
     while (keep && !atomic_load(&s->stopping)) {
         struct pollfd p = {slot->sock, POLLIN, 0};
         atomic_store(&slot->idle, 1);
@@ -505,7 +552,7 @@ static void serve_client(struct nvipcfix_fd_server *s, struct nvipcfix_fd_client
          * heard nothing and asks again on a new connection. */
         if (atomic_exchange(&slot->idle, 0) == 2 || r <= 0 || atomic_load(&s->stopping))
             break;
-        keep = serve_one(s, slot->sock);
+        keep = serve_one(s, slot->sock, &next);
     }
 }
 
@@ -865,11 +912,21 @@ uint32_t nvipcfix_own_pid_ns(void)
     return stat("/proc/self/ns/pid", &st) == 0 ? (uint32_t)st.st_ino : 0;
 }
 
-/* The server's identity and proof, then ours. 0 or a status; *heard once
- * the server answered the request. */
+/* The server's nonce for a request on a kept connection: in (from the last
+ * hello, or none) and out (from this one's). */
+struct nonces {
+    const unsigned char *in; /* NULL: none */
+    unsigned char out[NONCE_BYTES];
+    int has_out;
+};
+
+/* The server's identity and proof, then ours; or, with a nonce given for
+ * this request, ours with the request (the listener's identity checked
+ * first), then the server's. 0 or a status; *heard once the server
+ * answered the request. */
 static int authenticate(struct link *l, const struct nvipcfix_fd_address *to,
                         uint32_t export_id, const unsigned char *secret, uint32_t flags,
-                        int *heard)
+                        struct nonces *nn, int *heard)
 {
     struct ucred cred;
     socklen_t len = sizeof cred;
@@ -877,32 +934,53 @@ static int authenticate(struct link *l, const struct nvipcfix_fd_address *to,
         return NVIPCFIX_FD_BROKEN;
     if (cred.uid != to->uid)
         return NVIPCFIX_FD_WRONG_USER;
-    struct request q = {REQUEST_MAGIC, VERSION, export_id, flags, {0}};
-    struct hello h;
-    unsigned char want[NVIPCFIX_TAG_BYTES], mine[NVIPCFIX_TAG_BYTES];
-    if (nvipcfix_random_bytes(q.nonce, sizeof q.nonce) != 0)
-        return NVIPCFIX_FD_BROKEN;
-    /* A server that turns this process away may close before the request
-     * is sent: its status is read all the same. */
-    send_all(l, &q, sizeof q);
-    if (recv_all(l, &h, sizeof h) != 0)
-        return link_status(l);
-    *heard = 1;
-    if (h.magic != HELLO_MAGIC)
-        return NVIPCFIX_FD_BROKEN;
-    if (h.status != NVIPCFIX_FD_OK)
-        return h.status >= NVIPCFIX_FD_UNKNOWN && h.status <= NVIPCFIX_FD_EXPORTER_FDS
-                   ? h.status
-                   : NVIPCFIX_FD_BROKEN;
-    nvipcfix_fd_proof(secret, 'S', export_id, q.nonce, h.nonce, to, want);
-    if (!nvipcfix_equal_ct(want, h.proof, sizeof want))
-        return NVIPCFIX_FD_NO_PROOF;
     /* In one PID namespace the process must also be the one named: a
      * process of this user relaying to the exporter is not believed. */
-    if (to->pid_ns != 0 && to->pid_ns == nvipcfix_own_pid_ns() && (uint32_t)cred.pid != to->pid)
+    int relay = to->pid_ns != 0 && to->pid_ns == nvipcfix_own_pid_ns() &&
+                (uint32_t)cred.pid != to->pid;
+    if (nn->in != NULL && relay)
         return NVIPCFIX_FD_WRONG_PID;
-    nvipcfix_fd_proof(secret, 'C', export_id, q.nonce, h.nonce, to, mine);
-    return send_all(l, mine, sizeof mine) == 0 ? 0 : link_status(l);
+    struct {
+        struct request q;
+        unsigned char proof[NVIPCFIX_TAG_BYTES];
+    } ask = {{REQUEST_MAGIC, VERSION, export_id, flags, {0}}, {0}};
+    struct hello_next h;
+    unsigned char want[NVIPCFIX_TAG_BYTES];
+    if (nvipcfix_random_bytes(ask.q.nonce, sizeof ask.q.nonce) != 0)
+        return NVIPCFIX_FD_BROKEN;
+    if (nn->in != NULL) {
+        ask.q.flags |= REQUEST_PROVEN;
+        nvipcfix_fd_proof(secret, 'C', export_id, ask.q.nonce, nn->in, to, ask.proof);
+    }
+    /* A server that turns this process away may close before the request
+     * is sent: its status is read all the same. */
+    send_all(l, &ask, nn->in != NULL ? sizeof ask : sizeof ask.q);
+    if (recv_all(l, &h.h, sizeof h.h) != 0)
+        return link_status(l);
+    *heard = 1;
+    int with_next = h.h.magic == HELLO_NEXT_MAGIC && (flags & REQUEST_NEXT) != 0;
+    if (h.h.magic != HELLO_MAGIC && !with_next)
+        return NVIPCFIX_FD_BROKEN;
+    if (h.h.status != NVIPCFIX_FD_OK)
+        return h.h.status >= NVIPCFIX_FD_UNKNOWN && h.h.status <= NVIPCFIX_FD_EXPORTER_FDS
+                   ? h.h.status
+                   : NVIPCFIX_FD_BROKEN;
+    if (with_next && recv_all(l, h.next, sizeof h.next) != 0)
+        return link_status(l);
+    const unsigned char *server_nonce = nn->in != NULL ? nn->in : h.h.nonce;
+    nvipcfix_fd_proof(secret, 'S', export_id, ask.q.nonce, server_nonce, to, want);
+    if (!nvipcfix_equal_ct(want, h.h.proof, sizeof want))
+        return NVIPCFIX_FD_NO_PROOF;
+    if (with_next) {
+        memcpy(nn->out, h.next, sizeof nn->out);
+        nn->has_out = 1;
+    }
+    if (nn->in != NULL)
+        return 0; /* ours went with the request */
+    if (relay)
+        return NVIPCFIX_FD_WRONG_PID;
+    nvipcfix_fd_proof(secret, 'C', export_id, ask.q.nonce, h.h.nonce, to, ask.proof);
+    return send_all(l, ask.proof, sizeof ask.proof) == 0 ? 0 : link_status(l);
 }
 
 /* Every descriptor offered, batch by batch, to the taker. */
@@ -942,9 +1020,9 @@ static int receive_all(struct link *l, uint32_t n, const struct nvipcfix_fd_take
 
 static int exchange(struct link *l, const struct nvipcfix_fd_address *to, uint32_t export_id,
                     const unsigned char *secret, const struct nvipcfix_fd_taker *taker,
-                    int32_t *driver_error, uint32_t flags, int *heard)
+                    int32_t *driver_error, uint32_t flags, struct nonces *nn, int *heard)
 {
-    int st = authenticate(l, to, export_id, secret, flags, heard);
+    int st = authenticate(l, to, export_id, secret, flags, nn, heard);
     if (st != 0)
         return st;
     struct reply_head h;
@@ -981,6 +1059,8 @@ static struct kept {
     struct nvipcfix_fd_address to;
     int fd;        /* -1: none */
     uint64_t used; /* when last put back (the oldest is closed for room) */
+    int has_next;  /* the server's nonce for the next request came: */
+    unsigned char next[NONCE_BYTES];
 } kept[KEPT_SLOTS] = {[0 ... KEPT_SLOTS - 1] = {.fd = -1}};
 static uint64_t kept_clock;
 
@@ -990,8 +1070,9 @@ static int same_server(const struct nvipcfix_fd_address *a, const struct nvipcfi
            a->nonce == b->nonce && (a->in_dir != 0) == (b->in_dir != 0);
 }
 
-/* The connection kept for to, now this thread's; -1 if none. */
-static int take_kept(const struct nvipcfix_fd_address *to)
+/* The connection kept for to, now this thread's (and the server's nonce
+ * for its next request into *next, if it gave one); -1 if none. */
+static int take_kept(const struct nvipcfix_fd_address *to, struct nonces *next)
 {
     int fd = -1;
     pthread_mutex_lock(&kept_lock);
@@ -999,14 +1080,18 @@ static int take_kept(const struct nvipcfix_fd_address *to)
         if (kept[i].fd >= 0 && same_server(&kept[i].to, to)) {
             fd = kept[i].fd;
             kept[i].fd = -1;
+            next->has_out = kept[i].has_next;
+            memcpy(next->out, kept[i].next, sizeof next->out);
+            memset(kept[i].next, 0, sizeof kept[i].next);
         }
     pthread_mutex_unlock(&kept_lock);
     return fd;
 }
 
-/* Keeps fd for to's next request (one per server: a second is closed; with
- * every slot taken, the one unused longest is). */
-static void put_kept(const struct nvipcfix_fd_address *to, int fd)
+/* Keeps fd for to's next request, with the server's nonce for it if it
+ * gave one (one per server: a second is closed; with every slot taken,
+ * the one unused longest is). */
+static void put_kept(const struct nvipcfix_fd_address *to, int fd, const struct nonces *nn)
 {
     int spare = fd, at = -1;
     pthread_mutex_lock(&kept_lock);
@@ -1020,6 +1105,8 @@ static void put_kept(const struct nvipcfix_fd_address *to, int fd)
         kept[at].to = *to;
         kept[at].fd = fd;
         kept[at].used = ++kept_clock;
+        kept[at].has_next = nn->has_out;
+        memcpy(kept[at].next, nn->out, sizeof kept[at].next);
     }
     pthread_mutex_unlock(&kept_lock);
     if (spare >= 0)
@@ -1032,6 +1119,7 @@ void nvipcfix_fd_kept_forget(void)
         if (kept[i].fd >= 0)
             close(kept[i].fd); /* the child's copy; the parent's stays */
         kept[i].fd = -1;
+        kept[i].has_next = 0;
     }
     pthread_mutex_t fresh = PTHREAD_MUTEX_INITIALIZER;
     memcpy(&kept_lock, &fresh, sizeof fresh);
@@ -1053,12 +1141,13 @@ static int request(const struct nvipcfix_fd_address *to, const char *dir, uint32
         return errno == EMFILE || errno == ENFILE ? NVIPCFIX_FD_IMPORTER_FDS
                                                   : NVIPCFIX_FD_BROKEN;
     int heard = 0;
+    struct nonces nn = {NULL, {0}, 0};
     int st = connect_to(&l, &a, len);
     if (st == 0)
         st = exchange(&l, to, export_id, secret, taker, driver_error,
-                      keep ? REQUEST_KEEP : 0, &heard);
+                      keep ? REQUEST_KEEP | REQUEST_NEXT : 0, &nn, &heard);
     if (keep && st == NVIPCFIX_FD_OK)
-        put_kept(to, l.fd);
+        put_kept(to, l.fd, &nn);
     else
         close(l.fd);
     return st;
@@ -1077,14 +1166,17 @@ int nvipcfix_fd_request_kept(const struct nvipcfix_fd_address *to, const char *d
                              int timeout_ms, const struct nvipcfix_fd_taker *taker,
                              int32_t *driver_error)
 {
-    int fd = take_kept(to);
+    struct nonces last = {NULL, {0}, 0};
+    int fd = take_kept(to, &last);
     if (fd >= 0) {
         struct link l = {fd, now_ms() + (timeout_ms > 0 ? timeout_ms : 1), 0};
+        struct nonces nn = {last.has_out ? last.out : NULL, {0}, 0};
         int heard = 0;
         *driver_error = 0;
-        int st = exchange(&l, to, export_id, secret, taker, driver_error, REQUEST_KEEP, &heard);
+        int st = exchange(&l, to, export_id, secret, taker, driver_error,
+                          REQUEST_KEEP | REQUEST_NEXT, &nn, &heard);
         if (st == NVIPCFIX_FD_OK) {
-            put_kept(to, fd);
+            put_kept(to, fd, &nn);
             return st;
         }
         close(fd);

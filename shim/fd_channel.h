@@ -25,8 +25,20 @@
  *
  * An importer may keep its connection for its next request to the same
  * exporter (nvipcfix_fd_request_kept): each request on it is a whole
- * exchange as above, with fresh nonces and its own export's secret; the
- * server keeps it only after a whole answer, idle NVIPCFIX_FD_IDLE_MS at
+ * exchange as above, with fresh nonces and its own export's secret, but
+ * in one round trip: each hello on it also gives the server's nonce Ns'
+ * for the next request (good for that one only), and the next request
+ * carries the client's proof over it:
+ *
+ *   client -> server  export id, Nc, H(secret; "C", id, Nc, Ns', address)
+ *   server -> client  H(secret; "S", id, Nc, Ns', address), the next Ns'',
+ *                     the offer, then the descriptors
+ *
+ * The client sends that proof only to the process whose proof over another
+ * export it checked on this connection (SO_PEERCRED does not change), and
+ * takes nothing before checking the server's; the server checks the
+ * client's before it proves anything. The server keeps a connection only
+ * after a whole answer, idle NVIPCFIX_FD_IDLE_MS at
  * most, and cuts an idle one when a new client waits for a thread. */
 #ifndef NVIPCFIX_FD_CHANNEL_H
 #define NVIPCFIX_FD_CHANNEL_H
@@ -129,6 +141,7 @@ struct nvipcfix_fd_server {
     atomic_int stopping;
     atomic_ulong served, refused;
     atomic_ulong connections; /* accepted from a client of this user */
+    atomic_ulong one_trip;    /* requests answered whose proof came with them */
     atomic_int idle_ms;       /* a kept connection's wait for its next request */
     pthread_t thread;   /* the accepting thread, */
     int has_thread;     /* not yet joined (under lock) */

@@ -855,12 +855,15 @@ static int ask_kept(uint32_t id, const unsigned char key[16], int ms, struct got
 }
 
 /* One connection serves a client's requests one after another, each
- * proving its own export's secret: a wrong one gets nothing, and ends it. */
+ * proving its own export's secret, each after the first in one round trip
+ * (its proof with the request): a wrong one gets nothing, and ends it. */
 static void test_kept_connection_proves_every_request(void **state)
 {
     (void)state;
     unsigned char key[16];
     unsigned long was = atomic_load(&server.connections), served = atomic_load(&server.served);
+    unsigned long one_trip = atomic_load(&server.one_trip);
+    unsigned long refused = atomic_load(&server.refused);
     for (uint32_t id = 4; id <= 6; id++) {
         struct got g = {0};
         key_of(id, key);
@@ -868,15 +871,279 @@ static void test_kept_connection_proves_every_request(void **state)
         assert_true(g.taken == id && g.bad == 0);
     }
     assert_int_equal(atomic_load(&server.connections) - was, 1);
+    assert_int_equal(atomic_load(&server.one_trip) - one_trip, 2);
     struct got g = {0};
-    key_of(8, key); /* export 7's secret is another */
-    assert_int_equal(ask_kept(7, key, 5000, &g), NVIPCFIX_FD_NO_PROOF);
+    key_of(8, key); /* export 7's secret is another: refused before the server proves it */
+    assert_int_equal(ask_kept(7, key, 5000, &g), NVIPCFIX_FD_REFUSED);
     assert_int_equal(g.taken, 0);
+    assert_int_equal(atomic_load(&server.refused) - refused, 1);
     key_of(7, key);
     assert_int_equal(ask_kept(7, key, 5000, &g), NVIPCFIX_FD_OK);
     assert_int_equal(g.taken, 7);
     assert_int_equal(atomic_load(&server.connections) - was, 2); /* anew after the refusal */
     assert_int_equal(atomic_load(&server.served) - served, 4);
+}
+
+/* ---- one round trip on a kept connection, on the wire ---------------------- */
+
+#define WIRE_KEEP_NEXT 3u /* REQUEST_KEEP | REQUEST_NEXT */
+#define WIRE_PROVEN 4u
+#define WIRE_HELLO 0x68766e4du
+#define WIRE_HELLO_NEXT 0x6e766e4du
+
+struct wire_hello_next {
+    struct wire_hello h;
+    unsigned char next[16];
+};
+
+/* The answer after a hello: its status, and (OK) how many descriptors came,
+ * each closed. -1: the connection ended first. */
+static int read_answer(int fd, uint32_t *fds_came)
+{
+    struct wire_head h;
+    *fds_came = 0;
+    if (tp_read_full(fd, &h, sizeof h) != 0)
+        return -1;
+    if (h.status != 0)
+        return h.status;
+    uint64_t places[2 * 64];
+    assert_true(h.n <= 64);
+    assert_int_equal(tp_read_full(fd, places, 2 * h.n * sizeof(uint64_t)), 0);
+    for (char tag = 'F'; tag == 'F';) {
+        struct wire_batch b;
+        union {
+            char buf[CMSG_SPACE(64 * sizeof(int))];
+            struct cmsghdr align;
+        } u;
+        struct iovec iov = {&b, sizeof b};
+        struct msghdr m = {0};
+        m.msg_iov = &iov;
+        m.msg_iovlen = 1;
+        m.msg_control = u.buf;
+        m.msg_controllen = sizeof u.buf;
+        ssize_t k = recvmsg(fd, &m, MSG_CMSG_CLOEXEC);
+        assert_true(k > 0);
+        if ((size_t)k < sizeof b)
+            assert_int_equal(tp_read_full(fd, (char *)&b + k, sizeof b - (size_t)k), 0);
+        for (struct cmsghdr *c = m.msg_controllen > 0 ? CMSG_FIRSTHDR(&m) : NULL; c != NULL;
+             c = CMSG_NXTHDR(&m, c))
+            for (size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
+                int one;
+                memcpy(&one, CMSG_DATA(c) + i * sizeof(int), sizeof one);
+                close(one);
+                (*fds_came)++;
+            }
+        tag = (char)b.tag;
+    }
+    return 0;
+}
+
+/* A request for export id on fd, as a client that keeps the connection
+ * and takes the nonce for its next request; with proof_over (that nonce
+ * from the last hello) its proof goes with it. The hello into *h. */
+static void send_keep_request(int fd, uint32_t id, const unsigned char nonce[16],
+                              const unsigned char *proof_over, struct wire_hello_next *h)
+{
+    struct {
+        struct wire_request q;
+        unsigned char proof[16];
+    } ask = {{0x71766e4du, 2, id, WIRE_KEEP_NEXT | (proof_over != NULL ? WIRE_PROVEN : 0), {0}},
+             {0}};
+    unsigned char key[16];
+    key_of(id, key);
+    memcpy(ask.q.nonce, nonce, 16);
+    if (proof_over != NULL)
+        nvipcfix_fd_proof(key, 'C', id, nonce, proof_over, &addr, ask.proof);
+    assert_int_equal(tp_write_full(fd, &ask, proof_over != NULL ? sizeof ask : sizeof ask.q), 0);
+    memset(h, 0, sizeof *h);
+}
+
+/* The server's side of the one round trip: each hello gives the nonce for
+ * the next request, which is good for that request only, on that
+ * connection only, and only with the right proof; the server proves
+ * nothing to a request whose proof is wrong. */
+static void test_next_nonce_is_good_once(void **state)
+{
+    (void)state;
+    unsigned char key[16], nc[16] = {9, 9, 9}, want[16], proof[16];
+    struct wire_hello_next h, h2;
+    uint32_t came;
+    key_of(3, key);
+    int before = quiet_fds();
+    unsigned long refused = atomic_load(&server.refused);
+    unsigned long one_trip = atomic_load(&server.one_trip);
+    int fd = dial(&addr);
+    assert_true(fd >= 0);
+    /* the first request: a whole exchange, and the nonce for the next */
+    send_keep_request(fd, 3, nc, NULL, &h);
+    assert_int_equal(tp_read_full(fd, &h, sizeof h), 0);
+    assert_int_equal(h.h.magic, WIRE_HELLO_NEXT);
+    nvipcfix_fd_proof(key, 'C', 3, nc, h.h.nonce, &addr, proof);
+    assert_int_equal(tp_write_full(fd, proof, 16), 0);
+    assert_int_equal(read_answer(fd, &came), 0);
+    assert_int_equal(came, 3);
+    /* the next: the proof over the given nonce goes with the request, and
+     * the server's proof over it comes back with the answer */
+    nc[0] = 10;
+    send_keep_request(fd, 3, nc, h.next, &h2);
+    assert_int_equal(tp_read_full(fd, &h2, sizeof h2), 0);
+    assert_int_equal(h2.h.magic, WIRE_HELLO_NEXT);
+    assert_int_equal(h2.h.status, 0);
+    nvipcfix_fd_proof(key, 'S', 3, nc, h.next, &addr, want);
+    assert_memory_equal(h2.h.proof, want, 16);
+    assert_memory_not_equal(h2.next, h.next, 16);
+    assert_int_equal(read_answer(fd, &came), 0);
+    assert_int_equal(came, 3);
+    assert_int_equal(atomic_load(&server.one_trip) - one_trip, 1);
+    /* the same request again (the used nonce): refused, unproven, ended */
+    send_keep_request(fd, 3, nc, h.next, &h);
+    assert_int_equal(tp_read_full(fd, &h.h, sizeof h.h), 0);
+    assert_int_equal(h.h.magic, WIRE_HELLO);
+    assert_int_equal(h.h.status, NVIPCFIX_FD_REFUSED);
+    const unsigned char zero[16] = {0};
+    assert_memory_equal(h.h.proof, zero, 16);
+    char b;
+    assert_int_equal(read(fd, &b, 1), 0);
+    close(fd);
+    assert_int_equal(atomic_load(&server.refused) - refused, 1);
+    /* a nonce of one connection is nothing on another: the server ends it
+     * unanswered (no nonce was given there) */
+    fd = dial(&addr);
+    assert_true(fd >= 0);
+    send_keep_request(fd, 3, nc, h2.next, &h);
+    assert_true(read(fd, &b, 1) <= 0); /* end of stream, or reset: the proof was not read */
+    close(fd);
+    /* a wrong proof with the nonce given: refused before the server proves */
+    fd = dial(&addr);
+    send_keep_request(fd, 3, nc, NULL, &h);
+    assert_int_equal(tp_read_full(fd, &h, sizeof h), 0);
+    nvipcfix_fd_proof(key, 'C', 3, nc, h.h.nonce, &addr, proof);
+    assert_int_equal(tp_write_full(fd, proof, 16), 0);
+    assert_int_equal(read_answer(fd, &came), 0);
+    key[0] ^= 1; /* not export 3's secret */
+    struct {
+        struct wire_request q;
+        unsigned char proof[16];
+    } forged = {{0x71766e4du, 2, 3, WIRE_KEEP_NEXT | WIRE_PROVEN, {11}}, {0}};
+    nvipcfix_fd_proof(key, 'C', 3, forged.q.nonce, h.next, &addr, forged.proof);
+    assert_int_equal(tp_write_full(fd, &forged, sizeof forged), 0);
+    assert_int_equal(tp_read_full(fd, &h.h, sizeof h.h), 0);
+    assert_int_equal(h.h.status, NVIPCFIX_FD_REFUSED);
+    assert_memory_equal(h.h.proof, zero, 16);
+    assert_int_equal(read(fd, &b, 1), 0);
+    close(fd);
+    assert_int_equal(atomic_load(&server.refused) - refused, 2);
+    assert_int_equal(settle_to(before), before);
+}
+
+/* A made-up server of export 5 for two requests on one connection, each
+ * answered with one descriptor: how 0 as an older nvipcfix (no nonce for
+ * the next request: the second is a whole exchange again), 1 one that
+ * gives the nonce and reads the second request's proof right after it (a
+ * client waiting for a hello first would wait here until its deadline),
+ * 2 like 1 but answering the second with a wrong proof and a descriptor.
+ * Exits 0 when the client did as the protocol says. */
+static void serve_twice(int fd, const struct nvipcfix_fd_address *me, int how)
+{
+    unsigned char key[16], proof[16], want[16], last_next[16];
+    struct wire_hello_next h = {{WIRE_HELLO, 0, {42}, {0}}, {43}};
+    struct wire_head head = {0x72766e4du, 0, 0, 1};
+    uint64_t places[2] = {4096, 0};
+    struct wire_batch e = {'E', 0, 0};
+    key_of(5, key);
+    signal(SIGPIPE, SIG_IGN);
+    int c = accept(fd, NULL, NULL);
+    for (int round = 0; round < 2; round++) {
+        struct wire_request q;
+        int proven = how > 0 && round == 1;
+        if (c < 0 || tp_read_full(c, &q, sizeof q) != 0)
+            _exit(1);
+        if ((q.zero & WIRE_KEEP_NEXT) != WIRE_KEEP_NEXT || ((q.zero & WIRE_PROVEN) != 0) != proven)
+            _exit(2);
+        memcpy(last_next, h.next, 16);
+        h.next[0]++;
+        if (proven) {
+            if (tp_read_full(c, proof, 16) != 0)
+                _exit(3);
+            nvipcfix_fd_proof(key, 'C', 5, q.nonce, last_next, me, want);
+            if (memcmp(proof, want, 16) != 0)
+                _exit(4);
+            nvipcfix_fd_proof(key, 'S', 5, q.nonce, last_next, me, h.h.proof);
+            h.h.proof[0] ^= how == 2;
+        } else {
+            h.h.nonce[0]++;
+            nvipcfix_fd_proof(key, 'S', 5, q.nonce, h.h.nonce, me, h.h.proof);
+        }
+        h.h.magic = how > 0 ? WIRE_HELLO_NEXT : WIRE_HELLO;
+        if (tp_write_full(c, &h, how > 0 ? sizeof h : sizeof h.h) != 0)
+            _exit(5);
+        if (!proven) {
+            nvipcfix_fd_proof(key, 'C', 5, q.nonce, h.h.nonce, me, want);
+            if (tp_read_full(c, proof, 16) != 0 || memcmp(proof, want, 16) != 0)
+                _exit(6);
+        }
+        /* the answer to a wrong proof may find the client gone */
+        if ((tp_write_full(c, &head, sizeof head) != 0 ||
+             tp_write_full(c, places, sizeof places) != 0 ||
+             send_with_fds(c, &e, sizeof e, 1) != 0) &&
+            !(how == 2 && round == 1))
+            _exit(7);
+    }
+    char end;
+    read(c, &end, 1); /* until the client hangs up */
+    _exit(0);
+}
+
+/* The client's side: on a kept connection it sends its proof with the
+ * request when the server gave a nonce for it (and still talks to a server
+ * that gives none), and takes nothing from an answer whose proof is
+ * wrong. */
+static void test_kept_connection_one_round_trip(void **state)
+{
+    (void)state;
+    for (int how = 0; how < 3; how++) {
+        int ready[2];
+        struct nvipcfix_fd_address fake;
+        assert_int_equal(pipe(ready), 0);
+        pid_t child = fork();
+        if (child == 0) {
+            struct nvipcfix_fd_address me = {geteuid(), getpid(), pid_ns(), 0xcafe0 + how, 0};
+            int fd = bind_as(&me);
+            if (fd < 0 || tp_write_full(ready[1], &me, sizeof me) != 0)
+                _exit(8);
+            serve_twice(fd, &me, how);
+        }
+        close(ready[1]);
+        assert_int_equal(tp_read_full(ready[0], &fake, sizeof fake), 0);
+        close(ready[0]);
+        nvipcfix_fd_kept_forget(); /* none kept from the tests before: their threads end */
+        for (int i = 0; i < 5000 && atomic_load(&server.clients) > 0; i++)
+            usleep(1000);
+        int before = quiet_fds();
+        unsigned char key[16];
+        key_of(5, key);
+        struct nvipcfix_fd_taker t;
+        int st[2];
+        uint32_t taken[2];
+        for (int round = 0; round < 2; round++) {
+            struct got g = {0};
+            int32_t err;
+            t = (struct nvipcfix_fd_taker){begin, take, &g};
+            st[round] = nvipcfix_fd_request_kept(&fake, dir, 5, key, 3000, &t, &err);
+            taken[round] = g.taken;
+        }
+        nvipcfix_fd_kept_forget(); /* the client hangs up */
+        int status;
+        assert_int_equal(waitpid(child, &status, 0), child);
+        print_message("[ INFO     ] server %d: statuses %d %d, server's exit %d\n", how, st[0],
+                      st[1], WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+        assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        assert_int_equal(st[0], NVIPCFIX_FD_OK);
+        assert_int_equal(taken[0], 1);
+        assert_int_equal(st[1], how == 2 ? NVIPCFIX_FD_NO_PROOF : NVIPCFIX_FD_OK);
+        assert_int_equal(taken[1], how == 2 ? 0 : 1);
+        assert_int_equal(open_fds(), before);
+    }
 }
 
 /* The server gives up a connection idle too long; the next request
@@ -1035,6 +1302,8 @@ int main(void)
         cmocka_unit_test(test_fork_child_serves_itself),
         cmocka_unit_test(test_fork_mid_batch_leaves_child_nothing),
         cmocka_unit_test(test_kept_connection_proves_every_request),
+        cmocka_unit_test(test_next_nonce_is_good_once),
+        cmocka_unit_test(test_kept_connection_one_round_trip),
         cmocka_unit_test(test_kept_connection_given_up_is_replaced),
         cmocka_unit_test(test_exporter_fork_leaves_kept_connection_nobody),
         cmocka_unit_test(test_kept_connections_delay_nobody),
