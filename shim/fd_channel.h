@@ -11,8 +11,8 @@
  * SipHash-2-4-128, keyed_hash.h):
  *
  *   client -> server  export id, client nonce Nc (16 random bytes)
- *   server -> client  server nonce Ns, H(secret; "S", id, Nc, Ns, address)
- *   client -> server  H(secret; "C", id, Nc, Ns, address)
+ *   server -> client  server nonce Ns, H(secret; "S", id, address, Nc, Ns)
+ *   client -> server  H(secret; "C", id, address, Nc, Ns)
  *   server -> client  the offer (sizes and places), then the descriptors
  *
  * The client first checks with SO_PEERCRED that the listening process runs
@@ -30,8 +30,8 @@
  * for the next request (good for that one only), and the next request
  * carries the client's proof over it:
  *
- *   client -> server  export id, Nc, H(secret; "C", id, Nc, Ns', address)
- *   server -> client  H(secret; "S", id, Nc, Ns', address), the next Ns'',
+ *   client -> server  export id, Nc, H(secret; "C", id, address, Nc, Ns')
+ *   server -> client  H(secret; "S", id, address, Nc, Ns'), the next Ns'',
  *                     the offer, then the descriptors
  *
  * The client sends that proof only to the process whose proof over another

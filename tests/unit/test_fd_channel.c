@@ -1033,6 +1033,28 @@ static void test_next_nonce_is_good_once(void **state)
     assert_int_equal(read(fd, &b, 1), 0);
     close(fd);
     assert_int_equal(atomic_load(&server.refused) - refused, 2);
+    /* a request with its proof that keeps the connection but takes no
+     * nonce for the next is answered; the same bytes again get nothing */
+    key_of(3, key);
+    fd = dial(&addr);
+    send_keep_request(fd, 3, nc, NULL, &h);
+    assert_int_equal(tp_read_full(fd, &h, sizeof h), 0);
+    nvipcfix_fd_proof(key, 'C', 3, nc, h.h.nonce, &addr, proof);
+    assert_int_equal(tp_write_full(fd, proof, 16), 0);
+    assert_int_equal(read_answer(fd, &came), 0);
+    struct {
+        struct wire_request q;
+        unsigned char proof[16];
+    } keep_only = {{0x71766e4du, 2, 3, 1u /* KEEP */ | WIRE_PROVEN, {12}}, {0}};
+    nvipcfix_fd_proof(key, 'C', 3, keep_only.q.nonce, h.next, &addr, keep_only.proof);
+    assert_int_equal(tp_write_full(fd, &keep_only, sizeof keep_only), 0);
+    assert_int_equal(tp_read_full(fd, &h.h, sizeof h.h), 0);
+    assert_int_equal(h.h.magic, WIRE_HELLO);
+    assert_int_equal(read_answer(fd, &came), 0);
+    assert_int_equal(came, 3);
+    assert_int_equal(tp_write_full(fd, &keep_only, sizeof keep_only), 0);
+    assert_true(read(fd, &b, 1) <= 0);
+    close(fd);
     assert_int_equal(settle_to(before), before);
 }
 
@@ -1041,7 +1063,9 @@ static void test_next_nonce_is_good_once(void **state)
  * the next request: the second is a whole exchange again), 1 one that
  * gives the nonce and reads the second request's proof right after it (a
  * client waiting for a hello first would wait here until its deadline),
- * 2 like 1 but answering the second with a wrong proof and a descriptor.
+ * 2 like 1 but answering the second with a wrong proof and a descriptor,
+ * 3 one that gives a nonce to a request that did not ask for one (the
+ * client must hang up at once, not wait for the rest of a hello).
  * Exits 0 when the client did as the protocol says. */
 static void serve_twice(int fd, const struct nvipcfix_fd_address *me, int how)
 {
@@ -1058,6 +1082,14 @@ static void serve_twice(int fd, const struct nvipcfix_fd_address *me, int how)
         int proven = how > 0 && round == 1;
         if (c < 0 || tp_read_full(c, &q, sizeof q) != 0)
             _exit(1);
+        if (how == 3) { /* 56 bytes where the client expects 40 */
+            struct wire_hello_next unasked = {{WIRE_HELLO_NEXT, 0, {42}, {0}}, {43}};
+            nvipcfix_fd_proof(key, 'S', 5, q.nonce, unasked.h.nonce, me, unasked.h.proof);
+            if (q.zero != 0 || tp_write_full(c, &unasked, sizeof unasked) != 0 ||
+                tp_read_full(c, proof, 16) == 0)
+                _exit(2);
+            _exit(0);
+        }
         if ((q.zero & WIRE_KEEP_NEXT) != WIRE_KEEP_NEXT || ((q.zero & WIRE_PROVEN) != 0) != proven)
             _exit(2);
         memcpy(last_next, h.next, 16);
@@ -1096,12 +1128,12 @@ static void serve_twice(int fd, const struct nvipcfix_fd_address *me, int how)
 
 /* The client's side: on a kept connection it sends its proof with the
  * request when the server gave a nonce for it (and still talks to a server
- * that gives none), and takes nothing from an answer whose proof is
- * wrong. */
+ * that gives none), takes nothing from an answer whose proof is wrong, and
+ * refuses a nonce it did not ask for at once. */
 static void test_kept_connection_one_round_trip(void **state)
 {
     (void)state;
-    for (int how = 0; how < 3; how++) {
+    for (int how = 0; how < 4; how++) {
         int ready[2];
         struct nvipcfix_fd_address fake;
         assert_int_equal(pipe(ready), 0);
@@ -1123,14 +1155,17 @@ static void test_kept_connection_one_round_trip(void **state)
         unsigned char key[16];
         key_of(5, key);
         struct nvipcfix_fd_taker t;
-        int st[2];
-        uint32_t taken[2];
-        for (int round = 0; round < 2; round++) {
+        int st[2] = {-1, -1};
+        uint32_t taken[2] = {0, 0};
+        double t0 = now_ms(), took = 0;
+        for (int round = 0; round < (how == 3 ? 1 : 2); round++) {
             struct got g = {0};
             int32_t err;
             t = (struct nvipcfix_fd_taker){begin, take, &g};
-            st[round] = nvipcfix_fd_request_kept(&fake, dir, 5, key, 3000, &t, &err);
+            st[round] = how == 3 ? nvipcfix_fd_request(&fake, dir, 5, key, 3000, &t, &err)
+                                 : nvipcfix_fd_request_kept(&fake, dir, 5, key, 3000, &t, &err);
             taken[round] = g.taken;
+            took = now_ms() - t0;
         }
         nvipcfix_fd_kept_forget(); /* the client hangs up */
         int status;
@@ -1138,6 +1173,13 @@ static void test_kept_connection_one_round_trip(void **state)
         print_message("[ INFO     ] server %d: statuses %d %d, server's exit %d\n", how, st[0],
                       st[1], WIFEXITED(status) ? WEXITSTATUS(status) : -1);
         assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        if (how == 3) {
+            assert_int_equal(st[0], NVIPCFIX_FD_BROKEN);
+            assert_int_equal(taken[0], 0);
+            assert_true(took < 1500); /* not the deadline (3 s) */
+            assert_int_equal(open_fds(), before);
+            continue;
+        }
         assert_int_equal(st[0], NVIPCFIX_FD_OK);
         assert_int_equal(taken[0], 1);
         assert_int_equal(st[1], how == 2 ? NVIPCFIX_FD_NO_PROOF : NVIPCFIX_FD_OK);
