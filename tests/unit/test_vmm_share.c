@@ -358,6 +358,31 @@ static void test_another_process_maps_what_was_exported(void **state)
     assert_int_equal(run_child(&t, 2 * CHUNK, 0x11), 0);
 }
 
+/* Opens one after another from one exporter: each a whole exchange, the
+ * second and third on the connection the first kept, in one round trip
+ * each (their proof with the request), every byte right. */
+static void test_opens_in_a_row_take_one_round_trip(void **state)
+{
+    (void)state;
+    struct nvipcfix_vmm_ticket t = export(va + CHUNK + 9);
+    unsigned long one_trip = atomic_load(&vmm.server.one_trip);
+    unsigned long served = atomic_load(&vmm.server.served);
+    pid_t child = fork();
+    if (child == 0) {
+        for (int i = 0; i < 3; i++) {
+            int r = child_maps(&t, 2 * CHUNK, 0x11);
+            if (r != 0)
+                _exit(r);
+        }
+        _exit(0);
+    }
+    int st;
+    assert_int_equal(waitpid(child, &st, 0), child);
+    assert_true(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    assert_int_equal(atomic_load(&vmm.server.served) - served, 3);
+    assert_int_equal(atomic_load(&vmm.server.one_trip) - one_trip, 2);
+}
+
 /* An export with a chunk replaced since is not served at all (all or
  * nothing), and never the newer memory at the same place. */
 static void test_replaced_chunks_are_never_served(void **state)
@@ -886,6 +911,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_export_again_is_a_look_up),
         cmocka_unit_test(test_export_again_notices_changes),
         cmocka_unit_test(test_another_process_maps_what_was_exported),
+        cmocka_unit_test(test_opens_in_a_row_take_one_round_trip),
         cmocka_unit_test(test_replaced_chunks_are_never_served),
         cmocka_unit_test(test_records_of_freed_memory_are_swept),
         cmocka_unit_test(test_many_chunks_arrive_in_batches),
