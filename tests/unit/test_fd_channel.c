@@ -654,24 +654,35 @@ static void serve_malformed(int fd, const struct nvipcfix_fd_address *me, int ho
     _exit(0);
 }
 
+/* A made-up server in a child, on a name of its own (nonce), serving with
+ * serve(its socket, its address, how); its address into *fake. */
+static pid_t fake_server(uint32_t nonce,
+                         void (*serve)(int, const struct nvipcfix_fd_address *, int), int how,
+                         struct nvipcfix_fd_address *fake)
+{
+    int ready[2];
+    assert_int_equal(pipe(ready), 0);
+    pid_t child = fork();
+    if (child == 0) {
+        struct nvipcfix_fd_address me = {geteuid(), getpid(), pid_ns(), nonce, 0};
+        int fd = bind_as(&me);
+        if (fd < 0 || tp_write_full(ready[1], &me, sizeof me) != 0)
+            _exit(8);
+        serve(fd, &me, how);
+    }
+    assert_true(child > 0);
+    close(ready[1]);
+    assert_int_equal(tp_read_full(ready[0], fake, sizeof *fake), 0);
+    close(ready[0]);
+    return child;
+}
+
 static void test_malformed_batches_leak_nothing(void **state)
 {
     (void)state;
     for (int how = 0; how < 7; how++) {
-        int ready[2];
         struct nvipcfix_fd_address fake;
-        assert_int_equal(pipe(ready), 0);
-        pid_t child = fork();
-        if (child == 0) {
-            struct nvipcfix_fd_address me = {geteuid(), getpid(), pid_ns(), 0xbad0 + how, 0};
-            int fd = bind_as(&me);
-            if (fd < 0 || tp_write_full(ready[1], &me, sizeof me) != 0)
-                _exit(4);
-            serve_malformed(fd, &me, how);
-        }
-        close(ready[1]);
-        assert_int_equal(tp_read_full(ready[0], &fake, sizeof fake), 0);
-        close(ready[0]);
+        pid_t child = fake_server(0xbad0 + how, serve_malformed, how, &fake);
         int before = quiet_fds();
         struct got g = {0};
         unsigned char key[16];
@@ -958,6 +969,25 @@ static void send_keep_request(int fd, uint32_t id, const unsigned char nonce[16]
     memset(h, 0, sizeof *h);
 }
 
+/* A new connection and a whole first request for export 3 on it, kept,
+ * with the nonce for the next request: its hello into *h. */
+static int first_request(const unsigned char nc[16], struct wire_hello_next *h)
+{
+    unsigned char key[16], proof[16];
+    uint32_t came;
+    key_of(3, key);
+    int fd = dial(&addr);
+    assert_true(fd >= 0);
+    send_keep_request(fd, 3, nc, NULL, h);
+    assert_int_equal(tp_read_full(fd, h, sizeof *h), 0);
+    assert_int_equal(h->h.magic, WIRE_HELLO_NEXT);
+    nvipcfix_fd_proof(key, 'C', 3, nc, h->h.nonce, &addr, proof);
+    assert_int_equal(tp_write_full(fd, proof, 16), 0);
+    assert_int_equal(read_answer(fd, &came), 0);
+    assert_int_equal(came, 3);
+    return fd;
+}
+
 /* The server's side of the one round trip: each hello gives the nonce for
  * the next request, which is good for that request only, on that
  * connection only, and only with the right proof; the server proves
@@ -965,23 +995,15 @@ static void send_keep_request(int fd, uint32_t id, const unsigned char nonce[16]
 static void test_next_nonce_is_good_once(void **state)
 {
     (void)state;
-    unsigned char key[16], nc[16] = {9, 9, 9}, want[16], proof[16];
+    unsigned char key[16], nc[16] = {9, 9, 9}, want[16];
     struct wire_hello_next h, h2;
     uint32_t came;
     key_of(3, key);
     int before = quiet_fds();
     unsigned long refused = atomic_load(&server.refused);
     unsigned long one_trip = atomic_load(&server.one_trip);
-    int fd = dial(&addr);
-    assert_true(fd >= 0);
     /* the first request: a whole exchange, and the nonce for the next */
-    send_keep_request(fd, 3, nc, NULL, &h);
-    assert_int_equal(tp_read_full(fd, &h, sizeof h), 0);
-    assert_int_equal(h.h.magic, WIRE_HELLO_NEXT);
-    nvipcfix_fd_proof(key, 'C', 3, nc, h.h.nonce, &addr, proof);
-    assert_int_equal(tp_write_full(fd, proof, 16), 0);
-    assert_int_equal(read_answer(fd, &came), 0);
-    assert_int_equal(came, 3);
+    int fd = first_request(nc, &h);
     /* the next: the proof over the given nonce goes with the request, and
      * the server's proof over it comes back with the answer */
     nc[0] = 10;
@@ -1014,12 +1036,7 @@ static void test_next_nonce_is_good_once(void **state)
     assert_true(read(fd, &b, 1) <= 0); /* end of stream, or reset: the proof was not read */
     close(fd);
     /* a wrong proof with the nonce given: refused before the server proves */
-    fd = dial(&addr);
-    send_keep_request(fd, 3, nc, NULL, &h);
-    assert_int_equal(tp_read_full(fd, &h, sizeof h), 0);
-    nvipcfix_fd_proof(key, 'C', 3, nc, h.h.nonce, &addr, proof);
-    assert_int_equal(tp_write_full(fd, proof, 16), 0);
-    assert_int_equal(read_answer(fd, &came), 0);
+    fd = first_request(nc, &h);
     key[0] ^= 1; /* not export 3's secret */
     struct {
         struct wire_request q;
@@ -1036,12 +1053,7 @@ static void test_next_nonce_is_good_once(void **state)
     /* a request with its proof that keeps the connection but takes no
      * nonce for the next is answered; the same bytes again get nothing */
     key_of(3, key);
-    fd = dial(&addr);
-    send_keep_request(fd, 3, nc, NULL, &h);
-    assert_int_equal(tp_read_full(fd, &h, sizeof h), 0);
-    nvipcfix_fd_proof(key, 'C', 3, nc, h.h.nonce, &addr, proof);
-    assert_int_equal(tp_write_full(fd, proof, 16), 0);
-    assert_int_equal(read_answer(fd, &came), 0);
+    fd = first_request(nc, &h);
     struct {
         struct wire_request q;
         unsigned char proof[16];
@@ -1134,20 +1146,8 @@ static void test_kept_connection_one_round_trip(void **state)
 {
     (void)state;
     for (int how = 0; how < 4; how++) {
-        int ready[2];
         struct nvipcfix_fd_address fake;
-        assert_int_equal(pipe(ready), 0);
-        pid_t child = fork();
-        if (child == 0) {
-            struct nvipcfix_fd_address me = {geteuid(), getpid(), pid_ns(), 0xcafe0 + how, 0};
-            int fd = bind_as(&me);
-            if (fd < 0 || tp_write_full(ready[1], &me, sizeof me) != 0)
-                _exit(8);
-            serve_twice(fd, &me, how);
-        }
-        close(ready[1]);
-        assert_int_equal(tp_read_full(ready[0], &fake, sizeof fake), 0);
-        close(ready[0]);
+        pid_t child = fake_server(0xcafe0 + how, serve_twice, how, &fake);
         nvipcfix_fd_kept_forget(); /* none kept from the tests before: their threads end */
         for (int i = 0; i < 5000 && atomic_load(&server.clients) > 0; i++)
             usleep(1000);
