@@ -504,21 +504,21 @@ static int serve_one(struct nvipcfix_fd_server *s, int sock, struct next_nonce *
     nvipcfix_fd_proof(key, 'S', q.export_id, q.nonce, h.h.nonce, &s->address, h.h.proof);
     nvipcfix_fd_proof(key, 'C', q.export_id, q.nonce, h.h.nonce, &s->address, want);
     memset(key, 0, sizeof key);
-    int right = proven && nvipcfix_equal_ct(got, want, sizeof want);
-    if (proven && !right) { /* refused before our proof goes */
-        atomic_fetch_add(&s->refused, 1);
-        send_status(&l, NVIPCFIX_FD_REFUSED);
-        return 0;
-    }
-    if (right)
+    if (proven) {
+        if (!nvipcfix_equal_ct(got, want, sizeof want)) { /* refused before our proof goes */
+            atomic_fetch_add(&s->refused, 1);
+            send_status(&l, NVIPCFIX_FD_REFUSED);
+            return 0;
+        }
         atomic_fetch_add(&s->one_trip, 1);
+    }
     if (gives_next)
         h.h.magic = HELLO_NEXT_MAGIC;
     if (send_all(&l, &h, gives_next ? sizeof h : sizeof h.h) != 0 ||
         (!proven && recv_all(&l, got, sizeof got) != 0))
         return 0;
     struct nvipcfix_fd_reply r = {0};
-    if (!right && !nvipcfix_equal_ct(got, want, sizeof want)) {
+    if (!nvipcfix_equal_ct(got, want, sizeof want)) {
         r.status = NVIPCFIX_FD_REFUSED;
         atomic_fetch_add(&s->refused, 1);
     } else {
@@ -1070,18 +1070,20 @@ static int same_server(const struct nvipcfix_fd_address *a, const struct nvipcfi
            a->nonce == b->nonce && (a->in_dir != 0) == (b->in_dir != 0);
 }
 
-/* The connection kept for to, now this thread's (and the server's nonce
- * for its next request into *next, if it gave one); -1 if none. */
-static int take_kept(const struct nvipcfix_fd_address *to, struct nonces *next)
+/* The connection kept for to, now this thread's (with the server's nonce
+ * for its next request in next, *has_next when it gave one); -1 if none. */
+static int take_kept(const struct nvipcfix_fd_address *to, unsigned char next[NONCE_BYTES],
+                     int *has_next)
 {
     int fd = -1;
+    *has_next = 0;
     pthread_mutex_lock(&kept_lock);
     for (int i = 0; i < KEPT_SLOTS && fd < 0; i++)
         if (kept[i].fd >= 0 && same_server(&kept[i].to, to)) {
             fd = kept[i].fd;
             kept[i].fd = -1;
-            next->has_out = kept[i].has_next;
-            memcpy(next->out, kept[i].next, sizeof next->out);
+            *has_next = kept[i].has_next;
+            memcpy(next, kept[i].next, NONCE_BYTES);
             memset(kept[i].next, 0, sizeof kept[i].next);
         }
     pthread_mutex_unlock(&kept_lock);
@@ -1166,11 +1168,12 @@ int nvipcfix_fd_request_kept(const struct nvipcfix_fd_address *to, const char *d
                              int timeout_ms, const struct nvipcfix_fd_taker *taker,
                              int32_t *driver_error)
 {
-    struct nonces last = {NULL, {0}, 0};
-    int fd = take_kept(to, &last);
+    unsigned char last[NONCE_BYTES];
+    int has_last;
+    int fd = take_kept(to, last, &has_last);
     if (fd >= 0) {
         struct link l = {fd, now_ms() + (timeout_ms > 0 ? timeout_ms : 1), 0};
-        struct nonces nn = {last.has_out ? last.out : NULL, {0}, 0};
+        struct nonces nn = {has_last ? last : NULL, {0}, 0};
         int heard = 0;
         *driver_error = 0;
         int st = exchange(&l, to, export_id, secret, taker, driver_error,
