@@ -28,6 +28,7 @@
 #include <stdint.h>
 
 #include "handle_tag.h"
+#include "handle_word.h"
 
 /* When the cache reaches this many blocks, the entries of blocks that no
  * longer exist are dropped; the next sweep comes when it holds twice as many
@@ -132,18 +133,12 @@ static inline int nvipcfix_export_cache_fast_find(struct nvipcfix_export_cache *
                                                   const unsigned char handle[NVIPCFIX_HANDLE_BYTES],
                                                   uint64_t *base, uint64_t *size, uint64_t *check)
 {
-    /* The handle's words read where they are (no copy). */
-#define NVIPCFIX_HANDLE_WORD_(i)                                              \
-    __extension__({                                                          \
-        uint64_t v_;                                                         \
-        __builtin_memcpy(&v_, handle + 8 * (i), sizeof v_);                  \
-        v_;                                                                  \
-    })
+    /* The handle's words read where they are, in the driver's pieces. */
     struct nvipcfix_export_slot *s = atomic_load_explicit(&c->fast, memory_order_acquire);
     if (s == NULL)
         return 0; /* nothing recorded yet */
-    uint64_t w5 = NVIPCFIX_HANDLE_WORD_(5);
-    s += nvipcfix_export_bucket_of(NVIPCFIX_HANDLE_WORD_(2), NVIPCFIX_HANDLE_WORD_(3), w5);
+    uint64_t w5 = nvipcfix_handle_word(handle, 5);
+    s += nvipcfix_export_bucket_of(nvipcfix_handle_word(handle, 2), nvipcfix_handle_word(handle, 3), w5);
     for (int way = 0; way < NVIPCFIX_EXPORT_FAST_WAYS; way++, s++) {
         uint64_t seq = atomic_load_explicit(&s->seq, memory_order_acquire);
         /* bytes 40-47 first, the object id, which differs most */
@@ -152,8 +147,8 @@ static inline int nvipcfix_export_cache_fast_find(struct nvipcfix_export_cache *
         uint64_t diff = seq & 1;
 #pragma GCC unroll 8
         for (int i = 0; i < NVIPCFIX_EXPORT_KEY_WORDS; i++)
-            diff |= atomic_load_explicit(&s->key[i], memory_order_acquire) ^
-                    NVIPCFIX_HANDLE_WORD_(i);
+            diff |= nvipcfix_handle_word_xor(handle, i,
+                                             atomic_load_explicit(&s->key[i], memory_order_acquire));
         if (diff != 0)
             continue;
         uint64_t b = atomic_load_explicit(&s->base, memory_order_acquire);
@@ -167,7 +162,6 @@ static inline int nvipcfix_export_cache_fast_find(struct nvipcfix_export_cache *
         return 1;
     }
     return 0;
-#undef NVIPCFIX_HANDLE_WORD_
 }
 
 /* Records the driver's handle of a block, replacing whatever was recorded

@@ -36,6 +36,7 @@
 #include <stdint.h>
 
 #include "handle_tag.h"
+#include "handle_word.h"
 
 /* A power of two: 512 buckets of two slots of 88 bytes (88 KiB), allocated
  * at the first answer recorded and written through at once, so that no
@@ -131,11 +132,14 @@ static inline int nvipcfix_export_memo_apply(const struct nvipcfix_export_memo_p
     uint64_t diff = 0;
 #pragma GCC unroll 8
     for (int i = 0; i < NVIPCFIX_EXPORT_MEMO_WORDS; i++) {
-        uint64_t w;
-        __builtin_memcpy(&w, handle + 8 * i, sizeof w);
-        diff |= atomic_load_explicit(&s->key[i], memory_order_acquire) ^ w;
+        diff |= nvipcfix_handle_word_xor(handle, i, /* in the driver's pieces */
+                                         atomic_load_explicit(&s->key[i], memory_order_relaxed));
+        __asm__ volatile("" : "+r"(diff)); /* word by word: no spills */
     }
-    uint64_t t = atomic_load_explicit(&s->tail, memory_order_acquire);
+    uint64_t t = atomic_load_explicit(&s->tail, memory_order_relaxed);
+    /* A value a writer stored (release) after marking the slot, read
+     * above, makes the mark visible to the load of seq after this fence. */
+    atomic_thread_fence(memory_order_acquire);
     if (diff != 0 || atomic_load_explicit(&s->seq, memory_order_relaxed) != p->seq)
         return 0; /* another handle, or the slot changed while read */
     if (t != 0)
