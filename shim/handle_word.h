@@ -6,34 +6,45 @@
  * buffer only when one store holds all of its bytes; one that spans two
  * stores waits until they reach the cache. The driver (580.159.04, x86-64)
  * writes a handle field by field: bytes 8-15, 24-31 and 48-55 as two
- * 4-byte stores each, 32-35 as one, 36 and 37 a byte each, 38-39 as two
- * bytes, the other words 8 bytes at a time. Measured on the H200 machine
- * (docs/performance.md, commit of this file): reading the handle as 8
- * words of 8 bytes right after the call cost 9.7 ns a call, 2.7-5.3 ns for
- * each of words 1, 3, 4 and 6 read alone, nothing for the others; the
- * same bytes in the driver's pieces cost nothing measurable.
+ * 4-byte stores each, 32-35 as one, 36 and 37 a byte each, 38-39 as one
+ * 2-byte store, the other words 8 bytes at a time. Measured on the H200
+ * machine (docs/performance.md, "the handle read in the driver's
+ * pieces"): after the call, reading the handle as 8 words of 8 bytes
+ * cost 9.7 ns a call, and words 1, 3, 4 and 6 alone 2.7-5.3 ns each,
+ * where any one piece as the driver wrote it cost nothing measurable.
  *
- * So a word is read here in the driver's pieces, each piece kept a load of
- * its own (the compiler would otherwise merge them into one). The value is
- * the same whatever the driver does; a driver that writes otherwise only
- * brings the wait back. On a big-endian host, one load per word. */
+ * So a word is read here in the driver's pieces, each piece a load of its
+ * own. The value is the same whatever the driver does: a driver that
+ * writes otherwise only brings the wait back. On a big-endian host, one
+ * load per word. test_handle_word checks the values. */
 #ifndef NVIPCFIX_HANDLE_WORD_H
 #define NVIPCFIX_HANDLE_WORD_H
 
 #include <stdint.h>
 
-/* n bytes at p (1, 2, 4 or 8), little-endian, as one load: a volatile
- * one, which the compiler neither merges with its neighbours nor widens. */
+/* n bytes at p (1, 2, 4 or 8), little-endian, as one load of its own:
+ * the empty asm hides the value from the compiler, which could otherwise
+ * merge neighbouring pieces into one wider load. (memcpy: a handle may
+ * lie at any address.) */
 static inline __attribute__((always_inline)) uint64_t nvipcfix_handle_piece_(const unsigned char *p,
                                                                              unsigned n)
 {
-    if (n == 8)
-        return *(const volatile uint64_t *)(const void *)p;
-    if (n == 4)
-        return *(const volatile uint32_t *)(const void *)p;
-    if (n == 2)
-        return *(const volatile uint16_t *)(const void *)p;
-    return *(const volatile uint8_t *)p;
+    uint64_t v;
+    if (n == 8) {
+        __builtin_memcpy(&v, p, 8);
+    } else if (n == 4) {
+        uint32_t x;
+        __builtin_memcpy(&x, p, 4);
+        v = x;
+    } else if (n == 2) {
+        uint16_t x;
+        __builtin_memcpy(&x, p, 2);
+        v = x;
+    } else {
+        v = *p;
+    }
+    __asm__("" : "+r"(v));
+    return v;
 }
 
 /* Word i (0-7) of a handle, bytes 8i to 8i+7 in the host's order (what

@@ -60,6 +60,7 @@ static void drop_entry(struct nvipcfix_vmm_records *r, struct vmm_entry *e)
     memset(e->secret, 0, sizeof e->secret);
     free(e);
     r->entries--;
+    atomic_fetch_add_explicit(&r->dropped, 1, memory_order_release);
 }
 
 /* Takes the run's places [from, to) out of the address index. */
@@ -115,8 +116,10 @@ static void *volatile left_behind;
 
 void nvipcfix_vmm_records_forget(struct nvipcfix_vmm_records *r)
 {
+    uint64_t dropped = nvipcfix_vmm_records_dropped(r);
     left_behind = r->runs;
     nvipcfix_vmm_records_init(r, r->unchanged, r->arg);
+    atomic_store_explicit(&r->dropped, dropped + 1, memory_order_release); /* ids start again */
 }
 
 /* Forgets exports with a chunk gone (no importer can map them: an export

@@ -18,6 +18,7 @@
 
 #include <cuda.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -44,11 +45,21 @@ struct nvipcfix_vmm_records {
     size_t entries, chunks, sweep_at, sweep_chunks_at;
     nvipcfix_chunk_check unchanged;
     void *arg;
+    atomic_uint_least64_t dropped; /* exports dropped so far, forgotten ones included */
 };
 
 void nvipcfix_vmm_records_init(struct nvipcfix_vmm_records *r, nvipcfix_chunk_check unchanged,
                                void *arg);
 void nvipcfix_vmm_records_destroy(struct nvipcfix_vmm_records *r);
+
+/* How many exports were dropped so far. While it stands still, every
+ * export recorded when it was read is still recorded, with its id and
+ * secret (ids are given again only after a child forgets its parent's
+ * records, which counts as dropping them all): no look-up needed. */
+static inline uint64_t nvipcfix_vmm_records_dropped(struct nvipcfix_vmm_records *r)
+{
+    return atomic_load_explicit(&r->dropped, memory_order_acquire);
+}
 
 /* In a child after fork: empty (the parent's records are left behind). */
 void nvipcfix_vmm_records_forget(struct nvipcfix_vmm_records *r);

@@ -22,8 +22,6 @@ struct nvipcfix_vmm_import {
     uint64_t offsets[];             /* cap places, then cap sizes */
 };
 
-/* A hash (FNV-1a) of the kernel's boot id: the same for every process of
- * one boot of one machine. */
 /* An export made, for a repeated export of the same mapping: its ticket
  * (without the offset) and the chunks it covers, to check again. */
 #define AGAIN_MAX_CHUNKS 16   /* longer exports are not kept here */
@@ -32,6 +30,7 @@ struct nvipcfix_vmm_again {
     uint64_t buffer_id; /* the key: the first chunk's */
     CUcontext ctx;
     int start_ok; /* an export of the first chunk's start was this export too */
+    uint64_t dropped; /* the records' count of dropped exports, read before it was recorded */
     struct nvipcfix_vmm_ticket t;
     size_t n;
     UT_hash_handle hh;
@@ -42,16 +41,22 @@ struct nvipcfix_vmm_again {
  * reservation, gaps included): its ticket (without the offset), where the
  * reservation starts, and the mapping generation read before its walk.
  * While the generation stands still, nothing the walk saw has changed:
- * the same walk would find the same chunks, so the same export. */
+ * the same walk would find the same chunks, so the same export. While the
+ * records' count of dropped exports also stands still, the export is still
+ * recorded: the ticket, encoded once, is the answer. */
 struct nvipcfix_vmm_whole {
     uint64_t buffer_id; /* the key: the chunk's at the reservation's start */
     CUcontext ctx;
     uint64_t va;         /* the reservation's start */
     uint64_t generation; /* never with NVIPCFIX_MAP_GEN_UNTRACKED */
+    uint64_t dropped;    /* the records' count of dropped exports, read before it was recorded */
     struct nvipcfix_vmm_ticket t;
+    unsigned char ticket[NVIPCFIX_TICKET_BYTES]; /* t encoded */
     UT_hash_handle hh;
 };
 
+/* A hash (FNV-1a) of the kernel's boot id: the same for every process of
+ * one boot of one machine. */
 static uint32_t own_boot(void)
 {
     char buf[64];
@@ -268,7 +273,8 @@ static void widen_span(struct nvipcfix_vmm *v, uint64_t lo, uint64_t hi)
 /* Keeps an export of chunks[0, n) (up to the first gap: a reservation's
  * whole, with its gaps, is kept by remember_whole) for repeated exports. */
 static void remember(struct nvipcfix_vmm *v, CUcontext ctx, CUdeviceptr ptr,
-                     const struct chunk *chunks, size_t n, const struct nvipcfix_vmm_ticket *t)
+                     const struct chunk *chunks, size_t n, uint64_t dropped,
+                     const struct nvipcfix_vmm_ticket *t)
 {
     if (n > AGAIN_MAX_CHUNKS)
         return;
@@ -278,6 +284,8 @@ static void remember(struct nvipcfix_vmm *v, CUcontext ctx, CUdeviceptr ptr,
     if (a != NULL && a->ctx == ctx && a->n == n && a->t.export_id == t->export_id &&
         memcmp(a->chunks, chunks, n * sizeof *chunks) == 0) {
         a->start_ok |= ptr == chunks[0].va; /* the same export */
+        if (a->dropped < dropped)
+            a->dropped = dropped; /* recorded since that count */
         pthread_mutex_unlock(&v->again_lock);
         return;
     }
@@ -293,6 +301,7 @@ static void remember(struct nvipcfix_vmm *v, CUcontext ctx, CUdeviceptr ptr,
         a->buffer_id = chunks[0].buffer_id;
         a->ctx = ctx;
         a->start_ok = ptr == chunks[0].va;
+        a->dropped = dropped;
         a->t = *t;
         a->n = n;
         memcpy(a->chunks, chunks, n * sizeof *chunks);
@@ -311,7 +320,7 @@ static void remember(struct nvipcfix_vmm *v, CUcontext ctx, CUdeviceptr ptr,
  * moving the generation; such exports are walked each time). Of two
  * exports of one start, the later walk is kept. */
 static void remember_whole(struct nvipcfix_vmm *v, CUcontext ctx, const struct chunk *first,
-                           uint64_t gen, const struct nvipcfix_vmm_ticket *t)
+                           uint64_t gen, uint64_t dropped, const struct nvipcfix_vmm_ticket *t)
 {
     if ((gen & NVIPCFIX_MAP_GEN_UNTRACKED) != 0 || generation(v->driver) != gen)
         return;
@@ -339,8 +348,47 @@ static void remember_whole(struct nvipcfix_vmm *v, CUcontext ctx, const struct c
         w->ctx = ctx;
         w->va = first->va;
         w->generation = gen;
+        w->dropped = dropped;
         w->t = *t;
+        w->t.offset = 0;
+        nvipcfix_vmm_ticket_encode(w->ticket, &w->t);
     }
+    pthread_mutex_unlock(&v->again_lock);
+}
+
+/* Nonzero while export t is recorded, with its secret. */
+static int still_recorded(struct nvipcfix_vmm *v, const struct nvipcfix_vmm_ticket *t)
+{
+    unsigned char secret[NVIPCFIX_KEY_BYTES];
+    int same = nvipcfix_vmm_records_secret(&v->records, t->export_id, secret) == 0 &&
+               nvipcfix_equal_ct(secret, t->secret, sizeof secret);
+    memset(secret, 0, sizeof secret);
+    return same;
+}
+
+/* Export t, kept under key (whole: as a reservation's start's), was found
+ * recorded after `dropped` exports had been dropped: while that count
+ * stands still, it needs no look-up. */
+static void still_recorded_at(struct nvipcfix_vmm *v, int whole, uint64_t key,
+                              const struct nvipcfix_vmm_ticket *t, uint64_t dropped)
+{
+    struct nvipcfix_vmm_whole *w;
+    struct nvipcfix_vmm_again *a;
+    uint64_t *mark = NULL;
+    const struct nvipcfix_vmm_ticket *kept = NULL;
+    pthread_mutex_lock(&v->again_lock);
+    if (whole) {
+        HASH_FIND(hh, v->whole, &key, sizeof key, w);
+        if (w != NULL)
+            mark = &w->dropped, kept = &w->t;
+    } else {
+        HASH_FIND(hh, v->again, &key, sizeof key, a);
+        if (a != NULL)
+            mark = &a->dropped, kept = &a->t;
+    }
+    if (mark != NULL && *mark < dropped && kept->export_id == t->export_id &&
+        nvipcfix_equal_ct(kept->secret, t->secret, sizeof t->secret))
+        *mark = dropped;
     pthread_mutex_unlock(&v->again_lock);
 }
 
@@ -355,65 +403,63 @@ enum nvipcfix_vmm_error nvipcfix_vmm_export_again(struct nvipcfix_vmm *v, CUcont
         atomic_load(&v->server.stopping))
         return NVIPCFIX_VMM_NOT_AGAIN;
     /* The generation first: if it has not moved since a reservation's walk
-     * was made, nothing mapped or unmapped since, up to this moment. */
-    uint64_t gen = generation(d);
+     * was made, nothing mapped or unmapped since, up to this moment. So is
+     * the count of exports dropped: if it has not moved since an export
+     * was kept, the export is still recorded, with its secret. */
+    uint64_t gen = generation(d), dropped = nvipcfix_vmm_records_dropped(&v->records);
     unsigned long long id = buffer_at(d, ptr);
     if (id == 0)
         return NVIPCFIX_VMM_NOT_AGAIN;
     struct nvipcfix_vmm_again *a, got;
     struct nvipcfix_vmm_whole *w;
     uint64_t key = id;
-    int found = 0, whole = 0;
+    int found = 0, whole = 0, recorded = 0;
     pthread_mutex_lock(&v->again_lock);
     HASH_FIND(hh, v->whole, &key, sizeof key, w);
     if (w != NULL && w->ctx == ctx && w->va == ptr && w->generation == gen) {
         whole = 1; /* gen has no NVIPCFIX_MAP_GEN_UNTRACKED: w's never has */
+        recorded = w->dropped == dropped;
+        memcpy(ticket, w->ticket, NVIPCFIX_TICKET_BYTES);
         got.t = w->t;
     }
     HASH_FIND(hh, v->again, &key, sizeof key, a);
     if (!whole && a != NULL && a->ctx == ctx) {
         found = 1;
+        recorded = a->dropped == dropped;
         got.n = a->n;
         got.start_ok = a->start_ok;
         got.t = a->t;
         memcpy(got.chunks, a->chunks, a->n * sizeof *a->chunks);
     }
     pthread_mutex_unlock(&v->again_lock);
-    unsigned char secret[NVIPCFIX_KEY_BYTES];
-    if (whole) {
-        /* The chunk at ptr is the one the walk found there (buffer ids are
-         * never reused), and nothing else changed: the export stands, if
-         * it is still recorded with its secret. */
-        int same = nvipcfix_vmm_records_secret(&v->records, got.t.export_id, secret) == 0 &&
-                   nvipcfix_equal_ct(secret, got.t.secret, sizeof secret);
-        memset(secret, 0, sizeof secret);
-        if (same) {
-            got.t.offset = 0;
-            nvipcfix_vmm_ticket_encode(ticket, &got.t);
-        }
-        memset(&got.t, 0, sizeof got.t);
-        return same ? NVIPCFIX_VMM_OK : NVIPCFIX_VMM_NOT_AGAIN;
-    }
-    if (!found)
-        return NVIPCFIX_VMM_NOT_AGAIN;
-    /* ptr is in the first chunk (its buffer id is never another
-     * mapping's); an export of that chunk's start may be a reservation's,
-     * which covers more. The chunks after it must be the ones exported,
-     * and nothing mapped after them since: else the export would be
-     * another. And the export must still be recorded, with its secret. */
-    const struct chunk *c = got.chunks;
-    int same = (ptr != c[0].va || got.start_ok) && ptr - c[0].va < c[0].size &&
+    int same = whole;
+    if (found) {
+        /* ptr is in the first chunk (its buffer id is never another
+         * mapping's); an export of that chunk's start may be a
+         * reservation's, which covers more. The chunks after it must be
+         * the ones exported, and nothing mapped after them since: else the
+         * export would be another. */
+        const struct chunk *c = got.chunks;
+        same = (ptr != c[0].va || got.start_ok) && ptr - c[0].va < c[0].size &&
                ptr - c[0].va <= NVIPCFIX_TICKET_MAX_OFFSET;
-    for (size_t i = 1; same && i < got.n; i++)
-        same = chunk_unchanged(d, &c[i]);
-    same = same && buffer_at(d, c[got.n - 1].va + c[got.n - 1].size) == 0 &&
-           nvipcfix_vmm_records_secret(&v->records, got.t.export_id, secret) == 0 &&
-           nvipcfix_equal_ct(secret, got.t.secret, sizeof secret);
-    memset(secret, 0, sizeof secret);
-    if (same) {
-        got.t.offset = ptr - c[0].va;
+        for (size_t i = 1; same && i < got.n; i++)
+            same = chunk_unchanged(d, &c[i]);
+        same = same && buffer_at(d, c[got.n - 1].va + c[got.n - 1].size) == 0;
+    }
+    /* For a reservation's start: the chunk at ptr is the one the walk found
+     * there (buffer ids are never reused), and nothing else changed. Either
+     * export stands if it is still recorded, with its secret. */
+    if (same && !recorded) {
+        same = still_recorded(v, &got.t);
+        if (same)
+            still_recorded_at(v, whole, key, &got.t, dropped);
+    }
+    if (same && found) {
+        got.t.offset = ptr - got.chunks[0].va;
         nvipcfix_vmm_ticket_encode(ticket, &got.t);
     }
+    if (!same)
+        memset(ticket, 0, NVIPCFIX_TICKET_BYTES);
     memset(&got.t, 0, sizeof got.t);
     return same ? NVIPCFIX_VMM_OK : NVIPCFIX_VMM_NOT_AGAIN;
 }
@@ -426,6 +472,7 @@ enum nvipcfix_vmm_error nvipcfix_vmm_export(struct nvipcfix_vmm *v, CUcontext ct
     if (!has_vmm_calls(d))
         return NVIPCFIX_VMM_NO_DRIVER;
     uint64_t gen = generation(d); /* before anything is asked (remember_whole) */
+    uint64_t dropped = nvipcfix_vmm_records_dropped(&v->records); /* before it is recorded */
     CUmemGenericAllocationHandle h;
     CUmemAllocationProp prop;
     memset(&prop, 0, sizeof prop);
@@ -481,9 +528,9 @@ enum nvipcfix_vmm_error nvipcfix_vmm_export(struct nvipcfix_vmm *v, CUcontext ct
     struct nvipcfix_vmm_ticket made;
     enum nvipcfix_vmm_error e = make_ticket(v, ctx, ptr, chunks, n, device, ticket, &made);
     if (e == NVIPCFIX_VMM_OK && end == 0)
-        remember(v, ctx, ptr, chunks, n, &made);
+        remember(v, ctx, ptr, chunks, n, dropped, &made);
     else if (e == NVIPCFIX_VMM_OK && !cut_short)
-        remember_whole(v, ctx, &chunks[0], gen, &made);
+        remember_whole(v, ctx, &chunks[0], gen, dropped, &made);
     memset(&made, 0, sizeof made);
     free(chunks);
     return e;
