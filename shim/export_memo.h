@@ -133,13 +133,10 @@ static inline int nvipcfix_export_memo_apply(const struct nvipcfix_export_memo_p
 #pragma GCC unroll 8
     for (int i = 0; i < NVIPCFIX_EXPORT_MEMO_WORDS; i++) {
         diff |= nvipcfix_handle_word_xor(handle, i, /* in the driver's pieces */
-                                         atomic_load_explicit(&s->key[i], memory_order_relaxed));
+                                         atomic_load_explicit(&s->key[i], memory_order_acquire));
         __asm__ volatile("" : "+r"(diff)); /* word by word: no spills */
     }
-    uint64_t t = atomic_load_explicit(&s->tail, memory_order_relaxed);
-    /* A value a writer stored (release) after marking the slot, read
-     * above, makes the mark visible to the load of seq after this fence. */
-    atomic_thread_fence(memory_order_acquire);
+    uint64_t t = atomic_load_explicit(&s->tail, memory_order_acquire);
     if (diff != 0 || atomic_load_explicit(&s->seq, memory_order_relaxed) != p->seq)
         return 0; /* another handle, or the slot changed while read */
     if (t != 0)

@@ -54,8 +54,10 @@ void nvipcfix_vmm_records_destroy(struct nvipcfix_vmm_records *r);
 
 /* How many exports were dropped so far. While it stands still, every
  * export recorded when it was read is still recorded, with its id and
- * secret (ids are given again only after a child forgets its parent's
- * records, which counts as dropping them all): no look-up needed. */
+ * secret: no look-up needed. Ids are given again only after a child
+ * forgets its parent's records, which counts as dropping them all (the
+ * child also forgets the exports it kept, and a kept export is taken for
+ * a new one only if its secret is the same). */
 static inline uint64_t nvipcfix_vmm_records_dropped(struct nvipcfix_vmm_records *r)
 {
     return atomic_load_explicit(&r->dropped, memory_order_acquire);

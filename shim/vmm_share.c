@@ -282,6 +282,7 @@ static void remember(struct nvipcfix_vmm *v, CUcontext ctx, CUdeviceptr ptr,
     pthread_mutex_lock(&v->again_lock);
     HASH_FIND(hh, v->again, &chunks[0].buffer_id, sizeof chunks[0].buffer_id, a);
     if (a != NULL && a->ctx == ctx && a->n == n && a->t.export_id == t->export_id &&
+        nvipcfix_equal_ct(a->t.secret, t->secret, sizeof t->secret) &&
         memcmp(a->chunks, chunks, n * sizeof *chunks) == 0) {
         a->start_ok |= ptr == chunks[0].va; /* the same export */
         if (a->dropped < dropped)

@@ -2,11 +2,13 @@
  * back only for the very handle it was given for. */
 #include <pthread.h>
 #include <setjmp.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/time.h>
 #include <time.h>
 #include <cmocka.h>
 
@@ -309,6 +311,67 @@ static void test_readers_racing_writers(void **state)
     assert_memory_equal(h, r.a1, 64);
 }
 
+/* A reader that interrupts the writer anywhere in its writing: a signal
+ * handler on the writer's thread (SIGALRM every 50 us; the test runs no
+ * other thread), while it keeps replacing the slot's answer with one of
+ * two allocations' answers that differ only in the object id (bytes 40-47)
+ * and the tail. Each read gets the first allocation's answer or a miss,
+ * never the other's tail with the first's handle. (Under ThreadSanitizer,
+ * which holds signals back until a safe point, the handler never lands
+ * inside a write.) */
+static struct race irq;
+
+static void irq_read(int sig)
+{
+    (void)sig;
+    unsigned char h[64];
+    uint64_t tail;
+    int hit = export_with(irq.m, irq.ptr, irq.d1, h, &tail);
+    atomic_fetch_add_explicit(hit ? &irq.hits : &irq.misses, 1, memory_order_relaxed);
+    if (memcmp(h, hit ? irq.a1 : irq.d1, 64) != 0)
+        atomic_fetch_add_explicit(&irq.wrong, 1, memory_order_relaxed);
+}
+
+static void test_reader_interrupting_the_writer(void **state)
+{
+    irq.m = *state;
+    irq.ptr = 0x7f0000c00000 + 4096;
+    driver_handle(irq.d1, 0xa1);
+    memcpy(irq.d2, irq.d1, 64);
+    irq.d2[40] ^= 0x5a;
+    tagged(irq.a1, irq.d1, 4096, NVIPCFIX_TAG_GUARDED);
+    tagged(irq.a2, irq.d2, 4096, NVIPCFIX_TAG_PLAIN);
+    atomic_init(&irq.wrong, 0);
+    atomic_init(&irq.hits, 0);
+    atomic_init(&irq.misses, 0);
+    struct sigaction sa, old;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = irq_read;
+    sigemptyset(&sa.sa_mask);
+    sa.sa_flags = SA_RESTART;
+    assert_int_equal(sigaction(SIGALRM, &sa, &old), 0);
+    struct itimerval every = {{0, 50}, {0, 50}}, off = {{0, 0}, {0, 0}};
+    assert_int_equal(setitimer(ITIMER_REAL, &every, NULL), 0);
+    struct timespec t0, t;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    unsigned long i = 0;
+    do {
+        for (int k = 0; k < 1000; k++, i++) {
+            if (i & 1)
+                nvipcfix_export_memo_put(irq.m, irq.ptr, irq.d2, irq.a2);
+            else
+                nvipcfix_export_memo_put(irq.m, irq.ptr, irq.d1, irq.a1);
+        }
+        clock_gettime(CLOCK_MONOTONIC, &t);
+    } while ((t.tv_sec - t0.tv_sec) * 1000 + (t.tv_nsec - t0.tv_nsec) / 1000000 < RACE_MS);
+    assert_int_equal(setitimer(ITIMER_REAL, &off, NULL), 0);
+    assert_int_equal(sigaction(SIGALRM, &old, NULL), 0);
+    print_message("interrupted: %ld hits, %ld misses, %ld wrong\n", atomic_load(&irq.hits),
+                  atomic_load(&irq.misses), atomic_load(&irq.wrong));
+    assert_int_equal(atomic_load(&irq.wrong), 0);
+    assert_true(atomic_load(&irq.hits) + atomic_load(&irq.misses) > 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -326,6 +389,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_slot_being_written_is_left_alone, setup, teardown),
         cmocka_unit_test_setup_teardown(test_forget_after_fork, setup, teardown),
         cmocka_unit_test_setup_teardown(test_readers_racing_writers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_reader_interrupting_the_writer, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
