@@ -52,11 +52,13 @@ skip() { # NAME WHY
 }
 
 # ---- unit tests (cmocka) ------------------------------------------------
-# One line per test function. A test that skips prints "skipped: WHY"
-# first (tests/common/unit_skip.h); a failing one is followed by its output.
+# One line per test function, in every group of the program. A test that
+# skips prints "skipped: WHY" first (tests/common/unit_skip.h); a failing
+# one is followed by its output.
 unit_lines() { # PROGRAM-NAME < cmocka output
     awk -v prog="$1" '
-        /^\[==========\] .* run\.$/ { done = 1 }
+        /^\[==========\] .* run\.$/ { done = 1 } # a group's summary follows
+        /^\[==========\] .*Running / { done = 0; next } # the next group
         done { next }
         /^\[ RUN      \] / { name = $4; buf = ""; why = "no reason printed"; next }
         /^\[       OK \] / { print "P [ PASSED ] unit: " prog ": " name; name = ""; next }
