@@ -57,7 +57,7 @@ skip() { # NAME WHY
 # one is followed by its output.
 unit_lines() { # PROGRAM-NAME < cmocka output
     awk -v prog="$1" '
-        /^\[==========\] .* run\.$/ { done = 1 } # a group's summary follows
+        /^\[==========\] .* run\.$/ { done = 1 } # the group summary follows
         /^\[==========\] .*Running / { done = 0; next } # the next group
         done { next }
         /^\[ RUN      \] / { name = $4; buf = ""; why = "no reason printed"; next }
