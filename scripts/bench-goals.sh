@@ -18,8 +18,8 @@ fast_of() { runs_of "$1" "$2" | awk 'NR == 1 { lim = $1 * 1.25 } $1 <= lim { v[+
 fast_count() { runs_of "$1" "$2" | awk 'NR == 1 { lim = $1 * 1.25 } $1 <= lim { n++ } END { print n + 0 }'; }
 # column $1 of a file of numbers: median, the ends of its 95% confidence
 # interval (distribution-free: the values of ranks (n - 1.96 sqrt(n)) / 2
-# rounded down and (n + 1.96 sqrt(n)) / 2 rounded up, plus 1: the 10th and
-# 22nd of 31, the 6th and 16th of 21), the lowest and the highest
+# rounded down and (n + 1.96 sqrt(n)) / 2 rounded up, plus 1: the 40th and
+# 62nd of 101, the 10th and 22nd of 31), the lowest and the highest
 stat_of() { sort -n -k"$1","$1" "$2" 2>/dev/null | awk -v c="$1" '{ v[NR] = $c } END {
     if (NR == 0) exit; m = NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2
     lo = int((NR - 1.96 * sqrt(NR)) / 2); hi = (NR + 1.96 * sqrt(NR)) / 2
@@ -143,10 +143,12 @@ goals_table() {
     if [ $# -eq 15 ]; then
         # held when the median's 95% confidence interval lies at or under 1.05:
         # within the goal, and pinned down to it (the rounds themselves spread
-        # by 10% and more, native's alone as much; pinning the process to 10
-        # CPUs did not narrow them on the H200). Rounds in a row are not quite
-        # independent (the machine drifts), so the interval is if anything too
-        # narrow: the goal row shows every round's range beside it.
+        # by 10% and more, native's alone as much; on the H200 neither pinning
+        # the threads nor turning address randomization off, which gave every
+        # run of a side the same page tables, narrowed them). Rounds in a row
+        # are not quite independent (the machine drifts), so the interval is
+        # if anything too narrow: the goal row shows every round's range
+        # beside it.
         done_rounds=$(grep -c . "$OUT/fork")
         echo "| fork with 8 busy threads | $6 us (rounds $9-${10}) | ${11} us (rounds ${14}-${15}) | $1 (median of $done_rounds of $rounds rounds; its 95% confidence interval $2-$3; all $4-$5) | <= 1.05 and stable: the interval's top <= 1.05 | $(verdict "$3" 1.05) |"
     else
@@ -160,7 +162,7 @@ OUT=${1:?usage: scripts/bench-goals.sh OUT_DIR}
 [ -d "$OUT" ] || { echo "bench-goals: no folder $OUT" >&2; exit 2; }
 B=$(cd "$OUT/../.." 2>/dev/null && pwd)
 # how the run was made (scripts/bench.sh writes it); else a full GPU run's
-where="judged again from $OUT" gpu=1 quick=0 runs=20 srounds=9 rounds=31 tn=6
+where="judged again from $OUT" gpu=1 quick=0 runs=20 srounds=9 rounds=101 tn=6
 [ -f "$OUT/meta" ] && . "$OUT/meta"
 [ -f "$OUT/where" ] && where=$(cat "$OUT/where")
 torch=""

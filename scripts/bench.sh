@@ -99,12 +99,13 @@ paired_rounds() {
     : >"$file_"
     r_=1
     while [ $r_ -le $n_ ]; do
+        # (side_ tells FILTER whose run it reads)
         if [ $((r_ % 2)) = 1 ]; then
-            a=$(LD_PRELOAD= "$@" | $f_)
-            b=$(LD_PRELOAD=$LIB "$@" | $f_)
+            side_=native; a=$(LD_PRELOAD= "$@" | $f_)
+            side_=nvipcfix; b=$(LD_PRELOAD=$LIB "$@" | $f_)
         else
-            b=$(LD_PRELOAD=$LIB "$@" | $f_)
-            a=$(LD_PRELOAD= "$@" | $f_)
+            side_=nvipcfix; b=$(LD_PRELOAD=$LIB "$@" | $f_)
+            side_=native; a=$(LD_PRELOAD= "$@" | $f_)
         fi
         ratio=$(awk -v a="$a" -v b="$b" 'BEGIN { if (a > 0 && b > 0) printf "%.3f", b / a }')
         echo "| $r_ | $a | $b | $ratio |"
@@ -148,14 +149,25 @@ fi
 echo
 # fork(): ROUNDS rounds, each a native run and an nvipcfix run of FORKS forks
 # (which goes first alternating); a round's ratio is the ratio of the two
-# medians; the median of the rounds' ratios and their range.
-if [ $quick = 1 ]; then rounds=3 forks=100; else rounds=31 forks=300; fi
+# medians; the median of the rounds' ratios and their range. The rounds'
+# ratios spread by 10% and more, run by run, whatever is held alike (on the
+# H200: the same page tables and mappings with address randomization off,
+# the threads pinned): many short rounds pin the median down better than a
+# few long ones (BENCH_FORK_ROUNDS, BENCH_FORK_FORKS to change them).
+if [ $quick = 1 ]; then rounds=3 forks=100; else rounds=${BENCH_FORK_ROUNDS:-101} forks=${BENCH_FORK_FORKS:-150}; fi
 echo "## fork() in the parent while 8 threads are busy in IPC calls ($rounds rounds of $forks forks a side, us)"
 echo
 echo "| round | native median | nvipcfix median | ratio |"
 echo "| --- | --- | --- | --- |"
-med() { sed -n 's/.*median \([0-9.]*\) us.*/\1/p'; }
+med() { tee -a "$OUT/fork_lines.$side_" | sed -n 's/.*median \([0-9.]*\) us.*/\1/p'; }
 paired_rounds $rounds "$OUT/fork" med "$B/tests/fork_safety" --bench 8 $forks
+# what the threads did beside the forks, each side's median run
+fork_beside() { sed -n "s/.*calls \([0-9.]*\) a ms, minor faults \([0-9.]*\) a fork.*/\\$1/p" "$OUT/fork_lines.$2" 2>/dev/null |
+    sort -n | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'; }
+echo
+echo "Beside the forks (each side's median run): the 8 threads' calls a ms, native $(fork_beside 1 native)," \
+     "nvipcfix $(fork_beside 1 nvipcfix) (its opens and closes of a held block are answered from its table);" \
+     "minor page faults a fork, native $(fork_beside 2 native), nvipcfix $(fork_beside 2 nvipcfix)."
 echo
 echo "## VMM memory (NVIPCFIX_VMM=1) against legacy IPC, both through nvipcfix (median of 30)"
 echo
