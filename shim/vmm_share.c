@@ -627,12 +627,10 @@ int nvipcfix_vmm_own(struct nvipcfix_vmm *v, const struct nvipcfix_vmm_ticket *t
     pthread_mutex_unlock(&v->server.lock);
     if (!own)
         return 0;
-    unsigned char secret[NVIPCFIX_KEY_BYTES];
     size_t n = NVIPCFIX_FD_MAX, total, i;
     CUcontext ctx;
     struct chunk *chunks = NULL;
-    if (nvipcfix_vmm_records_secret(&v->records, t->export_id, secret) == 0 &&
-        nvipcfix_equal_ct(secret, t->secret, sizeof secret))
+    if (still_recorded(v, t))
         chunks = nvipcfix_vmm_records_get(&v->records, t->export_id, 0, &n, &total, &ctx);
     *base = chunks != NULL ? chunks[0].va : 0;
     *size = 0;
@@ -641,7 +639,6 @@ int nvipcfix_vmm_own(struct nvipcfix_vmm *v, const struct nvipcfix_vmm_ticket *t
     if (chunks != NULL && i == n)
         *size = chunks[n - 1].va + chunks[n - 1].size - chunks[0].va;
     free(chunks);
-    memset(secret, 0, sizeof secret);
     return 1;
 }
 
