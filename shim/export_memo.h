@@ -38,11 +38,16 @@
 #include "handle_tag.h"
 #include "handle_word.h"
 
-/* A power of two: 512 buckets of two slots of 88 bytes (88 KiB), allocated
- * at the first answer recorded and written through at once, so that no
- * later export takes a page fault in it (on the H200's virtual machine a
- * fault cost about 3 us, more than the memo saves in a hundred exports). */
-#define NVIPCFIX_EXPORT_MEMO_BITS 9
+/* A power of two: 1,024 buckets of two slots of 88 bytes (176 KiB),
+ * allocated at the first answer recorded and written through at once, so
+ * that no later export takes a page fault in it (on the H200's virtual
+ * machine a fault cost about 3 us, more than the memo saves in a hundred
+ * exports). Twice as many slots as the 1,024 pointers an exporter walking
+ * one block's sub-allocations may take turns with: the hash spreads such a
+ * run over the buckets evenly, two at most in one (with 512 buckets some
+ * 80 of them got three, and two of each three missed in turn, each miss a
+ * shared write). */
+#define NVIPCFIX_EXPORT_MEMO_BITS 10
 #define NVIPCFIX_EXPORT_MEMO_WAYS 2
 #define NVIPCFIX_EXPORT_MEMO_SLOTS (NVIPCFIX_EXPORT_MEMO_WAYS << NVIPCFIX_EXPORT_MEMO_BITS)
 #define NVIPCFIX_EXPORT_MEMO_WORDS (NVIPCFIX_HANDLE_BYTES / 8)

@@ -180,6 +180,37 @@ static void test_pointers_sharing_a_bucket(void **state)
     assert_int_equal(hits, 1);
 }
 
+/* An exporter walking 1,024 sub-allocations of a block, 64 bytes apart
+ * (what the fork benchmark's threads do, and a caching allocator's small
+ * tensors), in turns: after one round every export is a hit, whatever the
+ * block's address (no bucket gets a third pointer to evict another). */
+static void test_a_block_of_small_exports_stays(void **state)
+{
+    static const uint64_t bases[] = {0x7f0000000000, 0x7fe3a0200000, 0x302000000,
+                                     0x2a54000000, 0x7f1234400000};
+    unsigned char d[64], a[64], h[64];
+    uint64_t tail;
+    for (size_t b = 0; b < sizeof bases / sizeof bases[0]; b++) {
+        nvipcfix_export_memo_destroy(*state); /* a fresh memo for each block */
+        driver_handle(d, (unsigned char)(0x61 + b));
+        for (int round = 0; round < 2; round++) {
+            int hits = 0;
+            for (uint64_t k = 0; k < 1024; k++) {
+                uint64_t ptr = bases[b] + k * 64;
+                memcpy(a, d, 64);
+                if (k != 0)
+                    tagged(a, d, k * 64, NVIPCFIX_TAG_GUARDED);
+                int hit = export_with(*state, ptr, d, h, &tail);
+                assert_memory_equal(h, hit ? a : d, 64);
+                if (!hit)
+                    nvipcfix_export_memo_put(*state, ptr, d, a);
+                hits += hit;
+            }
+            assert_int_equal(hits, round == 0 ? 0 : 1024);
+        }
+    }
+}
+
 /* A slot changed between the probe (before the driver's call) and the
  * compare (after it): a miss, whatever the new contents. */
 static void test_slot_changed_during_the_call_is_a_miss(void **state)
@@ -384,6 +415,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_answers_of_other_shapes_are_not_kept, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_pointers_sharing_a_bucket, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_a_block_of_small_exports_stays, setup, teardown),
         cmocka_unit_test_setup_teardown(test_slot_changed_during_the_call_is_a_miss, setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(test_slot_being_written_is_left_alone, setup, teardown),
