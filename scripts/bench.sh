@@ -162,10 +162,10 @@ echo "| --- | --- | --- | --- |"
 med() { tee -a "$OUT/fork_lines.$side_" | sed -n 's/.*median \([0-9.]*\) us.*/\1/p'; }
 paired_rounds $rounds "$OUT/fork" med "$B/tests/fork_safety" --bench 8 $forks
 # what the threads did beside the forks, each side's median run
-fork_beside() { sed -n "s/.*calls \([0-9.]*\) a ms, minor faults \([0-9.]*\) a fork.*/\\$1/p" "$OUT/fork_lines.$2" 2>/dev/null |
+fork_beside() { sed -n "s/.*rounds \([0-9.]*\) a ms, minor faults \([0-9.]*\) a fork.*/\\$1/p" "$OUT/fork_lines.$2" 2>/dev/null |
     sort -n | awk '{ v[NR] = $1 } END { if (NR) print v[int((NR + 1) / 2)] }'; }
 echo
-echo "Beside the forks (each side's median run): the 8 threads' calls a ms, native $(fork_beside 1 native)," \
+echo "Beside the forks (each side's median run): the 8 threads' rounds of an open, a close and an export a ms, native $(fork_beside 1 native)," \
      "nvipcfix $(fork_beside 1 nvipcfix) (its opens and closes of a held block are answered from its table);" \
      "minor page faults a fork, native $(fork_beside 2 native), nvipcfix $(fork_beside 2 nvipcfix)."
 echo

@@ -18,8 +18,9 @@
  *       export their own pointers while the main thread times FORKS forks
  *       (the child exits at once). Prints the median and mean time of
  *       fork() in the parent, in microseconds, and, to show what differs
- *       between runs with and without a preload, the threads' calls per
- *       millisecond and the process's minor page faults per fork (after a
+ *       between runs with and without a preload, the threads' rounds (an
+ *       open, a close and an export each) per millisecond and the
+ *       process's minor page faults per fork (after a
  *       fork every page a thread writes faults once more).
  *   --stats-child
  *       One export, then a forked child that exits through exit(): with
@@ -48,7 +49,7 @@ static CUcontext ctx;
 static CUipcMemHandle handles[NH];
 static atomic_int stop;
 static atomic_long errors;
-static atomic_long calls; /* --bench: the threads' iterations */
+static atomic_long rounds; /* --bench: the threads' rounds of calls */
 
 static int exporter(void)
 {
@@ -98,7 +99,7 @@ static void *busy(void *arg)
         if (cuIpcOpenMemHandle(&p, handles[i % NH], CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS) ||
             cuIpcCloseMemHandle(p) || cuIpcGetMemHandle(&h, own + (i % 1024) * 64))
             atomic_fetch_add(&errors, 1);
-        atomic_fetch_add_explicit(&calls, 1, memory_order_relaxed);
+        atomic_fetch_add_explicit(&rounds, 1, memory_order_relaxed);
     }
     return NULL;
 }
@@ -169,7 +170,7 @@ int main(int argc, char **argv)
     int bad_children = 0;
     struct rusage ru0, ru1;
     getrusage(RUSAGE_SELF, &ru0);
-    long calls0 = atomic_load(&calls);
+    long rounds0 = atomic_load(&rounds);
     double start = now_us();
     for (int f = 0; f < nforks; f++) {
         double t0 = now_us();
@@ -182,7 +183,7 @@ int main(int argc, char **argv)
         bad_children += !WIFEXITED(status) || WEXITSTATUS(status) != 0;
     }
     double took = now_us() - start;
-    long calls1 = atomic_load(&calls);
+    long rounds1 = atomic_load(&rounds);
     getrusage(RUSAGE_SELF, &ru1);
     atomic_store(&stop, 1);
     for (int t = 0; t < nthreads; t++)
@@ -200,9 +201,9 @@ int main(int argc, char **argv)
             sum += times[f];
         qsort(times, (size_t)nforks, sizeof *times, cmp);
         printf("fork with %d busy threads: median %.1f us, mean %.1f us (%d forks), "
-               "%ld errors; the threads' calls %.0f a ms, minor faults %.1f a fork\n",
+               "%ld errors; the threads' rounds %.0f a ms, minor faults %.1f a fork\n",
                nthreads, times[nforks / 2], sum / nforks, nforks, atomic_load(&errors),
-               (double)(calls1 - calls0) * 1000 / took,
+               (double)(rounds1 - rounds0) * 1000 / took,
                (double)(ru1.ru_minflt - ru0.ru_minflt) / nforks);
         result |= atomic_load(&errors) != 0;
     }
