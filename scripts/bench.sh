@@ -90,22 +90,21 @@ while [ $r -le $runs ]; do
     r=$((r + 1))
 done
 # N rounds, each a native and an nvipcfix run of CMD (which goes first
-# alternating); FILTER reads the figure from its output. Prints a row per
-# round and appends "native nvipcfix ratio" to FILE for each round that
-# gave both: N FILE FILTER CMD...
+# alternating); FILTER reads the figure from its output (its argument: the
+# side, native or nvipcfix). Prints a row per round and appends "native
+# nvipcfix ratio" to FILE for each round that gave both: N FILE FILTER CMD...
 paired_rounds() {
     n_=$1 file_=$2 f_=$3
     shift 3
     : >"$file_"
     r_=1
     while [ $r_ -le $n_ ]; do
-        # (side_ tells FILTER whose run it reads)
         if [ $((r_ % 2)) = 1 ]; then
-            side_=native; a=$(LD_PRELOAD= "$@" | $f_)
-            side_=nvipcfix; b=$(LD_PRELOAD=$LIB "$@" | $f_)
+            a=$(LD_PRELOAD= "$@" | $f_ native)
+            b=$(LD_PRELOAD=$LIB "$@" | $f_ nvipcfix)
         else
-            side_=nvipcfix; b=$(LD_PRELOAD=$LIB "$@" | $f_)
-            side_=native; a=$(LD_PRELOAD= "$@" | $f_)
+            b=$(LD_PRELOAD=$LIB "$@" | $f_ nvipcfix)
+            a=$(LD_PRELOAD= "$@" | $f_ native)
         fi
         ratio=$(awk -v a="$a" -v b="$b" 'BEGIN { if (a > 0 && b > 0) printf "%.3f", b / a }')
         echo "| $r_ | $a | $b | $ratio |"
@@ -159,7 +158,7 @@ echo "## fork() in the parent while 8 threads are busy in IPC calls ($rounds rou
 echo
 echo "| round | native median | nvipcfix median | ratio |"
 echo "| --- | --- | --- | --- |"
-med() { tee -a "$OUT/fork_lines.$side_" | sed -n 's/.*median \([0-9.]*\) us.*/\1/p'; }
+med() { tee -a "$OUT/fork_lines.$1" | sed -n 's/.*median \([0-9.]*\) us.*/\1/p'; }
 paired_rounds $rounds "$OUT/fork" med "$B/tests/fork_safety" --bench 8 $forks
 # what the threads did beside the forks, each side's median run
 fork_beside() { sed -n "s/.*rounds \([0-9.]*\) a ms, minor faults \([0-9.]*\) a fork.*/\\$1/p" "$OUT/fork_lines.$2" 2>/dev/null |

@@ -20,8 +20,8 @@
  *       fork() in the parent, in microseconds, and, to show what differs
  *       between runs with and without a preload, the threads' rounds (an
  *       open, a close and an export each) per millisecond and the
- *       process's minor page faults per fork (after a
- *       fork every page a thread writes faults once more).
+ *       process's minor page faults per fork (after a fork every page a
+ *       thread writes faults once more).
  *   --stats-child
  *       One export, then a forked child that exits through exit(): with
  *       NVIPCFIX_STATS=1 only the parent has counts to print. */
