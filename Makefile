@@ -118,6 +118,13 @@ $(BUILD)/tests/test_vmm_share: tests/unit/test_vmm_share.c $(TEST_COMMON) $(SHIM
 	@mkdir -p $(@D)
 	$(call say,CC,$<)$(CC) $(CFLAGS) -o $@ $< $(SHIM_OBJ) -L$(BUILD)/sim -l:libcuda.so.1 -lcmocka
 
+# preload/'s one file without a call to the loader, tested on the objects
+# of the test's own process (the test libraries among them).
+$(BUILD)/tests/test_gnu_hash: tests/unit/test_gnu_hash.c $(BUILD)/obj/preload/gnu_hash.o \
+    preload/gnu_hash.h tests/common/unit_skip.h | test-deps
+	@mkdir -p $(@D)
+	$(call say,CC,$<)$(CC) $(CFLAGS) -o $@ $< $(BUILD)/obj/preload/gnu_hash.o -ldl -lcmocka
+
 $(BUILD)/tests/test_simdrv: tests/unit/test_simdrv.c $(SIM) | test-deps
 	@mkdir -p $(@D)
 	$(call say,CC,$@)$(CC) $(CFLAGS) -o $@ $< -L$(BUILD)/sim -l:libcuda.so.1 -lcmocka

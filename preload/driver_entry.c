@@ -171,47 +171,84 @@ NVIPCFIX_EXPORT CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int
 /* The wrappers by name. For names with two versions, a dlsym look-up
  * (version -1) gets the one the exported symbol names; a cuGetProcAddress
  * look-up gets the one matching what the driver returned, or else the one
- * the requested version selects. */
-struct wrapped {
+ * the requested version selects.
+ *
+ * What is handed out for a name is its first definition in the search
+ * order, what the program gets by linking the name: nvipcfix's own, or a
+ * library's ahead of it (which then still sees the calls it wraps). It is
+ * looked up on the first need, not bound at load: every process would pay
+ * for relocations that only a process using CUDA needs. */
+enum {
+    W_GET, W_OPEN, W_OPEN_V2, W_CLOSE, W_GPA, W_GPA_V2,
+    W_MAP, W_UNMAP, W_SET_ACCESS, W_ADDRESS_FREE, /* the four mapping calls counted above */
+    WRAPPED
+};
+
+static const struct wrapped {
     const char *name;
-    void *wrapper;       /* for dlsym, and versions below `since` */
-    void *newer;         /* for cuGetProcAddress at version >= since, or NULL */
+    int newer; /* for cuGetProcAddress at version >= since: this entry; else 0 */
     int since;
+} wrapped[WRAPPED] = {
+    [W_GET] = {"cuIpcGetMemHandle", 0, 0},
+    [W_OPEN] = {"cuIpcOpenMemHandle", W_OPEN_V2, 11000},
+    [W_OPEN_V2] = {"cuIpcOpenMemHandle_v2", 0, 0},
+    [W_CLOSE] = {"cuIpcCloseMemHandle", 0, 0},
+    [W_GPA] = {"cuGetProcAddress", W_GPA_V2, 12000},
+    [W_GPA_V2] = {"cuGetProcAddress_v2", 0, 0},
+    [W_MAP] = {"cuMemMap", 0, 0},
+    [W_UNMAP] = {"cuMemUnmap", 0, 0},
+    [W_SET_ACCESS] = {"cuMemSetAccess", 0, 0},
+    [W_ADDRESS_FREE] = {"cuMemAddressFree", 0, 0},
 };
 
-static const struct wrapped wrapped[] = {
-    {"cuIpcGetMemHandle", (void *)cuIpcGetMemHandle, NULL, 0},
-    {"cuIpcOpenMemHandle", (void *)cuIpcOpenMemHandle, (void *)cuIpcOpenMemHandle_v2, 11000},
-    {"cuIpcOpenMemHandle_v2", (void *)cuIpcOpenMemHandle_v2, NULL, 0},
-    {"cuIpcCloseMemHandle", (void *)cuIpcCloseMemHandle, NULL, 0},
-    {"cuGetProcAddress", (void *)cuGetProcAddress, (void *)cuGetProcAddress_v2, 12000},
-    {"cuGetProcAddress_v2", (void *)cuGetProcAddress_v2, NULL, 0},
-    {"cuMemMap", (void *)cuMemMap, NULL, 0},
-    {"cuMemUnmap", (void *)cuMemUnmap, NULL, 0},
-    {"cuMemSetAccess", (void *)cuMemSetAccess, NULL, 0},
-    {"cuMemAddressFree", (void *)cuMemAddressFree, NULL, 0},
-};
+static _Atomic(void *) first_found[WRAPPED];
 
-NVIPCFIX_UNINSTRUMENTED static const struct wrapped *find_wrapped(const char *name)
+/* Entry w's first definition (glibc's dlsym with RTLD_DEFAULT, from here:
+ * the scope the loader binds this library's references in). Racing
+ * threads find the same answer. */
+static void *first_definition(int w)
+{
+    void *f = atomic_load_explicit(&first_found[w], memory_order_acquire);
+    if (f == NULL) {
+        static void *const own[WRAPPED] = {
+            [W_GET] = (void *)nvipcfix_own_ipc_get_mem_handle,
+            [W_OPEN] = (void *)nvipcfix_own_ipc_open_mem_handle,
+            [W_OPEN_V2] = (void *)nvipcfix_own_ipc_open_mem_handle_v2,
+            [W_CLOSE] = (void *)nvipcfix_own_ipc_close_mem_handle,
+            [W_GPA] = (void *)nvipcfix_own_get_proc_address,
+            [W_GPA_V2] = (void *)nvipcfix_own_get_proc_address_v2,
+            [W_MAP] = (void *)nvipcfix_own_mem_map,
+            [W_UNMAP] = (void *)nvipcfix_own_mem_unmap,
+            [W_SET_ACCESS] = (void *)nvipcfix_own_mem_set_access,
+            [W_ADDRESS_FREE] = (void *)nvipcfix_own_mem_address_free,
+        };
+        f = nvipcfix_real_dlsym(RTLD_DEFAULT, wrapped[w].name);
+        if (f == NULL)
+            f = own[w]; /* no dlsym of glibc's: this library's own */
+        atomic_store_explicit(&first_found[w], f, memory_order_release);
+    }
+    return f;
+}
+
+/* The entry for name, or -1. */
+NVIPCFIX_UNINSTRUMENTED static int find_wrapped(const char *name)
 {
     if (name[0] != 'c' || name[1] != 'u')
-        return NULL;
-    for (size_t i = 0; i < sizeof wrapped / sizeof wrapped[0]; i++)
-        if (strcmp(name, wrapped[i].name) == 0)
-            return &wrapped[i];
-    return NULL;
+        return -1;
+    for (int w = 0; w < WRAPPED; w++)
+        if (strcmp(name, wrapped[w].name) == 0)
+            return w;
+    return -1;
 }
 
 NVIPCFIX_UNINSTRUMENTED int nvipcfix_is_wrapped_name(const char *name)
 {
-    return find_wrapped(name) != NULL;
+    return find_wrapped(name) >= 0;
 }
 
-/* The four mapping calls counted above. */
-static int is_mapping_call(const struct wrapped *w)
+static int is_mapping_call(int w)
 {
-    return w->wrapper == (void *)cuMemMap || w->wrapper == (void *)cuMemUnmap ||
-           w->wrapper == (void *)cuMemSetAccess || w->wrapper == (void *)cuMemAddressFree;
+    return w >= W_MAP && w <= W_ADDRESS_FREE;
 }
 
 /* found is the driver's: its exported function, or (what its
@@ -229,16 +266,19 @@ static int from_driver(const char *name, void *found)
 
 void nvipcfix_mapping_call_not_ours(const char *name, void *found)
 {
-    const struct wrapped *w = find_wrapped(name);
-    if (w != NULL && is_mapping_call(w) && found != w->wrapper && !from_driver(name, found))
+    int w = find_wrapped(name);
+    if (w >= 0 && is_mapping_call(w) && found != first_definition(w) && !from_driver(name, found))
         atomic_fetch_or_explicit(&nvipcfix_map_generation, NVIPCFIX_MAP_GEN_UNTRACKED,
                                  memory_order_acq_rel);
 }
 
 void *nvipcfix_wrapper_for(const char *name, void *found, int version)
 {
-    const struct wrapped *w = find_wrapped(name);
-    if (w == NULL || found == w->wrapper || found == w->newer)
+    int w = find_wrapped(name);
+    if (w < 0)
+        return found;
+    int newer = wrapped[w].newer;
+    if (found == first_definition(w) || (newer != 0 && found == first_definition(newer)))
         return found;
     /* A mapping call that is not the driver's own (another layer's hook
      * handed out by its cuGetProcAddress): kept, so that layer still sees
@@ -248,19 +288,19 @@ void *nvipcfix_wrapper_for(const char *name, void *found, int version)
         nvipcfix_mapping_call_not_ours(name, found);
         return found;
     }
-    if (version < 0 || w->newer == NULL)
-        return w->wrapper;
+    if (version < 0 || newer == 0)
+        return first_definition(w);
 
     /* The two pairs: the open (legacy, _v2) and the resolver (v1, _v2). */
     const struct nvipcfix_real_driver *real = nvipcfix_real_driver();
-    int open = w->newer == (void *)cuIpcOpenMemHandle_v2;
+    int open = w == W_OPEN;
     void *real_older = open ? (void *)real->ipc_open_legacy : (void *)real->get_proc_address_v1;
     void *real_newer = open ? (void *)real->ipc_open_v2 : (void *)real->get_proc_address_v2;
     if (found == real_older)
-        return w->wrapper;
+        return first_definition(w);
     if (found == real_newer)
-        return w->newer;
-    return version >= w->since ? w->newer : w->wrapper;
+        return first_definition(newer);
+    return first_definition(version >= wrapped[w].since ? newer : w);
 }
 
 /* The hidden names of hooks.h. */

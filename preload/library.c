@@ -4,6 +4,7 @@
  * and the load-order check (load_order.c) above it use it. */
 #include "library.h"
 
+#include <dlfcn.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -11,8 +12,6 @@
 
 #include "call_site.h"
 #include "../shim/log.h"
-
-extern char **environ;
 
 /* The release (the VERSION file, through the Makefile), readable in the file:
  * `strings libnvipcfix.so | grep 'nvipcfix version'`; nvipcfix doctor reads it. */
@@ -31,9 +30,13 @@ static const char *read_env(const char *name)
     return getenv(name);
 }
 
+/* The environment is found through dlsym, not the variable environ: a
+ * reference to it would be bound at load, a symbol look-up every process
+ * would pay for. */
 void nvipcfix_config_from_environ(struct nvipcfix_config *cfg)
 {
-    nvipcfix_config_parse(cfg, read_env, environ);
+    char ***env = nvipcfix_real_dlsym(RTLD_DEFAULT, "environ");
+    nvipcfix_config_parse(cfg, read_env, env != NULL ? *env : NULL);
 }
 
 static pid_t setup_pid;

@@ -5,19 +5,23 @@
  * only chance to say so is now.
  *
  * Every process pays for this check, so the usual answer (nothing ahead of
- * nvipcfix) costs no look-up at all: the loader has already bound this
- * file's own references to the watched names (relocations it processes
- * anyway, the same global-scope search dlsym(RTLD_DEFAULT, ...) makes), and
- * when each is nvipcfix's own definition there is nothing to say. Only when
- * one is not is the definition's library found and named (dladdr: a walk of
- * its symbol table, some 10,000 instructions a name). */
+ * nvipcfix defines a watched name) costs no symbol look-up: the loader's
+ * list of objects says what is ahead (the program, whose definitions are
+ * never named, the vDSO, the libraries preloaded before nvipcfix), and each
+ * library's GNU hash table says, without a look-up, that it defines none
+ * of the names (gnu_hash.c). Only when one may (or nvipcfix is not in the
+ * list: loaded by dlopen, in another namespace) are the names looked up as
+ * the loader binds them, and a definition's library found and named. (The
+ * check once read the loader's bindings of the names from the global
+ * offset table: eleven look-ups at load, a third of the instructions
+ * nvipcfix added to a process's start.) */
 #include <dlfcn.h>
 #include <link.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
-#include <unistd.h>
 
+#include "gnu_hash.h"
 #include "hooks.h"
 #include "library.h"
 #include "real_driver.h"
@@ -43,23 +47,13 @@ static const char *const watched[WATCHED] = {
     "cuMemSetAccess", "cuMemAddressFree",
 };
 
-/* The first definition of each watched name in the search order: these
- * references go through the global offset table (the names have default
- * visibility, so the loader may bind them to another library's definition),
- * filled at load. */
-static inline __attribute__((always_inline)) void first_definitions(void *first[WATCHED])
+/* The first definition of each watched name in the search order, as the
+ * loader would bind a reference to it from nvipcfix (glibc's dlsym with
+ * RTLD_DEFAULT, from here: the same scope). */
+static void first_definitions(void *first[WATCHED])
 {
-    first[0] = (void *)&dlsym;
-    first[1] = (void *)&cuIpcGetMemHandle;
-    first[2] = (void *)&cuIpcOpenMemHandle;
-    first[3] = (void *)&cuIpcOpenMemHandle_v2;
-    first[4] = (void *)&cuIpcCloseMemHandle;
-    first[5] = (void *)&cuGetProcAddress;
-    first[6] = (void *)&cuGetProcAddress_v2;
-    first[7] = (void *)&cuMemMap;
-    first[8] = (void *)&cuMemUnmap;
-    first[9] = (void *)&cuMemSetAccess;
-    first[10] = (void *)&cuMemAddressFree;
+    for (size_t i = 0; i < WATCHED; i++)
+        first[i] = nvipcfix_real_dlsym(RTLD_DEFAULT, watched[i]);
 }
 
 /* nvipcfix's own definitions (hidden names, bound inside this file). */
@@ -85,7 +79,7 @@ static int first_object(struct dl_phdr_info *info, size_t size, void *arg)
     return 1; /* the program comes first */
 }
 
-/* The library (not nvipcfix, the program or the C library) that gives the
+/* The library (not nvipcfix, the program or glibc's) that gives the
  * first definition of one of the names first[from, to) other than
  * nvipcfix's; names gets the names it defines there, comma-separated. NULL
  * when nvipcfix comes first. */
@@ -93,19 +87,22 @@ static const char *library_before_nvipcfix(void *const first[WATCHED],
                                            void *const own[WATCHED], size_t from, size_t to,
                                            char *names, size_t n)
 {
-    Dl_info self, libc, found;
+    Dl_info self, glibc, found;
     ElfW(Addr) program = 0;
     const char *name_of_first = NULL;
     names[0] = '\0';
     if (dladdr(own[0], &self) == 0)
         return NULL;
-    if (dladdr((void *)&getpid, &libc) == 0) /* the C library */
-        libc.dli_fbase = NULL;
+    /* glibc's object that defines dlsym (the C library, or libdl before
+     * glibc 2.34): its dlsym is no library's ahead of nvipcfix. */
+    void *glibc_dlsym = nvipcfix_glibc_dlsym();
+    if (glibc_dlsym == NULL || dladdr(glibc_dlsym, &glibc) == 0)
+        glibc.dli_fbase = NULL;
     dl_iterate_phdr(first_object, &program);
     for (size_t i = from; i < to; i++) {
         if (first[i] == NULL || first[i] == own[i] || dladdr(first[i], &found) == 0 ||
             found.dli_fname == NULL || found.dli_fbase == self.dli_fbase ||
-            found.dli_fbase == libc.dli_fbase || (ElfW(Addr))found.dli_fbase == program)
+            found.dli_fbase == glibc.dli_fbase || (ElfW(Addr))found.dli_fbase == program)
             continue;
         if (name_of_first == NULL)
             name_of_first = found.dli_fname;
@@ -120,18 +117,62 @@ static const char *library_before_nvipcfix(void *const first[WATCHED],
 /* In .text.startup whatever the optimization level (GCC puts constructors
  * there only at -O2): GNU ld places that section at the front of the code,
  * in pages the loader has faulted in anyway. */
+/* The vDSO's name in the loader's list ("linux-vdso.so.1", "linux-gate.so.1"
+ * on 32-bit x86): the kernel's object, which defines none of the names.
+ * Compared a character at a time in the code: a string constant would
+ * fault in a page of read-only data in every process, and strncmp's page
+ * of the C library is often not mapped yet at load, nor is it bound. */
+static int is_vdso(const char *n)
+{
+    return n != NULL && n[0] == 'l' && n[1] == 'i' && n[2] == 'n' && n[3] == 'u' &&
+           n[4] == 'x' && n[5] == '-' &&
+           ((n[6] == 'v' && n[7] == 'd' && n[8] == 's' && n[9] == 'o') ||
+            (n[6] == 'g' && n[7] == 'a' && n[8] == 't' && n[9] == 'e'));
+}
+
+/* Whether a library ahead of nvipcfix may define a watched name, from the
+ * loader's list of objects in load order, which for the program and its
+ * preloaded libraries is the search order: the program first, the vDSO,
+ * then the libraries of LD_PRELOAD and /etc/ld.so.preload in turn, then
+ * their dependencies. 1 also when nvipcfix is not found in it (loaded by
+ * dlopen after other libraries, or in another namespace): the names are
+ * then looked up. */
+static int something_ahead(void)
+{
+    extern ElfW(Dyn) _DYNAMIC[]; /* nvipcfix's own dynamic section (the linker's) */
+    uint32_t hashes[WATCHED];
+    int hashed = 0;
+    const struct link_map *m = _r_debug.r_map;
+    if (m == NULL)
+        return 1;
+    for (m = m->l_next; m != NULL; m = m->l_next) { /* after the program */
+        if (m->l_ld == _DYNAMIC)
+            return 0; /* nvipcfix: nothing ahead of it defines a name */
+        if (is_vdso(m->l_name))
+            continue;
+        if (!hashed) {
+            for (size_t i = 0; i < WATCHED; i++)
+                hashes[i] = nvipcfix_gnu_hash(watched[i]);
+            hashed = 1;
+        }
+        if (nvipcfix_may_define_any(m->l_addr, m->l_ld, hashes, WATCHED))
+            return 1;
+    }
+    return 1;
+}
+
 __attribute__((constructor, section(".text.startup"))) static void check_load_order(void)
 {
+    if (!something_ahead())
+        return; /* the usual case */
     void *first[WATCHED], *own[WATCHED];
     first_definitions(first);
     own_definitions(own);
-    /* Compared here, not with memcmp: its page of the C library is often
-     * not mapped yet at load, nor is memcmp bound (-z lazy). */
     size_t ours = 0;
     for (size_t i = 0; i < WATCHED; i++)
         ours += first[i] == own[i];
     if (ours == WATCHED)
-        return; /* the usual case: nothing ahead of nvipcfix */
+        return; /* a library ahead, but none of its definitions comes first */
     char names[256], mapping_names[256];
     const char *before = library_before_nvipcfix(first, own, 0, IPC_NAMES, names, sizeof names);
     const char *mapping = library_before_nvipcfix(first, own, IPC_NAMES, WATCHED, mapping_names,

@@ -55,10 +55,15 @@ NVIPCFIX_UNINSTRUMENTED nvipcfix_dlsym_fn nvipcfix_next_dlsym(void)
     return f;
 }
 
-void *nvipcfix_real_dlsym(void *handle, const char *name)
+void *nvipcfix_glibc_dlsym(void)
 {
     nvipcfix_next_dlsym();
-    nvipcfix_dlsym_fn glibc = atomic_load_explicit(&glibc_dlsym_fn, memory_order_acquire);
+    return (void *)atomic_load_explicit(&glibc_dlsym_fn, memory_order_acquire);
+}
+
+void *nvipcfix_real_dlsym(void *handle, const char *name)
+{
+    nvipcfix_dlsym_fn glibc = (nvipcfix_dlsym_fn)nvipcfix_glibc_dlsym();
     return glibc != NULL ? glibc(handle, name) : NULL;
 }
 

@@ -47,4 +47,8 @@ nvipcfix_dlsym_fn nvipcfix_next_dlsym(void);
  * nvipcfix, whatever the next interposer's dlsym would make of it). */
 void *nvipcfix_real_dlsym(void *handle, const char *name);
 
+/* glibc's dlsym itself (in the C library since glibc 2.34, in libdl
+ * before), or NULL: an address in the object that defines it. */
+void *nvipcfix_glibc_dlsym(void);
+
 #endif

@@ -1,0 +1,161 @@
+/* Unit tests of preload/gnu_hash.c, on the objects loaded in this process:
+ * the hash is the loader's (the values published with the format); an
+ * object's table says "may define" for every name it defines (read through
+ * a dynamic section glibc has rewritten to addresses, and through the
+ * vDSO's, left as offsets) and "defines none" for the names the load-order
+ * check watches, in the C library and in a library that defines one other
+ * name. A "defines none" that is wrong would hide a library ahead of
+ * nvipcfix from its warning. */
+#include <dlfcn.h>
+#include <link.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "../common/unit_skip.h"
+#include "../../preload/gnu_hash.h"
+
+/* The names preload/load_order.c watches. */
+static const char *const watched[] = {
+    "dlsym", "cuIpcGetMemHandle", "cuIpcOpenMemHandle", "cuIpcOpenMemHandle_v2",
+    "cuIpcCloseMemHandle", "cuGetProcAddress", "cuGetProcAddress_v2", "cuMemMap", "cuMemUnmap",
+    "cuMemSetAccess", "cuMemAddressFree",
+};
+#define NWATCHED (sizeof watched / sizeof watched[0])
+
+static char test_dir[4096];
+
+static int may_define(const struct link_map *m, const char *name)
+{
+    uint32_t h = nvipcfix_gnu_hash(name);
+    return nvipcfix_may_define_any(m->l_addr, m->l_ld, &h, 1);
+}
+
+static struct link_map *map_of(void *handle)
+{
+    struct link_map *m = NULL;
+    assert_non_null(handle);
+    assert_int_equal(dlinfo(handle, RTLD_DI_LINKMAP, &m), 0);
+    return m;
+}
+
+static void *open_test_library(const char *file)
+{
+    char path[4200];
+    snprintf(path, sizeof path, "%s/%s", test_dir, file);
+    void *h = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+    if (h == NULL)
+        fail_msg("dlopen %s: %s", path, dlerror());
+    return h;
+}
+
+static void test_the_loaders_hash(void **state)
+{
+    (void)state;
+    assert_int_equal(nvipcfix_gnu_hash(""), 0x1505);
+    assert_int_equal(nvipcfix_gnu_hash("printf"), 0x156b2bb8);
+    assert_int_equal(nvipcfix_gnu_hash("exit"), 0x7c967e3f);
+    assert_int_equal(nvipcfix_gnu_hash("syscall"), 0xbac212a0);
+}
+
+/* Every name the C library defines that this test names: "may define". */
+static void test_the_c_library_may_define_what_it_defines(void **state)
+{
+    (void)state;
+    static const char *const names[] = {"malloc", "printf", "getpid", "environ", "dlsym",
+                                        "dladdr", "pthread_create", "memcpy", "exit"};
+    void *libc = dlopen("libc.so.6", RTLD_NOW | RTLD_NOLOAD);
+    struct link_map *m = map_of(libc);
+    int checked = 0;
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        void *found = dlsym(libc, names[i]);
+        Dl_info where;
+        if (found == NULL || dladdr(found, &where) == 0 ||
+            where.dli_fbase != (void *)map_of(libc)->l_addr)
+            continue; /* defined elsewhere (dlsym in libdl before glibc 2.34) */
+        if (!may_define(m, names[i]))
+            fail_msg("libc.so.6 defines %s, its table says it does not", names[i]);
+        checked++;
+    }
+    assert_true(checked >= 7);
+    /* And as one of several names. */
+    uint32_t hashes[3] = {nvipcfix_gnu_hash("cuMemMap"), nvipcfix_gnu_hash("malloc"),
+                          nvipcfix_gnu_hash("cuMemUnmap")};
+    assert_int_equal(nvipcfix_may_define_any(m->l_addr, m->l_ld, hashes, 3), 1);
+    dlclose(libc);
+}
+
+static void test_the_c_library_defines_no_driver_name(void **state)
+{
+    (void)state;
+    void *libc = dlopen("libc.so.6", RTLD_NOW | RTLD_NOLOAD);
+    struct link_map *m = map_of(libc);
+    uint32_t hashes[NWATCHED - 1];
+    for (size_t i = 1; i < NWATCHED; i++) {
+        assert_int_equal(may_define(m, watched[i]), 0);
+        hashes[i - 1] = nvipcfix_gnu_hash(watched[i]);
+    }
+    assert_int_equal(nvipcfix_may_define_any(m->l_addr, m->l_ld, hashes, NWATCHED - 1), 0);
+    dlclose(libc);
+}
+
+/* The test proxy defines cuIpcGetMemHandle (and proxy_own_get) only. */
+static void test_a_library_with_one_watched_name(void **state)
+{
+    (void)state;
+    void *proxy = open_test_library("libcuda_proxy.so");
+    struct link_map *m = map_of(proxy);
+    for (size_t i = 0; i < NWATCHED; i++)
+        if (strcmp(watched[i], "cuIpcGetMemHandle") == 0)
+            assert_int_equal(may_define(m, watched[i]), 1);
+        else
+            assert_int_equal(may_define(m, watched[i]), 0);
+    dlclose(proxy);
+
+    void *empty = open_test_library("libempty_two_segments.so");
+    m = map_of(empty);
+    for (size_t i = 0; i < NWATCHED; i++)
+        assert_int_equal(may_define(m, watched[i]), 0);
+    assert_int_equal(may_define(m, "nvipcfix_bench_empty_preload"), 1);
+    dlclose(empty);
+}
+
+/* The vDSO's dynamic section is read-only: its pointers stay offsets. */
+static void test_the_vdso(void **state)
+{
+    (void)state;
+    const struct link_map *m;
+    for (m = _r_debug.r_map; m != NULL; m = m->l_next)
+        if (m->l_name != NULL && strncmp(m->l_name, "linux-", 6) == 0)
+            break;
+    if (m == NULL)
+        skip_because("no vDSO in this process");
+    int defines_clock = may_define(m, "__vdso_clock_gettime") ||
+                        may_define(m, "__kernel_clock_gettime");
+    assert_true(defines_clock);
+    for (size_t i = 0; i < NWATCHED; i++)
+        assert_int_equal(may_define(m, watched[i]), 0);
+}
+
+int main(int argc, char **argv)
+{
+    (void)argc;
+    snprintf(test_dir, sizeof test_dir, "%s", argv[0]);
+    char *slash = strrchr(test_dir, '/');
+    if (slash != NULL)
+        *slash = '\0';
+    else
+        snprintf(test_dir, sizeof test_dir, ".");
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_the_loaders_hash),
+        cmocka_unit_test(test_the_c_library_may_define_what_it_defines),
+        cmocka_unit_test(test_the_c_library_defines_no_driver_name),
+        cmocka_unit_test(test_a_library_with_one_watched_name),
+        cmocka_unit_test(test_the_vdso),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
