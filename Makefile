@@ -42,6 +42,7 @@ INTEG_BIN := $(BUILD)/tests/legacy_ipc $(BUILD)/tests/rtld_next $(BUILD)/tests/i
              $(BUILD)/tests/fork_safety $(BUILD)/tests/libgpu_share.so $(BUILD)/tests/quota_probe \
              $(BUILD)/tests/libcuda_proxy.so $(BUILD)/tests/vmm_ipc $(BUILD)/tests/entry_owner \
              $(BUILD)/tests/ipc_bench $(BUILD)/tests/libempty_two_segments.so \
+             $(BUILD)/tests/liblinked_high.so \
              $(BUILD)/tests/dlopen_close
 
 # The verification copy path tool, when nvcc is here.
@@ -259,6 +260,13 @@ $(BUILD)/tests/ipc_bench: tests/bench/ipc_bench.c $(TEST_COMMON) $(SIM)
 $(BUILD)/tests/libempty_two_segments.so: tests/bench/empty_preload.c
 	@mkdir -p $(@D)
 	$(call say,CC,$@)$(CC) $(CFLAGS) -shared -Wl,-z,noseparate-code -o $@ $<
+
+# The same, linked to load at the top of the address space: the loader puts
+# it below that, so its base (load address less link address) is
+# "negative", and the load-order check must still read its table there.
+$(BUILD)/tests/liblinked_high.so: tests/bench/empty_preload.c
+	@mkdir -p $(@D)
+	$(call say,CC,$@)$(CC) $(CFLAGS) -shared -Wl,-Ttext-segment=0x7fffffffc000 -o $@ $<
 
 $(BUILD)/tests/table_memory: tests/bench/table_memory.c $(SHIM_OBJ)
 	@mkdir -p $(@D)

@@ -9,6 +9,7 @@
 #include "export.h"
 #include "hooks.h"
 #include "library.h"
+#include "watched_names.h"
 #include "../shim/log.h"
 
 /* cuda.h maps these names to their newest versions; here each is defined
@@ -174,38 +175,47 @@ NVIPCFIX_EXPORT CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int
  * the requested version selects.
  *
  * What is handed out for a name is its first definition in the search
- * order, what the program gets by linking the name: nvipcfix's own, or a
- * library's ahead of it (which then still sees the calls it wraps). It is
- * looked up on the first need, not bound at load: every process would pay
- * for relocations that only a process using CUDA needs. */
+ * order, what the program gets by linking the name: nvipcfix's own, or the
+ * program's or a library's ahead of nvipcfix (which then still sees the
+ * calls it wraps). It is not bound at load: every process would pay for
+ * relocations that only a process using CUDA needs. The load-order check
+ * says at load which names something ahead of nvipcfix may define; those
+ * (and every name, until it has said) are looked up on the first need,
+ * the others are nvipcfix's own. */
 enum {
     W_GET, W_OPEN, W_OPEN_V2, W_CLOSE, W_GPA, W_GPA_V2,
     W_MAP, W_UNMAP, W_SET_ACCESS, W_ADDRESS_FREE, /* the four mapping calls counted above */
     WRAPPED
 };
+_Static_assert(WRAPPED == NVIPCFIX_WATCHED - 1, "the wrapped names are the watched ones but dlsym");
 
-static const struct wrapped {
-    const char *name;
-    int newer; /* for cuGetProcAddress at version >= since: this entry; else 0 */
-    int since;
-} wrapped[WRAPPED] = {
-    [W_GET] = {"cuIpcGetMemHandle", 0, 0},
-    [W_OPEN] = {"cuIpcOpenMemHandle", W_OPEN_V2, 11000},
-    [W_OPEN_V2] = {"cuIpcOpenMemHandle_v2", 0, 0},
-    [W_CLOSE] = {"cuIpcCloseMemHandle", 0, 0},
-    [W_GPA] = {"cuGetProcAddress", W_GPA_V2, 12000},
-    [W_GPA_V2] = {"cuGetProcAddress_v2", 0, 0},
-    [W_MAP] = {"cuMemMap", 0, 0},
-    [W_UNMAP] = {"cuMemUnmap", 0, 0},
-    [W_SET_ACCESS] = {"cuMemSetAccess", 0, 0},
-    [W_ADDRESS_FREE] = {"cuMemAddressFree", 0, 0},
+static const char *const watched_names[NVIPCFIX_WATCHED] = {NVIPCFIX_WATCHED_NAMES};
+#define NAME(w) watched_names[NVIPCFIX_WATCHED_WRAPPED(w)]
+
+/* For names with two versions: the entry of the newer one, which a
+ * cuGetProcAddress look-up at version >= since gets; else 0. */
+static const struct {
+    int newer, since;
+} versions[WRAPPED] = {
+    [W_OPEN] = {W_OPEN_V2, 11000},
+    [W_GPA] = {W_GPA_V2, 12000},
 };
+
+/* Bit w: a name something ahead of nvipcfix may define. KNOWN once said. */
+#define KNOWN ((uint32_t)1 << 31)
+static _Atomic uint32_t names_ahead;
+
+__attribute__((section(".text.startup"))) void nvipcfix_note_names_ahead(uint32_t wrapped_mask)
+{
+    atomic_store_explicit(&names_ahead, KNOWN | wrapped_mask, memory_order_release);
+}
 
 static _Atomic(void *) first_found[WRAPPED];
 
-/* Entry w's first definition (glibc's dlsym with RTLD_DEFAULT, from here:
- * the scope the loader binds this library's references in). Racing
- * threads find the same answer. */
+/* Entry w's first definition: nvipcfix's own when nothing ahead may
+ * define the name, else glibc's dlsym with RTLD_DEFAULT from here (the
+ * scope the loader binds this library's references in). Racing threads
+ * find the same answer. */
 static void *first_definition(int w)
 {
     void *f = atomic_load_explicit(&first_found[w], memory_order_acquire);
@@ -222,9 +232,12 @@ static void *first_definition(int w)
             [W_SET_ACCESS] = (void *)nvipcfix_own_mem_set_access,
             [W_ADDRESS_FREE] = (void *)nvipcfix_own_mem_address_free,
         };
-        f = nvipcfix_real_dlsym(RTLD_DEFAULT, wrapped[w].name);
+        uint32_t ahead = atomic_load_explicit(&names_ahead, memory_order_acquire);
+        f = NULL;
+        if (!(ahead & KNOWN) || (ahead & ((uint32_t)1 << w)))
+            f = nvipcfix_real_dlsym(RTLD_DEFAULT, NAME(w));
         if (f == NULL)
-            f = own[w]; /* no dlsym of glibc's: this library's own */
+            f = own[w];
         atomic_store_explicit(&first_found[w], f, memory_order_release);
     }
     return f;
@@ -236,7 +249,7 @@ NVIPCFIX_UNINSTRUMENTED static int find_wrapped(const char *name)
     if (name[0] != 'c' || name[1] != 'u')
         return -1;
     for (int w = 0; w < WRAPPED; w++)
-        if (strcmp(name, wrapped[w].name) == 0)
+        if (strcmp(name, NAME(w)) == 0)
             return w;
     return -1;
 }
@@ -277,7 +290,7 @@ void *nvipcfix_wrapper_for(const char *name, void *found, int version)
     int w = find_wrapped(name);
     if (w < 0)
         return found;
-    int newer = wrapped[w].newer;
+    int newer = versions[w].newer;
     if (found == first_definition(w) || (newer != 0 && found == first_definition(newer)))
         return found;
     /* A mapping call that is not the driver's own (another layer's hook
@@ -300,7 +313,7 @@ void *nvipcfix_wrapper_for(const char *name, void *found, int version)
         return first_definition(w);
     if (found == real_newer)
         return first_definition(newer);
-    return first_definition(version >= wrapped[w].since ? newer : w);
+    return first_definition(version >= versions[w].since ? newer : w);
 }
 
 /* The hidden names of hooks.h. */

@@ -6,15 +6,17 @@
  *
  * Every process pays for this check, so the usual answer (nothing ahead of
  * nvipcfix defines a watched name) costs no symbol look-up: the loader's
- * list of objects says what is ahead (the program, whose definitions are
- * never named, the vDSO, the libraries preloaded before nvipcfix), and each
- * library's GNU hash table says, without a look-up, that it defines none
- * of the names (gnu_hash.c). Only when one may (or nvipcfix is not in the
- * list: loaded by dlopen, in another namespace) are the names looked up as
- * the loader binds them, and a definition's library found and named. (The
- * check once read the loader's bindings of the names from the global
- * offset table: eleven look-ups at load, a third of the instructions
- * nvipcfix added to a process's start.) */
+ * list of objects says what is ahead (the program, the vDSO, the libraries
+ * preloaded before nvipcfix), and the GNU hash table of each but the vDSO
+ * says, without a look-up, which of the names it may define (gnu_hash.c).
+ * The table of wrappers is told (driver_entry.c): a name nothing ahead may
+ * define is nvipcfix's own there, with no look-up either. Only when one
+ * may (or nvipcfix is not in the list: loaded by dlopen, in another
+ * namespace) are the names looked up as the loader binds them, and a
+ * definition's library (never the program's) found and named. (The check
+ * once read the loader's bindings of the names from the global offset
+ * table: eleven look-ups at load, a third of the instructions nvipcfix
+ * added to a process's start.) */
 #include <dlfcn.h>
 #include <link.h>
 #include <stdatomic.h>
@@ -25,6 +27,7 @@
 #include "hooks.h"
 #include "library.h"
 #include "real_driver.h"
+#include "watched_names.h"
 #include "../shim/log.h"
 
 #undef cuIpcOpenMemHandle
@@ -39,13 +42,9 @@ extern char nvipcfix_dlsym_entry[];
  * so the mapping generation is marked untracked (repeated exports of a
  * reservation's start then walk it each time, as before it was counted),
  * and said at info level. */
-#define WATCHED 11
+#define WATCHED NVIPCFIX_WATCHED
 #define IPC_NAMES 5
-static const char *const watched[WATCHED] = {
-    "dlsym", "cuIpcGetMemHandle", "cuIpcOpenMemHandle", "cuIpcOpenMemHandle_v2",
-    "cuIpcCloseMemHandle", "cuGetProcAddress", "cuGetProcAddress_v2", "cuMemMap", "cuMemUnmap",
-    "cuMemSetAccess", "cuMemAddressFree",
-};
+static const char *const watched[WATCHED] = {NVIPCFIX_WATCHED_NAMES};
 
 /* The first definition of each watched name in the search order, as the
  * loader would bind a reference to it from nvipcfix (glibc's dlsym with
@@ -117,53 +116,53 @@ static const char *library_before_nvipcfix(void *const first[WATCHED],
 /* In .text.startup whatever the optimization level (GCC puts constructors
  * there only at -O2): GNU ld places that section at the front of the code,
  * in pages the loader has faulted in anyway. */
-/* The vDSO's name in the loader's list ("linux-vdso.so.1", "linux-gate.so.1"
- * on 32-bit x86): the kernel's object, which defines none of the names.
- * Compared a character at a time in the code: a string constant would
- * fault in a page of read-only data in every process, and strncmp's page
- * of the C library is often not mapped yet at load, nor is it bound. */
+/* The vDSO's name in the loader's list: "linux-vdso.so.1" ("linux-gate.so.1"
+ * on 32-bit x86), the kernel's object, which defines none of the names;
+ * the whole name, so that no library's path can pass for it. Compared a
+ * character at a time in the code: a string constant would fault in a
+ * page of read-only data in every process, and strcmp's page of the C
+ * library is often not mapped yet at load, nor is it bound. */
 static int is_vdso(const char *n)
 {
     return n != NULL && n[0] == 'l' && n[1] == 'i' && n[2] == 'n' && n[3] == 'u' &&
            n[4] == 'x' && n[5] == '-' &&
            ((n[6] == 'v' && n[7] == 'd' && n[8] == 's' && n[9] == 'o') ||
-            (n[6] == 'g' && n[7] == 'a' && n[8] == 't' && n[9] == 'e'));
+            (n[6] == 'g' && n[7] == 'a' && n[8] == 't' && n[9] == 'e')) &&
+           n[10] == '.' && n[11] == 's' && n[12] == 'o' && n[13] == '.' && n[14] == '1' &&
+           n[15] == '\0';
 }
 
-/* Whether a library ahead of nvipcfix may define a watched name, from the
- * loader's list of objects in load order, which for the program and its
- * preloaded libraries is the search order: the program first, the vDSO,
- * then the libraries of LD_PRELOAD and /etc/ld.so.preload in turn, then
- * their dependencies. 1 also when nvipcfix is not found in it (loaded by
- * dlopen after other libraries, or in another namespace): the names are
- * then looked up. */
-static int something_ahead(void)
+/* The watched names' hashes, placed with the start-up code (a section
+ * GNU ld puts with .text.startup) for the same reason. */
+static const uint32_t watched_hash[WATCHED]
+    __attribute__((section(".text.startup.nvipcfix_names"))) = {NVIPCFIX_WATCHED_HASHES};
+
+/* The watched names that the program or a library ahead of nvipcfix may
+ * define (bit k for name k), from the loader's list of objects in load
+ * order, which for the program and its preloaded libraries is the search
+ * order: the program first, the vDSO, then the libraries of LD_PRELOAD
+ * and /etc/ld.so.preload in turn, then their dependencies. Every name
+ * when nvipcfix is not found in it (loaded by dlopen after other
+ * libraries, or in another namespace): the names are then looked up. */
+static uint32_t names_ahead(void)
 {
     extern ElfW(Dyn) _DYNAMIC[]; /* nvipcfix's own dynamic section (the linker's) */
-    uint32_t hashes[WATCHED];
-    int hashed = 0;
-    const struct link_map *m = _r_debug.r_map;
-    if (m == NULL)
-        return 1;
-    for (m = m->l_next; m != NULL; m = m->l_next) { /* after the program */
+    const uint32_t all = ((uint32_t)1 << WATCHED) - 1;
+    uint32_t may = 0;
+    for (const struct link_map *m = _r_debug.r_map; m != NULL; m = m->l_next) {
         if (m->l_ld == _DYNAMIC)
-            return 0; /* nvipcfix: nothing ahead of it defines a name */
-        if (is_vdso(m->l_name))
-            continue;
-        if (!hashed) {
-            for (size_t i = 0; i < WATCHED; i++)
-                hashes[i] = nvipcfix_gnu_hash(watched[i]);
-            hashed = 1;
-        }
-        if (nvipcfix_may_define_any(m->l_addr, m->l_ld, hashes, WATCHED))
-            return 1;
+            return may; /* nvipcfix: what is ahead of it is known */
+        if (!is_vdso(m->l_name))
+            may |= nvipcfix_may_define(m->l_addr, m->l_ld, watched_hash, WATCHED);
     }
-    return 1;
+    return all;
 }
 
 __attribute__((constructor, section(".text.startup"))) static void check_load_order(void)
 {
-    if (!something_ahead())
+    uint32_t ahead = names_ahead();
+    nvipcfix_note_names_ahead(ahead >> NVIPCFIX_WATCHED_WRAPPED(0));
+    if (ahead == 0)
         return; /* the usual case */
     void *first[WATCHED], *own[WATCHED];
     first_definitions(first);

@@ -617,14 +617,16 @@ fi
 # environ or getpid (a symbol look-up each, in every process; the load-order
 # check reads the loader's list and the GNU hash tables of the libraries
 # ahead instead), whether it comes first or after a library that defines
-# none of the names; only after one that defines a watched name does it
-# look them up. LD_DEBUG=bindings names the file each binding is for.
-# (Skipped with a sanitizer: its runtime comes first and may define one.)
+# none of the names (one of them loaded below its link address: the check
+# read its table at the wrong place and crashed every process before the
+# fix); only after one that defines a watched name does it look them up.
+# LD_DEBUG=bindings names the file each binding is for. (Skipped with a
+# sanitizer: its runtime comes first and may define one.)
 own_binds() { grep -c "binding file [^ ]*libnvipcfix.so .*normal symbol \`\(cu[A-Za-z0-9_]*\|dlsym\|environ\|getpid\)'" "$OUT/err"; }
 if [ -n "$SAN_PRE" ]; then
     skip "start-up: nvipcfix binds none of its own names at load" "the sanitizer's runtime comes first in the preload order"
 else
-    for ahead in "" "$T/libempty_two_segments.so"; do
+    for ahead in "" "$T/libempty_two_segments.so" "$T/liblinked_high.so"; do
         PRE="$ahead${ahead:+ }$LIB" check "start-up: nvipcfix binds none of its own names at load${ahead:+, a library ahead defining none}" 2 \
             LD_DEBUG=bindings -- "$T/legacy_ipc" --usage
         [ "$(own_binds)" -eq 0 ] || { ok=0; why="$(own_binds) bindings of its own names"; }
@@ -635,6 +637,18 @@ else
     PRE="$T/libcuda_proxy.so $LIB" check "... after a library defining cuIpcGetMemHandle it looks the names up, and warns" 2 \
         LD_DEBUG=bindings -- "$T/legacy_ipc" --usage
     expect_in err "binding file [^ ]*libnvipcfix.so .*normal symbol \`cuIpcGetMemHandle'"
+    expect_in err "libcuda_proxy.so is loaded before nvipcfix and defines cuIpcGetMemHandle:"
+    done_case
+fi
+# The vDSO is passed over by its whole name: a library preloaded from a
+# folder whose name starts like it is checked as any other.
+if [ -n "$RUNNER" ]; then
+    skip "a library ahead in a folder named like the vDSO: warned of" "a relative preload path under the emulator"
+else
+    rm -rf "$OUT/vd" && mkdir -p "$OUT/vd/linux-vdso.so.1.d" && cp "$T/libcuda_proxy.so" "$OUT/vd/linux-vdso.so.1.d/"
+    PRE="" check "a library ahead in a folder named like the vDSO: warned of" 2 -- \
+        sh -c 'cd "$1" && LD_LIBRARY_PATH="$2" LD_PRELOAD="$3 linux-vdso.so.1.d/libcuda_proxy.so $4" exec "$5" --usage' \
+        sh "$OUT/vd" "$SIM" "$SAN_PRE" "$LIB" "$T/legacy_ipc"
     expect_in err "libcuda_proxy.so is loaded before nvipcfix and defines cuIpcGetMemHandle:"
     done_case
 fi

@@ -1,11 +1,14 @@
-/* Unit tests of preload/gnu_hash.c, on the objects loaded in this process:
- * the hash is the loader's (the values published with the format); an
- * object's table says "may define" for every name it defines (read through
- * a dynamic section glibc has rewritten to addresses, and through the
- * vDSO's, left as offsets) and "defines none" for the names the load-order
- * check watches, in the C library and in a library that defines one other
- * name. A "defines none" that is wrong would hide a library ahead of
- * nvipcfix from its warning. */
+/* Unit tests of preload/gnu_hash.c, on the objects loaded in this process
+ * and on tables made here: the hash is the loader's (the values published
+ * with the format, and the watched names' hashes written in
+ * watched_names.h); an object's table says "may define" for every name it
+ * defines (read through a dynamic section glibc has rewritten to
+ * addresses, and through the vDSO's, left as offsets; with the object's
+ * base above, below or near its link address) and "defines none" for the
+ * names the load-order check watches, in the C library and in a library
+ * that defines one other name. A "defines none" that is wrong would hide a
+ * library ahead of nvipcfix from its warning; a table read in the wrong
+ * place would crash every process at load. */
 #include <dlfcn.h>
 #include <link.h>
 #include <setjmp.h>
@@ -18,13 +21,10 @@
 
 #include "../common/unit_skip.h"
 #include "../../preload/gnu_hash.h"
+#include "../../preload/watched_names.h"
 
-/* The names preload/load_order.c watches. */
-static const char *const watched[] = {
-    "dlsym", "cuIpcGetMemHandle", "cuIpcOpenMemHandle", "cuIpcOpenMemHandle_v2",
-    "cuIpcCloseMemHandle", "cuGetProcAddress", "cuGetProcAddress_v2", "cuMemMap", "cuMemUnmap",
-    "cuMemSetAccess", "cuMemAddressFree",
-};
+static const char *const watched[] = {NVIPCFIX_WATCHED_NAMES};
+static const uint32_t watched_hash[] = {NVIPCFIX_WATCHED_HASHES};
 #define NWATCHED (sizeof watched / sizeof watched[0])
 
 static char test_dir[4096];
@@ -32,7 +32,7 @@ static char test_dir[4096];
 static int may_define(const struct link_map *m, const char *name)
 {
     uint32_t h = nvipcfix_gnu_hash(name);
-    return nvipcfix_may_define_any(m->l_addr, m->l_ld, &h, 1);
+    return (int)nvipcfix_may_define(m->l_addr, m->l_ld, &h, 1);
 }
 
 static struct link_map *map_of(void *handle)
@@ -62,6 +62,15 @@ static void test_the_loaders_hash(void **state)
     assert_int_equal(nvipcfix_gnu_hash("syscall"), 0xbac212a0);
 }
 
+static void test_the_watched_names_hashes(void **state)
+{
+    (void)state;
+    assert_int_equal(NWATCHED, NVIPCFIX_WATCHED);
+    assert_int_equal(sizeof watched_hash / sizeof watched_hash[0], NVIPCFIX_WATCHED);
+    for (size_t i = 0; i < NWATCHED; i++)
+        assert_int_equal(watched_hash[i], nvipcfix_gnu_hash(watched[i]));
+}
+
 /* Every name the C library defines that this test names: "may define". */
 static void test_the_c_library_may_define_what_it_defines(void **state)
 {
@@ -85,7 +94,7 @@ static void test_the_c_library_may_define_what_it_defines(void **state)
     /* And as one of several names. */
     uint32_t hashes[3] = {nvipcfix_gnu_hash("cuMemMap"), nvipcfix_gnu_hash("malloc"),
                           nvipcfix_gnu_hash("cuMemUnmap")};
-    assert_int_equal(nvipcfix_may_define_any(m->l_addr, m->l_ld, hashes, 3), 1);
+    assert_int_equal(nvipcfix_may_define(m->l_addr, m->l_ld, hashes, 3), 2);
     dlclose(libc);
 }
 
@@ -94,12 +103,9 @@ static void test_the_c_library_defines_no_driver_name(void **state)
     (void)state;
     void *libc = dlopen("libc.so.6", RTLD_NOW | RTLD_NOLOAD);
     struct link_map *m = map_of(libc);
-    uint32_t hashes[NWATCHED - 1];
-    for (size_t i = 1; i < NWATCHED; i++) {
+    for (size_t i = 1; i < NWATCHED; i++)
         assert_int_equal(may_define(m, watched[i]), 0);
-        hashes[i - 1] = nvipcfix_gnu_hash(watched[i]);
-    }
-    assert_int_equal(nvipcfix_may_define_any(m->l_addr, m->l_ld, hashes, NWATCHED - 1), 0);
+    assert_int_equal(nvipcfix_may_define(m->l_addr, m->l_ld, watched_hash + 1, NWATCHED - 1), 0);
     dlclose(libc);
 }
 
@@ -114,6 +120,7 @@ static void test_a_library_with_one_watched_name(void **state)
             assert_int_equal(may_define(m, watched[i]), 1);
         else
             assert_int_equal(may_define(m, watched[i]), 0);
+    assert_int_equal(nvipcfix_may_define(m->l_addr, m->l_ld, watched_hash, NWATCHED), 1u << 1);
     dlclose(proxy);
 
     void *empty = open_test_library("libempty_two_segments.so");
@@ -122,6 +129,63 @@ static void test_a_library_with_one_watched_name(void **state)
         assert_int_equal(may_define(m, watched[i]), 0);
     assert_int_equal(may_define(m, "nvipcfix_bench_empty_preload"), 1);
     dlclose(empty);
+}
+
+/* A table made here, for one name, as a linker writes it: one bucket, a
+ * filter of one word, the name's hash on the chain. */
+static union {
+    uint64_t align;
+    uint32_t words[4 + 2 * sizeof(ElfW(Addr)) / 4 + 2];
+} made;
+
+static const uint32_t *make_table(const char *name)
+{
+    uint32_t h = nvipcfix_gnu_hash(name);
+    const unsigned bits = 8 * sizeof(ElfW(Addr));
+    memset(&made, 0, sizeof made);
+    made.words[0] = 1; /* nbuckets */
+    made.words[1] = 1; /* the first hashed symbol */
+    made.words[2] = 1; /* the filter's words */
+    made.words[3] = 6; /* its second shift */
+    ElfW(Addr) word = ((ElfW(Addr))1 << (h % bits)) | ((ElfW(Addr))1 << ((h >> 6) % bits));
+    memcpy(&made.words[4], &word, sizeof word);
+    made.words[4 + sizeof word / 4] = 1;     /* the bucket: symbol 1 */
+    made.words[4 + sizeof word / 4 + 1] = h | 1; /* its chain, one hash */
+    return made.words;
+}
+
+/* Whatever base the loader computed (the load address less the link
+ * address: above, below, or the same) and whether it rewrote the pointer
+ * or left it an offset, the table is read where it is; with a base too
+ * near zero to tell the two readings apart, every name may be defined. */
+static void test_a_table_read_where_it_is(void **state)
+{
+    (void)state;
+    const uint32_t *table = make_table("cuMemMap");
+    static ElfW(Dyn) dynamic[2]; /* beside the table, as in an object */
+    dynamic[0].d_tag = DT_GNU_HASH;
+    dynamic[1].d_tag = DT_NULL;
+    ElfW(Addr) t = (ElfW(Addr))table;
+    const ElfW(Addr) bases[] = {
+        (ElfW(Addr))0x7f0000000000ull,   /* a library linked at 0, the usual */
+        (ElfW(Addr))-0x1000000000ll,     /* loaded 64 GiB below its link address */
+        (ElfW(Addr))-0x7fff00000000ll,   /* far below */
+    };
+    uint32_t map_bit = 1u << 7; /* cuMemMap among the watched names */
+    for (size_t b = 0; b < sizeof bases / sizeof bases[0]; b++) {
+        dynamic[0].d_un.d_ptr = t; /* rewritten to the address */
+        assert_int_equal(nvipcfix_may_define(bases[b], dynamic, watched_hash, NWATCHED), map_bit);
+        dynamic[0].d_un.d_ptr = t - bases[b]; /* left an offset */
+        assert_int_equal(nvipcfix_may_define(bases[b], dynamic, watched_hash, NWATCHED), map_bit);
+    }
+    dynamic[0].d_un.d_ptr = t; /* loaded at its link address */
+    assert_int_equal(nvipcfix_may_define(0, dynamic, watched_hash, NWATCHED), map_bit);
+    assert_int_equal(nvipcfix_may_define(0x1000, dynamic, watched_hash, NWATCHED),
+                     (1u << NWATCHED) - 1);
+    /* No table: cannot tell. */
+    dynamic[0].d_tag = DT_NULL;
+    assert_int_equal(nvipcfix_may_define(0, dynamic, watched_hash, NWATCHED),
+                     (1u << NWATCHED) - 1);
 }
 
 /* The vDSO's dynamic section is read-only: its pointers stay offsets. */
@@ -152,6 +216,8 @@ int main(int argc, char **argv)
         snprintf(test_dir, sizeof test_dir, ".");
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_the_loaders_hash),
+        cmocka_unit_test(test_the_watched_names_hashes),
+        cmocka_unit_test(test_a_table_read_where_it_is),
         cmocka_unit_test(test_the_c_library_may_define_what_it_defines),
         cmocka_unit_test(test_the_c_library_defines_no_driver_name),
         cmocka_unit_test(test_a_library_with_one_watched_name),
