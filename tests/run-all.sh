@@ -627,7 +627,7 @@ if [ -n "$SAN_PRE" ]; then
     skip "start-up: nvipcfix binds none of its own names at load" "the sanitizer's runtime comes first in the preload order"
 else
     for ahead in "" "$T/libempty_two_segments.so" "$T/liblinked_high.so"; do
-        PRE="$ahead${ahead:+ }$LIB" check "start-up: nvipcfix binds none of its own names at load${ahead:+, a library ahead defining none}" 2 \
+        PRE="$ahead${ahead:+ }$LIB" check "start-up: nvipcfix binds none of its own names at load${ahead:+, ${ahead##*/} ahead defining none}" 2 \
             LD_DEBUG=bindings -- "$T/legacy_ipc" --usage
         [ "$(own_binds)" -eq 0 ] || { ok=0; why="$(own_binds) bindings of its own names"; }
         expect_in err "binding file [^ ]*libnvipcfix.so .*normal symbol \`_r_debug'"
