@@ -42,7 +42,7 @@ INTEG_BIN := $(BUILD)/tests/legacy_ipc $(BUILD)/tests/rtld_next $(BUILD)/tests/i
              $(BUILD)/tests/fork_safety $(BUILD)/tests/libgpu_share.so $(BUILD)/tests/quota_probe \
              $(BUILD)/tests/libcuda_proxy.so $(BUILD)/tests/vmm_ipc $(BUILD)/tests/entry_owner \
              $(BUILD)/tests/ipc_bench $(BUILD)/tests/libempty_two_segments.so \
-             $(BUILD)/tests/liblinked_high.so \
+             $(BUILD)/tests/liblinked_high.so $(BUILD)/tests/late_driver \
              $(BUILD)/tests/dlopen_close
 
 # The verification copy path tool, when nvcc is here.
@@ -137,6 +137,10 @@ $(BUILD)/tests/legacy_ipc: tests/integration/legacy_ipc.c $(TEST_COMMON) $(SIM)
 $(BUILD)/tests/dlopen_close: tests/integration/dlopen_close.c $(TEST_COMMON) $(SIM)
 	@mkdir -p $(@D)
 	$(call say,CC,$@)$(CC) $(CFLAGS) -o $@ $< -L$(BUILD)/sim -l:libcuda.so.1 -ldl
+
+$(BUILD)/tests/late_driver: tests/integration/late_driver.c
+	@mkdir -p $(@D)
+	$(call say,CC,$@)$(CC) $(CFLAGS) -Wl,--hash-style=sysv -o $@ $< -ldl
 
 $(BUILD)/tests/entry_owner: tests/integration/entry_owner.c
 	@mkdir -p $(@D)

@@ -177,11 +177,15 @@ NVIPCFIX_EXPORT CUresult cuGetProcAddress_v2(const char *symbol, void **pfn, int
  * What is handed out for a name is its first definition in the search
  * order, what the program gets by linking the name: nvipcfix's own, or the
  * program's or a library's ahead of nvipcfix (which then still sees the
- * calls it wraps). It is not bound at load: every process would pay for
- * relocations that only a process using CUDA needs. The load-order check
- * says at load which names something ahead of nvipcfix may define; those
- * (and every name, until it has said) are looked up on the first need,
- * the others are nvipcfix's own. */
+ * calls it wraps). It is not bound by relocations at load: every process
+ * would pay for them, and only a process using CUDA needs them. The
+ * load-order check says at load what the first definitions are: all
+ * nvipcfix's own when nothing ahead of it may define one of the names
+ * (the usual case: no look-up at all), else as it looked them up then,
+ * the scope the loader binds this library's references in. (A look-up
+ * later could find a driver opened with RTLD_GLOBAL since, ahead of a
+ * nvipcfix opened with dlopen.) Only a call that comes before the check
+ * has spoken looks the name up itself. */
 enum {
     W_GET, W_OPEN, W_OPEN_V2, W_CLOSE, W_GPA, W_GPA_V2,
     W_MAP, W_UNMAP, W_SET_ACCESS, W_ADDRESS_FREE, /* the four mapping calls counted above */
@@ -201,21 +205,20 @@ static const struct {
     [W_GPA] = {W_GPA_V2, 12000},
 };
 
-/* Bit w: a name something ahead of nvipcfix may define. KNOWN once said. */
-#define KNOWN ((uint32_t)1 << 31)
-static _Atomic uint32_t names_ahead;
+static _Atomic(void *) first_found[WRAPPED];
+static atomic_int said; /* the load-order check has given first_found */
 
-__attribute__((section(".text.startup"))) void nvipcfix_note_names_ahead(uint32_t wrapped_mask)
+__attribute__((section(".text.startup"))) void nvipcfix_note_first_definitions(void *const *first)
 {
-    atomic_store_explicit(&names_ahead, KNOWN | wrapped_mask, memory_order_release);
+    for (int w = 0; first != NULL && w < WRAPPED; w++)
+        atomic_store_explicit(&first_found[w], first[NVIPCFIX_WATCHED_WRAPPED(w)],
+                              memory_order_relaxed);
+    atomic_store_explicit(&said, 1, memory_order_release);
 }
 
-static _Atomic(void *) first_found[WRAPPED];
-
-/* Entry w's first definition: nvipcfix's own when nothing ahead may
- * define the name, else glibc's dlsym with RTLD_DEFAULT from here (the
- * scope the loader binds this library's references in). Racing threads
- * find the same answer. */
+/* Entry w's first definition: as the load-order check gave it, or
+ * nvipcfix's own where it gave none; before it has spoken, glibc's dlsym
+ * with RTLD_DEFAULT from here. Racing threads find the same answer. */
 static void *first_definition(int w)
 {
     void *f = atomic_load_explicit(&first_found[w], memory_order_acquire);
@@ -232,13 +235,16 @@ static void *first_definition(int w)
             [W_SET_ACCESS] = (void *)nvipcfix_own_mem_set_access,
             [W_ADDRESS_FREE] = (void *)nvipcfix_own_mem_address_free,
         };
-        uint32_t ahead = atomic_load_explicit(&names_ahead, memory_order_acquire);
-        f = NULL;
-        if (!(ahead & KNOWN) || (ahead & ((uint32_t)1 << w)))
+        if (atomic_load_explicit(&said, memory_order_acquire)) {
+            f = atomic_load_explicit(&first_found[w], memory_order_relaxed);
+            if (f == NULL)
+                f = own[w];
+        } else {
             f = nvipcfix_real_dlsym(RTLD_DEFAULT, NAME(w));
-        if (f == NULL)
-            f = own[w];
-        atomic_store_explicit(&first_found[w], f, memory_order_release);
+            if (f == NULL)
+                f = own[w];
+            atomic_store_explicit(&first_found[w], f, memory_order_release);
+        }
     }
     return f;
 }

@@ -4,8 +4,6 @@
 #ifndef NVIPCFIX_HOOKS_H
 #define NVIPCFIX_HOOKS_H
 
-#include <stdint.h>
-
 #include "real_driver.h"
 
 /* Nonzero for the driver names whose look-ups the library answers. */
@@ -23,12 +21,12 @@ void *nvipcfix_wrapper_for(const char *name, void *found, int version);
  * counted. */
 void nvipcfix_mapping_call_not_ours(const char *name, void *found);
 
-/* Said once, at load, by the load-order check: the wrapped names (bit w
- * for the table's entry w, watched_names.h) that the program or a
- * library ahead of nvipcfix may define. The others are handed out as
- * nvipcfix's own with no look-up; until it is said, every name is looked
- * up. */
-void nvipcfix_note_names_ahead(uint32_t wrapped_mask);
+/* Said once, at load, by the load-order check: the first definition of
+ * each watched name (watched_names.h) as it looked them up, NULL for one
+ * not found; first itself NULL when nothing ahead of nvipcfix may define
+ * any of them (the wrappers are then nvipcfix's own, with no look-up).
+ * Until it is said, a wrapper is looked up when first needed. */
+void nvipcfix_note_first_definitions(void *const *first);
 
 /* nvipcfix's own exported entry points under hidden names: always this
  * library's functions, whichever definition the search order binds the

@@ -9,11 +9,13 @@
  * list of objects says what is ahead (the program, the vDSO, the libraries
  * preloaded before nvipcfix), and the GNU hash table of each but the vDSO
  * says, without a look-up, which of the names it may define (gnu_hash.c).
- * The table of wrappers is told (driver_entry.c): a name nothing ahead may
- * define is nvipcfix's own there, with no look-up either. Only when one
- * may (or nvipcfix is not in the list: loaded by dlopen, in another
- * namespace) are the names looked up as the loader binds them, and a
- * definition's library (never the program's) found and named. (The check
+ * Only when one may are the names looked up as the loader binds them,
+ * and a definition's library (never the program's) found and named;
+ * nvipcfix opened with dlopen reads every object loaded before it (the C
+ * library's dlsym among them: the names are looked up), and in another
+ * namespace, where it is not in the list, looks them up too. The table of
+ * wrappers is given the first definitions (driver_entry.c): nvipcfix's own
+ * in the usual case, with no look-up either. (The check
  * once read the loader's bindings of the names from the global offset
  * table: eleven look-ups at load, a third of the instructions nvipcfix
  * added to a process's start.) */
@@ -141,9 +143,10 @@ static const uint32_t watched_hash[WATCHED]
  * define (bit k for name k), from the loader's list of objects in load
  * order, which for the program and its preloaded libraries is the search
  * order: the program first, the vDSO, then the libraries of LD_PRELOAD
- * and /etc/ld.so.preload in turn, then their dependencies. Every name
- * when nvipcfix is not found in it (loaded by dlopen after other
- * libraries, or in another namespace): the names are then looked up. */
+ * and /etc/ld.so.preload in turn, then their dependencies (and then the
+ * libraries opened since: a nvipcfix opened with dlopen comes after
+ * them). Every name when nvipcfix is not found in it (in another
+ * namespace): the names are then looked up. */
 static uint32_t names_ahead(void)
 {
     extern ElfW(Dyn) _DYNAMIC[]; /* nvipcfix's own dynamic section (the linker's) */
@@ -160,12 +163,13 @@ static uint32_t names_ahead(void)
 
 __attribute__((constructor, section(".text.startup"))) static void check_load_order(void)
 {
-    uint32_t ahead = names_ahead();
-    nvipcfix_note_names_ahead(ahead >> NVIPCFIX_WATCHED_WRAPPED(0));
-    if (ahead == 0)
+    if (names_ahead() == 0) {
+        nvipcfix_note_first_definitions(NULL);
         return; /* the usual case */
+    }
     void *first[WATCHED], *own[WATCHED];
     first_definitions(first);
+    nvipcfix_note_first_definitions(first);
     own_definitions(own);
     size_t ours = 0;
     for (size_t i = 0; i < WATCHED; i++)

@@ -640,6 +640,20 @@ else
     expect_in err "libcuda_proxy.so is loaded before nvipcfix and defines cuIpcGetMemHandle:"
     done_case
 fi
+# nvipcfix opened with dlopen, the driver with RTLD_GLOBAL after it: the
+# wrappers handed out are nvipcfix's own, bound as at its load, not the
+# driver's that a later look-up through the global scope would find.
+# (Skipped with a sanitizer: its runtime must be loaded first, not by dlopen.)
+if [ -n "$SAN_PRE" ]; then
+    skip "nvipcfix opened with dlopen, then the driver with RTLD_GLOBAL: its wrappers handed out" \
+        "a sanitized library cannot be opened with dlopen by a program without the sanitizer"
+else
+    PRE="" check "nvipcfix opened with dlopen, then the driver with RTLD_GLOBAL: its wrappers handed out" 0 -- \
+        "$T/late_driver" "$LIB"
+    [ "$(grep -c ': .*libnvipcfix.so$' "$OUT/out")" -eq 3 ] ||
+        { ok=0; why="not 3 wrappers of nvipcfix: $(tr '\n' ' ' <"$OUT/out")"; }
+    done_case
+fi
 # The vDSO is passed over by its whole name: a library preloaded from a
 # folder whose name starts like it is checked as any other.
 if [ -n "$RUNNER" ]; then
