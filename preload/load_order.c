@@ -115,16 +115,13 @@ static const char *library_before_nvipcfix(void *const first[WATCHED],
     return name_of_first;
 }
 
-/* In .text.startup whatever the optimization level (GCC puts constructors
- * there only at -O2): GNU ld places that section at the front of the code,
- * in pages the loader has faulted in anyway. */
 /* The vDSO's name in the loader's list: "linux-vdso.so.1" ("linux-gate.so.1"
  * on 32-bit x86), the kernel's object, which defines none of the names;
  * the whole name, so that no library's path can pass for it. Compared a
  * character at a time in the code: a string constant would fault in a
  * page of read-only data in every process, and strcmp's page of the C
  * library is often not mapped yet at load, nor is it bound. */
-static int is_vdso(const char *n)
+__attribute__((section(".text.startup"))) static int is_vdso(const char *n)
 {
     return n != NULL && n[0] == 'l' && n[1] == 'i' && n[2] == 'n' && n[3] == 'u' &&
            n[4] == 'x' && n[5] == '-' &&
@@ -147,7 +144,7 @@ static const uint32_t watched_hash[WATCHED]
  * libraries opened since: a nvipcfix opened with dlopen comes after
  * them). Every name when nvipcfix is not found in it (in another
  * namespace): the names are then looked up. */
-static uint32_t names_ahead(void)
+__attribute__((section(".text.startup"))) static uint32_t names_ahead(void)
 {
     extern ElfW(Dyn) _DYNAMIC[]; /* nvipcfix's own dynamic section (the linker's) */
     const uint32_t all = ((uint32_t)1 << WATCHED) - 1;
@@ -161,6 +158,10 @@ static uint32_t names_ahead(void)
     return all;
 }
 
+/* This and the functions it calls on the usual path are in .text.startup
+ * whatever the optimization level (GCC puts constructors there only at
+ * -O2): GNU ld places that section at the front of the code,
+ * in pages the loader has faulted in anyway. */
 __attribute__((constructor, section(".text.startup"))) static void check_load_order(void)
 {
     if (names_ahead() == 0) {
