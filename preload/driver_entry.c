@@ -193,8 +193,22 @@ enum {
 };
 _Static_assert(WRAPPED == NVIPCFIX_WATCHED - 1, "the wrapped names are the watched ones but dlsym");
 
-static const char *const watched_names[NVIPCFIX_WATCHED] = {NVIPCFIX_WATCHED_NAMES};
-#define NAME(w) watched_names[NVIPCFIX_WATCHED_WRAPPED(w)]
+const char *const nvipcfix_watched_names[NVIPCFIX_WATCHED] = {NVIPCFIX_WATCHED_NAMES};
+void *const nvipcfix_own_definitions[NVIPCFIX_WATCHED] = {
+    (void *)nvipcfix_dlsym_entry,
+    (void *)nvipcfix_own_ipc_get_mem_handle,
+    (void *)nvipcfix_own_ipc_open_mem_handle,
+    (void *)nvipcfix_own_ipc_open_mem_handle_v2,
+    (void *)nvipcfix_own_ipc_close_mem_handle,
+    (void *)nvipcfix_own_get_proc_address,
+    (void *)nvipcfix_own_get_proc_address_v2,
+    (void *)nvipcfix_own_mem_map,
+    (void *)nvipcfix_own_mem_unmap,
+    (void *)nvipcfix_own_mem_set_access,
+    (void *)nvipcfix_own_mem_address_free,
+};
+#define NAME(w) nvipcfix_watched_names[NVIPCFIX_WATCHED_WRAPPED(w)]
+#define OWN_DEFINITION(w) nvipcfix_own_definitions[NVIPCFIX_WATCHED_WRAPPED(w)]
 
 /* For names with two versions: the entry of the newer one, which a
  * cuGetProcAddress look-up at version >= since gets; else 0. */
@@ -223,26 +237,14 @@ static void *first_definition(int w)
 {
     void *f = atomic_load_explicit(&first_found[w], memory_order_acquire);
     if (f == NULL) {
-        static void *const own[WRAPPED] = {
-            [W_GET] = (void *)nvipcfix_own_ipc_get_mem_handle,
-            [W_OPEN] = (void *)nvipcfix_own_ipc_open_mem_handle,
-            [W_OPEN_V2] = (void *)nvipcfix_own_ipc_open_mem_handle_v2,
-            [W_CLOSE] = (void *)nvipcfix_own_ipc_close_mem_handle,
-            [W_GPA] = (void *)nvipcfix_own_get_proc_address,
-            [W_GPA_V2] = (void *)nvipcfix_own_get_proc_address_v2,
-            [W_MAP] = (void *)nvipcfix_own_mem_map,
-            [W_UNMAP] = (void *)nvipcfix_own_mem_unmap,
-            [W_SET_ACCESS] = (void *)nvipcfix_own_mem_set_access,
-            [W_ADDRESS_FREE] = (void *)nvipcfix_own_mem_address_free,
-        };
         if (atomic_load_explicit(&said, memory_order_acquire)) {
             f = atomic_load_explicit(&first_found[w], memory_order_relaxed);
             if (f == NULL)
-                f = own[w];
+                f = OWN_DEFINITION(w);
         } else {
             f = nvipcfix_real_dlsym(RTLD_DEFAULT, NAME(w));
             if (f == NULL)
-                f = own[w];
+                f = OWN_DEFINITION(w);
             atomic_store_explicit(&first_found[w], f, memory_order_release);
         }
     }

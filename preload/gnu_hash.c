@@ -1,13 +1,5 @@
 #include "gnu_hash.h"
 
-uint32_t nvipcfix_gnu_hash(const char *name)
-{
-    uint32_t h = 5381;
-    for (const unsigned char *s = (const unsigned char *)name; *s != '\0'; s++)
-        h = h * 33 + *s;
-    return h;
-}
-
 /* Where a d_ptr of the dynamic section points. glibc rewrites them in
  * place to addresses, except in a read-only dynamic section (the vDSO's),
  * where they stay offsets from the object's base; and base (the load

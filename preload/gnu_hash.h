@@ -10,10 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* The GNU hash of a symbol name (the loader's). */
-uint32_t nvipcfix_gnu_hash(const char *name);
-
-/* The names (n <= 32, given by their GNU hashes) that the object loaded at
+/* The names (n <= 32, given by their GNU hashes: the loader's h * 33 + c
+ * from 5381, watched_names.h) that the object loaded at
  * base with dynamic section dynamic may define: bit k for name k. A bit
  * is set when the hash is on its bucket's chain (the name itself is not
  * compared), and every bit when that cannot be told (no GNU hash table,

@@ -5,6 +5,7 @@
 #define NVIPCFIX_HOOKS_H
 
 #include "real_driver.h"
+#include "watched_names.h"
 
 /* Nonzero for the driver names whose look-ups the library answers. */
 int nvipcfix_is_wrapped_name(const char *name);
@@ -27,6 +28,14 @@ void nvipcfix_mapping_call_not_ours(const char *name, void *found);
  * any of them (the wrappers are then nvipcfix's own, with no look-up).
  * Until it is said, a wrapper is looked up when first needed. */
 void nvipcfix_note_first_definitions(void *const *first);
+
+/* The watched names (watched_names.h) and nvipcfix's own definition of
+ * each, its exported dlsym's first. */
+extern const char *const nvipcfix_watched_names[NVIPCFIX_WATCHED];
+extern void *const nvipcfix_own_definitions[NVIPCFIX_WATCHED];
+
+/* The exported dlsym's own address (a hidden label in dlsym_entry_*.S). */
+extern char nvipcfix_dlsym_entry[];
 
 /* nvipcfix's own exported entry points under hidden names: always this
  * library's functions, whichever definition the search order binds the

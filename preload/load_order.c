@@ -35,9 +35,6 @@
 #undef cuIpcOpenMemHandle
 #undef cuGetProcAddress
 
-/* The exported dlsym's own address (a hidden label in dlsym_entry_*.S). */
-extern char nvipcfix_dlsym_entry[];
-
 /* The first IPC names: a library ahead that defines one gets a warning.
  * The others (and dlsym) are roads to the VMM mapping calls: a library
  * ahead that defines one may map or unmap where nvipcfix cannot count it,
@@ -46,7 +43,6 @@ extern char nvipcfix_dlsym_entry[];
  * and said at info level. */
 #define WATCHED NVIPCFIX_WATCHED
 #define IPC_NAMES 5
-static const char *const watched[WATCHED] = {NVIPCFIX_WATCHED_NAMES};
 
 /* The first definition of each watched name in the search order, as the
  * loader would bind a reference to it from nvipcfix (glibc's dlsym with
@@ -54,44 +50,21 @@ static const char *const watched[WATCHED] = {NVIPCFIX_WATCHED_NAMES};
 static void first_definitions(void *first[WATCHED])
 {
     for (size_t i = 0; i < WATCHED; i++)
-        first[i] = nvipcfix_real_dlsym(RTLD_DEFAULT, watched[i]);
-}
-
-/* nvipcfix's own definitions (hidden names, bound inside this file). */
-static inline __attribute__((always_inline)) void own_definitions(void *own[WATCHED])
-{
-    own[0] = (void *)nvipcfix_dlsym_entry;
-    own[1] = (void *)nvipcfix_own_ipc_get_mem_handle;
-    own[2] = (void *)nvipcfix_own_ipc_open_mem_handle;
-    own[3] = (void *)nvipcfix_own_ipc_open_mem_handle_v2;
-    own[4] = (void *)nvipcfix_own_ipc_close_mem_handle;
-    own[5] = (void *)nvipcfix_own_get_proc_address;
-    own[6] = (void *)nvipcfix_own_get_proc_address_v2;
-    own[7] = (void *)nvipcfix_own_mem_map;
-    own[8] = (void *)nvipcfix_own_mem_unmap;
-    own[9] = (void *)nvipcfix_own_mem_set_access;
-    own[10] = (void *)nvipcfix_own_mem_address_free;
-}
-
-static int first_object(struct dl_phdr_info *info, size_t size, void *arg)
-{
-    (void)size;
-    *(ElfW(Addr) *)arg = info->dlpi_addr;
-    return 1; /* the program comes first */
+        first[i] = nvipcfix_real_dlsym(RTLD_DEFAULT, nvipcfix_watched_names[i]);
 }
 
 /* The library (not nvipcfix, the program or glibc's) that gives the
  * first definition of one of the names first[from, to) other than
  * nvipcfix's; names gets the names it defines there, comma-separated. NULL
  * when nvipcfix comes first. */
-static const char *library_before_nvipcfix(void *const first[WATCHED],
-                                           void *const own[WATCHED], size_t from, size_t to,
+static const char *library_before_nvipcfix(void *const first[WATCHED], size_t from, size_t to,
                                            char *names, size_t n)
 {
     Dl_info self, glibc, found;
     ElfW(Addr) program = 0;
     const char *name_of_first = NULL;
     names[0] = '\0';
+    void *const *own = nvipcfix_own_definitions;
     if (dladdr(own[0], &self) == 0)
         return NULL;
     /* glibc's object that defines dlsym (the C library, or libdl before
@@ -99,7 +72,8 @@ static const char *library_before_nvipcfix(void *const first[WATCHED],
     void *glibc_dlsym = nvipcfix_glibc_dlsym();
     if (glibc_dlsym == NULL || dladdr(glibc_dlsym, &glibc) == 0)
         glibc.dli_fbase = NULL;
-    dl_iterate_phdr(first_object, &program);
+    if (_r_debug.r_map != NULL)
+        program = _r_debug.r_map->l_addr; /* the program comes first */
     for (size_t i = from; i < to; i++) {
         if (first[i] == NULL || first[i] == own[i] || dladdr(first[i], &found) == 0 ||
             found.dli_fname == NULL || found.dli_fbase == self.dli_fbase ||
@@ -110,7 +84,8 @@ static const char *library_before_nvipcfix(void *const first[WATCHED],
         else if (strcmp(name_of_first, found.dli_fname) != 0)
             continue; /* one library named at a time */
         size_t used = strlen(names);
-        snprintf(names + used, n - used, "%s%s", used ? ", " : "", watched[i]);
+        snprintf(names + used, n - used, "%s%s", used ? ", " : "",
+                 nvipcfix_watched_names[i]);
     }
     return name_of_first;
 }
@@ -168,18 +143,18 @@ __attribute__((constructor, section(".text.startup"))) static void check_load_or
         nvipcfix_note_first_definitions(NULL);
         return; /* the usual case */
     }
-    void *first[WATCHED], *own[WATCHED];
+    void *first[WATCHED];
+    void *const *own = nvipcfix_own_definitions;
     first_definitions(first);
     nvipcfix_note_first_definitions(first);
-    own_definitions(own);
     size_t ours = 0;
     for (size_t i = 0; i < WATCHED; i++)
         ours += first[i] == own[i];
     if (ours == WATCHED)
         return; /* a library ahead, but none of its definitions comes first */
     char names[256], mapping_names[256];
-    const char *before = library_before_nvipcfix(first, own, 0, IPC_NAMES, names, sizeof names);
-    const char *mapping = library_before_nvipcfix(first, own, IPC_NAMES, WATCHED, mapping_names,
+    const char *before = library_before_nvipcfix(first, 0, IPC_NAMES, names, sizeof names);
+    const char *mapping = library_before_nvipcfix(first, IPC_NAMES, WATCHED, mapping_names,
                                                   sizeof mapping_names);
     if (before == NULL && mapping == NULL)
         return;
