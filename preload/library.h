@@ -12,8 +12,14 @@
 /* Reads the configuration, opens the log, loads the real driver and
  * installs the fork handler, all once; never in a constructor (the
  * constructors, in library.c and load_order.c, record what fd 2 is and
- * compare a few addresses the loader bound; no look-up, no driver call). */
+ * read the loader's list; no driver call). */
 struct nvipcfix_fix *nvipcfix_library_setup(void);
+
+/* Called at load (load_order.c) when another copy of nvipcfix comes first
+ * in the search order: this one is then set up in mode off (a pure
+ * pass-through: the other copy fixes the calls and passes them on through
+ * this one), with no warning of its settings and no report at exit. */
+void nvipcfix_library_pass_on(void);
 
 /* The instance once set up (library.c), else NULL. */
 extern struct nvipcfix_fix *_Atomic nvipcfix_library_ready;

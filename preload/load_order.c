@@ -90,6 +90,14 @@ static const char *library_before_nvipcfix(void *const first[WATCHED], size_t fr
     return name_of_first;
 }
 
+/* Whether the library at path is a copy of nvipcfix: its file name, as
+ * the launcher and the Python package tell copies in LD_PRELOAD. */
+static int is_nvipcfix(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    return strcmp(slash != NULL ? slash + 1 : path, "libnvipcfix.so") == 0;
+}
+
 /* The vDSO's name in the loader's list: "linux-vdso.so.1" ("linux-gate.so.1"
  * on 32-bit x86), the kernel's object, which defines none of the names;
  * the whole name, so that no library's path can pass for it. Compared a
@@ -158,6 +166,22 @@ __attribute__((constructor, section(".text.startup"))) static void check_load_or
                                                   sizeof mapping_names);
     if (before == NULL && mapping == NULL)
         return;
+    if (before != NULL && is_nvipcfix(before)) {
+        /* Another copy of nvipcfix ahead (the system's in /etc/ld.so.preload
+         * and a wheel's through the launcher): it fixes the calls and
+         * passes them on to the next definitions, this copy's. */
+        nvipcfix_library_pass_on();
+        struct nvipcfix_config cfg;
+        nvipcfix_config_from_environ(&cfg);
+        nvipcfix_log_open(cfg.log_level, cfg.log_file);
+        Dl_info self;
+        NVIPCFIX_INFO("%s, another copy of nvipcfix, is loaded before this one (%s) and "
+                      "fixes the IPC calls; this copy passes them on unchanged",
+                      before, dladdr(own[0], &self) != 0 && self.dli_fname != NULL
+                                  ? self.dli_fname
+                                  : "libnvipcfix.so");
+        return;
+    }
     if ((before != NULL && first[0] != own[0]) || mapping != NULL)
         atomic_fetch_or_explicit(&nvipcfix_map_generation, NVIPCFIX_MAP_GEN_UNTRACKED,
                                  memory_order_acq_rel);

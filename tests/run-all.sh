@@ -988,6 +988,34 @@ for order in "other first" "nvipcfix first"; do
         expect_in out "right 10, wrong 0, failed 0; .*-> CORRECT"; expect_in err "other_preload: [1-9][0-9]* calls seen"; done_case
     done
 done
+# Two copies of nvipcfix (the system's in /etc/ld.so.preload, a wheel's
+# through the launcher): the first in the search order fixes the calls and
+# passes them on through the second, which passes them on unchanged (mode
+# off), says so at info level only, and reports nothing at exit: one
+# statistics line a process. (Before, the second warned in every process
+# that IPC through the first was not fixed, and fixed the calls again.)
+mkdir -p "$OUT/copy" && cp "$LIB" "$OUT/copy/libnvipcfix.so"
+for road in direct dlsym procaddr; do
+    PRE="$LIB $OUT/copy/libnvipcfix.so" check "two copies of nvipcfix preloaded, $road: right, silent" 0 \
+        -- "$T/legacy_ipc" --road $road
+    expect_in out "right 10, wrong 0, failed 0; .*-> CORRECT"; expect_empty err; done_case
+done
+PRE="$OUT/copy/libnvipcfix.so $LIB" check "... statistics: one line a process, the first copy's" 0 \
+    NVIPCFIX_STATS=1 -- "$T/legacy_ipc"
+expect_in out "right 10, wrong 0, failed 0; .*-> CORRECT"
+expect_in err "stats: exports=10 (with offset 8) "; expect_in err "stats: exports=0 (with offset 0) opens=10 (real 10"
+[ "$(grep -c 'stats:' "$OUT/err")" -eq 2 ] || { ok=0; why="$(grep -c 'stats:' "$OUT/err") statistics lines, not 2"; }
+done_case
+PRE="$LIB $OUT/copy/libnvipcfix.so" check "... at info level the second names the first, in mode off" 0 \
+    NVIPCFIX_LOG=info -- "$T/legacy_ipc"
+expect_in err "info: $LIB, another copy of nvipcfix, is loaded before this one ($OUT/copy/libnvipcfix.so) and fixes the IPC calls"
+expect_in err "active: nvipcfix .*, mode off (another copy comes first),"
+[ "$(grep -c 'mode fix,' "$OUT/err")" -eq 2 ] || { ok=0; why="not one copy in mode fix in each process"; }
+[ "$(grep -c 'is loaded before nvipcfix' "$OUT/err")" -eq 0 ] || { ok=0; why="a warning"; }
+done_case
+PRE="$LIB $OUT/copy/libnvipcfix.so" check "... VMM memory through two copies: right, silent" 0 \
+    NVIPCFIX_VMM=1 -- "$T/vmm_ipc"
+expect_in out "right 6/6, failed 0, wrong 0, stray 0, left 0"; expect_empty err; done_case
 PRE="" check "no libcuda.so.1: the entry point is not there natively" 0 LIBPATH=/nonexistent -- \
     "$T/no_driver"
 expect_in out "no cuIpcGetMemHandle"; done_case
