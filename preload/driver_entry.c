@@ -32,8 +32,31 @@ __attribute__((noinline, cold)) static const struct nvipcfix_driver *unfixed(voi
     return &nvipcfix_real_driver()->ops;
 }
 
+/* Another copy of nvipcfix ahead (hooks.h): the span of its segments; size
+ * 0 when there is none. Set at load, before any call. */
+static struct {
+    uintptr_t start;
+    size_t size;
+} copy_ahead;
+
+void nvipcfix_note_copy_ahead(uintptr_t start, size_t size)
+{
+    copy_ahead.start = start;
+    copy_ahead.size = size;
+}
+
+/* Whether a call returns into the copy ahead: that copy has fixed it. */
+static inline int from_copy_ahead(void *return_address)
+{
+    return __builtin_expect((uintptr_t)return_address - copy_ahead.start < copy_ahead.size, 0);
+}
+
 NVIPCFIX_EXPORT CUresult cuIpcGetMemHandle(CUipcMemHandle *pHandle, CUdeviceptr dptr)
 {
+    if (from_copy_ahead(__builtin_return_address(0))) {
+        const struct nvipcfix_driver *d = &nvipcfix_real_driver()->ops;
+        return d->ipc_get_mem_handle != NULL ? d->ipc_get_mem_handle(pHandle, dptr) : no_driver();
+    }
     struct nvipcfix_fix *fix = nvipcfix_library();
     const struct nvipcfix_driver *d = fix != NULL ? fix->driver : unfixed();
     if (d->ipc_get_mem_handle == NULL)
@@ -44,8 +67,10 @@ NVIPCFIX_EXPORT CUresult cuIpcGetMemHandle(CUipcMemHandle *pHandle, CUdeviceptr 
 }
 
 static CUresult open_with(nvipcfix_open_fn real, CUdeviceptr *pdptr, CUipcMemHandle handle,
-                          unsigned int Flags)
+                          unsigned int Flags, void *return_address)
 {
+    if (from_copy_ahead(return_address))
+        return real != NULL ? real(pdptr, handle, Flags) : no_driver();
     struct nvipcfix_fix *fix = nvipcfix_library();
     const struct nvipcfix_driver *d = fix != NULL ? fix->driver : unfixed();
     if (real == NULL || d->ipc_close_mem_handle == NULL)
@@ -58,17 +83,23 @@ static CUresult open_with(nvipcfix_open_fn real, CUdeviceptr *pdptr, CUipcMemHan
 NVIPCFIX_EXPORT CUresult cuIpcOpenMemHandle(CUdeviceptr *pdptr, CUipcMemHandle handle,
                                             unsigned int Flags)
 {
-    return open_with(nvipcfix_real_driver()->ipc_open_legacy, pdptr, handle, Flags);
+    return open_with(nvipcfix_real_driver()->ipc_open_legacy, pdptr, handle, Flags,
+                     __builtin_return_address(0));
 }
 
 NVIPCFIX_EXPORT CUresult cuIpcOpenMemHandle_v2(CUdeviceptr *pdptr, CUipcMemHandle handle,
                                                unsigned int Flags)
 {
-    return open_with(nvipcfix_real_driver()->ipc_open_v2, pdptr, handle, Flags);
+    return open_with(nvipcfix_real_driver()->ipc_open_v2, pdptr, handle, Flags,
+                     __builtin_return_address(0));
 }
 
 NVIPCFIX_EXPORT CUresult cuIpcCloseMemHandle(CUdeviceptr dptr)
 {
+    if (from_copy_ahead(__builtin_return_address(0))) {
+        const struct nvipcfix_driver *d = &nvipcfix_real_driver()->ops;
+        return d->ipc_close_mem_handle != NULL ? d->ipc_close_mem_handle(dptr) : no_driver();
+    }
     struct nvipcfix_fix *fix = nvipcfix_library();
     const struct nvipcfix_driver *d = fix != NULL ? fix->driver : unfixed();
     if (d->ipc_close_mem_handle == NULL)

@@ -4,6 +4,9 @@
 #ifndef NVIPCFIX_HOOKS_H
 #define NVIPCFIX_HOOKS_H
 
+#include <stddef.h>
+#include <stdint.h>
+
 #include "real_driver.h"
 #include "watched_names.h"
 
@@ -28,6 +31,14 @@ void nvipcfix_mapping_call_not_ours(const char *name, void *found);
  * any of them (the wrappers are then nvipcfix's own, with no look-up).
  * Until it is said, a wrapper is looked up when first needed. */
 void nvipcfix_note_first_definitions(void *const *first);
+
+/* Said at load by the load-order check when another copy of nvipcfix
+ * comes first in the search order: the addresses its loaded segments
+ * span. That copy fixes the calls the program makes through it and calls
+ * this copy's entry points as the next definitions; a call made from
+ * there goes to the driver unchanged (a second fix would take the first
+ * copy's answers for the driver's), any other call is fixed here. */
+void nvipcfix_note_copy_ahead(uintptr_t start, size_t size);
 
 /* The watched names (watched_names.h) and nvipcfix's own definition of
  * each, its exported dlsym's first. */

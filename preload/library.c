@@ -14,8 +14,9 @@
 #include "../shim/log.h"
 
 /* The release (the VERSION file, through the Makefile), readable in the file:
- * `strings libnvipcfix.so | grep 'nvipcfix version'`; nvipcfix doctor reads it. */
-__attribute__((used)) static const char version_mark[] = "nvipcfix version " NVIPCFIX_VERSION;
+ * `strings libnvipcfix.so | grep 'nvipcfix version'`; nvipcfix doctor reads it,
+ * and so does another copy's load-order check (load_order.c). */
+const char nvipcfix_version_mark[] = "nvipcfix version " NVIPCFIX_VERSION;
 
 /* On the heap, set up once: in .bss its 10 KiB would cost every process
  * that loads the library (a mapping of its own at load) whether or not it
@@ -40,16 +41,6 @@ void nvipcfix_config_from_environ(struct nvipcfix_config *cfg)
 }
 
 static pid_t setup_pid;
-
-/* Another copy of nvipcfix comes first in the search order (load_order.c):
- * it fixes the calls, and this copy, which it calls as the next definition,
- * passes them on unchanged and reports nothing at exit. */
-static atomic_int passing_on;
-
-void nvipcfix_library_pass_on(void)
-{
-    atomic_store_explicit(&passing_on, 1, memory_order_release);
-}
 
 /* At load, before the program can close fd 2 and open a file of its own
  * there: what stderr is (see nvipcfix_log_remember_stderr). */
@@ -100,11 +91,8 @@ static void setup(void)
 {
     struct nvipcfix_config cfg;
     nvipcfix_config_from_environ(&cfg);
-    int pass_on = atomic_load_explicit(&passing_on, memory_order_acquire);
-    if (pass_on)
-        cfg.mode = NVIPCFIX_MODE_OFF;
     nvipcfix_log_open(cfg.log_level, cfg.log_file);
-    for (int i = 0; i < cfg.nwarnings && !pass_on; i++)
+    for (int i = 0; i < cfg.nwarnings; i++)
         nvipcfix_log(NVIPCFIX_LOG_WARN, "%s", cfg.warnings[i]);
 
     const struct nvipcfix_real_driver *real = nvipcfix_real_driver();
@@ -118,13 +106,12 @@ static void setup(void)
     pthread_atfork(NULL, NULL, fork_child);
     if (cfg.mode == NVIPCFIX_MODE_AUDIT)
         fix->describe_caller = nvipcfix_describe_caller;
-    if (!pass_on)
-        atexit(at_exit);
+    atexit(at_exit);
     /* A library ahead of nvipcfix in the search order was named at load
      * (load_order.c). */
-    NVIPCFIX_INFO("active: nvipcfix " NVIPCFIX_VERSION ", mode %s%s, self-open %s, VMM export %s",
-                  nvipcfix_mode_name(cfg.mode), pass_on ? " (another copy comes first)" : "",
-                  cfg.self_open ? "on" : "off", cfg.vmm ? "on" : "off");
+    NVIPCFIX_INFO("active: nvipcfix " NVIPCFIX_VERSION ", mode %s, self-open %s, VMM export %s",
+                  nvipcfix_mode_name(cfg.mode), cfg.self_open ? "on" : "off",
+                  cfg.vmm ? "on" : "off");
 }
 
 struct nvipcfix_fix *nvipcfix_library_setup(void)

@@ -12,14 +12,8 @@
 /* Reads the configuration, opens the log, loads the real driver and
  * installs the fork handler, all once; never in a constructor (the
  * constructors, in library.c and load_order.c, record what fd 2 is and
- * read the loader's list; no driver call). */
+ * compare a few addresses the loader bound; no look-up, no driver call). */
 struct nvipcfix_fix *nvipcfix_library_setup(void);
-
-/* Called at load (load_order.c) when another copy of nvipcfix comes first
- * in the search order: this one is then set up in mode off (a pure
- * pass-through: the other copy fixes the calls and passes them on through
- * this one), with no warning of its settings and no report at exit. */
-void nvipcfix_library_pass_on(void);
 
 /* The instance once set up (library.c), else NULL. */
 extern struct nvipcfix_fix *_Atomic nvipcfix_library_ready;
@@ -32,6 +26,10 @@ static inline struct nvipcfix_fix *nvipcfix_library(void)
     struct nvipcfix_fix *f = atomic_load_explicit(&nvipcfix_library_ready, memory_order_acquire);
     return __builtin_expect(f != NULL, 1) ? f : nvipcfix_library_setup();
 }
+
+/* "nvipcfix version X", X the release, in the library's read-only data. */
+extern const char nvipcfix_version_mark[];
+#define NVIPCFIX_VERSION_MARK_PREFIX (sizeof "nvipcfix version " - 1)
 
 /* The NVIPCFIX_* settings of this process's environment. */
 void nvipcfix_config_from_environ(struct nvipcfix_config *cfg);

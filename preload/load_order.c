@@ -55,10 +55,10 @@ static void first_definitions(void *first[WATCHED])
 
 /* The library (not nvipcfix, the program or glibc's) that gives the
  * first definition of one of the names first[from, to) other than
- * nvipcfix's; names gets the names it defines there, comma-separated. NULL
- * when nvipcfix comes first. */
+ * nvipcfix's; names gets the names it defines there, comma-separated, and
+ * where the first of them. NULL when nvipcfix comes first. */
 static const char *library_before_nvipcfix(void *const first[WATCHED], size_t from, size_t to,
-                                           char *names, size_t n)
+                                           char *names, size_t n, const void **where)
 {
     Dl_info self, glibc, found;
     ElfW(Addr) program = 0;
@@ -79,8 +79,10 @@ static const char *library_before_nvipcfix(void *const first[WATCHED], size_t fr
             found.dli_fname == NULL || found.dli_fbase == self.dli_fbase ||
             found.dli_fbase == glibc.dli_fbase || (ElfW(Addr))found.dli_fbase == program)
             continue;
-        if (name_of_first == NULL)
+        if (name_of_first == NULL) {
             name_of_first = found.dli_fname;
+            *where = first[i];
+        }
         else if (strcmp(name_of_first, found.dli_fname) != 0)
             continue; /* one library named at a time */
         size_t used = strlen(names);
@@ -90,12 +92,67 @@ static const char *library_before_nvipcfix(void *const first[WATCHED], size_t fr
     return name_of_first;
 }
 
-/* Whether the library at path is a copy of nvipcfix: its file name, as
- * the launcher and the Python package tell copies in LD_PRELOAD. */
-static int is_nvipcfix(const char *path)
+/* Whether the library that holds address at is a copy of nvipcfix, and
+ * then its release ("nvipcfix version X", library.c) and the span of its
+ * loaded segments. A copy defines every watched name, and carries its
+ * release's text in a read-only segment; the text is read for (a
+ * millisecond in a large library) only where the library defines every
+ * watched name. */
+struct copy_search {
+    ElfW(Addr) at, start, end;
+    void *const *first;
+    char *release;
+    size_t n;
+    int found;
+};
+
+static int copy_in_object(struct dl_phdr_info *info, size_t size, void *arg)
 {
-    const char *slash = strrchr(path, '/');
-    return strcmp(slash != NULL ? slash + 1 : path, "libnvipcfix.so") == 0;
+    (void)size;
+    const char *mark = nvipcfix_version_mark; /* its first NVIPCFIX_VERSION_MARK_PREFIX bytes */
+    const size_t len = NVIPCFIX_VERSION_MARK_PREFIX;
+    struct copy_search *s = arg;
+    ElfW(Addr) start = UINTPTR_MAX, end = 0;
+    for (ElfW(Half) i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        ElfW(Addr) from = info->dlpi_addr + ph->p_vaddr;
+        if (ph->p_type != PT_LOAD)
+            continue;
+        start = from < start ? from : start;
+        end = from + ph->p_memsz > end ? from + ph->p_memsz : end;
+    }
+    if (s->at < start || s->at >= end)
+        return 0; /* not this object */
+    s->start = start;
+    s->end = end;
+    for (size_t i = 0; i < WATCHED; i++)
+        if ((ElfW(Addr))s->first[i] - start >= end - start)
+            return 1; /* a name it does not define */
+    for (ElfW(Half) i = 0; i < info->dlpi_phnum && !s->found; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type != PT_LOAD || (ph->p_flags & (PF_R | PF_W)) != PF_R)
+            continue;
+        const char *m, *p = (const char *)(info->dlpi_addr + ph->p_vaddr);
+        const char *stop = p + ph->p_filesz;
+        for (; !s->found && (m = memmem(p, (size_t)(stop - p), mark, len)) != NULL; p = m + 1) {
+            const char *v = m + len; /* a release's number */
+            if (v < stop && *v >= '0' && *v <= '9' && memchr(v, '\0', (size_t)(stop - v))) {
+                snprintf(s->release, s->n, "%s", m);
+                s->found = 1;
+            }
+        }
+    }
+    return 1;
+}
+
+static int copy_of_nvipcfix(const void *at, void *const first[WATCHED], char *release, size_t n,
+                            ElfW(Addr) *start, size_t *size)
+{
+    struct copy_search s = {(ElfW(Addr))at, 0, 0, first, release, n, 0};
+    dl_iterate_phdr(copy_in_object, &s);
+    *start = s.start;
+    *size = s.end - s.start;
+    return s.found;
 }
 
 /* The vDSO's name in the loader's list: "linux-vdso.so.1" ("linux-gate.so.1"
@@ -160,36 +217,43 @@ __attribute__((constructor, section(".text.startup"))) static void check_load_or
         ours += first[i] == own[i];
     if (ours == WATCHED)
         return; /* a library ahead, but none of its definitions comes first */
-    char names[256], mapping_names[256];
-    const char *before = library_before_nvipcfix(first, 0, IPC_NAMES, names, sizeof names);
+    char names[256], mapping_names[256], release[64];
+    const void *before_at = NULL, *mapping_at = NULL;
+    const char *before = library_before_nvipcfix(first, 0, IPC_NAMES, names, sizeof names,
+                                                 &before_at);
     const char *mapping = library_before_nvipcfix(first, IPC_NAMES, WATCHED, mapping_names,
-                                                  sizeof mapping_names);
+                                                  sizeof mapping_names, &mapping_at);
     if (before == NULL && mapping == NULL)
         return;
-    if (before != NULL && is_nvipcfix(before)) {
-        /* Another copy of nvipcfix ahead (the system's in /etc/ld.so.preload
-         * and a wheel's through the launcher): it fixes the calls and
-         * passes them on to the next definitions, this copy's. */
-        nvipcfix_library_pass_on();
-        struct nvipcfix_config cfg;
-        nvipcfix_config_from_environ(&cfg);
-        nvipcfix_log_open(cfg.log_level, cfg.log_file);
-        Dl_info self;
-        NVIPCFIX_INFO("%s, another copy of nvipcfix, is loaded before this one (%s) and "
-                      "fixes the IPC calls; this copy passes them on unchanged",
-                      before, dladdr(own[0], &self) != 0 && self.dli_fname != NULL
-                                  ? self.dli_fname
-                                  : "libnvipcfix.so");
-        return;
-    }
     if ((before != NULL && first[0] != own[0]) || mapping != NULL)
         atomic_fetch_or_explicit(&nvipcfix_map_generation, NVIPCFIX_MAP_GEN_UNTRACKED,
                                  memory_order_acq_rel);
+    /* Another copy of nvipcfix ahead (the system's in /etc/ld.so.preload
+     * and a wheel's through the launcher): it fixes the calls the program
+     * makes through it, and calls this copy's definitions as the next ones
+     * (dlsym(RTLD_NEXT)); those calls go on to the driver unchanged
+     * (driver_entry.c). Nothing to warn of. */
+    ElfW(Addr) copy_start;
+    size_t copy_size;
+    int copy = copy_of_nvipcfix(before != NULL ? before_at : mapping_at, first, release,
+                                sizeof release, &copy_start, &copy_size);
+    if (copy)
+        nvipcfix_note_copy_ahead(copy_start, copy_size);
     struct nvipcfix_config cfg;
     nvipcfix_config_from_environ(&cfg);
-    if (cfg.mode == NVIPCFIX_MODE_OFF)
+    if (cfg.mode == NVIPCFIX_MODE_OFF || (copy && cfg.log_level < NVIPCFIX_LOG_INFO))
         return;
     nvipcfix_log_open(cfg.log_level, cfg.log_file);
+    if (copy) {
+        Dl_info self;
+        NVIPCFIX_INFO("%s (%s) is another copy of nvipcfix, loaded before this one (%s): it "
+                      "fixes the IPC calls, and those it passes on go through this copy "
+                      "unchanged",
+                      before != NULL ? before : mapping, release,
+                      dladdr(own[0], &self) != 0 && self.dli_fname != NULL ? self.dli_fname
+                                                                           : "libnvipcfix.so");
+        return;
+    }
     if (before != NULL)
         nvipcfix_log(NVIPCFIX_LOG_WARN,
                      "%s is loaded before nvipcfix and defines %s: the calls and look-ups it "
