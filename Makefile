@@ -40,7 +40,7 @@ INTEG_BIN := $(BUILD)/tests/legacy_ipc $(BUILD)/tests/rtld_next $(BUILD)/tests/i
              $(BUILD)/tests/ipc_faults $(BUILD)/tests/no_driver $(BUILD)/tests/libother_preload.so \
              $(BUILD)/tests/libfailing_calloc.so $(BUILD)/tests/libmap_hook.so \
              $(BUILD)/tests/fork_safety $(BUILD)/tests/libgpu_share.so $(BUILD)/tests/quota_probe \
-             $(BUILD)/tests/libcuda_proxy.so $(BUILD)/tests/vmm_ipc $(BUILD)/tests/entry_owner \
+             $(BUILD)/tests/libcuda_proxy.so $(BUILD)/tests/liblookalike.so $(BUILD)/tests/vmm_ipc $(BUILD)/tests/entry_owner \
              $(BUILD)/tests/ipc_bench $(BUILD)/tests/libempty_two_segments.so \
              $(BUILD)/tests/liblinked_high.so $(BUILD)/tests/late_driver \
              $(BUILD)/tests/dlopen_close
@@ -241,6 +241,10 @@ $(BUILD)/tests/libgpu_share.so: tests/interposers/gpu_share.c
 $(BUILD)/tests/libcuda_proxy.so: tests/interposers/cuda_proxy.c
 	@mkdir -p $(@D)
 	$(call say,CC,$@)$(CC) $(CFLAGS) -shared -o $@ $<
+
+$(BUILD)/tests/liblookalike.so: tests/interposers/lookalike.c
+	@mkdir -p $(@D)
+	$(call say,CC,$@)$(CC) $(CFLAGS) -shared -o $@ $< -ldl
 
 $(BUILD)/tests/quota_probe: tests/interposers/quota_probe.c
 	@mkdir -p $(@D)

@@ -32,23 +32,33 @@ __attribute__((noinline, cold)) static const struct nvipcfix_driver *unfixed(voi
     return &nvipcfix_real_driver()->ops;
 }
 
-/* Another copy of nvipcfix ahead (hooks.h): the span of its segments; size
- * 0 when there is none. Set at load, before any call. */
+/* The spans of the copies of nvipcfix ahead and of the interposers
+ * between them and this one (hooks.h); none in the usual case. Set at
+ * load, before any call. */
+#define COPY_SPANS 16
 static struct {
     uintptr_t start;
     size_t size;
-} copy_ahead;
+} copy_spans[COPY_SPANS];
+static int copy_span_count;
 
 void nvipcfix_note_copy_ahead(uintptr_t start, size_t size)
 {
-    copy_ahead.start = start;
-    copy_ahead.size = size;
+    if (copy_span_count < COPY_SPANS) {
+        copy_spans[copy_span_count].start = start;
+        copy_spans[copy_span_count].size = size;
+        copy_span_count++;
+    }
 }
 
-/* Whether a call returns into the copy ahead: that copy has fixed it. */
+/* Whether a call returns into a copy ahead or an interposer after it: that
+ * copy has fixed it. */
 static inline int from_copy_ahead(void *return_address)
 {
-    return __builtin_expect((uintptr_t)return_address - copy_ahead.start < copy_ahead.size, 0);
+    for (int i = 0; __builtin_expect(i < copy_span_count, 0); i++)
+        if ((uintptr_t)return_address - copy_spans[i].start < copy_spans[i].size)
+            return 1;
+    return 0;
 }
 
 NVIPCFIX_EXPORT CUresult cuIpcGetMemHandle(CUipcMemHandle *pHandle, CUdeviceptr dptr)

@@ -32,12 +32,15 @@ void nvipcfix_mapping_call_not_ours(const char *name, void *found);
  * Until it is said, a wrapper is looked up when first needed. */
 void nvipcfix_note_first_definitions(void *const *first);
 
-/* Said at load by the load-order check when another copy of nvipcfix
- * comes first in the search order: the addresses its loaded segments
- * span. That copy fixes the calls the program makes through it and calls
- * this copy's entry points as the next definitions; a call made from
- * there goes to the driver unchanged (a second fix would take the first
- * copy's answers for the driver's), any other call is fixed here. */
+/* Said at load by the load-order check, once for each, when another copy
+ * of nvipcfix comes ahead in the search order: the addresses spanned by
+ * its loaded segments, and by those of each library between it and this
+ * one that may define an IPC name. The copy ahead fixes the calls the
+ * program makes through it and calls this copy's entry points as the next
+ * definitions, directly or through those libraries; a call that returns
+ * into one of the spans goes to the driver unchanged (a second fix would
+ * take the first copy's answers for the driver's), any other is fixed
+ * here. At most 16 spans. */
 void nvipcfix_note_copy_ahead(uintptr_t start, size_t size);
 
 /* The watched names (watched_names.h) and nvipcfix's own definition of

@@ -55,10 +55,10 @@ static void first_definitions(void *first[WATCHED])
 
 /* The library (not nvipcfix, the program or glibc's) that gives the
  * first definition of one of the names first[from, to) other than
- * nvipcfix's; names gets the names it defines there, comma-separated, and
- * where the first of them. NULL when nvipcfix comes first. */
+ * nvipcfix's; names gets the names it defines there, comma-separated. NULL
+ * when nvipcfix comes first. */
 static const char *library_before_nvipcfix(void *const first[WATCHED], size_t from, size_t to,
-                                           char *names, size_t n, const void **where)
+                                           char *names, size_t n)
 {
     Dl_info self, glibc, found;
     ElfW(Addr) program = 0;
@@ -79,10 +79,8 @@ static const char *library_before_nvipcfix(void *const first[WATCHED], size_t fr
             found.dli_fname == NULL || found.dli_fbase == self.dli_fbase ||
             found.dli_fbase == glibc.dli_fbase || (ElfW(Addr))found.dli_fbase == program)
             continue;
-        if (name_of_first == NULL) {
+        if (name_of_first == NULL)
             name_of_first = found.dli_fname;
-            *where = first[i];
-        }
         else if (strcmp(name_of_first, found.dli_fname) != 0)
             continue; /* one library named at a time */
         size_t used = strlen(names);
@@ -90,69 +88,6 @@ static const char *library_before_nvipcfix(void *const first[WATCHED], size_t fr
                  nvipcfix_watched_names[i]);
     }
     return name_of_first;
-}
-
-/* Whether the library that holds address at is a copy of nvipcfix, and
- * then its release ("nvipcfix version X", library.c) and the span of its
- * loaded segments. A copy defines every watched name, and carries its
- * release's text in a read-only segment; the text is read for (a
- * millisecond in a large library) only where the library defines every
- * watched name. */
-struct copy_search {
-    ElfW(Addr) at, start, end;
-    void *const *first;
-    char *release;
-    size_t n;
-    int found;
-};
-
-static int copy_in_object(struct dl_phdr_info *info, size_t size, void *arg)
-{
-    (void)size;
-    const char *mark = nvipcfix_version_mark; /* its first NVIPCFIX_VERSION_MARK_PREFIX bytes */
-    const size_t len = NVIPCFIX_VERSION_MARK_PREFIX;
-    struct copy_search *s = arg;
-    ElfW(Addr) start = UINTPTR_MAX, end = 0;
-    for (ElfW(Half) i = 0; i < info->dlpi_phnum; i++) {
-        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
-        ElfW(Addr) from = info->dlpi_addr + ph->p_vaddr;
-        if (ph->p_type != PT_LOAD)
-            continue;
-        start = from < start ? from : start;
-        end = from + ph->p_memsz > end ? from + ph->p_memsz : end;
-    }
-    if (s->at < start || s->at >= end)
-        return 0; /* not this object */
-    s->start = start;
-    s->end = end;
-    for (size_t i = 0; i < WATCHED; i++)
-        if ((ElfW(Addr))s->first[i] - start >= end - start)
-            return 1; /* a name it does not define */
-    for (ElfW(Half) i = 0; i < info->dlpi_phnum && !s->found; i++) {
-        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
-        if (ph->p_type != PT_LOAD || (ph->p_flags & (PF_R | PF_W)) != PF_R)
-            continue;
-        const char *m, *p = (const char *)(info->dlpi_addr + ph->p_vaddr);
-        const char *stop = p + ph->p_filesz;
-        for (; !s->found && (m = memmem(p, (size_t)(stop - p), mark, len)) != NULL; p = m + 1) {
-            const char *v = m + len; /* a release's number */
-            if (v < stop && *v >= '0' && *v <= '9' && memchr(v, '\0', (size_t)(stop - v))) {
-                snprintf(s->release, s->n, "%s", m);
-                s->found = 1;
-            }
-        }
-    }
-    return 1;
-}
-
-static int copy_of_nvipcfix(const void *at, void *const first[WATCHED], char *release, size_t n,
-                            ElfW(Addr) *start, size_t *size)
-{
-    struct copy_search s = {(ElfW(Addr))at, 0, 0, first, release, n, 0};
-    dl_iterate_phdr(copy_in_object, &s);
-    *start = s.start;
-    *size = s.end - s.start;
-    return s.found;
 }
 
 /* The vDSO's name in the loader's list: "linux-vdso.so.1" ("linux-gate.so.1"
@@ -198,6 +133,106 @@ __attribute__((section(".text.startup"))) static uint32_t names_ahead(void)
     return all;
 }
 
+/* ---- another copy of nvipcfix ahead ---------------------------------------
+ * The system's in /etc/ld.so.preload and a wheel's through the launcher:
+ * the first copy in the search order fixes the calls the program makes,
+ * and calls the next definitions, those of the libraries after it, this
+ * copy's among them (dlsym(RTLD_NEXT)), directly or through interposers
+ * between the two. A second fix here would take the first copy's answers
+ * (tagged handles, VMM tickets) for the driver's: such calls go to the
+ * driver unchanged (driver_entry.c), any other is fixed. A copy is known
+ * by what it defines (every watched name, from its GNU hash table) and
+ * the release it carries in its read-only data ("nvipcfix version X",
+ * library.c, as a string of its own), not by its file name. */
+
+/* One object of the loader's list: the span of its loaded segments, and
+ * with release non-NULL whether it carries a release of nvipcfix (then
+ * written there). */
+struct object_look {
+    const char *name; /* the link map's l_name: dl_iterate_phdr gives the same pointer */
+    ElfW(Addr) start, end;
+    char *release;
+    size_t n;
+    int found;
+};
+
+static void find_release(struct dl_phdr_info *info, struct object_look *o)
+{
+    const char *mark = nvipcfix_version_mark; /* its first NVIPCFIX_VERSION_MARK_PREFIX bytes */
+    const size_t len = NVIPCFIX_VERSION_MARK_PREFIX;
+    for (ElfW(Half) i = 0; i < info->dlpi_phnum && !o->found; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        if (ph->p_type != PT_LOAD || (ph->p_flags & (PF_R | PF_W)) != PF_R)
+            continue;
+        const char *m, *p = (const char *)(info->dlpi_addr + ph->p_vaddr);
+        const char *start = p, *stop = p + ph->p_filesz;
+        for (; !o->found && (m = memmem(p, (size_t)(stop - p), mark, len)) != NULL; p = m + 1) {
+            /* a string of its own: "nvipcfix version " then the number */
+            const char *v = m + len;
+            if ((m == start || m[-1] == '\0') && v < stop && *v >= '0' && *v <= '9' &&
+                memchr(v, '\0', (size_t)(stop - v)) != NULL) {
+                snprintf(o->release, o->n, "%s", m);
+                o->found = 1;
+            }
+        }
+    }
+}
+
+static int look_at_object(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    (void)size;
+    struct object_look *o = arg;
+    if (info->dlpi_name != o->name)
+        return 0;
+    o->start = UINTPTR_MAX;
+    o->end = 0;
+    for (ElfW(Half) i = 0; i < info->dlpi_phnum; i++) {
+        const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
+        ElfW(Addr) from = info->dlpi_addr + ph->p_vaddr;
+        if (ph->p_type == PT_LOAD) {
+            o->start = from < o->start ? from : o->start;
+            o->end = from + ph->p_memsz > o->end ? from + ph->p_memsz : o->end;
+        }
+    }
+    if (o->release != NULL)
+        find_release(info, o);
+    return 1;
+}
+
+/* The copies of nvipcfix ahead of this one in the loader's list, and the
+ * libraries between the first of them and this one that may define an IPC
+ * name (interposers in the chain): their spans given to driver_entry.c.
+ * Returns the first copy's path (its release in release), or NULL. */
+static const char *copies_ahead(char *release, size_t n)
+{
+    extern ElfW(Dyn) _DYNAMIC[];
+    const uint32_t all = ((uint32_t)1 << WATCHED) - 1;
+    const uint32_t ipc = (((uint32_t)1 << IPC_NAMES) - 1) & ~(uint32_t)1; /* not dlsym */
+    const char *first = NULL;
+    for (const struct link_map *m = _r_debug.r_map; m != NULL; m = m->l_next) {
+        if (m->l_ld == _DYNAMIC)
+            return first;
+        if (m == _r_debug.r_map || is_vdso(m->l_name))
+            continue; /* the program, the kernel's object */
+        uint32_t may = nvipcfix_may_define(m->l_addr, m->l_ld, watched_hash, WATCHED);
+        struct object_look o = {m->l_name, 0, 0, NULL, 0, 0};
+        if (first == NULL && may == all) {
+            o.release = release;
+            o.n = n;
+        } else if (first == NULL || (may & ipc) == 0) {
+            continue;
+        }
+        dl_iterate_phdr(look_at_object, &o);
+        if (first == NULL && !o.found)
+            continue;
+        if (first == NULL)
+            first = m->l_name;
+        if (o.end > o.start)
+            nvipcfix_note_copy_ahead(o.start, o.end - o.start);
+    }
+    return NULL; /* not in the list (another namespace): no copy known */
+}
+
 /* This and the functions it calls on the usual path are in .text.startup
  * whatever the optimization level (GCC puts constructors there only at
  * -O2): GNU ld places that section at the front of the code,
@@ -218,38 +253,26 @@ __attribute__((constructor, section(".text.startup"))) static void check_load_or
     if (ours == WATCHED)
         return; /* a library ahead, but none of its definitions comes first */
     char names[256], mapping_names[256], release[64];
-    const void *before_at = NULL, *mapping_at = NULL;
-    const char *before = library_before_nvipcfix(first, 0, IPC_NAMES, names, sizeof names,
-                                                 &before_at);
+    const char *copy = copies_ahead(release, sizeof release);
+    const char *before = library_before_nvipcfix(first, 0, IPC_NAMES, names, sizeof names);
     const char *mapping = library_before_nvipcfix(first, IPC_NAMES, WATCHED, mapping_names,
-                                                  sizeof mapping_names, &mapping_at);
-    if (before == NULL && mapping == NULL)
+                                                  sizeof mapping_names);
+    if (before == NULL && mapping == NULL && copy == NULL)
         return;
-    if ((before != NULL && first[0] != own[0]) || mapping != NULL)
+    if ((before != NULL && first[0] != own[0]) || mapping != NULL || copy != NULL)
         atomic_fetch_or_explicit(&nvipcfix_map_generation, NVIPCFIX_MAP_GEN_UNTRACKED,
                                  memory_order_acq_rel);
-    /* Another copy of nvipcfix ahead (the system's in /etc/ld.so.preload
-     * and a wheel's through the launcher): it fixes the calls the program
-     * makes through it, and calls this copy's definitions as the next ones
-     * (dlsym(RTLD_NEXT)); those calls go on to the driver unchanged
-     * (driver_entry.c). Nothing to warn of. */
-    ElfW(Addr) copy_start;
-    size_t copy_size;
-    int copy = copy_of_nvipcfix(before != NULL ? before_at : mapping_at, first, release,
-                                sizeof release, &copy_start, &copy_size);
-    if (copy)
-        nvipcfix_note_copy_ahead(copy_start, copy_size);
     struct nvipcfix_config cfg;
     nvipcfix_config_from_environ(&cfg);
-    if (cfg.mode == NVIPCFIX_MODE_OFF || (copy && cfg.log_level < NVIPCFIX_LOG_INFO))
+    if (cfg.mode == NVIPCFIX_MODE_OFF || (copy != NULL && cfg.log_level < NVIPCFIX_LOG_INFO))
         return;
     nvipcfix_log_open(cfg.log_level, cfg.log_file);
-    if (copy) {
+    if (copy != NULL) { /* it speaks of the libraries ahead of it */
         Dl_info self;
         NVIPCFIX_INFO("%s (%s) is another copy of nvipcfix, loaded before this one (%s): it "
-                      "fixes the IPC calls, and those it passes on go through this copy "
-                      "unchanged",
-                      before != NULL ? before : mapping, release,
+                      "fixes the IPC calls; those that reach this copy from it go to the "
+                      "driver unchanged",
+                      copy, release,
                       dladdr(own[0], &self) != 0 && self.dli_fname != NULL ? self.dli_fname
                                                                            : "libnvipcfix.so");
         return;

@@ -990,16 +990,17 @@ for order in "other first" "nvipcfix first"; do
 done
 # Two copies of nvipcfix (the system's in /etc/ld.so.preload, a wheel's
 # through the launcher): the first in the search order fixes the calls and
-# passes them on to the second (its next definitions), which sends what
-# comes from the first copy to the driver unchanged, fixes any other call,
-# and says so at info level only. Before 0.3.7 the second warned in every
-# process that the first bypassed it, and fixed the calls again: VMM
-# memory read wrong bytes. A copy is known by what it defines and the
-# release it carries, not by its file name: a library named libnvipcfix.so
-# that is not nvipcfix is warned of; a copy opened with dlopen fixes the
-# calls made through it.
-mkdir -p "$OUT/copy" "$OUT/fake" && cp "$LIB" "$OUT/copy/libnvipcfix.so" &&
-    cp "$T/libcuda_proxy.so" "$OUT/fake/libnvipcfix.so"
+# passes them on to the second (its next definitions), directly or through
+# interposers between them, and the second sends what comes from there to
+# the driver unchanged, fixes any other call, and says so at info level
+# only. Before 0.3.7 the second warned in every process that the first
+# bypassed it, and fixed the calls again: VMM memory read wrong bytes. A
+# copy is known by what it defines and the release it carries as a string
+# of its own, not by its file name: a library named libnvipcfix.so that is
+# not nvipcfix, or one that defines the same names and mentions the text,
+# is warned of; a copy opened with dlopen fixes the calls made through it.
+mkdir -p "$OUT/copy" "$OUT/copy3" "$OUT/fake" && cp "$LIB" "$OUT/copy/libnvipcfix.so" &&
+    cp "$LIB" "$OUT/copy3/libnvipcfix.so" && cp "$T/libcuda_proxy.so" "$OUT/fake/libnvipcfix.so"
 for road in direct dlsym procaddr; do
     PRE="$LIB $OUT/copy/libnvipcfix.so" check "two copies of nvipcfix preloaded, $road: right, silent" 0 \
         -- "$T/legacy_ipc" --road $road
@@ -1021,6 +1022,28 @@ done_case
 PRE="$LIB $OUT/copy/libnvipcfix.so" check "... VMM memory through two copies: right, silent" 0 \
     NVIPCFIX_VMM=1 -- "$T/vmm_ipc"
 expect_in out "right 6/6, failed 0, wrong 0, stray 0, left 0"; expect_empty err; done_case
+for between in "$T/libother_preload.so" "$OUT/copy3/libnvipcfix.so"; do
+    case $between in "$OUT"/*) what="a third copy" ;; *) what="an interposer" ;; esac
+    PRE="$LIB $between $OUT/copy/libnvipcfix.so" check "... with $what between them: VMM memory right, silent" 0 \
+        NVIPCFIX_VMM=1 -- "$T/vmm_ipc"
+    expect_in out "right 6/6, failed 0, wrong 0, stray 0, left 0"
+    [ "$(grep -c 'nvipcfix\[' "$OUT/err")" -eq 0 ] || { ok=0; why="a line from nvipcfix: $(head -c 300 "$OUT/err")"; }
+    done_case
+    PRE="$LIB $between $OUT/copy/libnvipcfix.so" check "... with $what between them: legacy handles fixed once" 0 \
+        NVIPCFIX_STATS=1 -- "$T/legacy_ipc"
+    expect_in out "right 10, wrong 0, failed 0; .*-> CORRECT"
+    [ "$(grep -c 'stats:' "$OUT/err")" -eq 2 ] || { ok=0; why="$(grep -c 'stats:' "$OUT/err") statistics lines, not 2"; }
+    done_case
+done
+PRE="$T/libgpu_share.so $LIB $OUT/copy/libnvipcfix.so" check "... behind a GPU-sharing layer: as behind it alone, one warning a process" 2 \
+    -- "$T/legacy_ipc" --road direct
+expect_in out "right 2, wrong 0, failed 8;"
+[ "$(grep -c 'libgpu_share.so is loaded before nvipcfix' "$OUT/err")" -eq 2 ] || { ok=0; why="not one warning a process"; }
+[ "$(grep -c 'another copy' "$OUT/err")" -eq 0 ] || { ok=0; why="an info line at the default level"; }
+done_case
+PRE="$T/liblookalike.so $LIB" check "a library defining the same names and mentioning nvipcfix's release, ahead: warned of" 2 \
+    -- "$T/legacy_ipc" --usage
+expect_in err "liblookalike.so is loaded before nvipcfix and defines dlsym, cuIpcGetMemHandle,"; done_case
 PRE="$LIB $OUT/copy/libnvipcfix.so" check "... a process without IPC calls opens no log file" 2 \
     NVIPCFIX_LOG_FILE="$OUT/copy/log.%p" -- "$T/legacy_ipc" --usage
 [ -z "$(ls "$OUT/copy" | grep '^log\.')" ] || { ok=0; why="a log file: $(ls "$OUT/copy")"; }
