@@ -24,6 +24,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "gnu_hash.h"
 #include "hooks.h"
@@ -156,21 +157,46 @@ struct object_look {
     int found;
 };
 
+/* A release's number, then its end: digits and dots, at most 15. */
+static int release_number(const char *v, const char *stop)
+{
+    if (v >= stop || *v < '0' || *v > '9')
+        return 0;
+    for (const char *c = v; c < stop && c - v <= 15; c++) {
+        if (*c == '\0')
+            return 1;
+        if ((*c < '0' || *c > '9') && *c != '.')
+            return 0;
+    }
+    return 0;
+}
+
+/* The release text in the read-only segments of a library that may
+ * define every watched name: in their first MiB each (nvipcfix's is in its
+ * first 200 KiB), and only in bytes the file holds (a segment that runs
+ * past the end of its file would fault there). */
 static void find_release(struct dl_phdr_info *info, struct object_look *o)
 {
     const char *mark = nvipcfix_version_mark; /* its first NVIPCFIX_VERSION_MARK_PREFIX bytes */
     const size_t len = NVIPCFIX_VERSION_MARK_PREFIX;
+    struct stat st;
+    if (info->dlpi_name == NULL || stat(info->dlpi_name, &st) != 0 || st.st_size < 0)
+        return;
     for (ElfW(Half) i = 0; i < info->dlpi_phnum && !o->found; i++) {
         const ElfW(Phdr) *ph = &info->dlpi_phdr[i];
-        if (ph->p_type != PT_LOAD || (ph->p_flags & (PF_R | PF_W)) != PF_R)
+        if (ph->p_type != PT_LOAD || (ph->p_flags & (PF_R | PF_W)) != PF_R ||
+            ph->p_offset >= (ElfW(Off))st.st_size)
             continue;
+        size_t size = ph->p_filesz;
+        if (size > (ElfW(Off))st.st_size - ph->p_offset)
+            size = (ElfW(Off))st.st_size - ph->p_offset;
+        if (size > (size_t)1 << 20)
+            size = (size_t)1 << 20;
         const char *m, *p = (const char *)(info->dlpi_addr + ph->p_vaddr);
-        const char *start = p, *stop = p + ph->p_filesz;
+        const char *start = p, *stop = p + size;
         for (; !o->found && (m = memmem(p, (size_t)(stop - p), mark, len)) != NULL; p = m + 1) {
-            /* a string of its own: "nvipcfix version " then the number */
-            const char *v = m + len;
-            if ((m == start || m[-1] == '\0') && v < stop && *v >= '0' && *v <= '9' &&
-                memchr(v, '\0', (size_t)(stop - v)) != NULL) {
+            /* a string of its own: "nvipcfix version ", then the number */
+            if ((m == start || m[-1] == '\0') && release_number(m + len, stop)) {
                 snprintf(o->release, o->n, "%s", m);
                 o->found = 1;
             }

@@ -771,6 +771,20 @@ PRE="" check "doctor: a driver using bytes 56-63 (exit 6)" 6 "$L" "$P" SIMCUDA_H
 expect_in out "handle bytes 56-63 USED by the driver"; done_case
 PRE="" check "doctor: the library not loaded (exit 7)" 7 -- "$B/nvipcfix-doctor"
 done_case
+# A second copy (from /etc/ld.so.preload, say) is listed with its release;
+# one older than 0.3.7 fixes the calls again: exit 10. (The older copy is
+# this one with its release text changed: the doctor reads the file.)
+mkdir -p "$OUT/doctor-copy" "$OUT/doctor-old" && cp "$LIB" "$OUT/doctor-copy/libnvipcfix.so" &&
+    LC_ALL=C sed "s/nvipcfix version $(cat "$ROOT/VERSION")/nvipcfix version 0.3.6/" "$LIB" \
+        >"$OUT/doctor-old/libnvipcfix.so"
+PRE="" check "doctor: a second copy behind the first: listed, all good" 0 \
+    "LD_PRELOAD=$SAN_PRE${SAN_PRE:+ }$LIB:$OUT/doctor-copy/libnvipcfix.so" -- "$B/nvipcfix-doctor"
+expect_in out "^other copies: 1, behind the one above"
+expect_in out "doctor-copy/libnvipcfix.so (version $(cat "$ROOT/VERSION"))$"; expect_in out "All good"; done_case
+PRE="" check "doctor: a copy older than 0.3.7 behind the first (exit 10)" 10 \
+    "LD_PRELOAD=$SAN_PRE${SAN_PRE:+ }$LIB:$OUT/doctor-old/libnvipcfix.so" -- "$B/nvipcfix-doctor"
+expect_in out "doctor-old/libnvipcfix.so (version 0.3.6): OLDER THAN 0.3.7"
+expect_in out "Update that copy, or load one copy only"; done_case
 # make itself runs without the preload (and without a sanitizer runtime).
 inst() { make -s -C "$ROOT" "$@" BUILD="$B" PREFIX="$OUT/prefix" >/dev/null 2>&1; }
 files() { find "$OUT/prefix" -mindepth 1 2>/dev/null; } # files or folders

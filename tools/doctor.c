@@ -13,7 +13,9 @@
  *      LD_PRELOAD or /etc/ld.so.preload): look-ups it answers bypass nvipcfix
  *   9  a receiver without nvipcfix opens a guarded tag, fresh or after it
  *      opened the block's base handle (this driver does not check the byte
- *      guarded tags change in that order): it would read wrong bytes */
+ *      guarded tags change in that order): it would read wrong bytes
+ *  10  another copy of nvipcfix older than 0.3.7 is loaded behind the first
+ *      (from /etc/ld.so.preload, say): it fixes the calls a second time */
 #include <cuda.h>
 
 #include <dlfcn.h>
@@ -305,6 +307,43 @@ static void print_library(int loaded, const char *path)
     printf(")\n");
 }
 
+/* The copies of the library loaded after the first (told by their file
+ * names, as the launcher tells them), each with its release; older: those
+ * before 0.3.7, which fix the calls the first copy passes on a second time
+ * (VMM memory then reads wrong bytes). */
+struct copies {
+    const char *first;
+    int count, older;
+    char out[2048];
+};
+
+static int release_before_0_3_7(const char *version)
+{
+    int major, minor, patch;
+    if (sscanf(version, "%d.%d.%d", &major, &minor, &patch) != 3)
+        return 1; /* a build without its release: older than the mark's */
+    return major == 0 && (minor < 3 || (minor == 3 && patch < 7));
+}
+
+static int visit_copies(struct dl_phdr_info *info, size_t size, void *arg)
+{
+    (void)size;
+    struct copies *c = arg;
+    const char *name = info->dlpi_name, *base = name ? strrchr(name, '/') : NULL;
+    base = base != NULL ? base + 1 : name;
+    if (base == NULL || strncmp(base, "libnvipcfix", 11) != 0 || strcmp(name, c->first) == 0)
+        return 0;
+    char version[64];
+    library_version(name, version, sizeof version);
+    int older = release_before_0_3_7(version);
+    size_t used = strlen(c->out);
+    snprintf(c->out + used, sizeof c->out - used, "              %s (version %s)%s\n", name,
+             version, older ? ": OLDER THAN 0.3.7, it fixes the calls again" : "");
+    c->count++;
+    c->older += older;
+    return 0;
+}
+
 static int dlsym_before(const char *nvipcfix, char *out, size_t n)
 {
     struct order o = {nvipcfix, 0, 0, out, n};
@@ -358,6 +397,11 @@ int main(int argc, char **argv)
         printf("preload order: WRONG: loaded before nvipcfix, defining dlsym:\n%s", before);
     else
         printf("preload order: ok (no library loaded before nvipcfix defines dlsym)\n");
+    struct copies copies = {nvipcfix, 0, 0, ""};
+    dl_iterate_phdr(visit_copies, &copies);
+    if (copies.count > 0)
+        printf("other copies: %d, behind the one above, which fixes the calls:\n%s", copies.count,
+               copies.out);
     int failed = 0, tail = 0, unguarded = 0;
     const char *tag = getenv("NVIPCFIX_TAG");
     int plain = tag != NULL && strcmp(tag, "plain") == 0;
@@ -389,6 +433,13 @@ int main(int argc, char **argv)
                "layers such as HAMi-core or vgpu-manager (their quotas still hold: nvipcfix\n"
                "passes every look-up on to the next dlsym). See docs/compatibility.md.\n");
         return 8;
+    }
+    if (copies.older > 0) {
+        printf("\nA copy of nvipcfix older than 0.3.7 is loaded behind the first (listed\n"
+               "above; /etc/ld.so.preload, say): it fixes the calls the first passes on a\n"
+               "second time, and VMM memory (NVIPCFIX_VMM=1) reads wrong bytes through it.\n"
+               "Update that copy, or load one copy only.\n");
+        return 10;
     }
     if (tail) {
         printf("\nThis driver writes bytes 56-63 of IPC handles, where nvipcfix carries the\n"

@@ -51,6 +51,17 @@ def copy_gbps(lib, src, n):
     return n * REPEATS / (time.perf_counter() - t0) / 1e9
 
 
+def best_gbps(lib, srcs, n, rounds=7):
+    """Each source's best copy rate over rounds in which the two take turns
+    going first (one measurement each was at the mercy of the GPU's clocks:
+    0.956 to 1.007 with the same mapping code)."""
+    rates = [[] for _ in srcs]
+    for r in range(rounds):
+        for i in (range(len(srcs)) if r % 2 == 0 else reversed(range(len(srcs)))):
+            rates[i].append(copy_gbps(lib, srcs[i], n))
+    return [max(x) for x in rates]
+
+
 def child(records, shared, q_out):
     lib = cudart()
     out, gbps = [], [0.0, 0.0]
@@ -67,7 +78,7 @@ def child(records, shared, q_out):
         lib.cudaMemcpy(got.data_ptr(), t, n, 2)
         ok = bool(torch.equal(got, pattern(k, n)))
         if write and n == BIG:  # the big one, before it is written
-            gbps = [copy_gbps(lib, t, n), copy_gbps(lib, shared.data_ptr(), n)]
+            gbps = best_gbps(lib, [t, shared.data_ptr()], n)
         if write:
             back = (255 - pattern(k, n)).contiguous()
             lib.cudaMemcpy(t, back.data_ptr(), n, 1)
@@ -135,8 +146,9 @@ def main():
               len(records), good, wrong, errors, read, written, errors,
               "right" if theirs else "WRONG", "CORRECT" if right else "WRONG"))
     if gbps[1] > 0:
-        print("torch_vmm: copy of 30 MiB: %.1f GB/s through nvipcfix's mapping, %.1f GB/s "
-              "through PyTorch's import, ratio %.3f" % (gbps[0], gbps[1], gbps[0] / gbps[1]))
+        print("torch_vmm: copy of 30 MiB (the best of 7 turns each): %.1f GB/s through "
+              "nvipcfix's mapping, %.1f GB/s through PyTorch's import, ratio %.3f" % (
+                  gbps[0], gbps[1], gbps[0] / gbps[1]))
     return (1 if wrong or not theirs else 0) | (2 if errors else 0)
 
 
