@@ -25,8 +25,9 @@ static CUresult no_driver(void)
     return CUDA_ERROR_NOT_INITIALIZED;
 }
 
-/* Where the instance could not be set up (out of memory; said once), a
- * call goes to the driver unchanged. */
+/* Where the instance could not be set up (out of memory; said once), or
+ * the call comes from a copy of nvipcfix ahead (from_copy_ahead, below),
+ * a call goes to the driver unchanged. */
 __attribute__((noinline, cold)) static const struct nvipcfix_driver *unfixed(void)
 {
     return &nvipcfix_real_driver()->ops;
@@ -63,11 +64,8 @@ static inline int from_copy_ahead(void *return_address)
 
 NVIPCFIX_EXPORT CUresult cuIpcGetMemHandle(CUipcMemHandle *pHandle, CUdeviceptr dptr)
 {
-    if (from_copy_ahead(__builtin_return_address(0))) {
-        const struct nvipcfix_driver *d = &nvipcfix_real_driver()->ops;
-        return d->ipc_get_mem_handle != NULL ? d->ipc_get_mem_handle(pHandle, dptr) : no_driver();
-    }
-    struct nvipcfix_fix *fix = nvipcfix_library();
+    struct nvipcfix_fix *fix =
+        from_copy_ahead(__builtin_return_address(0)) ? NULL : nvipcfix_library();
     const struct nvipcfix_driver *d = fix != NULL ? fix->driver : unfixed();
     if (d->ipc_get_mem_handle == NULL)
         return no_driver();
@@ -79,9 +77,7 @@ NVIPCFIX_EXPORT CUresult cuIpcGetMemHandle(CUipcMemHandle *pHandle, CUdeviceptr 
 static CUresult open_with(nvipcfix_open_fn real, CUdeviceptr *pdptr, CUipcMemHandle handle,
                           unsigned int Flags, void *return_address)
 {
-    if (from_copy_ahead(return_address))
-        return real != NULL ? real(pdptr, handle, Flags) : no_driver();
-    struct nvipcfix_fix *fix = nvipcfix_library();
+    struct nvipcfix_fix *fix = from_copy_ahead(return_address) ? NULL : nvipcfix_library();
     const struct nvipcfix_driver *d = fix != NULL ? fix->driver : unfixed();
     if (real == NULL || d->ipc_close_mem_handle == NULL)
         return no_driver();
@@ -106,11 +102,8 @@ NVIPCFIX_EXPORT CUresult cuIpcOpenMemHandle_v2(CUdeviceptr *pdptr, CUipcMemHandl
 
 NVIPCFIX_EXPORT CUresult cuIpcCloseMemHandle(CUdeviceptr dptr)
 {
-    if (from_copy_ahead(__builtin_return_address(0))) {
-        const struct nvipcfix_driver *d = &nvipcfix_real_driver()->ops;
-        return d->ipc_close_mem_handle != NULL ? d->ipc_close_mem_handle(dptr) : no_driver();
-    }
-    struct nvipcfix_fix *fix = nvipcfix_library();
+    struct nvipcfix_fix *fix =
+        from_copy_ahead(__builtin_return_address(0)) ? NULL : nvipcfix_library();
     const struct nvipcfix_driver *d = fix != NULL ? fix->driver : unfixed();
     if (d->ipc_close_mem_handle == NULL)
         return no_driver();

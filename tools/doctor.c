@@ -262,12 +262,19 @@ static int visit(struct dl_phdr_info *info, size_t size, void *arg)
     return 0;
 }
 
+/* Whether a loaded object is a copy of the library, by its file name. */
+static int named_nvipcfix(const char *name)
+{
+    const char *base = name ? strrchr(name, '/') : NULL;
+    base = base != NULL ? base + 1 : name;
+    return base != NULL && strncmp(base, "libnvipcfix", 11) == 0;
+}
+
 static int find_nvipcfix(struct dl_phdr_info *info, size_t size, void *arg)
 {
     (void)size;
-    const char *name = info->dlpi_name, *base = name ? strrchr(name, '/') : NULL;
-    base = base != NULL ? base + 1 : name;
-    if (base != NULL && strncmp(base, "libnvipcfix", 11) == 0) {
+    const char *name = info->dlpi_name;
+    if (named_nvipcfix(name)) {
         snprintf(arg, 1024, "%s", name);
         return 1;
     }
@@ -329,9 +336,8 @@ static int visit_copies(struct dl_phdr_info *info, size_t size, void *arg)
 {
     (void)size;
     struct copies *c = arg;
-    const char *name = info->dlpi_name, *base = name ? strrchr(name, '/') : NULL;
-    base = base != NULL ? base + 1 : name;
-    if (base == NULL || strncmp(base, "libnvipcfix", 11) != 0 || strcmp(name, c->first) == 0)
+    const char *name = info->dlpi_name;
+    if (!named_nvipcfix(name) || strcmp(name, c->first) == 0)
         return 0;
     char version[64];
     library_version(name, version, sizeof version);
